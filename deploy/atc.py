@@ -1,0 +1,550 @@
+"""Build (and, where the CANN toolkit is installed, run) the `atc` command that turns a model into an `.om`.
+
+`atc` only exists inside Huawei's CANN toolkit, on an x86_64 or aarch64 Linux machine; the boards
+themselves cannot convert. So this module is split the pyinfra way: `plan_conversion` computes the
+exact argv (and the AIPP config text) from a model spec without touching anything, and
+`run_conversion` executes a plan. When `atc` is missing the plan is still useful: the CLI prints
+the command for the user to run on a machine that has the toolkit.
+
+Option meanings follow Ascend/samples `growthpath/junior-level/3_model_conversion` and the
+hiascend ATC parameter pages (see shared notes, section 3). Flag spelling is `--name=value`, the
+form every documented example uses.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Target name -> ATC --soc_version. An .om only loads on the SoC it was built for
+# ("ModelCheckCompatibility failed ... socVersion"), so this must match the board.
+# deploy/targets.py is the long-term home for target profiles; this table is the ATC view of them.
+SOC_VERSIONS: dict[str, str] = {
+    "atlas200dk": "Ascend310",
+    "atlas200i-a2": "Ascend310B4",
+    "atlas300i-duo": "Ascend310P3",
+}
+
+# File type -> ATC --framework code.
+FRAMEWORK_CAFFE = 0
+FRAMEWORK_MINDSPORE = 1
+FRAMEWORK_TENSORFLOW = 3
+FRAMEWORK_ONNX = 5
+_FRAMEWORKS = {
+    ".prototxt": FRAMEWORK_CAFFE,
+    ".caffemodel": FRAMEWORK_CAFFE,
+    ".air": FRAMEWORK_MINDSPORE,
+    ".pb": FRAMEWORK_TENSORFLOW,
+    ".onnx": FRAMEWORK_ONNX,
+}
+# ATC's own default layout per framework. MindSpore .air carries its layout, so none is passed.
+_DEFAULT_INPUT_FORMAT = {
+    FRAMEWORK_CAFFE: "NCHW",
+    FRAMEWORK_MINDSPORE: None,
+    FRAMEWORK_TENSORFLOW: "NHWC",
+    FRAMEWORK_ONNX: "NCHW",
+}
+_INPUT_FORMATS = ("NCHW", "NHWC", "ND", "NCDHW", "NDHWC")
+_OUTPUT_TYPES = ("FP32", "FP16", "UINT8", "INT8")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "null")
+
+# Exit codes the CLI uses for these failures (documented in the module so the CLI owner and the
+# README agree): a bad model spec is a usage error; "atc is not installed, here is the command" did
+# not produce an .om, so it must not look like success to a script (`&&` chains, CI).
+EXIT_SPEC_ERROR = 2
+EXIT_ATC_NOT_FOUND = 3
+EXIT_ATC_FAILED = 1
+
+
+class ConversionError(Exception):
+    """Base of the conversion failures; `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_ATC_FAILED
+
+
+class ModelSpecError(ConversionError):
+    """The model spec cannot become a valid atc command (bad extension, missing weight, bad shape...)."""
+
+    exit_code = EXIT_SPEC_ERROR
+
+
+class AtcNotFound(ConversionError):
+    """`atc` is not on PATH. Carries the command so the caller can print it for a CANN machine."""
+
+    exit_code = EXIT_ATC_NOT_FOUND
+
+    def __init__(self, command: str):
+        super().__init__(
+            "atc is not on PATH: converting needs the CANN toolkit "
+            "(source ~/Ascend/ascend-toolkit/set_env.sh); the command was not run"
+        )
+        self.command = command
+
+
+class AtcError(ConversionError):
+    """`atc` ran and failed (or claimed success without writing the .om). `tail` holds its last lines."""
+
+    exit_code = EXIT_ATC_FAILED
+
+    def __init__(self, message: str, tail: Sequence[str] = ()):
+        super().__init__(message)
+        self.tail = list(tail)
+
+
+@dataclass(frozen=True)
+class AippPreset:
+    """Static AIPP normalisation: out = (in - min_chn) * var_reci_chn, per channel after the swap.
+
+    `mean`/`var_reci` are in 0..255 pixel units, ordered as the channels reach the model (i.e. after
+    `bgr` swapped R and B). `int_mean` uses the integer `mean_chn_*` fields instead of the float
+    `min_chn_*` ones, which is how the documented Caffe configs are written.
+    """
+
+    mean: tuple[float, float, float]
+    var_reci: tuple[float, float, float]
+    bgr: bool = False
+    int_mean: bool = False
+    center_crop_from: tuple[int, int] | None = None  # default source (w, h) to centre-crop from
+
+
+def _from_mean_std(mean: Sequence[float], std: Sequence[float], *, bgr: bool = False) -> AippPreset:
+    """torchvision-style mean/std (fractions of 1, in the model's channel order) -> AIPP units."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ModelSpecError("AIPP mean and std need exactly 3 values each")
+    if any(s <= 0 for s in std):
+        raise ModelSpecError("AIPP std values must be positive")
+    return AippPreset(
+        mean=tuple(m * 255 for m in mean),  # type: ignore[arg-type]
+        var_reci=tuple(1 / (s * 255) for s in std),  # type: ignore[arg-type]
+        bgr=bgr,
+    )
+
+
+# The same preset names as agent/preprocess.py, so an .om with AIPP does on the chip exactly what
+# the onnxruntime backend does on the CPU. `raw-u8` means "no AIPP" and so is not listed.
+AIPP_PRESETS: dict[str, AippPreset] = {
+    # growthpath README: src 256x256, crop 224 at offset 16, RGB mean/std.
+    "imagenet": AippPreset(
+        mean=(123.675, 116.28, 103.53),
+        var_reci=(0.0171247538316637, 0.0175070028011204, 0.0174291938997821),
+        center_crop_from=(256, 256),
+    ),
+    # Caffe ResNet: BGR, integer means 104/117/123, no scaling.
+    "caffe": AippPreset(mean=(104, 117, 123), var_reci=(1.0, 1.0, 1.0), bgr=True, int_mean=True),
+    # The seed app's CIFAR preprocessing: BGR, mean .4914/.4822/.4465, std .2023/.1994/.2010.
+    "cifar": _from_mean_std((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), bgr=True),
+}
+
+
+def _num(value: float) -> str:
+    """15 significant digits: reproduces the documented values (0.0171247538316637, 123.675, 1.0)."""
+    if float(value).is_integer():
+        return f"{value:.1f}"
+    return f"{value:.15g}"
+
+
+def aipp_config(
+    preset: str | Mapping[str, object] = "imagenet",
+    *,
+    model_size: tuple[int, int] = (224, 224),
+    src_size: tuple[int, int] | None = None,
+    crop: tuple[int, int] | None = None,
+) -> str:
+    """Return a static AIPP config (the `--insert_op_conf` file) for a preprocessing preset.
+
+    AIPP turns the model's first input into UINT8 RGB888 (HWC) of `src_size`, and does the crop and
+    normalisation on the chip. So the agent must then feed raw uint8 pixels of exactly `src_size`
+    (its `raw-u8` path), not normalised floats.
+
+    preset: a name from AIPP_PRESETS or a mapping {"mean": [..3], "std": [..3], "bgr": bool} with
+    torchvision-style values (fractions of 1, in the model's channel order).
+    model_size: (w, h) of the model input; the crop size.
+    src_size: (w, h) of the image handed to the model. Defaults to the preset's (imagenet: 256x256,
+    the resize-256/crop-224 recipe), else model_size (no crop).
+    crop: (x, y) load_start_pos of the crop; default centred.
+    """
+    if isinstance(preset, str):
+        try:
+            spec = AIPP_PRESETS[preset]
+        except KeyError:
+            known = ", ".join(sorted(AIPP_PRESETS))
+            raise ModelSpecError(f"unknown AIPP preset {preset!r} (known: {known}, or mean/std)") from None
+    else:
+        spec = _from_mean_std(preset.get("mean", ()), preset.get("std", ()), bgr=bool(preset.get("bgr")))  # type: ignore[arg-type]
+    model_w, model_h = model_size
+    if src_size is None:
+        src_size = spec.center_crop_from if spec.center_crop_from else model_size
+    src_w, src_h = src_size
+    if src_w < model_w or src_h < model_h:
+        raise ModelSpecError(
+            f"AIPP source {src_w}x{src_h} is smaller than the model input {model_w}x{model_h}"
+        )
+    if crop is None:
+        crop = ((src_w - model_w) // 2, (src_h - model_h) // 2)
+    x, y = crop
+    if x < 0 or y < 0 or x + model_w > src_w or y + model_h > src_h:
+        raise ModelSpecError(
+            f"AIPP crop at ({x},{y}) of {model_w}x{model_h} leaves the {src_w}x{src_h} source"
+        )
+
+    lines = [
+        "aipp_op {",
+        "    aipp_mode : static",
+        "    input_format : RGB888_U8",
+        f"    src_image_size_w : {src_w}",
+        f"    src_image_size_h : {src_h}",
+    ]
+    if (src_w, src_h) != (model_w, model_h):
+        lines += [
+            "    crop : true",
+            f"    load_start_pos_h : {y}",
+            f"    load_start_pos_w : {x}",
+            f"    crop_size_w : {model_w}",
+            f"    crop_size_h : {model_h}",
+        ]
+    else:
+        lines.append("    crop : false")
+    lines += [
+        "    csc_switch : false",
+        f"    rbuv_swap_switch : {'true' if spec.bgr else 'false'}",
+    ]
+    field = "mean_chn" if spec.int_mean else "min_chn"
+    for i, m in enumerate(spec.mean):
+        lines.append(f"    {field}_{i} : {int(m) if spec.int_mean else _num(m)}")
+    for i, v in enumerate(spec.var_reci):
+        lines.append(f"    var_reci_chn_{i} : {_num(v)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class AtcPlan:
+    """One conversion, fully decided: run `argv` after writing `aipp_config` to `aipp_path`."""
+
+    argv: list[str]
+    output: Path  # the .om atc will write
+    aipp_config: str | None = None
+    aipp_path: Path | None = None
+
+    @property
+    def command(self) -> str:
+        """The argv as one shell-pasteable line (what the CLI prints when atc is absent)."""
+        return shlex.join(self.argv)
+
+
+def soc_version_for(target: str) -> str:
+    """ATC --soc_version for a target name; unknown targets are a spec error naming the known ones."""
+    try:
+        return SOC_VERSIONS[target]
+    except KeyError:
+        known = ", ".join(sorted(SOC_VERSIONS))
+        raise ModelSpecError(f"no ATC soc_version for target {target!r} (known: {known})") from None
+
+
+def _framework(model: Path) -> int:
+    try:
+        return _FRAMEWORKS[model.suffix.lower()]
+    except KeyError:
+        known = ", ".join(sorted(_FRAMEWORKS))
+        raise ModelSpecError(
+            f"cannot tell the framework of {model.name!r}: expected one of {known}"
+        ) from None
+
+
+def _caffe_pair(model: str, weight: str | os.PathLike | None) -> tuple[str, str]:
+    """Caffe needs the .prototxt (graph) and the .caffemodel (weights); either may be the one given."""
+    path = Path(model)
+    if path.suffix.lower() == ".caffemodel":
+        if weight is not None:
+            raise ModelSpecError("give the .prototxt as the model and the .caffemodel as the weight")
+        weight = model
+        model = str(path.with_suffix(".prototxt"))
+        if not Path(model).is_file():
+            raise ModelSpecError(f"Caffe graph {model} not found next to {path.name}")
+    elif weight is None:
+        weight = str(path.with_suffix(".caffemodel"))
+        if not Path(weight).is_file():
+            raise ModelSpecError(
+                f"Caffe weights {weight} not found: put them next to the .prototxt or pass --weight"
+            )
+    elif not Path(weight).is_file():
+        raise ModelSpecError(f"Caffe weights {os.fspath(weight)} not found")
+    return model, os.fspath(weight)
+
+
+_SHAPE_ENTRY = re.compile(r"^\s*([^:;]+?)\s*:\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*$")
+
+
+def parse_input_shape(spec: str | Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """'name:1,3,224,224;other:1,10' (ATC's own syntax) or a mapping -> {name: dims}, in order."""
+    if isinstance(spec, Mapping):
+        items = [(str(k), tuple(int(d) for d in v)) for k, v in spec.items()]
+    else:
+        items = []
+        for part in spec.split(";"):
+            if not part.strip():
+                continue
+            match = _SHAPE_ENTRY.match(part)
+            if not match:
+                raise ModelSpecError(f"bad input shape {part.strip()!r}: expected name:n,c,h,w")
+            items.append((match.group(1), tuple(int(d) for d in match.group(2).split(","))))
+    if not items:
+        raise ModelSpecError("empty input shape")
+    for name, dims in items:
+        if not dims or any(d <= 0 for d in dims):
+            raise ModelSpecError(
+                f"input {name!r} has a non-fixed shape {dims}: give fixed sizes (e.g. {name}:1,3,224,224)"
+            )
+    return dict(items)
+
+
+def _format_shape(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ";".join(f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items())
+
+
+def onnx_input_shapes(model: Path, *, batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Read the real (non-initializer) inputs of an ONNX model and their shapes.
+
+    A symbolic or zero first dimension is the usual exported dynamic batch; it becomes `batch`.
+    Any other symbolic dimension cannot be guessed, so the user must give the shape.
+    Needs the `onnx` package (the `models` extra); without it the shape must be given.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise ModelSpecError(
+            "reading the input shape of an ONNX model needs the onnx package (pip install onnx); "
+            "or give the shape as name:n,c,h,w"
+        ) from None
+    proto = onnx.load(str(model), load_external_data=False)
+    initializers = {init.name for init in proto.graph.initializer}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        dims: list[int] = []
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(dim.dim_value)
+            elif index == 0:
+                dims.append(batch)
+            else:
+                raise ModelSpecError(
+                    f"ONNX input {value.name!r} has a dynamic dimension {index} "
+                    f"({dim.dim_param or '?'}): give the shape as {value.name}:n,c,h,w"
+                )
+        shapes[value.name] = tuple(dims)
+    if not shapes:
+        raise ModelSpecError(f"{model.name} declares no inputs")
+    return shapes
+
+
+def _hw(dims: Sequence[int], input_format: str | None) -> tuple[int, int] | None:
+    """(w, h) of an image input, if the shape is 4-D in a known layout."""
+    if len(dims) != 4:
+        return None
+    if input_format == "NHWC":
+        return dims[2], dims[1]
+    return dims[3], dims[2]
+
+
+def _split_nodes(nodes: str | Iterable[str]) -> list[str]:
+    if isinstance(nodes, str):
+        nodes = nodes.split(";")
+    return [n.strip() for n in nodes if n and n.strip()]
+
+
+def _strip_om(output: str) -> str:
+    return output[:-3] if output.lower().endswith(".om") else output
+
+
+def plan_conversion(
+    model: str | os.PathLike,
+    target: str = "atlas200dk",
+    *,
+    weight: str | os.PathLike | None = None,
+    input_shape: str | Mapping[str, Sequence[int]] | None = None,
+    input_format: str | None = None,
+    fp16_inputs: str | Iterable[str] = (),
+    output_type: str | None = "FP32",
+    out_nodes: str | Iterable[str] = (),
+    aipp: str | Mapping[str, object] | None = None,
+    aipp_src_size: tuple[int, int] | None = None,
+    output: str | os.PathLike | None = None,
+    soc_version: str | None = None,
+    log: str | None = "error",
+    batch: int = 1,
+) -> AtcPlan:
+    """Decide the full `atc` invocation for one model; touches nothing but reads the model files.
+
+    Paths are passed to atc as given (relative stays relative), so the command printed for another
+    machine reads like the documented examples. `output` is the .om path with or without `.om`
+    (atc appends it); by default the model's path without its suffix. `input_format=None` uses the
+    framework's ATC default (NCHW for Caffe/ONNX, NHWC for TensorFlow, omitted for MindSpore).
+    `output_type`/`log` of None omit the flag. `aipp` is a preset name or mean/std mapping (see
+    `aipp_config`); it applies to the model's first input.
+    """
+    model_str = os.fspath(model)
+    model_path = Path(model_str)
+    framework = _framework(model_path)
+    if not model_path.is_file():
+        raise ModelSpecError(f"model file {model_str} not found")
+    if framework == FRAMEWORK_CAFFE:
+        model_str, weight_str = _caffe_pair(model_str, weight)
+        model_path = Path(model_str)
+    elif weight is not None:
+        raise ModelSpecError(f"--weight only applies to Caffe models, not {model_path.suffix}")
+    else:
+        weight_str = None
+
+    soc = soc_version or soc_version_for(target)
+
+    if input_format is None:
+        input_format = _DEFAULT_INPUT_FORMAT[framework]
+    elif input_format.upper() not in _INPUT_FORMATS:
+        raise ModelSpecError(f"unknown input format {input_format!r} (known: {', '.join(_INPUT_FORMATS)})")
+    else:
+        input_format = input_format.upper()
+
+    if input_shape is not None:
+        shapes: dict[str, tuple[int, ...]] | None = parse_input_shape(input_shape)
+    elif framework == FRAMEWORK_ONNX:
+        shapes = onnx_input_shapes(model_path, batch=batch)
+    else:
+        shapes = None  # Caffe / TF / MindSpore graphs carry their own input shapes
+
+    fp16 = _split_nodes(fp16_inputs)
+    outs = _split_nodes(out_nodes)
+    for node in outs:
+        if not re.fullmatch(r"[^:;]+:\d+", node):
+            raise ModelSpecError(f"bad output node {node!r}: expected name:index (e.g. prob:0)")
+
+    aipp_text = None
+    if aipp is not None:
+        aipp_input = next(iter(shapes)) if shapes else None
+        if fp16 and (aipp_input is None or aipp_input in fp16):
+            which = (
+                f"input {aipp_input!r}"
+                if aipp_input
+                else "the first input (name unknown without an input shape)"
+            )
+            raise ModelSpecError(
+                f"AIPP and --input_fp16_nodes cannot be combined on the same node ({which}): "
+                "AIPP makes that input UINT8; drop one of them"
+            )
+        size = _hw(shapes[aipp_input], input_format) if shapes and aipp_input else None
+        aipp_text = aipp_config(aipp, model_size=size or (224, 224), src_size=aipp_src_size)
+
+    if output_type is not None:
+        _check_output_type(output_type, outs)
+    if log is not None and log not in _LOG_LEVELS:
+        raise ModelSpecError(f"unknown atc log level {log!r} (known: {', '.join(_LOG_LEVELS)})")
+
+    output_base = _strip_om(os.fspath(output)) if output is not None else str(model_path.with_suffix(""))
+
+    argv = ["atc", f"--model={model_str}"]
+    if weight_str is not None:
+        argv.append(f"--weight={weight_str}")
+    argv += [f"--framework={framework}", f"--output={output_base}", f"--soc_version={soc}"]
+    if input_format is not None:
+        argv.append(f"--input_format={input_format}")
+    if shapes is not None:
+        argv.append(f"--input_shape={_format_shape(shapes)}")
+    if fp16:
+        argv.append(f"--input_fp16_nodes={';'.join(fp16)}")
+    aipp_path = None
+    if aipp_text is not None:
+        aipp_path = Path(output_base + "_aipp.cfg")
+        argv.append(f"--insert_op_conf={aipp_path}")
+    if output_type is not None:
+        argv.append(f"--output_type={output_type}")
+    if outs:
+        argv.append(f"--out_nodes={';'.join(outs)}")
+    if log is not None:
+        argv.append(f"--log={log}")
+    return AtcPlan(argv=argv, output=Path(output_base + ".om"), aipp_config=aipp_text, aipp_path=aipp_path)
+
+
+def _check_output_type(output_type: str, out_nodes: Sequence[str]) -> None:
+    """FP32 for all outputs, or per node 'name:index:TYPE;...', which ATC only accepts with --out_nodes."""
+    if ":" not in output_type:
+        if output_type not in _OUTPUT_TYPES:
+            raise ModelSpecError(f"unknown output type {output_type!r} (known: {', '.join(_OUTPUT_TYPES)})")
+        return
+    for entry in output_type.split(";"):
+        node, _, kind = entry.rpartition(":")
+        if kind not in _OUTPUT_TYPES or not re.fullmatch(r"[^:;]+:\d+", node):
+            raise ModelSpecError(f"bad per-node output type {entry!r}: expected name:index:TYPE")
+        if node not in out_nodes:
+            raise ModelSpecError(f"per-node output type for {node!r} needs that node in --out_nodes")
+
+
+def write_aipp(plan: AtcPlan) -> Path | None:
+    """Write the plan's AIPP config where its argv points (also useful before printing the command)."""
+    if plan.aipp_config is None or plan.aipp_path is None:
+        return None
+    plan.aipp_path.parent.mkdir(parents=True, exist_ok=True)
+    plan.aipp_path.write_text(plan.aipp_config)
+    return plan.aipp_path
+
+
+def run_conversion(plan: AtcPlan, progress: Callable[[str], None] | None = None) -> Path:
+    """Run atc for `plan`, streaming each output line to `progress`; return the .om path.
+
+    atc is slow (minutes for a ResNet) and chatty; its last lines hold the reason of a failure
+    (e.g. "E10001: Value ... for parameter --soc_version is invalid"), so they travel in AtcError.
+    Raises AtcNotFound (with the command) when the CANN toolkit is not on PATH.
+    """
+    atc = shutil.which(plan.argv[0])
+    write_aipp(plan)
+    if atc is None:
+        raise AtcNotFound(plan.command)
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with subprocess.Popen(
+        [atc, *plan.argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if progress is not None:
+                progress(line)
+        code = proc.wait()
+    if code != 0:
+        last = next((line for line in reversed(tail) if line.strip()), "no output")
+        raise AtcError(f"atc exited with status {code}: {last.strip()}", tail)
+    if not plan.output.is_file():
+        raise AtcError(f"atc reported success but {plan.output} was not written", tail)
+    return plan.output
+
+
+__all__ = [
+    "AIPP_PRESETS",
+    "SOC_VERSIONS",
+    "AippPreset",
+    "AtcError",
+    "AtcNotFound",
+    "AtcPlan",
+    "ConversionError",
+    "ModelSpecError",
+    "aipp_config",
+    "onnx_input_shapes",
+    "parse_input_shape",
+    "plan_conversion",
+    "run_conversion",
+    "soc_version_for",
+    "write_aipp",
+]
