@@ -1,0 +1,304 @@
+"""The classification loop: decode threads -> batches -> backend -> top-k -> results.
+
+::
+
+    items ──► decode pool (N threads, Pillow releases the GIL) ──► producer thread:
+              normalise into a free batch buffer ──► bounded queue ──► main thread:
+              backend.submit ──► done(): top-k, results.jsonl, events ──► labelled writer thread
+
+The queue and the buffer pool are bounded, so memory stays flat however many images there
+are, and decoding of the next batches overlaps inference of the current one. A bad image only
+produces an ``error`` record; the loop goes on. Python 3.7 compatible.
+"""
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import images, postprocess
+from .images import ImageError
+
+
+class Item:
+    """One input image: ``rel`` is its path below the input root (may hold surrogate escapes),
+    ``id`` the JSON-safe form used in events and results, ``path`` the file to open."""
+
+    __slots__ = ("rel", "id", "path")
+
+    def __init__(self, rel, path):
+        self.rel = rel
+        self.id = images.safe_id(rel)
+        self.path = path
+
+    def __repr__(self):
+        return f"Item({self.id!r})"
+
+
+def collect(inputs, extensions=images.IMAGE_EXTENSIONS):
+    """Images from files and directories (walked recursively, sorted, by extension).
+
+    Returns (root, items, missing): ids are relative to the deepest common directory of the
+    inputs, so they are unique and stable across restarts; ``missing`` lists inputs that do not
+    exist (each becomes an error record).
+    """
+    files, missing = [], []
+    for raw in inputs:
+        p = os.path.abspath(raw)
+        if os.path.isdir(p):
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.startswith("."):
+                        continue
+                    if os.path.splitext(name)[1].lower() in extensions:
+                        files.append(os.path.join(dirpath, name))
+        elif os.path.lexists(p):
+            files.append(p)
+        else:
+            missing.append(raw)
+    anchors = [
+        os.path.abspath(r) if os.path.isdir(r) else os.path.dirname(os.path.abspath(r)) for r in inputs
+    ]
+    anchors = [a for a in anchors if os.path.isdir(a)]
+    root = os.path.commonpath(anchors) if anchors else os.getcwd()
+    seen, items = set(), []
+    for f in files:
+        rel = os.path.relpath(f, root)
+        if rel not in seen:
+            seen.add(rel)
+            items.append(Item(rel, f))
+    return root, items, missing
+
+
+class _Batch:
+    __slots__ = ("slots", "buf")
+
+    def __init__(self, slots, buf):
+        self.slots = slots  # [(item, preview, decode_ms)]
+        self.buf = buf
+
+
+class _Errors:
+    __slots__ = ("errors",)
+
+    def __init__(self, errors):
+        self.errors = errors  # [(item, ImageError)]
+
+
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
+
+
+_END = object()
+
+
+class Sink:
+    """Where results go: results.jsonl, events, progress and labelled copies."""
+
+    def __init__(self, rundir, progress=None, labelled_dir=None, writer_threads=1):
+        self.rundir = rundir
+        self.progress = progress
+        self.labelled_dir = labelled_dir
+        self.ok = 0
+        self.failed = 0
+        self._writer = ThreadPoolExecutor(writer_threads) if labelled_dir else None
+        self._writer_slots = threading.BoundedSemaphore(8)
+        self._lock = threading.Lock()
+
+    def result(self, item, topk, ms, preview=None):
+        self.rundir.add_result({"image": item.id, "ok": True, "topk": topk})
+        self.rundir.emit("result", image=item.id, topk=topk, ms=ms)
+        with self._lock:
+            self.ok += 1
+        if self._writer is not None and preview is not None:
+            self._writer_slots.acquire()
+            self._writer.submit(self._save, item, preview, postprocess.label_text(topk))
+        self._step()
+
+    def error(self, item, kind, message):
+        self.rundir.add_result({"image": item.id, "ok": False, "kind": kind, "message": message})
+        self.rundir.emit("error", image=item.id, kind=kind, message=message)
+        with self._lock:
+            self.failed += 1
+        self._step()
+
+    def _step(self):
+        if self.progress is not None:
+            self.progress.step()
+
+    def _save(self, item, preview, text):
+        try:
+            postprocess.save_labelled(preview, text, postprocess.labelled_path(self.labelled_dir, item.rel))
+        except Exception as exc:
+            self.rundir.emit("log", message=f"labelled copy of {item.id} failed: {exc}", image=item.id)
+        finally:
+            self._writer_slots.release()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+
+def batch_plan(backend, requested):
+    """(batch size, fixed): a fixed-batch model dictates its batch; a dynamic one takes the request."""
+    fixed = backend.inputs[0].batch
+    if fixed:
+        return fixed, True
+    return max(1, int(requested)), False
+
+
+class Pipeline:
+    """Runs items through preprocessing, the backend and postprocessing into a Sink."""
+
+    def __init__(
+        self, backend, preprocessor, postprocessor, sink, batch=1, workers=0, queue_depth=2, stop=None
+    ):
+        self.backend = backend
+        self.pre = preprocessor
+        self.post = postprocessor
+        self.sink = sink
+        self.batch, self.fixed = batch_plan(backend, batch)
+        self.workers = int(workers) or (os.cpu_count() or 1)
+        self.queue_depth = max(1, int(queue_depth))
+        self.stop = stop or threading.Event()
+        self.keep_preview = sink.labelled_dir is not None
+        self.infer_s = 0.0
+        self.decode_s = 0.0
+
+    # --- producer side (runs in its own thread) -----------------------------------------
+    def _decode(self, item):
+        t0 = time.perf_counter()
+        try:
+            res = self.pre.decode(item.path, keep_preview=self.keep_preview)
+        except ImageError as exc:
+            return item, exc, 0.0
+        except MemoryError:
+            return item, ImageError("too_large", "out of memory while decoding"), 0.0
+        except Exception as exc:
+            return item, ImageError("internal", f"{type(exc).__name__}: {exc}"), 0.0
+        return item, res, (time.perf_counter() - t0) * 1000.0
+
+    def _produce(self, items, ready, free):
+        try:
+            norm = self.pre.normalizer
+            lookahead = self.workers * 2 + self.batch
+            with ThreadPoolExecutor(self.workers) as pool:
+                pending = deque()
+                it = iter(items)
+                exhausted = False
+                buf, slots = None, []
+                while not self.stop.is_set():
+                    while not exhausted and len(pending) < lookahead:
+                        try:
+                            item = next(it)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        pending.append(pool.submit(self._decode, item))
+                    if not pending:
+                        break
+                    item, res, ms = pending.popleft().result()
+                    if isinstance(res, ImageError):
+                        ready.put(_Errors([(item, res)]))
+                        continue
+                    self.decode_s += ms / 1000.0
+                    if buf is None:
+                        buf = free.get()
+                    try:
+                        norm.write(res.crop, buf[len(slots)])
+                    except Exception as exc:
+                        ready.put(_Errors([(item, ImageError("preprocess", f"normalise failed: {exc}"))]))
+                        continue
+                    slots.append((item, res.preview, ms))
+                    if len(slots) == self.batch:
+                        ready.put(_Batch(slots, buf))
+                        buf, slots = None, []
+                for f in pending:
+                    f.cancel()
+                if slots:
+                    ready.put(_Batch(slots, buf))
+        except BaseException as exc:  # a bug here must surface in the main thread, not hang it
+            ready.put(_Failure(exc))
+        finally:
+            ready.put(_END)
+
+    # --- consumer side (caller's thread) ------------------------------------------------
+    def _done(self, tag, outs, err):
+        slots, t0 = tag
+        n = len(slots)
+        infer_ms = (time.perf_counter() - t0) * 1000.0
+        self.infer_s += infer_ms / 1000.0
+        if err is not None:
+            for item, _, _ in slots:
+                self.sink.error(item, "inference", str(err))
+            return
+        try:
+            rows = self.post(np.asarray(outs[0])[:n])
+            if len(rows) != n:
+                raise ValueError(f"model returned {len(rows)} rows for {n} images")
+        except Exception as exc:
+            for item, _, _ in slots:
+                self.sink.error(item, "output", f"cannot read model output: {exc}")
+            return
+        per = round(infer_ms / n, 3)
+        for (item, preview, decode_ms), row in zip(slots, rows):
+            self.sink.result(item, row, {"decode": round(decode_ms, 3), "infer": per}, preview)
+
+    def run(self, items):
+        """Classify ``items`` (a list of Item); returns when every one has a record."""
+        norm = self.pre.normalizer
+        nbuf = self.queue_depth + 2
+        free = queue.Queue()
+        for _ in range(nbuf):
+            free.put(norm.batch_buffer(self.batch))
+        ready = queue.Queue(maxsize=self.queue_depth)
+        producer = threading.Thread(target=self._produce, args=(items, ready, free), name="agent-producer")
+        producer.daemon = True
+        producer.start()
+        failure = None
+        finished = False
+        try:
+            while True:
+                msg = ready.get()
+                if msg is _END:
+                    break
+                if isinstance(msg, _Failure):
+                    failure = msg.exc
+                    continue
+                if isinstance(msg, _Errors):
+                    for item, exc in msg.errors:
+                        self.sink.error(item, exc.kind, exc.message)
+                    continue
+                n = len(msg.slots)
+                if n < self.batch and self.fixed:
+                    msg.buf[n:] = 0  # pad a partial batch for a fixed-batch model
+                    x = msg.buf
+                else:
+                    x = msg.buf[:n]
+                self.backend.submit(x, (msg.slots, time.perf_counter()), self._done)
+                free.put(msg.buf)  # submit has copied the input (ORT: ran it; ACL: memcpy'd it)
+            self.backend.drain()
+            finished = True
+        finally:
+            if not finished:
+                # Interrupted (or the backend raised): unblock the producer and let it end.
+                self.stop.set()
+                while producer.is_alive():
+                    try:
+                        msg = ready.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    if isinstance(msg, _Batch):
+                        free.put(msg.buf)
+            producer.join()
+        if failure is not None:
+            raise failure

@@ -1,0 +1,140 @@
+"""The run directory: events.jsonl, results.jsonl, summary.json, status and pid.
+
+Every event goes to stdout and to ``events.jsonl``, one line each, flushed at once (the host
+tails the file). Results are appended to ``results.jsonl`` with a flush per record, so a run
+killed at any point leaves at most one torn last line; :meth:`RunDir.done_images` drops it and
+returns the images already handled, which is what makes a restarted run resumable.
+
+stdout is written as UTF-8 bytes whatever the locale: a non-interactive ssh session on the
+board often runs with LANG unset (ASCII), and a file name must never crash the run.
+Python 3.7 compatible.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+from . import protocol
+
+STATUSES = ("running", "ok", "partial", "failed")
+
+
+class RunDir:
+    def __init__(self, out_dir, echo=True, stream=None):
+        self.out_dir = out_dir
+        self.echo = echo
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._events = None
+        self._results = None
+        os.makedirs(out_dir, exist_ok=True)
+
+    def path(self, name):
+        return os.path.join(self.out_dir, name)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def open(self):
+        self._events = open(self.path("events.jsonl"), "ab")
+        return self
+
+    def close(self):
+        with self._lock:
+            for f in (self._events, self._results):
+                if f is not None:
+                    f.close()
+            self._events = self._results = None
+
+    def set_status(self, status):
+        assert status in STATUSES, status
+        _write_atomic(self.path("status"), status + "\n")
+        if status == "running":
+            _write_atomic(self.path("pid"), f"{os.getpid()}\n")
+        else:
+            try:
+                os.remove(self.path("pid"))
+            except OSError:
+                pass
+
+    def write_json(self, name, obj):
+        _write_atomic(self.path(name), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+    # --- events --------------------------------------------------------------------------
+    def emit(self, _event, **fields):
+        """Write one protocol event (``_event`` is its kind: start, result, error, ...)."""
+        event = protocol.make(_event, **fields)
+        line = protocol.encode(event).encode("utf-8")
+        with self._lock:
+            if self._events is not None:
+                self._events.write(line)
+                self._events.flush()
+            if self.echo:
+                out = self._stream or getattr(sys.stdout, "buffer", None)
+                if out is not None:
+                    out.write(line)
+                    out.flush()
+                else:
+                    sys.stdout.write(line.decode("utf-8"))
+                    sys.stdout.flush()
+        return event
+
+    # --- results -------------------------------------------------------------------------
+    def done_images(self):
+        """Records already in results.jsonl ({image: record}); a torn last line is cut off."""
+        path = self.path("results.jsonl")
+        done = {}
+        if not os.path.exists(path):
+            return done
+        with open(path, "rb") as f:
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line from a killed run: drop it before appending
+            with open(path, "r+b") as f:
+                f.truncate(end)
+            data = data[:end]
+        for raw in data.splitlines():
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("image"), str):
+                done[rec["image"]] = rec
+        return done
+
+    def add_result(self, record):
+        line = (json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode(
+            "utf-8"
+        )
+        with self._lock:
+            if self._results is None:
+                self._results = open(self.path("results.jsonl"), "ab")
+            self._results.write(line)
+            self._results.flush()
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """Emits a progress event at most every ``interval`` seconds (about 10 per second)."""
+
+    def __init__(self, rundir, total, interval=0.1):
+        self.rundir = rundir
+        self.total = total
+        self.interval = interval
+        self.start = time.monotonic()
+        self._last = 0.0
+        self.done = 0
+
+    def step(self, n=1, force=False):
+        self.done += n
+        now = time.monotonic()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            elapsed = max(now - self.start, 1e-9)
+            self.rundir.emit("progress", done=self.done, total=self.total, ips=round(self.done / elapsed, 2))

@@ -1,0 +1,259 @@
+"""One agent run of one job: run directory, status, start/end events, summary and exit code.
+
+Exit codes (also the ``status`` file and the end event's ``status``):
+
+``0``  ok       every image was classified (bench: every loop ran)
+``2``  partial  some images failed (each has an error record), or the run was interrupted
+                (SIGINT/SIGTERM) after classifying some; restart with the same out_dir to resume
+``1``  failed   nothing was classified, or the job/model/backend could not be used at all
+
+Resuming: results.jsonl already in out_dir lists the images done; they are skipped (counted in
+``start.skipped``) and the summary covers the whole run, old records included.
+Python 3.7 compatible.
+"""
+
+import signal
+import threading
+import time
+import traceback
+
+from . import __version__, bench, evaluate, postprocess, preprocess
+from .backends import BackendError, get_backend
+from .job import JobError
+from .pipeline import Item, Pipeline, Sink, batch_plan, collect
+from .rundir import Progress, RunDir
+
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
+_EXIT = {"ok": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def status_of(ok, failed, interrupted=False):
+    if ok == 0:
+        return "failed"
+    if failed or interrupted:
+        return "partial"
+    return "ok"
+
+
+def make_backend(job, **options):
+    if job.backend == "onnx":
+        options.setdefault("threads", job.threads)
+    return get_backend(job.backend, **options)
+
+
+def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
+    """Run ``job`` to completion; returns the exit code. ``backend`` may be injected (tests)."""
+    rundir = RunDir(job.out_dir, echo=echo, stream=stream).open()
+    rundir.set_status("running")
+    stop = threading.Event()
+    restore = _install_signals(stop) if handle_signals else None
+    t0 = time.monotonic()
+    summary = None
+    try:
+        try:
+            if backend is None:
+                backend = make_backend(job)
+            backend.load(job.path(job.model))
+            if job.mode == "bench":
+                summary = _bench(job, rundir, backend, stop)
+            else:
+                summary = _classify(job, rundir, backend, stop)
+        except (JobError, BackendError, preprocess.PreprocessError, evaluate.EvalError, OSError) as exc:
+            rundir.emit("log", level="error", message=f"{type(exc).__name__}: {exc}")
+            summary = {"ok": 0, "failed": 0, "total": 0, "status": "failed", "error": str(exc)}
+        except Exception as exc:  # a bug: still end the run properly, with the traceback in the log
+            rundir.emit("log", level="error", message=traceback.format_exc())
+            summary = {
+                "ok": 0,
+                "failed": 0,
+                "total": 0,
+                "status": "failed",
+                "error": f"internal: {exc}",
+            }
+        finally:
+            if backend is not None:
+                backend.close()
+        summary.setdefault("elapsed_s", round(time.monotonic() - t0, 3))
+        summary.setdefault("ips", 0.0)
+        rundir.write_json("summary.json", summary)
+        rundir.emit("end", summary=summary)
+        rundir.set_status(summary["status"])
+        return _EXIT[summary["status"]]
+    except BaseException:
+        rundir.set_status("failed")
+        raise
+    finally:
+        if restore:
+            restore()
+        rundir.close()
+
+
+def _install_signals(stop):
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = {}
+
+    def handler(signum, frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+
+    def restore():
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def _classify(job, rundir, backend, stop):
+    spec = backend.inputs[0]
+    cfg = preprocess.resolve(job.preprocess, spec.shape, spec.dtype, spec.layout)
+    pre = preprocess.Preprocessor(cfg)
+    labels = postprocess.Labels.load(job.path(job.labels))
+    k = max(job.topk, evaluate.TOPN) if job.mode == "eval" else job.topk
+    post = postprocess.Postprocessor(labels, k)
+    truth = None
+    if job.mode == "eval":
+        label_file = (job.eval or {}).get("label_file")
+        if not label_file:
+            raise JobError("eval mode needs eval.label_file")
+        truth = evaluate.load_ground_truth(job.path(label_file))
+
+    root, items, missing = collect([job.path(p) for p in job.inputs])
+    done = rundir.done_images()
+    todo = [it for it in items if it.id not in done]
+    batch, fixed = batch_plan(backend, job.batch)
+    rundir.emit(
+        "start",
+        run_id=job.run_id,
+        mode=job.mode,
+        backend=backend.name,
+        model=job.model,
+        total=len(todo),
+        skipped=len(items) - len(todo),
+        batch=batch,
+        fixed_batch=fixed,
+        root=root,
+        preprocess=_cfg_dict(cfg),
+        agent=__version__,
+    )
+    if fixed and batch != job.batch:
+        rundir.emit("log", message=f"model has a fixed batch of {batch}; using it instead of {job.batch}")
+
+    progress = Progress(rundir, len(todo))
+    labelled = job.out_dir if job.labelled else None
+    sink = Sink(rundir, progress, labelled_dir=labelled)
+    for raw in missing:
+        item = Item(raw, raw)
+        if item.id not in done:
+            sink.error(item, "unreadable", "input does not exist")
+    pipe = Pipeline(backend, pre, post, sink, batch=batch, workers=job.threads, stop=stop)
+    t0 = time.monotonic()
+    try:
+        pipe.run(todo)
+    finally:
+        sink.close()
+    elapsed = time.monotonic() - t0
+    processed = sink.ok + sink.failed
+    interrupted = stop.is_set() and processed < len(todo)
+    prev_ok = sum(1 for r in done.values() if r.get("ok"))
+    ok = prev_ok + sink.ok
+    failed = (len(done) - prev_ok) + sink.failed
+    summary = {
+        "ok": ok,
+        "failed": failed,
+        "total": len(items) + len(missing),
+        "skipped": len(items) - len(todo),
+        "this_run": {"ok": sink.ok, "failed": sink.failed, "remaining": len(todo) - processed},
+        "elapsed_s": round(elapsed, 3),
+        "ips": round(processed / elapsed, 3) if elapsed > 0 else 0.0,
+        "timings_s": {"decode_cpu": round(pipe.decode_s, 3), "inference": round(pipe.infer_s, 3)},
+        "batch": batch,
+        "interrupted": interrupted,
+        "status": status_of(ok, failed, interrupted),
+    }
+    if truth is not None:
+        records = list(rundir.done_images().values())
+        classes = post.classes if getattr(post, "classes", None) else _classes(backend)
+        metrics = evaluate.evaluate(records, truth, classes)
+        rundir.write_json("result.json", evaluate.result_json(metrics))
+        summary["eval"] = metrics
+    return summary
+
+
+def _classes(backend):
+    if backend.outputs and backend.outputs[0].shape:
+        last = backend.outputs[0].shape[-1]
+        return last if isinstance(last, int) else None
+    return None
+
+
+def _cfg_dict(cfg):
+    return {
+        "preset": cfg.preset,
+        "resize": cfg.resize,
+        "crop": cfg.crop,
+        "color": cfg.color,
+        "scale": cfg.scale,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "normalize": cfg.normalize,
+        "layout": cfg.layout,
+        "dtype": cfg.dtype,
+        "fast": cfg.fast,
+    }
+
+
+def _bench(job, rundir, backend, stop):
+    opts = job.bench or {}
+    loop = int(opts.get("loop", 100))
+    warmup = int(opts.get("warmup", 5))
+    sizes = [int(b) for b in opts.get("batch_sizes", [job.batch])]
+    fixed = backend.inputs[0].batch
+    if fixed:
+        if any(b != fixed for b in sizes):
+            rundir.emit("log", message=f"model has a fixed batch of {fixed}; benchmarking that only")
+        sizes = [fixed]
+    total = loop * len(sizes)
+    rundir.emit(
+        "start",
+        run_id=job.run_id,
+        mode="bench",
+        backend=backend.name,
+        model=job.model,
+        total=total,
+        skipped=0,
+        batch=sizes[0],
+        batch_sizes=sizes,
+        loop=loop,
+        warmup=warmup,
+        agent=__version__,
+    )
+    progress = Progress(rundir, total)
+    results = []
+    t0 = time.monotonic()
+    for b in sizes:
+        if stop.is_set():
+            break
+        r = bench.run_one(backend, b, loop, warmup, on_iteration=lambda i: progress.step())
+        results.append(r)
+        for line in bench.summary_lines(r):
+            rundir.emit("log", message=line)
+    elapsed = time.monotonic() - t0
+    done = sum(r["loop"] for r in results)
+    best = max(results, key=lambda r: r["throughput"]) if results else None
+    return {
+        "ok": done,
+        "failed": 0,
+        "total": total,
+        "elapsed_s": round(elapsed, 3),
+        "ips": best["throughput"] if best else 0.0,
+        "bench": results,
+        "backend": backend.describe(),
+        "status": "ok" if done == total else status_of(done, 0, True),
+    }
