@@ -60,7 +60,7 @@ DEMO_LABELS = "labels/imagenet_classes.txt"
 DEMO_IMAGES = "images"
 DEMO_STAMP = ".demo.json"
 # Bump when the demo's recipe changes, so existing caches are rebuilt.
-DEMO_RECIPE = 1
+DEMO_RECIPE = 2
 
 # Demo photos: output name -> (file in scikit-image's wheel, ImageNet classes a correct top-1 is in).
 # All are real photographs that ship in the scikit-image wheel (never fetched); an empty tuple means
@@ -99,6 +99,7 @@ class ExportResult:
     max_abs_diff: float | None  # ONNX Runtime vs torch on a random input; None when not checked
     sha256: str
     seconds: float
+    folded: bool = False  # constants folded, BatchNorm/Pad merged into Conv (see export_torch)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ def export_torch(
     opset: int = 17,
     dynamic_batch: bool = True,
     check: bool = True,
+    fold: bool = True,
 ) -> ExportResult:
     """Build the model from ``factory`` and export it to ONNX at ``output``.
 
@@ -246,6 +248,10 @@ def export_torch(
     ``weights``, the file is passed as ``weights_path=`` when the callable takes that keyword, else loaded
     into the module as a state dict. The graph has one input ``input`` (N,C,H,W float32; N dynamic
     unless ``dynamic_batch`` is False) and one output ``logits`` (N, classes), as the agent expects.
+
+    With ``fold`` (and the onnx package installed), constant subgraphs are folded and BatchNorm/Pad are
+    merged into the convolutions (ONNX Runtime's hardware-independent "basic" level, standard ONNX ops
+    only): torch's exporter leaves e.g. ``Pad`` amounts computed at run time, which atc handles badly.
 
     With ``check``, ONNX Runtime runs the file on a random input before it is moved into place and must
     match torch within 1e-4; ``output`` is therefore either the old file or a verified new one.
@@ -290,7 +296,10 @@ def export_torch(
         got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise ModelError(f"model output is {got}; the agent needs one (batch, classes) tensor")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create {output.parent}: {exc.strerror or exc}") from None
     tmp = _tmp_for(output)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
@@ -313,6 +322,7 @@ def export_torch(
             raise ModelError(
                 f"ONNX export of {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}"
             ) from None
+        folded = _fold(tmp) if fold else False
         diff = _check_onnx(torch, model, tmp, input_shape, dynamic_batch) if check else None
         if diff is not None and diff > TOLERANCE:
             raise ModelError(
@@ -328,7 +338,38 @@ def export_torch(
         max_abs_diff=diff,
         sha256=_sha256(output),
         seconds=time.monotonic() - started,
+        folded=folded,
     )
+
+
+def _fold(path: Path) -> bool:
+    """Rewrite ``path`` with ONNX Runtime's basic optimisations applied (no-op without the onnx package,
+    which is needed to drop the opset imports for ORT's own domains that ORT adds but never uses)."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    import onnxruntime as ort
+
+    folded = path.with_name(path.name + ".folded")
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(folded))
+        used = {node.domain for node in model.graph.node}
+        keep = [op for op in model.opset_import if op.domain in ("", "ai.onnx") or op.domain in used]
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+        return True
+    except Exception as exc:
+        raise ModelError(f"folding constants of the exported model failed: {_one_line(exc)}") from None
+    finally:
+        folded.unlink(missing_ok=True)
 
 
 def _ort_session(path: Path):
@@ -499,7 +540,14 @@ def build_demo(root: Path, force: bool = False, progress: Callable[[str], None] 
     everything. ``progress`` receives one short line per step.
     """
     root = Path(root)
-    say = progress or (lambda _msg: None)
+    try:
+        return _build_demo(root, force, progress or (lambda _msg: None))
+    except OSError as exc:
+        where = exc.filename or root
+        raise ModelError(f"cannot write the demo at {where}: {exc.strerror or exc}") from None
+
+
+def _build_demo(root: Path, force: bool, say: Callable[[str], None]) -> DemoAssets:
     model_path, labels_path, images_dir, stamp_path = _paths(root)
     stamp = {} if force else _read_stamp(stamp_path)
     stale = {"model", "labels", "images"} if not stamp else _stale(root, stamp)
@@ -531,6 +579,7 @@ def build_demo(root: Path, force: bool = False, progress: Callable[[str], None] 
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "dynamic_batch": True,
+            "folded": result.folded,
             "max_abs_diff_random": result.max_abs_diff,
             "export_seconds": round(result.seconds, 2),
             "weights": weights.name,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +95,14 @@ def test_exported_graph_has_named_io_and_dynamic_batch(demo):
     assert not isinstance(inp.shape[0], int) and inp.shape[1:] == [3, 224, 224]
     batch = _photo_batch(demo)
     assert session.run(None, {"input": batch})[0].shape == (len(batch), 1000)
+
+
+def test_exported_graph_is_folded_for_atc(demo):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(demo.model))
+    ops = {node.op_type for node in model.graph.node}
+    assert ops <= {"Conv", "Clip", "Add", "GlobalAveragePool", "Reshape", "Flatten", "Gemm"}, ops
+    assert [(op.domain, op.version) for op in model.opset_import] == [("", 17)]
 
 
 def test_onnx_runtime_matches_torch_on_demo_photos(demo):
@@ -200,9 +210,6 @@ def test_second_build_is_cached_and_fast(demo):
 
 
 def test_cached_build_does_not_import_torch(demo):
-    import subprocess
-    import sys
-
     code = (
         "import sys; from deploy.models import build_demo; "
         f"a = build_demo({str(demo.root)!r}); "
@@ -231,6 +238,14 @@ def test_modified_model_invalidates_cache(demo, tmp_path):
     with open(root / models.DEMO_MODEL, "ab") as f:
         f.write(b"\0")
     assert check_demo(root) is None
+
+
+def test_unwritable_demo_root_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ModelError) as exc:
+        build_demo(blocker / "demo")
+    assert _message(exc).startswith("cannot write the demo at ")
 
 
 # --- export_torch on a user's own model --------------------------------------------------------------
@@ -273,7 +288,7 @@ def test_export_from_file_factory(tiny, tmp_path):
     assert result.path == out and out.is_file()
     assert result.input_shape == (1, 3, 32, 32) and result.opset == 17
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
-    assert len(result.sha256) == 64 and result.seconds > 0
+    assert len(result.sha256) == 64 and result.seconds > 0 and result.folded
     assert [p.name for p in out.parent.iterdir()] == ["tiny.onnx"]  # no temporary left behind
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert _ort_logits(out, x).shape == (3, 10)
@@ -332,6 +347,13 @@ def _message(excinfo) -> str:
     assert "\n" not in msg and len(msg) < 400, msg
     assert isinstance(excinfo.value, DeployError)
     return msg
+
+
+def test_torch_not_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    with pytest.raises(ModelError) as exc:
+        export_torch("deploy.models:efficientnet_lite0", tmp_path / "m.onnx", (1, 3, 224, 224))
+    assert _message(exc) == "torch is not installed: pip install '.[models]'"
 
 
 def test_missing_weights_file(tmp_path):
