@@ -150,41 +150,49 @@ def test_demo_preprocessing_beats_imagenet_mean_std(demo):
     assert mean_p_expected(demo.preprocess) > mean_p_expected(imagenet)
 
 
-def _agent_topk(demo, k=5):
-    """Classify the demo photos through the agent's own pipeline (preprocess -> ONNX backend -> top-k)."""
-    pipeline = pytest.importorskip("agent.pipeline")
-    preprocess = pytest.importorskip("agent.preprocess")
-    postprocess = pytest.importorskip("agent.postprocess")
-    backends = pytest.importorskip("agent.backends")
+def test_reference_preprocessing_equals_the_agents(demo):
+    """The oracle the expected classes were measured with is what the agent computes (reference path)."""
+    agent_pre = pytest.importorskip("agent.preprocess")
+    cfg = agent_pre.resolve(demo.preprocess, (None, 3, 224, 224), "float32", "NCHW")
+    pre = agent_pre.Preprocessor(cfg)
+    for path in demo.images:
+        assert np.array_equal(pre.reference(str(path))[0], models.preprocess_reference(path, demo.preprocess))
 
-    class Records:
-        def __init__(self):
-            self.results = {}
 
-        def add_result(self, record):
-            self.results[record["image"]] = record
-
-        def emit(self, kind, **fields):
-            return None
-
-    backend = backends.get_backend("onnx", threads=2).load(str(demo.model))
-    spec = backend.inputs[0]
-    cfg = preprocess.resolve(
-        demo.preprocess, input_shape=spec.shape, input_dtype=spec.dtype, input_layout=spec.layout
+def _agent_run(demo, out_dir: Path) -> dict[str, dict]:
+    """Classify the demo photos the way a board does: a job.json and ``python3 -m agent run --job``."""
+    pytest.importorskip("agent.runner")
+    job = {
+        "v": 1,
+        "run_id": "test-demo",
+        "mode": "run",
+        "release": str(demo.root),
+        "out_dir": str(out_dir),
+        "model": models.DEMO_MODEL,
+        "backend": "onnx",
+        "preprocess": demo.preprocess,
+        "labels": models.DEMO_LABELS,
+        "inputs": [models.DEMO_IMAGES],
+        "batch": 4,
+        "topk": 5,
+        "labelled": False,
+    }
+    job_file = out_dir.parent / "job.json"
+    job_file.write_text(json.dumps(job))
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--job", str(job_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    records = Records()
-    sink = pipeline.Sink(records)
-    _, items, missing = pipeline.collect([str(demo.root / "images")])
-    assert not missing
-    post = postprocess.Postprocessor(postprocess.Labels.load(str(demo.labels)), k)
-    pipeline.Pipeline(backend, preprocess.Preprocessor(cfg), post, sink, batch=4).run(items)
-    sink.close()
-    backend.close()
-    return records.results
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = (out_dir / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    return {r["image"]: r for r in map(json.loads, lines)}
 
 
-def test_top1_of_demo_photos_through_the_agent_pipeline(demo):
-    results = _agent_topk(demo)
+def test_top1_of_demo_photos_through_the_agent_pipeline(demo, tmp_path):
+    results = _agent_run(demo, tmp_path / "run")
     assert sorted(results) == sorted(p.name for p in demo.images)
     for name, record in sorted(results.items()):
         assert record["ok"], record
