@@ -1,0 +1,461 @@
+"""``deploy``: argument parsing and rendering only (rich on stderr, tables or ``--json`` on stdout).
+
+Exit codes: 0 everything asked for succeeded; 1 an operation failed; 2 bad inventory or
+usage; 3 host-key refusal; 4 board unreachable; 5 a run finished partially (some images
+failed). User mistakes print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from . import inventory as inventory_mod
+from . import report
+from .errors import DeployError
+
+EXIT_PARTIAL = 5
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _inv(args) -> inventory_mod.Inventory:
+    return inventory_mod.load(args.inventory)
+
+
+@contextmanager
+def _connect(inv, board, args):
+    from .ssh import Connection, endpoint_for
+
+    conn = Connection(endpoint_for(inv, board), accept_new=getattr(args, "accept_new_host_key", False))
+    try:
+        conn.open()
+        yield conn
+    finally:
+        conn.close()
+
+
+def _emit_json(obj) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------- sandbox
+
+
+def cmd_sandbox(args) -> int:
+    from . import sandbox
+
+    inv = _inv(args)
+    if args.action == "up":
+        boxes = sandbox.up(inv, args.names or None, log=None)
+        if args.json:
+            _emit_json([b.to_json() for b in boxes])
+        else:
+            for b in boxes:
+                out.print(f"[green]up[/] {b.name}: {b.user}@{b.host}:{b.port} home {b.home} (pid {b.pid})")
+        return 0
+    if args.action == "down":
+        boxes = sandbox.down(inv, args.names or None, purge=args.purge)
+        if args.json:
+            _emit_json([b.to_json() for b in boxes])
+        else:
+            for b in boxes:
+                out.print(f"[yellow]down[/] {b.name}" + (" (purged)" if args.purge else ""))
+        return 0
+    boxes = sandbox.status(inv)
+    if args.json:
+        _emit_json([b.to_json() for b in boxes])
+        return 0
+    t = Table("board", "state", "address", "user", "home", "pid")
+    for b in boxes:
+        t.add_row(b.name, "[green]running[/]" if b.running else "[red]stopped[/]", f"{b.host}:{b.port}", b.user, b.home,
+                  str(b.pid or "-"))
+    out.print(t)
+    for b in boxes:
+        if b.running:
+            out.print(f"{b.name}: {b.ssh_command}")
+    return 0
+
+
+# ---------------------------------------------------------------- push / releases / rollback
+
+
+def cmd_push(args) -> int:
+    from . import push as push_mod
+    from .bundle import HashCache
+
+    inv = _inv(args)
+    cache = HashCache(inv.state_dir / "hashcache.json")
+    results = []
+    failures = 0
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn:
+                with Progress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeElapsedColumn(), console=err, transient=True, disable=args.json,
+                ) as prog:
+                    task = prog.add_task(f"{board.name}: planning", total=None)
+
+                    def on_plan(plan, task=task, prog=prog, board=board):
+                        prog.update(task, description=f"{board.name}: sending {plan.send_files} files", total=plan.send_bytes)
+                        if args.dry_run and not args.json:
+                            report.print_plan(err, plan)
+
+                    res = push_mod.push(
+                        inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
+                        on_bytes=lambda n, task=task, prog=prog: prog.advance(task, n), cache=cache,
+                    )
+            results.append(report.push_json(res))
+            if not args.json:
+                report.print_push(out, res)
+        except DeployError as exc:
+            failures += 1
+            results.append({"board": board.name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {escape(str(exc))}")
+    if args.json:
+        _emit_json(results)
+    return 1 if failures else 0
+
+
+def cmd_releases(args) -> int:
+    from . import push as push_mod
+
+    inv = _inv(args)
+    rows = []
+    for board in inv.select(args.target):
+        with _connect(inv, board, args) as conn:
+            info = push_mod.releases(inv, conn)
+        rows.append({"board": board.name, **info})
+    if args.json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            report.print_releases(out, r)
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from . import push as push_mod
+
+    inv = _inv(args)
+    rows = []
+    for board in inv.select(args.target):
+        with _connect(inv, board, args) as conn:
+            info = push_mod.rollback(inv, conn, args.to)
+        rows.append({"board": board.name, **info})
+        if not args.json:
+            out.print(f"{board.name}: current {info['previous']} -> [bold]{info['current']}[/]")
+    if args.json:
+        _emit_json(rows)
+    return 0
+
+
+# ---------------------------------------------------------------- run / pull / status / exec
+
+
+def cmd_run(args) -> int:
+    from . import jobs
+
+    inv = _inv(args)
+    images = Path(args.images).resolve() if args.images else None
+    overrides = {}
+    if args.batch:
+        overrides["batch"] = args.batch
+    if args.topk:
+        overrides["topk"] = args.topk
+    results = []
+    worst = 0
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn, Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(), console=err, transient=False, disable=args.json,
+            ) as prog:
+                task = prog.add_task(f"{board.name}: starting", total=None, rate="")
+
+                def on_event(ev, task=task, prog=prog, board=board):
+                    kind = ev["event"]
+                    if kind == "start":
+                        prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
+                                    completed=ev.get("skipped", 0))
+                    elif kind in ("result", "error"):
+                        prog.advance(task)
+                        if not args.json and not args.quiet:
+                            prog.console.print(report.event_line(ev))
+                    elif kind == "progress" and ev.get("ips"):
+                        prog.update(task, rate=f"{ev['ips']:.1f} img/s")
+
+                if args.attach:
+                    res = jobs.attach(inv, board, conn, args.attach, on_event=on_event)
+                else:
+                    res = jobs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
+                                   resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
+            results.append(report.run_json(res))
+            if not args.json:
+                report.print_run(out, res)
+            if not res.success:
+                worst = max(worst, EXIT_PARTIAL if res.ended and res.ok else 1)
+        except DeployError as exc:
+            worst = max(worst, 1)
+            results.append({"board": board.name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {escape(str(exc))}")
+    if args.json:
+        _emit_json(results)
+    return worst
+
+
+def cmd_pull(args) -> int:
+    from . import jobs
+
+    inv = _inv(args)
+    results = []
+    failures = 0
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn, Progress(
+                TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(), console=err,
+                transient=True, disable=args.json,
+            ) as prog:
+                task = prog.add_task(f"{board.name}: pulling", total=None)
+                res = jobs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
+                                include_inputs=args.include_inputs, on_bytes=lambda n, t=task, p=prog: p.advance(t, n))
+            results.append(report.pull_json(res))
+            if not args.json:
+                report.print_pull(out, res)
+        except DeployError as exc:
+            failures += 1
+            results.append({"board": board.name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {escape(str(exc))}")
+    if args.json:
+        _emit_json(results)
+    return 1 if failures else 0
+
+
+def cmd_status(args) -> int:
+    from . import jobs
+
+    inv = _inv(args)
+    rows = []
+    failures = 0
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn:
+                rows.append({"board": board.name, "ok": True, **jobs.status(inv, conn)})
+        except DeployError as exc:
+            failures += 1
+            rows.append({"board": board.name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {escape(str(exc))}")
+    if args.json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            if r["ok"]:
+                report.print_status(out, r)
+    return 1 if failures else 0
+
+
+def cmd_exec(args) -> int:
+    from .ssh import user_command
+
+    inv = _inv(args)
+    argv = args.command
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise DeployError("nothing to run: deploy exec BOARD -- CMD [ARGS...]")
+    worst = 0
+    for board in inv.select(args.target):
+        with _connect(inv, board, args) as conn:
+            chan = conn.channel(user_command(inv.app.name, argv))
+            chan.shutdown_write()
+            stdout = chan.makefile("rb")
+            stderr = chan.makefile_stderr("rb")
+            for line in stdout:
+                sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            sys.stderr.buffer.write(stderr.read())
+            code = chan.recv_exit_status()
+            worst = max(worst, code)
+    return worst
+
+
+# ---------------------------------------------------------------- models
+
+
+def cmd_model(args) -> int:
+    from . import models
+
+    try:
+        if args.action == "demo":
+            inv_path = Path(args.inventory)
+            root = Path(args.dest) if args.dest else inv_path.resolve().parent / "demo"
+            with err.status("building demo model, labels and photos (cached)"):
+                assets = models.build_demo(root, force=args.force)
+            info = {k: str(v) for k, v in vars(assets).items()} if not hasattr(assets, "__dataclass_fields__") else {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in assets.__dict__.items()}
+            if args.json:
+                _emit_json(info)
+            else:
+                out.print(f"demo assets in {root} ({'built' if getattr(assets, 'rebuilt', False) else 'cached'})")
+            return 0
+        if args.action == "export":
+            res = models.export_torch(args.torch, Path(args.output), models.parse_shape(args.input_shape),
+                                      weights=Path(args.weights) if args.weights else None, opset=args.opset)
+            info = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
+            if args.json:
+                _emit_json(info)
+            else:
+                out.print(f"exported {res.path} (max |onnx - torch| = {res.max_abs_diff:.2e})")
+            return 0
+        if args.action == "convert":
+            return _convert(args)
+    except models.ModelError as exc:
+        raise DeployError(str(exc)) from None
+    return 2
+
+
+def _convert(args) -> int:
+    from . import atc
+
+    try:
+        plan = atc.plan_conversion(
+            Path(args.model), args.target, weight=Path(args.weight) if args.weight else None,
+            input_shape=args.input_shape, aipp=args.aipp, output=Path(args.output) if args.output else None,
+            fp16_inputs=tuple(args.fp16_input or ()), output_type=args.output_type,
+        )
+    except atc.AtcError as exc:
+        raise DeployError(str(exc)) from None
+    cmdline = atc.format_command(plan) if hasattr(atc, "format_command") else " ".join(plan.argv)
+    if plan.aipp_config:
+        err.print(f"AIPP config: {getattr(plan, 'aipp_path', '(written next to the output)')}")
+    try:
+        result = atc.run_conversion(plan)
+    except atc.AtcNotFound as exc:
+        out.print(cmdline)
+        err.print(f"[yellow]not converted[/]: {escape(str(exc))}")
+        return 3
+    except atc.AtcError as exc:
+        raise DeployError(str(exc)) from None
+    out.print(f"converted: {result}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deploy", description="Ship image-classification apps to Atlas boards over SSH.")
+    p.add_argument("-i", "--inventory", default=os.environ.get("DEPLOY_INVENTORY", "inventory.yaml"),
+                   help="inventory file (default ./inventory.yaml)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp, target=True):
+        sp.add_argument("-i", "--inventory", default=argparse.SUPPRESS, help="inventory file")
+        if target:
+            sp.add_argument("target", help="a board, a group, or all")
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.add_argument("--accept-new-host-key", action="store_true",
+                        help="trust and record an unknown host key (a changed key is always refused)")
+
+    sp = sub.add_parser("sandbox", help="local sandbox boards (real sshd on 127.0.0.1)")
+    sp.add_argument("action", choices=["up", "down", "status"])
+    sp.add_argument("names", nargs="*", help="sandbox boards (default: all in the inventory)")
+    sp.add_argument("--purge", action="store_true", help="down: also remove the boards' homes and users")
+    common(sp, target=False)
+    sp.set_defaults(func=cmd_sandbox)
+
+    sp = sub.add_parser("push", help="push the app to boards (only what changed travels)")
+    common(sp)
+    sp.add_argument("--dry-run", action="store_true", help="show what would be sent and changed; touch nothing")
+    sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("releases", help="list releases on boards")
+    common(sp)
+    sp.set_defaults(func=cmd_releases)
+
+    sp = sub.add_parser("rollback", help="switch back to the previous (or a given) release")
+    common(sp)
+    sp.add_argument("--to", help="release id (or unique prefix)")
+    sp.set_defaults(func=cmd_rollback)
+
+    sp = sub.add_parser("run", help="classify images on boards, with live progress")
+    common(sp)
+    sp.add_argument("--images", help="local file or folder of images to upload for this run")
+    sp.add_argument("--run-id", help="name the run (default: UTC time + random suffix)")
+    sp.add_argument("--resume", metavar="RUN_ID", help="restart a killed run; finished images are skipped")
+    sp.add_argument("--attach", metavar="RUN_ID", help="follow a run that is already going")
+    sp.add_argument("--mode", choices=["run", "bench", "eval"], default="run")
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--topk", type=int)
+    sp.add_argument("-q", "--quiet", action="store_true", help="no per-image lines")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("pull", help="fetch a run's outputs into outputs/<board>/<run-id>/")
+    common(sp)
+    sp.add_argument("--run", help="run id (default: the latest)")
+    sp.add_argument("--dest", help="outputs root (default ./outputs)")
+    sp.add_argument("--include-inputs", action="store_true", help="also fetch uploaded input images")
+    sp.set_defaults(func=cmd_pull)
+
+    sp = sub.add_parser("status", help="current release, env block, last runs")
+    common(sp)
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("exec", help="run a command on boards with the app environment")
+    common(sp)
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    sp.set_defaults(func=cmd_exec)
+
+    sp = sub.add_parser("model", help="prepare models: export from torch, the demo model, atc conversion")
+    sp.add_argument("action", choices=["export", "demo", "convert"])
+    sp.add_argument("model", nargs="?", help="convert: the model file (.onnx, .prototxt, .air, .pb)")
+    sp.add_argument("--torch", help="export: MODULE:FACTORY (or path/to/file.py:FACTORY)")
+    sp.add_argument("--weights", help="export: weights file (state dict)")
+    sp.add_argument("--weight", help="convert: Caffe .caffemodel")
+    sp.add_argument("--input-shape", help="export: N,C,H,W; convert: name:N,C,H,W")
+    sp.add_argument("--opset", type=int, default=17)
+    sp.add_argument("-o", "--output", help="output file")
+    sp.add_argument("--dest", help="demo: where to build (default <project>/demo)")
+    sp.add_argument("--force", action="store_true", help="demo: rebuild even if cached")
+    sp.add_argument("--target", default="atlas200dk", help="convert: target profile")
+    sp.add_argument("--aipp", help="convert: preprocessing preset baked into the model by AIPP")
+    sp.add_argument("--fp16-input", action="append", help="convert: input node fed as fp16 (repeatable)")
+    sp.add_argument("--output-type", default="FP32")
+    common(sp, target=False)
+    sp.set_defaults(func=cmd_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DeployError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

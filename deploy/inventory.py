@@ -1,0 +1,326 @@
+"""Load and validate ``inventory.yaml`` into typed, frozen values.
+
+Every error names the file, the line and the dotted field, e.g.::
+
+    inventory.yaml:14: boards.board1.port: must be an integer 1-65535, not 'abc'
+
+The YAML is composed into nodes first (not loaded straight into dicts) so that each
+value keeps the line it came from. Unknown keys are errors, not silently ignored:
+a typo such as ``taget:`` would otherwise deploy with the default target.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InventoryError
+from .targets import PROFILES
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BACKENDS = ("onnx", "om")
+PRESETS = ("imagenet", "caffe", "cifar", "raw-u8")
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    models: dict[str, Path]  # backend file kind ("onnx" | "om") -> local path
+    labels: Path | None
+    images: Path | None
+    preprocess: dict[str, Any]
+    topk: int = 5
+    batch: int = 1
+    keep_releases: int = 5
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    target: str
+    sandbox: bool = False
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    key: Path | None = None
+    python: str = "python3"
+    arch: str = "x86_64"  # sandbox boards only: x86_64 (native) or aarch64 (qemu-user rootfs)
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    app: App
+    boards: dict[str, Board]
+    groups: dict[str, tuple[str, ...]]
+
+    @property
+    def root(self) -> Path:
+        """The project directory: relative paths in the inventory are taken from here."""
+        return self.path.resolve().parent
+
+    @property
+    def state_dir(self) -> Path:
+        """Project-local state: known_hosts, client key, sandbox boards, caches."""
+        return self.root / ".deploy"
+
+    def select(self, spec: str) -> list[Board]:
+        """Boards named by ``spec``: a board, a group, ``all``, or a comma-separated mix."""
+        chosen: dict[str, Board] = {}
+        for part in [p.strip() for p in spec.split(",") if p.strip()]:
+            if part == "all":
+                names: tuple[str, ...] = tuple(self.boards)
+            elif part in self.boards:
+                names = (part,)
+            elif part in self.groups:
+                names = self.groups[part]
+            else:
+                known = ", ".join(sorted([*self.boards, *self.groups, "all"]))
+                raise InventoryError(f"{self.path}: no board or group named {part!r} (known: {known})")
+            for n in names:
+                chosen[n] = self.boards[n]
+        if not chosen:
+            raise InventoryError(f"{self.path}: no boards selected by {spec!r}")
+        return list(chosen.values())
+
+
+class _Doc:
+    """Walks composed YAML nodes, turning each problem into a file:line: field: message error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, where: str, msg: str) -> InventoryError:
+        line = node.start_mark.line + 1 if node is not None else 1
+        return InventoryError(f"{self.path}:{line}: {where}: {msg}")
+
+    def mapping(self, node: yaml.Node, where: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, where, "must be a mapping (key: value lines)")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise self.fail(k, where, "keys must be plain names")
+            if k.value in out:
+                raise self.fail(k, f"{where}.{k.value}" if where else k.value, "duplicate key")
+            out[k.value] = (k, v)
+        return out
+
+    def check_keys(self, m: dict, allowed: set[str], where: str) -> None:
+        for key, (knode, _) in m.items():
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self.fail(knode, f"{where}.{key}" if where else key, f"unknown field (expected one of: {hint})")
+
+    def scalar(self, node: yaml.Node, where: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, where, "must be a single value, not a list or mapping")
+        return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+
+    def string(self, node: yaml.Node, where: str, pattern: re.Pattern | None = None, what: str = "") -> str:
+        val = self.scalar(node, where)
+        if not isinstance(val, str) or not val:
+            raise self.fail(node, where, f"must be a non-empty string, not {val!r}")
+        if pattern is not None and not pattern.match(val):
+            raise self.fail(node, where, f"{what or 'invalid value'}: {val!r}")
+        return val
+
+    def integer(self, node: yaml.Node, where: str, lo: int, hi: int) -> int:
+        val = self.scalar(node, where)
+        if isinstance(val, bool) or not isinstance(val, int) or not lo <= val <= hi:
+            raise self.fail(node, where, f"must be an integer {lo}-{hi}, not {val!r}")
+        return val
+
+    def boolean(self, node: yaml.Node, where: str) -> bool:
+        val = self.scalar(node, where)
+        if not isinstance(val, bool):
+            raise self.fail(node, where, f"must be true or false, not {val!r}")
+        return val
+
+    def plain(self, node: yaml.Node, where: str) -> Any:
+        """Any YAML value, as plain Python (for free-form sections such as preprocess overrides)."""
+        return yaml.safe_load(yaml.serialize(node))
+
+
+def load(path: str | Path) -> Inventory:
+    """Read and validate an inventory file. Raises InventoryError with file:line: field: message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(f"{path}: inventory not found (pass -i/--inventory PATH)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InventoryError(f"{path}: cannot read inventory: {exc}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> Inventory:
+    doc = _Doc(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise InventoryError(f"{path}:{line}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InventoryError(f"{path}:1: YAML error: {exc}") from None
+    if root is None:
+        raise InventoryError(f"{path}:1: inventory is empty (needs app: and boards:)")
+    top = doc.mapping(root, "")
+    doc.check_keys(top, {"app", "boards", "groups", "defaults"}, "")
+    for req in ("app", "boards"):
+        if req not in top:
+            raise InventoryError(f"{path}:1: {req}: required section is missing")
+    base = path.resolve().parent
+    app = _app(doc, top["app"][1], base)
+    defaults: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    if "defaults" in top:
+        defaults = doc.mapping(top["defaults"][1], "defaults")
+        doc.check_keys(defaults, _BOARD_KEYS - {"sandbox", "host"}, "defaults")
+    boards_m = doc.mapping(top["boards"][1], "boards")
+    if not boards_m:
+        raise doc.fail(top["boards"][1], "boards", "at least one board is needed")
+    boards = {}
+    for name, (knode, vnode) in boards_m.items():
+        if not NAME_RE.match(name):
+            raise doc.fail(knode, f"boards.{name}", "board names use letters, digits, '.', '_' and '-'")
+        boards[name] = _board(doc, name, knode, vnode, defaults, base)
+    groups: dict[str, tuple[str, ...]] = {}
+    if "groups" in top:
+        for gname, (knode, vnode) in doc.mapping(top["groups"][1], "groups").items():
+            where = f"groups.{gname}"
+            if gname == "all" or gname in boards:
+                raise doc.fail(knode, where, "a group cannot be named 'all' or like a board")
+            if not isinstance(vnode, yaml.SequenceNode):
+                raise doc.fail(vnode, where, "must be a list of board names")
+            members = []
+            for item in vnode.value:
+                member = doc.string(item, where)
+                if member not in boards:
+                    raise doc.fail(item, where, f"unknown board {member!r}")
+                members.append(member)
+            groups[gname] = tuple(members)
+    return Inventory(path=path, app=app, boards=boards, groups=groups)
+
+
+_APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env"}
+_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch"}
+
+
+def _path(doc: _Doc, node: yaml.Node, where: str, base: Path) -> Path:
+    p = Path(doc.string(node, where)).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
+    m = doc.mapping(node, "app")
+    doc.check_keys(m, _APP_KEYS, "app")
+    if "name" not in m:
+        raise doc.fail(node, "app.name", "required field is missing")
+    name = doc.string(m["name"][1], "app.name", NAME_RE, "use letters, digits, '.', '_' and '-'")
+    if "models" not in m:
+        raise doc.fail(node, "app.models", "required field is missing (e.g. models: {onnx: models/net.onnx})")
+    models = {}
+    for kind, (knode, vnode) in doc.mapping(m["models"][1], "app.models").items():
+        if kind not in BACKENDS:
+            raise doc.fail(knode, f"app.models.{kind}", f"model kind must be one of {', '.join(BACKENDS)}")
+        models[kind] = _path(doc, vnode, f"app.models.{kind}", base)
+    if not models:
+        raise doc.fail(m["models"][1], "app.models", "name at least one model")
+    preprocess: dict[str, Any] = {"preset": "imagenet"}
+    if "preprocess" in m:
+        pnode = m["preprocess"][1]
+        if isinstance(pnode, yaml.ScalarNode):
+            preprocess = {"preset": doc.string(pnode, "app.preprocess")}
+        else:
+            preprocess = doc.plain(pnode, "app.preprocess")
+            if not isinstance(preprocess, dict):
+                raise doc.fail(pnode, "app.preprocess", "must be a preset name or a mapping with preset:")
+            preprocess.setdefault("preset", "imagenet")
+        if preprocess["preset"] not in PRESETS:
+            raise doc.fail(pnode, "app.preprocess.preset", f"must be one of {', '.join(PRESETS)}, not {preprocess['preset']!r}")
+        for key in ("mean", "std"):
+            if key in preprocess:
+                v = preprocess[key]
+                if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+                    raise doc.fail(pnode, f"app.preprocess.{key}", "must be a list of three numbers")
+    env = {}
+    if "env" in m:
+        for k, (knode, vnode) in doc.mapping(m["env"][1], "app.env").items():
+            if not ENV_KEY_RE.match(k):
+                raise doc.fail(knode, f"app.env.{k}", "not a valid environment variable name")
+            val = doc.scalar(vnode, f"app.env.{k}")
+            env[k] = "" if val is None else str(val)
+    return App(
+        name=name,
+        models=models,
+        labels=_path(doc, m["labels"][1], "app.labels", base) if "labels" in m else None,
+        images=_path(doc, m["images"][1], "app.images", base) if "images" in m else None,
+        preprocess=preprocess,
+        topk=doc.integer(m["topk"][1], "app.topk", 1, 1000) if "topk" in m else 5,
+        batch=doc.integer(m["batch"][1], "app.batch", 1, 1024) if "batch" in m else 1,
+        keep_releases=doc.integer(m["keep_releases"][1], "app.keep_releases", 1, 100) if "keep_releases" in m else 5,
+        env=env,
+    )
+
+
+def _board(doc: _Doc, name: str, knode, vnode, defaults: dict, base: Path) -> Board:
+
+
+    where = f"boards.{name}"
+    if vnode.tag == "tag:yaml.org,2002:null":
+        own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    else:
+        own = doc.mapping(vnode, where)
+    doc.check_keys(own, _BOARD_KEYS, where)
+    merged = {**defaults, **own}
+
+    def get(key, conv, *args, default=None):
+        if key not in merged:
+            return default
+        knode2, node = merged[key]
+        w = f"{where}.{key}" if key in own else f"defaults.{key}"
+        return conv(node, w, *args)
+
+    sandbox = get("sandbox", doc.boolean, default=False)
+    host = get("host", doc.string)
+    if not sandbox and not host:
+        raise doc.fail(knode, f"{where}.host", "required for a real board (or set sandbox: true)")
+    if sandbox and host:
+        raise doc.fail(own["host"][0], f"{where}.host", "a sandbox board gets its address from `deploy sandbox up`")
+    target = get("target", doc.string)
+    if target is None:
+        target = "x86_64-cpu" if sandbox else "atlas200dk"
+    if target not in PROFILES:
+        node = merged["target"][1]
+        raise doc.fail(node, f"{where}.target", f"unknown target {target!r} (known: {', '.join(PROFILES)})")
+    arch = get("arch", doc.string, default="x86_64")
+    if arch not in ("x86_64", "aarch64"):
+        raise doc.fail(merged["arch"][1], f"{where}.arch", f"must be x86_64 or aarch64, not {arch!r}")
+    key = get("key", _path_conv(doc, base))
+    return Board(
+        name=name,
+        target=target,
+        sandbox=sandbox,
+        host=host,
+        port=get("port", doc.integer, 1, 65535, default=22),
+        user=get("user", doc.string),
+        key=key,
+        python=get("python", doc.string, default="python3"),
+        arch=arch,
+        line=knode.start_mark.line + 1,
+    )
+
+
+def _path_conv(doc: _Doc, base: Path):
+    def conv(node, where):
+        return _path(doc, node, where, base)
+
+    return conv

@@ -1,0 +1,178 @@
+"""Rendering of results: rich tables for people, plain dicts for ``--json``.
+
+Everything user-controlled (file names, labels, error messages) is escaped before it
+reaches rich, so a name like ``[red]x.jpg`` prints as itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def _size(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+# ---------------------------------------------------------------- push
+
+
+def print_plan(con: Console, plan) -> None:
+    state = "already on the board" if plan.exists else f"{plan.send_files} files, {_size(plan.send_bytes)} to send"
+    con.print(
+        f"[bold]{escape(plan.board)}[/]: release {plan.release} ({plan.files} files, {_size(plan.total_bytes)}): {state}; "
+        f"current {plan.current or 'none'}"
+    )
+    for diff in (plan.env_diff, plan.bashrc_diff):
+        if diff:
+            con.print(escape(diff.rstrip()), highlight=False)
+
+
+def push_json(res) -> dict:
+    out = {
+        "board": res.board,
+        "ok": True,
+        "release": res.release,
+        "previous": res.previous,
+        "switched": res.switched,
+        "dry_run": res.dry_run,
+        "payload_bytes": res.payload_bytes,
+        "objects": res.objects,
+        "linked": res.linked,
+        "pruned": res.pruned,
+        "bashrc_changed": res.bashrc_changed,
+        "env_changed": res.env_changed,
+        "seconds": round(res.seconds, 3),
+        "target": res.target,
+        "python": res.python,
+    }
+    if res.plan is not None:
+        out["plan"] = {
+            "files": res.plan.files,
+            "total_bytes": res.plan.total_bytes,
+            "send_files": res.plan.send_files,
+            "send_bytes": res.plan.send_bytes,
+            "exists": res.plan.exists,
+            "env_diff": res.plan.env_diff,
+            "bashrc_diff": res.plan.bashrc_diff,
+        }
+    return out
+
+
+def print_push(con: Console, res) -> None:
+    if res.dry_run:
+        con.print(f"[bold]{escape(res.board)}[/]: dry run, nothing changed")
+        return
+    what = "switched to" if res.switched else "already at"
+    con.print(
+        f"[green]pushed[/] [bold]{escape(res.board)}[/]: {what} release {res.release} "
+        f"(sent {res.objects} files, {_size(res.payload_bytes)}; {res.linked} hard-linked; "
+        f"target {res.target}, Python {res.python}; {res.seconds:.2f}s)"
+        + (f"; pruned {', '.join(res.pruned)}" if res.pruned else "")
+    )
+
+
+def print_releases(con: Console, info: dict) -> None:
+    t = Table("release", "created", "current", title=f"{info['board']} releases")
+    for r in info["releases"]:
+        t.add_row(r["id"], _when(r.get("created")), "[green]*[/]" if r["current"] else "")
+    con.print(t)
+
+
+# ---------------------------------------------------------------- run
+
+
+def event_line(ev: dict) -> str:
+    if ev["event"] == "result":
+        top = ev["topk"][0] if ev["topk"] else [None, "?", 0.0]
+        return f"  [green]ok[/]  {escape(str(ev['image']))}: {escape(str(top[1]))} ({top[2]:.3f})"
+    return f"  [red]err[/] {escape(str(ev['image']))}: {escape(ev['kind'])}: {escape(str(ev['message']))}"
+
+
+def run_json(res) -> dict:
+    return {
+        "board": res.board,
+        "ok": res.success,
+        "run_id": res.run_id,
+        "release": res.release,
+        "images_ok": res.ok,
+        "images_failed": res.failed,
+        "total": res.total,
+        "ended": res.ended,
+        "exit_code": res.exit_code,
+        "summary": res.summary,
+        "errors": [{"image": e["image"], "kind": e["kind"], "message": e["message"]} for e in res.errors],
+        "seconds": round(res.seconds, 3),
+    }
+
+
+def print_run(con: Console, res) -> None:
+    colour = "green" if res.success else ("yellow" if res.ok else "red")
+    ips = res.summary.get("ips")
+    rate = f", {ips:.1f} img/s" if isinstance(ips, (int, float)) else ""
+    con.print(
+        f"[{colour}]run {res.run_id}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
+        f"{rate} (release {res.release or '?'}); pull with: deploy pull {escape(res.board)} --run {res.run_id}"
+    )
+
+
+# ---------------------------------------------------------------- pull
+
+
+def pull_json(res) -> dict:
+    return {"board": res.board, "ok": True, "run_id": res.run_id, "path": str(res.path), "files": res.files,
+            "bytes": res.bytes, "seconds": round(res.seconds, 3)}
+
+
+def print_pull(con: Console, res) -> None:
+    path = Path(res.path)
+    t = Table("image", "top-1", "score", "status", title=f"{res.board} run {res.run_id}")
+    results = path / "results.jsonl"
+    if results.exists():
+        for line in results.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("ok"):
+                top = rec["topk"][0]
+                t.add_row(escape(str(rec["image"])), escape(str(top[1])), f"{top[2]:.3f}", "[green]ok[/]")
+            else:
+                t.add_row(escape(str(rec.get("image"))), "", "", f"[red]{escape(str(rec.get('kind')))}[/]")
+    con.print(t)
+    con.print(f"pulled {res.files} files ({_size(res.bytes)}) into {escape(str(path))}")
+
+
+# ---------------------------------------------------------------- status
+
+
+def print_status(con: Console, info: dict) -> None:
+    facts = info["facts"]
+    blocks = info["bashrc_blocks"]
+    block = "[green]present[/]" if blocks == 1 else ("[red]missing[/]" if blocks == 0 else f"[red]{blocks} copies[/]")
+    con.print(
+        f"[bold]{escape(info['board'])}[/] ({facts['arch']}, Python {facts['python']}, {escape(facts['os'])}, "
+        f"{_size(facts['free_bytes'])} free)\n  current release: {info['current'] or 'none'}; "
+        f"releases: {len(info['releases'])}; env.sh: {'yes' if info['env_sh'] else 'no'}; .bashrc block: {block}"
+    )
+    if info["runs"]:
+        t = Table("run", "status", "ok", "failed", "img/s", title="last runs")
+        for r in info["runs"]:
+            s = r.get("summary") or {}
+            ips = s.get("ips")
+            t.add_row(r["id"], str(r.get("status") or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
+                      f"{ips:.1f}" if isinstance(ips, (int, float)) else "-")
+        con.print(t)

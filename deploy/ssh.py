@@ -1,0 +1,309 @@
+"""The only place that opens SSH connections to boards.
+
+Security by default:
+
+* Host keys are verified against the project's ``.deploy/known_hosts`` and the user's
+  ``~/.ssh/known_hosts``. An unknown key is refused unless the caller passes
+  ``accept_new=True`` (CLI: ``--accept-new-host-key``), which records it in the project
+  file; a key that differs from a recorded one is always refused. (Fabric hard-codes
+  paramiko's AutoAddPolicy; we do not.)
+* Every remote command is built from ``shlex.quote``-d words; nothing user-supplied is
+  pasted into a shell line unquoted.
+
+Speed: paramiko sets no socket options, so small request/response exchanges stall on
+Nagle + delayed ACK; we hand it a socket with ``TCP_NODELAY`` and keep one connection per
+board for a whole operation. The channel window is raised so pulls are not window-bound.
+
+Every command sources the app's ``env.sh`` itself: a non-interactive ``bash -c`` never
+reaches exports placed after the ``case $- in *i*`` guard of a stock ``~/.bashrc``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shlex
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from . import boardside
+from .errors import ConnectError, HostKeyError, RemoteError
+
+CONNECT_TIMEOUT = 10.0
+WINDOW = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a board is and how to log in; built by ``boards.endpoint`` from the inventory."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    key: Path | None
+    known_hosts: Path
+    python: str = "python3"
+    only_key: bool = False  # sandbox boards: use exactly this key, never the agent or ~/.ssh keys
+
+    @property
+    def host_id(self) -> str:
+        """The name known_hosts uses: ``host`` on port 22, ``[host]:port`` otherwise."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _VerifyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown key: refuse, or record it in the project known_hosts when the user said so."""
+
+    def __init__(self, endpoint: Endpoint, accept_new: bool):
+        self.endpoint = endpoint
+        self.accept_new = accept_new
+        self.accepted: str | None = None
+
+    def missing_host_key(self, client, hostname, key):
+        ep = self.endpoint
+        if not self.accept_new:
+            raise HostKeyError(
+                f"{ep.name} ({ep.host_id}): unknown host key {key.get_name()} {fingerprint(key)}; "
+                "check it, then re-run with --accept-new-host-key to trust it"
+            )
+        ep.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(ep.known_hosts, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.accepted = fingerprint(key)
+
+
+class Connection:
+    """One SSH connection to one board, reused for every command of an operation."""
+
+    def __init__(self, endpoint: Endpoint, *, accept_new: bool = False, timeout: float = CONNECT_TIMEOUT):
+        self.endpoint = endpoint
+        self.accept_new = accept_new
+        self.timeout = timeout
+        self.client: paramiko.SSHClient | None = None
+
+    def __enter__(self) -> Connection:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        ep = self.endpoint
+        client = paramiko.SSHClient()
+        if not ep.only_key:
+            try:
+                client.load_system_host_keys()
+            except (OSError, paramiko.SSHException):
+                pass
+        if ep.known_hosts.exists():
+            try:
+                client.load_host_keys(str(ep.known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyError(f"{ep.known_hosts}: cannot read known_hosts: {exc}") from None
+        policy = _VerifyPolicy(ep, self.accept_new)
+        client.set_missing_host_key_policy(policy)
+        try:
+            sock = socket.create_connection((ep.host, ep.port), timeout=self.timeout)
+        except OSError as exc:
+            raise ConnectError(f"{ep.name}: cannot reach {ep.host}:{ep.port}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            client.connect(
+                ep.host,
+                port=ep.port,
+                username=ep.user,
+                key_filename=str(ep.key) if ep.key else None,
+                look_for_keys=not ep.only_key,
+                allow_agent=not ep.only_key,
+                sock=sock,
+                timeout=self.timeout,
+                banner_timeout=self.timeout,
+                auth_timeout=self.timeout,
+            )
+        except HostKeyError:
+            sock.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            sock.close()
+            raise HostKeyError(
+                f"{ep.name} ({ep.host_id}): host key {fingerprint(exc.key)} does NOT match the one in known_hosts "
+                f"({fingerprint(exc.expected_key)}); refusing to connect. If the board was reinstalled, remove "
+                f"the old key with: ssh-keygen -R '{ep.host_id}' -f {ep.known_hosts}"
+            ) from None
+        except paramiko.AuthenticationException:
+            sock.close()
+            how = f"key {ep.key}" if ep.key else "your SSH keys/agent"
+            raise ConnectError(f"{ep.name}: {ep.user}@{ep.host_id} refused {how} (install it with ssh-copy-id)") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            sock.close()
+            raise ConnectError(f"{ep.name}: SSH to {ep.host_id} failed: {exc}") from None
+        transport = client.get_transport()
+        transport.default_window_size = WINDOW
+        transport.set_keepalive(15)
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def channel(self, command: str) -> paramiko.Channel:
+        if self.client is None:
+            self.open()
+        chan = self.client.get_transport().open_session(window_size=WINDOW)
+        chan.exec_command(command)
+        return chan
+
+    def run(self, command: str, *, input: bytes | None = None) -> tuple[int, bytes, bytes]:
+        """Run a shell command; returns (exit status, stdout, stderr)."""
+        chan = self.channel(command)
+        if input is not None:
+            chan.sendall(input)
+        chan.shutdown_write()
+        out = chan.makefile("rb").read()
+        err = chan.makefile_stderr("rb").read()
+        return chan.recv_exit_status(), out, err
+
+    def helper(self, op: str, request: dict, *, app: str | None = None) -> HelperCall:
+        """Start one board-side operation (see boardside.py) and send its request line."""
+        chan = self.channel(helper_command(op, self.endpoint.python, app))
+        call = HelperCall(chan, self.endpoint.name, op)
+        call.send_json(request)
+        return call
+
+
+def env_prefix(app: str | None) -> str:
+    """Shell words that put a command in the app's environment, whatever ~/.bashrc does."""
+    if not app:
+        return 'cd "$HOME" && '
+    env = f'"$HOME"/HIAI_PROJECTS/{shlex.quote(app)}/env.sh'
+    return f'cd "$HOME" && {{ if [ -r {env} ]; then . {env}; fi; }} && '
+
+
+def helper_command(op: str, python: str, app: str | None) -> str:
+    source = Path(boardside.__file__).read_text()
+    return env_prefix(app) + " ".join(shlex.quote(w) for w in (python, "-I", "-c", source, op))
+
+
+def user_command(app: str, argv: list[str]) -> str:
+    """``deploy exec``: run argv in the current release directory with env.sh sourced."""
+    cur = f'"$HOME"/HIAI_PROJECTS/{shlex.quote(app)}/current'
+    words = " ".join(shlex.quote(a) for a in argv)
+    return env_prefix(app) + f"{{ cd {cur} 2>/dev/null || true; }} && {words}"
+
+
+class HelperCall:
+    """A running board-side operation: JSON lines both ways, then optional bulk bytes."""
+
+    def __init__(self, chan: paramiko.Channel, board: str, op: str):
+        self.chan = chan
+        self.board = board
+        self.op = op
+        self.out = chan.makefile("rb", 1 << 16)
+
+    def send_json(self, obj: dict) -> None:
+        self.chan.sendall((json.dumps(obj) + "\n").encode())
+
+    def readline(self) -> bytes:
+        return self.out.readline()
+
+    def read_json(self) -> dict:
+        """The next reply line; a helper error or a dead channel becomes RemoteError."""
+        line = self.out.readline()
+        if not line:
+            raise RemoteError(f"{self.board}: {self.op} failed: {self._stderr_tail()}")
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise RemoteError(f"{self.board}: {self.op}: unexpected output: {line[:200]!r}") from None
+        if "error" in obj:
+            raise RemoteError(f"{self.board}: {obj['error']}")
+        return obj
+
+    def _stderr_tail(self) -> str:
+        code = self.chan.recv_exit_status()
+        err = self.chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip().splitlines()
+        if code == 127:
+            return "python3 not found on the board (set boards.<name>.python in the inventory)"
+        return (err[-1] if err else f"exit status {code}")[:500]
+
+    def writer(self, counter=None) -> ChannelWriter:
+        return ChannelWriter(self.chan, counter)
+
+    def close(self) -> int:
+        self.chan.shutdown_write()
+        code = self.chan.recv_exit_status()
+        self.chan.close()
+        return code
+
+
+class ChannelWriter:
+    """A write-only file over a channel with a large buffer, so tar's small writes become big packets."""
+
+    def __init__(self, chan: paramiko.Channel, counter=None, bufsize: int = 1 << 20):
+        self.chan = chan
+        self.buf = bytearray()
+        self.bufsize = bufsize
+        self.counter = counter
+        self.sent = 0
+
+    def write(self, data) -> int:
+        self.buf += data
+        if len(self.buf) >= self.bufsize:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.chan.sendall(bytes(self.buf))
+            self.sent += len(self.buf)
+            if self.counter:
+                self.counter(len(self.buf))
+            self.buf.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def endpoint_for(inv, board) -> Endpoint:
+    """How to reach ``board``: sandbox state for sandbox boards, else inventory + ``~/.ssh/config``.
+
+    paramiko only parses ssh_config (it never applies it), so HostName, User, Port and
+    IdentityFile are applied here; inventory values win over ssh_config.
+    """
+    from . import sandbox
+    from .errors import SandboxError
+
+    kh = inv.state_dir / "known_hosts"
+    if board.sandbox:
+        sb = sandbox.load(inv, board.name)
+        if sb is None or not sb.running:
+            raise SandboxError(f"sandbox board {board.name} is not running: deploy sandbox up {board.name}")
+        return Endpoint(board.name, sb.host, sb.port, sb.user, Path(sb.key), kh, python=board.python, only_key=True)
+    host, user, port, key = board.host, board.user, board.port, board.key
+    cfg_path = Path.home() / ".ssh" / "config"
+    if cfg_path.exists():
+        try:
+            cfg = paramiko.SSHConfig.from_path(str(cfg_path)).lookup(board.host)
+        except (OSError, paramiko.SSHException):
+            cfg = {}
+        host = cfg.get("hostname", host)
+        user = user or cfg.get("user")
+        if board.port == 22 and "port" in cfg:
+            port = int(cfg["port"])
+        if key is None and cfg.get("identityfile"):
+            key = Path(cfg["identityfile"][0]).expanduser()
+    import getpass
+
+    return Endpoint(board.name, host, port, user or getpass.getuser(), key, kh, python=board.python)

@@ -1,0 +1,99 @@
+"""Target profiles: what a board is (CPU arch, Python ABI, backend) so a release can be built for it.
+
+A profile is chosen per board in ``inventory.yaml`` (``target:``). It decides which
+wheels go into the release's ``site/`` (platform tags + Python version), which model
+variant is pushed (``onnx`` for the CPU backend, ``om`` for Ascend), and which CANN
+environment ``env.sh`` sources.
+
+``python = None`` means "whatever python3 the board has": the sandbox target runs on the
+machine's own system Python, so the version is read off the board before building.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    arch: str  # uname -m on the board
+    python: str | None  # "3.7"; None = read it off the board
+    backend: str  # agent backend: "onnx" (onnxruntime on CPU) or "acl" (pyACL + .om on Ascend)
+    platforms: tuple[str, ...]  # pip --platform tags, most specific first
+    soc_version: str | None = None  # atc --soc_version for Ascend targets
+    cann_env: tuple[str, ...] = ()  # set_env.sh candidates sourced by env.sh, first found wins
+    description: str = ""
+
+    @property
+    def model_kind(self) -> str:
+        """The model file kind this target runs: .onnx on CPU, .om on Ascend."""
+        return "om" if self.backend == "acl" else "onnx"
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """The agent's dependencies for this backend (pyACL itself comes with CANN on the board)."""
+        base = ("numpy", "Pillow")
+        return base + ("onnxruntime",) if self.backend == "onnx" else base
+
+
+_AARCH64 = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+_X86_64 = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+_CANN = ("$HOME/Ascend/nnrt/set_env.sh", "$HOME/Ascend/ascend-toolkit/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
+
+PROFILES: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            "atlas200dk",
+            arch="aarch64",
+            python="3.7",
+            backend="acl",
+            # Ubuntu 18.04 on the board: glibc 2.27, so nothing newer than manylinux_2_27
+            platforms=("manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),
+            soc_version="Ascend310",
+            cann_env=_CANN,
+            description="Atlas 200 DK: Ascend 310, Ubuntu 18.04 aarch64, Python 3.7, CANN <= 6.0 under ~/Ascend",
+        ),
+        Target(
+            "atlas200i-a2",
+            arch="aarch64",
+            python="3.9",
+            backend="acl",
+            platforms=_AARCH64,
+            soc_version="Ascend310B4",
+            cann_env=("/usr/local/Ascend/ascend-toolkit/set_env.sh", "/etc/profile.d/ascend_devkit.sh", *_CANN[:2]),
+            description="Atlas 200I DK A2: Ascend 310B4, aarch64, Python 3.9",
+        ),
+        Target(
+            "aarch64-cpu",
+            arch="aarch64",
+            python="3.9",
+            backend="onnx",
+            platforms=_AARCH64,
+            description="Any aarch64 Linux board (Debian bullseye class), ONNX Runtime on the CPU",
+        ),
+        Target(
+            "x86_64-cpu",
+            arch="x86_64",
+            python=None,
+            backend="onnx",
+            platforms=_X86_64,
+            description="The sandbox board: this machine's system python3, ONNX Runtime on the CPU",
+        ),
+    )
+}
+
+
+def get(name: str) -> Target:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown target {name!r} (known: {', '.join(PROFILES)})") from None
+
+
+def abi_tag(python: str) -> str:
+    """'3.7' -> 'cp37'; pip's --abi for CPython 3.7 is 'cp37m' (the m flag went away in 3.8)."""
+    major, minor = python.split(".")[:2]
+    tag = f"cp{major}{minor}"
+    return tag + "m" if (int(major), int(minor)) < (3, 8) else tag
