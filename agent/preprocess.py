@@ -3,13 +3,17 @@
 Presets (``job.preprocess = {"preset": NAME, ...overrides}``):
 
 ``imagenet``  resize short side 256, centre crop 224, RGB, x/255, mean .485/.456/.406, std .229/.224/.225
-``caffe``     resize short side 256, centre crop 224, BGR, 0..255, mean 104/117/123 (the Caffe ResNet-50 sample)
+``caffe``     resize to 256x256, centre crop 224, BGR, 0..255, mean 104/117/123 (the Caffe ResNet-50 sample)
 ``cifar``     resize to 224x224, BGR, x/255, mean .4914/.4822/.4465, std .2023/.1994/.2010 (the MindSpore sample)
+
+``caffe`` and ``cifar`` resample BICUBIC, Pillow's default for ``resize`` that the samples rely on;
+``imagenet`` and ``raw-u8`` use BILINEAR (torchvision's Resize).
 ``raw-u8``    resize short side 256, centre crop 224, RGB, no normalisation (it lives in the model or AIPP)
 
 Overrides: ``mean``, ``std`` (3 numbers, or 1 for all channels; in the units after ``scale``),
 ``scale`` (multiplier applied to 0..255 pixels first), ``resize`` (int = short side, [w, h] =
-exact size), ``crop`` (int or [w, h], null = no crop), ``color`` (RGB | BGR), ``layout`` and
+exact size), ``crop`` (int or [w, h], null = no crop), ``color`` (RGB | BGR), ``resample``
+(nearest | bilinear | bicubic | box | lanczos), ``layout`` and
 ``dtype`` (normally taken from the model's input), ``fast`` (false = the reference path).
 So EfficientNet-Lite's mean 127 / std 128 is ``{"preset": "imagenet", "scale": 1, "mean": 127, "std": 128}``.
 ``mean``/``std`` are per *output* channel, i.e. in BGR order when color is BGR, as in the samples.
@@ -44,9 +48,10 @@ PRESETS = {
         "normalize": True,
     },
     "caffe": {
-        "resize": 256,
+        "resize": (256, 256),
         "crop": 224,
         "color": "BGR",
+        "resample": "bicubic",
         "scale": 1.0,
         "mean": (104.0, 117.0, 123.0),
         "std": (1.0, 1.0, 1.0),
@@ -56,6 +61,7 @@ PRESETS = {
         "resize": (224, 224),
         "crop": 224,
         "color": "BGR",
+        "resample": "bicubic",
         "scale": 1 / 255.0,
         "mean": (0.4914, 0.4822, 0.4465),
         "std": (0.2023, 0.1994, 0.2010),
@@ -72,10 +78,18 @@ PRESETS = {
     },
 }
 
+RESAMPLE = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "box": Image.BOX,
+    "lanczos": Image.LANCZOS,
+}
 _OVERRIDES = (
     "resize",
     "crop",
     "color",
+    "resample",
     "scale",
     "mean",
     "std",
@@ -110,6 +124,7 @@ class Config:
     dtype: str
     fast: bool = True
     max_pixels: Optional[int] = None
+    resample: str = "bilinear"
 
     @property
     def out_size(self):
@@ -190,9 +205,12 @@ def resolve(spec, input_shape=None, input_dtype=None, input_layout=None):
     if model_size and "crop" not in spec and "resize" not in spec and crop is not None:
         # The model fixes its input size: keep the preset's resize/crop ratio (256/224) around it.
         if (crop, crop) != model_size:
-            ratio = (resize / float(crop)) if isinstance(resize, int) else None
+            crop_w = crop if isinstance(crop, int) else crop[0]
+            if isinstance(resize, int):
+                resize = int(round(min(model_size) * resize / float(crop_w)))
+            else:
+                resize = tuple(int(round(m * r / float(crop_w))) for m, r in zip(model_size, resize))
             crop = model_size
-            resize = int(round(min(model_size) * ratio)) if ratio else model_size
     if isinstance(resize, bool) or not isinstance(resize, (int, float, list, tuple)):
         raise PreprocessError(f"resize must be an int (short side) or [w, h], not {resize!r}")
     resize = int(resize) if isinstance(resize, (int, float)) else _pair(resize, "resize")
@@ -204,6 +222,9 @@ def resolve(spec, input_shape=None, input_dtype=None, input_layout=None):
     scale = spec.get("scale", base["scale"])
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
         raise PreprocessError(f"scale must be a positive number, not {scale!r}")
+    resample = str(spec.get("resample", base.get("resample", "bilinear"))).lower()
+    if resample not in RESAMPLE:
+        raise PreprocessError("resample must be one of {}, not {!r}".format(", ".join(RESAMPLE), resample))
     mean = _triple(spec.get("mean", base["mean"]), "mean")
     std = _triple(spec.get("std", base["std"]), "std")
     if any(s == 0 for s in std):
@@ -222,6 +243,7 @@ def resolve(spec, input_shape=None, input_dtype=None, input_layout=None):
         dtype=dtype,
         fast=bool(spec.get("fast", True)),
         max_pixels=spec.get("max_pixels"),
+        resample=resample,
     )
     if model_size and cfg.out_size != model_size:
         raise PreprocessError(
@@ -332,7 +354,9 @@ class Preprocessor:
         sx, sy = dw / float(rw), dh / float(rh)
         box = (left * sx, top * sy, right * sx, bottom * sy)
         try:
-            out = rgb.resize((right - left, bottom - top), Image.BILINEAR, box=box, reducing_gap=3.0)
+            out = rgb.resize(
+                (right - left, bottom - top), RESAMPLE[self.cfg.resample], box=box, reducing_gap=3.0
+            )
             crop = np.asarray(out, dtype=np.uint8)
         except Exception as exc:
             raise images.ImageError("preprocess", f"resize failed: {exc}") from exc
@@ -343,7 +367,7 @@ class Preprocessor:
         rgb = images.decode_file(path, self.cfg.max_pixels)
         (rw, rh), box = plan(self.cfg, rgb.size[0], rgb.size[1])
         try:
-            crop = np.asarray(rgb.resize((rw, rh), Image.BILINEAR).crop(box), dtype=np.uint8)
+            crop = np.asarray(rgb.resize((rw, rh), RESAMPLE[self.cfg.resample]).crop(box), dtype=np.uint8)
         except Exception as exc:
             raise images.ImageError("preprocess", f"resize failed: {exc}") from exc
         return Decoded(crop, _preview(rgb) if keep_preview else None)

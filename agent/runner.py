@@ -76,7 +76,10 @@ def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
             }
         finally:
             if backend is not None:
-                backend.close()
+                try:
+                    backend.close()
+                except Exception as exc:
+                    rundir.emit("log", level="error", message=f"backend close: {exc}")
         summary.setdefault("elapsed_s", round(time.monotonic() - t0, 3))
         summary.setdefault("ips", 0.0)
         rundir.write_json("summary.json", summary)
@@ -206,6 +209,7 @@ def _cfg_dict(cfg):
         "layout": cfg.layout,
         "dtype": cfg.dtype,
         "fast": cfg.fast,
+        "resample": cfg.resample,
     }
 
 
