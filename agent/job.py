@@ -80,7 +80,7 @@ def from_dict(data):
         raise JobError("unknown job field(s): {}".format(", ".join(sorted(unknown))))
     for req in ("run_id", "mode", "release", "out_dir", "model"):
         if not data.get(req):
-            raise JobError("job lacks {!r}".format(req))
+            raise JobError(f"job lacks {req!r}")
     kwargs = {k: v for k, v in data.items() if k != "v"}
     job = Job(**kwargs)
     if job.mode not in MODES:
@@ -96,8 +96,8 @@ def from_dict(data):
 
 def load(path):
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as exc:
-        raise JobError("cannot read job {}: {}".format(path, exc))
+        raise JobError(f"cannot read job {path}: {exc}") from None
     return from_dict(data)

@@ -38,7 +38,7 @@ class ProtocolError(ValueError):
 def make(event, **fields):
     """Build an event dict; raises ProtocolError when a required field is missing."""
     if event not in EVENT_KINDS:
-        raise ProtocolError("unknown event kind: {!r}".format(event))
+        raise ProtocolError(f"unknown event kind: {event!r}")
     missing = [f for f in _REQUIRED[event] if f not in fields]
     if missing:
         raise ProtocolError("{} event lacks {}".format(event, ", ".join(missing)))
@@ -59,14 +59,14 @@ def decode(line):
     try:
         obj = json.loads(line)
     except ValueError as exc:
-        raise ProtocolError("not JSON: {}".format(exc))
+        raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("event is not an object")
     if obj.get("v") != VERSION:
         raise ProtocolError("unsupported protocol version {!r} (want {})".format(obj.get("v"), VERSION))
     kind = obj.get("event")
     if kind not in EVENT_KINDS:
-        raise ProtocolError("unknown event kind: {!r}".format(kind))
+        raise ProtocolError(f"unknown event kind: {kind!r}")
     missing = [f for f in _REQUIRED[kind] if f not in obj]
     if missing:
         raise ProtocolError("{} event lacks {}".format(kind, ", ".join(missing)))

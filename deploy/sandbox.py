@@ -233,15 +233,22 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None) -> Sandbox:
         home = str(home_on_host)
         _seed_home(home_on_host, None)
     port = _free_port(previous.port if previous else None)
-    auth = d / "authorized_keys"
+    # like a real board: the client key sits in the board user's ~/.ssh/authorized_keys
+    # (sshd reads it with the user's privileges, so it must be inside what the user can reach)
+    auth = home_on_host / ".ssh" / "authorized_keys"
+    auth.parent.mkdir(mode=0o700, exist_ok=True)
     auth.write_text(Path(str(key) + ".pub").read_text())
-    os.chmod(auth, 0o644)
+    os.chmod(auth, 0o600)
+    if rootfs is not None:  # uid/gid as the rootfs's own passwd has them
+        _run(["chroot", str(rootfs), "chown", "-R", f"{user}:{user}", f"{home}/.ssh"])
+    elif root:
+        _run(["chown", "-R", f"{user}:{user}", str(auth.parent)])
     cfg_lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
         f"HostKey {hostkey}",
         f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {auth}",
+        f"AuthorizedKeysFile {auth if not root else '.ssh/authorized_keys'}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -269,12 +276,10 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None) -> Sandbox:
 
         inside = Path(rootfs) / "etc" / "atlas-deploy" / board.name
         inside.mkdir(parents=True, exist_ok=True)
-        for f in (hostkey, auth):
-            shutil.copy2(f, inside / f.name)
+        shutil.copy2(hostkey, inside / hostkey.name)
         os.chmod(inside / hostkey.name, 0o600)
         cfg_text = "\n".join(cfg_lines) + "\n"
         cfg_text = cfg_text.replace(str(hostkey), f"/etc/atlas-deploy/{board.name}/{hostkey.name}")
-        cfg_text = cfg_text.replace(str(auth), f"/etc/atlas-deploy/{board.name}/{auth.name}")
         cfg_text = cfg_text.replace(str(d / "sshd.pid"), f"/run/atlas-deploy-{board.name}.pid")
         (inside / "sshd_config").write_text(cfg_text)
         config.write_text(cfg_text)

@@ -1,0 +1,30 @@
+# The README's two commands. Both start from a fresh machine: `setup` installs what is missing.
+PY ?= python3
+DEPLOY = $(PY) -m deploy
+
+.PHONY: demo test setup lint bench clean-sandbox
+
+demo: setup
+	$(DEPLOY) model demo
+	$(DEPLOY) sandbox up board1
+	$(DEPLOY) push board1
+	$(DEPLOY) run board1
+	$(DEPLOY) pull board1
+
+test: setup lint
+	$(DEPLOY) model demo
+	$(PY) -m pytest -q
+
+setup:
+	@./scripts/setup.sh
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m vermin -q --no-tips -t=3.7- --violations agent deploy/boardside.py
+
+bench: setup
+	$(PY) benchmarks/agent.py
+	$(PY) benchmarks/push.py
+
+clean-sandbox:
+	$(DEPLOY) sandbox down --purge

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian/Ubuntu machine; quick when it is all there already.
+#   system: OpenSSH server+client (sandbox boards), rsync (benchmark baseline), qemu-user-static,
+#           binfmt-support and debootstrap (the emulated aarch64 board), fonts-dejavu-core (labels)
+#   python: this project with the models (torch, export) and dev (pytest, ruff, vermin) extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+pkgs=(openssh-server openssh-client rsync qemu-user-static binfmt-support debootstrap fonts-dejavu-core)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=.deploy/.setup-$(sha256sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ] || ! $PY -c "import deploy, agent, torch, pytest" 2>/dev/null; then
+  echo "setup: installing Python packages (torch CPU build, onnxruntime, paramiko, rich, ...)"
+  # torch first and pinned: a bare `torch` requirement would pull CUDA builds
+  $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  $PY -m pip install -q --disable-pip-version-check -e ".[models,dev]"
+  mkdir -p .deploy && touch "$stamp"
+fi
