@@ -123,7 +123,7 @@ def _to_rgb(im):
                 a = a >> 24 if peak > (1 << 24) else a >> 8
             elif peak > 255:
                 a = a >> 8
-        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
         mode = "RGBA"
