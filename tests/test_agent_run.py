@@ -186,8 +186,7 @@ def test_all_ok_exit_0_and_stdout_events_over_the_cli(tmp_path, model):
         [PYTHON, "-m", "agent", "run", "--job", str(tmp_path / "job.json")],
         cwd=str(tmp_path),
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode()

@@ -155,14 +155,18 @@ class AclBackend(Backend):
             self._initialised = True
             _check("acl.rt.set_device", acl.rt.set_device(self.device_id))
             self._device_set = True
-            self.context, ret = acl.rt.create_context(self.device_id)
+            # Keep a handle only once its call succeeded, so teardown never releases a bogus one.
+            context, ret = acl.rt.create_context(self.device_id)
             _check("acl.rt.create_context", ret)
-            self.stream, ret = acl.rt.create_stream()
+            self.context = context
+            stream, ret = acl.rt.create_stream()
             _check("acl.rt.create_stream", ret)
+            self.stream = stream
             self.run_mode, ret = acl.rt.get_run_mode()
             _check("acl.rt.get_run_mode", ret)
-            self.model_id, ret = acl.mdl.load_from_file(model_path)
+            model_id, ret = acl.mdl.load_from_file(model_path)
             _check(f"acl.mdl.load_from_file({model_path})", ret)
+            self.model_id = model_id
             self.desc = acl.mdl.create_desc()
             if self.desc is None:
                 raise BackendError("acl.mdl.create_desc returned nothing")
@@ -193,9 +197,7 @@ class AclBackend(Backend):
             dtype = ACL_DTYPES.get(acl.mdl.get_input_data_type(desc, i), "float32")
             size = acl.mdl.get_input_size_by_index(desc, i)
             if size != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                raise BackendError(
-                    f"input {i} is {size} bytes, but shape {shape} {dtype} needs another size"
-                )
+                raise BackendError(f"input {i} is {size} bytes, but shape {shape} {dtype} needs another size")
             layout = ACL_FORMATS.get(_optional(acl.mdl, "get_input_format", desc, i)) or guess_layout(shape)
             name = _optional(acl.mdl, "get_input_name_by_index", desc, i) or f"input{i}"
             self.inputs.append(TensorSpec(name, shape, dtype, layout))
