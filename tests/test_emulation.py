@@ -150,6 +150,9 @@ def test_chrooted_sshd_serves_an_aarch64_board(rootfs, board_user, tmp_path):
                 assert (code, out) == (7, f"{home} unset\n")
                 code, out, _ = exec_(client, "bash -ic 'echo ${AFTER_THE_GUARD:-unset}' 2>/dev/null")
                 assert out.strip().endswith("1")
+                # a pty (ssh -t) needs /dev/pts and /dev/ptmx inside the chroot
+                _, stdout, _ = client.exec_command("tty", get_pty=True, timeout=60)
+                assert stdout.read().decode().strip().startswith("/dev/pts/")
                 with client.open_sftp() as sftp:
                     with sftp.open("hello.txt", "w") as remote:
                         remote.write("hi")
@@ -225,8 +228,7 @@ def test_agent_dependencies_import_and_infer_under_emulation(rootfs, tmp_path):
         for wheel in sorted(wheels.glob("*.whl")):
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(site)  # a wheel is a zip; site/ is what bundle.py ships
-        for so in site.rglob("*.so*"):
-            so.chmod(0o755)  # zipfile drops the mode bits
+        # zipfile drops mode bits; shared objects load without x (dlopen only needs read).
         tiny_conv_onnx(site / "tiny.onnx")
         script = (
             "import time, numpy, PIL, onnxruntime as ort\n"
