@@ -25,7 +25,6 @@ from deploy import emulation
 from deploy.emulation import add_board_user, chroot_run, ensure_rootfs, inside, start_chroot_sshd, stop_chroot
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="aarch64 emulation needs root"),
     pytest.mark.skipif(
         not (shutil.which("qemu-aarch64-static") and shutil.which("debootstrap")),
@@ -37,6 +36,56 @@ pytestmark = [
 # restricted to manylinux tags a glibc-2.27 system accepts (Ubuntu 18.04 on the Atlas 200 DK).
 WHEELS_CP39 = ("numpy==2.0.2", "pillow==11.3.0", "onnxruntime==1.19.2")
 MANYLINUX_AARCH64 = ["manylinux2014_aarch64"] + [f"manylinux_2_{minor}_aarch64" for minor in range(17, 28)]
+
+
+def test_binfmt_runs_aarch64_binaries_inside_a_chroot():
+    emulation.ensure_binfmt()
+    flags = emulation._binfmt_flags()
+    assert flags is not None and "F" in flags
+
+
+def test_needs_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(emulation.EmulationError, match="needs root"):
+        ensure_rootfs(tmp_path / "rootfs")
+
+
+def fake_debootstrap(script: str):
+    """Stand-in for debootstrap's effect on the target dir, to test the build bookkeeping quickly."""
+    return lambda target, mirror=None: ["sh", "-c", script.replace("TARGET", str(target))]
+
+
+def test_interrupted_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        emulation,
+        "debootstrap_command",
+        fake_debootstrap("mkdir -p TARGET/etc; echo 'E: network gone'; exit 1"),
+    )
+    with pytest.raises(emulation.EmulationError, match="debootstrap failed: E: network gone"):
+        ensure_rootfs(tmp_path / "rootfs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rootfs.lock"]
+
+
+def test_build_is_renamed_into_place_stamped_and_without_host_keys(tmp_path, monkeypatch):
+    skel = "case $- in\n    *i*) ;;\n      *) return;;\nesac\n"
+    monkeypatch.setattr(
+        emulation,
+        "debootstrap_command",
+        fake_debootstrap(
+            "mkdir -p TARGET/etc/skel TARGET/etc/ssh TARGET/var/cache/apt/archives && "
+            f"printf '{skel}' > TARGET/etc/skel/.bashrc && touch TARGET/etc/ssh/ssh_host_ed25519_key "
+            "TARGET/etc/ssh/ssh_host_ed25519_key.pub TARGET/etc/ssh/sshd_config TARGET/var/cache/apt/archives/x.deb"
+        ),
+    )
+    (tmp_path / ".rootfs.build-1").mkdir()  # left by an interrupted run
+    built = ensure_rootfs(tmp_path / "rootfs")
+    assert built == tmp_path / "rootfs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rootfs.lock", "rootfs"]
+    assert sorted(p.name for p in (built / "etc/ssh").iterdir()) == ["sshd_config"]
+    assert (built / "run/sshd").is_dir() and not list((built / "var/cache/apt/archives").iterdir())
+    assert emulation._stamp_ok(built)
+    monkeypatch.setattr(emulation, "debootstrap_command", fake_debootstrap("exit 99"))
+    assert ensure_rootfs(tmp_path / "rootfs") == built  # cached: not rebuilt
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +135,7 @@ def exec_(client, command: str) -> tuple[int, str, str]:
     return stdout.channel.recv_exit_status(), out, stderr.read().decode()
 
 
+@pytest.mark.slow
 def test_chrooted_sshd_serves_an_aarch64_board(rootfs, board_user, tmp_path):
     paramiko = pytest.importorskip("paramiko")
     user, home = board_user
@@ -210,6 +260,7 @@ def tiny_conv_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+@pytest.mark.slow
 def test_agent_dependencies_import_and_infer_under_emulation(rootfs, tmp_path):
     wheels = tmp_path / "wheels"
     platforms = [arg for tag in MANYLINUX_AARCH64 for arg in ("--platform", tag)]
