@@ -152,7 +152,7 @@ def ensure_binfmt() -> None:
 def default_rootfs_path() -> Path:
     """Where the rootfs lives: $DEPLOY_ROOTFS_CACHE (the rootfs directory itself) or the user cache.
 
-    Outside the repo on purpose: it is ~270 MB of another architecture's binaries, shared by all
+    Outside the repo on purpose: it is ~220 MB of another architecture's binaries, shared by all
     checkouts and all emulated boards (each board only adds a user and a home inside it).
     """
     env = os.environ.get("DEPLOY_ROOTFS_CACHE")
@@ -188,7 +188,7 @@ def _locked(rootfs: Path) -> Iterator[None]:
 def ensure_rootfs(cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Return the path of a ready arm64 rootfs, building it with debootstrap the first time.
 
-    The build (2.5 min on a fast mirror, can be 10-20 under a slow network; ~270 MB) runs into a
+    The build (about 4 min with a fast mirror on 2 cores, much longer on a slow network; 220 MB) runs into a
     temporary sibling directory that is renamed into place only once complete and stamped, so an
     interrupted build never leaves a half rootfs that a later run would trust. The stamp records
     suite/arch/variant/packages; a rootfs with a different stamp is rebuilt (unless in use).
