@@ -188,9 +188,9 @@ def _locked(rootfs: Path) -> Iterator[None]:
 def ensure_rootfs(cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Return the path of a ready arm64 rootfs, building it with debootstrap the first time.
 
-    The build (about 4 min with a fast mirror on 2 cores, much longer on a slow network; 220 MB) runs into a
-    temporary sibling directory that is renamed into place only once complete and stamped, so an
-    interrupted build never leaves a half rootfs that a later run would trust. The stamp records
+    The build (about 4 min with a fast mirror on 2 cores, much longer on a slow network; 220 MB)
+    runs into a temporary sibling directory that is renamed into place only once complete and
+    stamped, so an interrupted build never leaves a half rootfs that a later run would trust. The stamp records
     suite/arch/variant/packages; a rootfs with a different stamp is rebuilt (unless in use).
     `progress` receives debootstrap's output lines.
     """
