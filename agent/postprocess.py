@@ -167,7 +167,7 @@ def labelled_path(out_dir, rel):
     return path
 
 
-def save_labelled(im, text, path, quality=85):
+def save_labelled(im, text, path, quality=80):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".part"
     draw_label(im, text).save(tmp, "JPEG", quality=quality)

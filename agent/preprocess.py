@@ -101,7 +101,7 @@ _OVERRIDES = (
 )
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16", "uint8")
-PREVIEW_MAX = 640  # longest side of the image kept for the labelled copy
+PREVIEW_MAX = 512  # longest side of the labelled copy (a preview: drawing + JPEG encode cost CPU)
 
 
 class PreprocessError(ValueError):

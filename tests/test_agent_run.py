@@ -172,7 +172,7 @@ def test_bad_inputs_never_stop_the_run(tmp_path, model, zoo):
     assert (labelled / "green file.png.jpg").is_file()
     with Image.open(labelled / "red.jpg") as im:
         assert im.format == "JPEG"
-        assert max(im.size) <= 640
+        assert max(im.size) <= 512
 
 
 def test_all_ok_exit_0_and_stdout_events_over_the_cli(tmp_path, model):
