@@ -174,22 +174,28 @@ def current_release(base):
 
 
 def history(base):
-    """Release ids in creation order (first time each was deployed), from releases.log."""
-    order = []
-    seen = set()
-    text = read_text(os.path.join(base, "releases.log")) or ""
+    """(release ids ordered by when each was last made current, {id: first deploy time}) from releases.log.
+
+    Releases age by last use, not by creation: a release that was current a moment ago is
+    the one a rollback wants, however old its content is.
+    """
+    last = {}
     created = {}
-    for line in text.splitlines():
+    text = read_text(os.path.join(base, "releases.log")) or ""
+    for i, line in enumerate(text.splitlines()):
         parts = line.split()
-        if len(parts) >= 2 and parts[1] not in seen:
-            seen.add(parts[1])
-            order.append(parts[1])
-            created[parts[1]] = float(parts[0]) if parts[0].replace(".", "", 1).isdigit() else 0.0
-    return order, created
+        if len(parts) >= 2:
+            last[parts[1]] = i
+            if parts[1] not in created:
+                try:
+                    created[parts[1]] = float(parts[0])
+                except ValueError:
+                    created[parts[1]] = None
+    return sorted(last, key=last.get), created
 
 
 def list_releases(base):
-    """Complete releases (renamed into place, with a manifest), oldest first."""
+    """Complete releases (renamed into place, with a manifest), least recently current first."""
     rdir = releases_dir(base)
     try:
         names = [n for n in os.listdir(rdir) if not n.startswith(".")]
@@ -202,7 +208,7 @@ def list_releases(base):
     def key(n):
         if n in rank:
             return (0, rank[n])
-        return (1, os.path.getmtime(os.path.join(rdir, n)))
+        return (-1, os.path.getmtime(os.path.join(rdir, n)))  # never current (an interrupted switch): oldest
 
     return sorted(names, key=key)
 
@@ -415,6 +421,19 @@ def op_releases(req):
     reply({"current": cur, "releases": [release_info(base, r, cur, created) for r in list_releases(base)]})
 
 
+def previous_current(base, cur, rels):
+    """The release that was current just before ``cur`` became current (still on the board)."""
+    switches = [ln.split()[1] for ln in (read_text(os.path.join(base, "releases.log")) or "").splitlines()
+                if len(ln.split()) >= 2]
+    last = max((i for i, rid in enumerate(switches) if rid == cur), default=None)
+    if last is None:
+        return None
+    for rid in reversed(switches[:last]):
+        if rid != cur and rid in rels:
+            return rid
+    return None
+
+
 def op_rollback(req):
     base = app_dir(req)
     with Lock(base):
@@ -427,9 +446,9 @@ def op_rollback(req):
                 raise Fail("no single release matches {!r} (have: {})".format(to, ", ".join(rels) or "none"))
             to = matches[0]
         else:
-            if cur not in rels or rels.index(cur) == 0:
-                raise Fail(f"no release older than the current one ({cur}) to roll back to")
-            to = rels[rels.index(cur) - 1]
+            to = previous_current(base, cur, rels)
+            if to is None:
+                raise Fail(f"no earlier release to roll back to (current: {cur})")
         if to != cur:
             switch_current(base, to, "rollback")
         reply({"ok": True, "previous": cur, "current": to})

@@ -56,20 +56,21 @@ class RunResult:
 
 
 def _upload_images(writer, images: Path) -> int:
-    count = 0
-    with tarfile.open(fileobj=writer, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT) as tf:
-        if images.is_file():
-            tf.add(images, arcname=images.name, recursive=False)
-            return 1
+    if images.is_file():
+        files = [(images, images.name)]
+    else:
+        files = []
         for dirpath, dirnames, filenames in os.walk(images):
             dirnames.sort()
             for fn in sorted(filenames):
                 p = Path(dirpath, fn)
                 if p.is_file() and not p.is_symlink():
-                    tf.add(p, arcname=p.relative_to(images).as_posix(), recursive=False)
-                    count += 1
+                    files.append((p, p.relative_to(images).as_posix()))
+    with tarfile.open(fileobj=writer, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT) as tf:
+        for path, arcname in files:
+            tf.add(path, arcname=arcname, recursive=False)
     writer.flush()
-    return count
+    return len(files)
 
 
 def run(

@@ -266,7 +266,10 @@ class ChannelWriter:
 
     def flush(self) -> None:
         if self.buf:
-            self.chan.sendall(bytes(self.buf))
+            try:
+                self.chan.sendall(bytes(self.buf))
+            except (EOFError, paramiko.SSHException) as exc:  # paramiko's ways of saying the link is gone
+                raise ConnectionError(f"connection lost: {exc or type(exc).__name__}") from None
             self.sent += len(self.buf)
             if self.counter:
                 self.counter(len(self.buf))
