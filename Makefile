@@ -20,7 +20,7 @@ setup:
 
 lint:
 	$(PY) -m ruff check .
-	$(PY) -m vermin -q --no-tips -t=3.7- --violations agent deploy/boardside.py
+	vermin -q --no-tips -t=3.7- --violations agent deploy/boardside.py
 
 bench: setup
 	$(PY) benchmarks/agent.py

@@ -23,13 +23,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .targets import PROFILES
+
 # Target name -> ATC --soc_version. An .om only loads on the SoC it was built for
 # ("ModelCheckCompatibility failed ... socVersion"), so this must match the board.
 # deploy/targets.py is the long-term home for target profiles; this table is the ATC view of them.
+# Ascend targets from the deploy profiles, plus cards that only `atc` needs to know about.
 SOC_VERSIONS: dict[str, str] = {
-    "atlas200dk": "Ascend310",
-    "atlas200i-a2": "Ascend310B4",
-    "atlas300i-duo": "Ascend310P3",
+    **{name: t.soc_version for name, t in PROFILES.items() if t.soc_version},
+    "atlas300i-duo": "Ascend310P3",  # the ais_bench/ResNet34 seed's card (x86 server, not a deploy target)
 }
 
 # File type -> ATC --framework code.

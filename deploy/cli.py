@@ -95,6 +95,39 @@ def cmd_sandbox(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- check
+
+
+def cmd_check(args) -> int:
+    from . import facts as facts_mod
+
+    inv = _inv(args)
+    rows = []
+    failed = 0
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn:
+                facts, findings = facts_mod.check(inv, board, conn)
+        except DeployError as exc:
+            failed += 1
+            rows.append({"board": board.name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {escape(str(exc))}")
+            continue
+        bad = [f for f in findings if not f.ok and f.severity == "error"]
+        failed += bool(bad)
+        rows.append({"board": board.name, "ok": not bad, "target": board.target, "facts": facts,
+                     "findings": [f.__dict__ for f in findings]})
+        if not args.json:
+            t = Table("check", "result", "detail", title=f"{board.name} (target {board.target})")
+            for f in findings:
+                mark = "[green]ok[/]" if f.ok else ("[yellow]warn[/]" if f.severity == "warning" else "[red]FAIL[/]")
+                t.add_row(f.check, mark, escape(f.detail))
+            out.print(t)
+    if args.json:
+        _emit_json(rows)
+    return 1 if failed else 0
+
+
 # ---------------------------------------------------------------- push / releases / rollback
 
 
@@ -333,29 +366,53 @@ def cmd_model(args) -> int:
     return 2
 
 
+def _aipp_from_app(pre: dict) -> dict | str:
+    """app.preprocess (value = (pixel * scale - mean) / std) as AIPP's fractions-of-1 mean/std."""
+    if "mean" not in pre and "std" not in pre:
+        return pre.get("preset", "imagenet")
+    scale = float(pre.get("scale", 1 / 255))
+    mean = [float(m) / (255 * scale) for m in pre.get("mean", [0.485, 0.456, 0.406])]
+    std = [float(v) / (255 * scale) for v in pre.get("std", [0.229, 0.224, 0.225])]
+    bgr = pre.get("color", "BGR" if pre.get("preset") in ("caffe", "cifar") else "RGB") == "BGR"
+    return {"mean": mean, "std": std, "bgr": bgr}
+
+
 def _convert(args) -> int:
+    """``deploy model convert``: build the atc command; run it when the CANN toolkit is here.
+
+    Without ``atc`` on PATH the exact command is printed (and the AIPP file written next to
+    the output) so it can be run on a machine with the toolkit; that exits 3, not 0.
+    """
     from . import atc
 
+    if not args.model:
+        raise DeployError("deploy model convert MODEL --target TARGET: name the model file")
+    aipp = args.aipp
+    if aipp == "app":  # the inventory's own preprocessing, so the .om normalises like the CPU path
+        aipp = _aipp_from_app(_inv(args).app.preprocess)
     try:
         plan = atc.plan_conversion(
-            Path(args.model), args.target, weight=Path(args.weight) if args.weight else None,
-            input_shape=args.input_shape, aipp=args.aipp, output=Path(args.output) if args.output else None,
-            fp16_inputs=tuple(args.fp16_input or ()), output_type=args.output_type,
+            args.model, args.target, weight=args.weight, input_shape=args.input_shape, aipp=aipp,
+            output=args.output, fp16_inputs=tuple(args.fp16_input or ()), output_type=args.output_type,
         )
-    except atc.AtcError as exc:
-        raise DeployError(str(exc)) from None
-    cmdline = atc.format_command(plan) if hasattr(atc, "format_command") else " ".join(plan.argv)
-    if plan.aipp_config:
-        err.print(f"AIPP config: {getattr(plan, 'aipp_path', '(written next to the output)')}")
-    try:
-        result = atc.run_conversion(plan)
+        if plan.aipp_config and not args.json:
+            err.print(f"AIPP config (static, {escape(str(args.aipp))}): {plan.aipp_path}")
+        result = atc.run_conversion(plan, progress=None if args.json else (lambda line: err.print(escape(line))))
     except atc.AtcNotFound as exc:
-        out.print(cmdline)
-        err.print(f"[yellow]not converted[/]: {escape(str(exc))}")
-        return 3
-    except atc.AtcError as exc:
-        raise DeployError(str(exc)) from None
-    out.print(f"converted: {result}")
+        if args.json:
+            _emit_json({"converted": False, "command": exc.command, "aipp": str(plan.aipp_path or "") or None})
+        else:
+            out.print(escape(exc.command), soft_wrap=True)
+            err.print("[yellow]not converted[/]: atc is not on PATH; run the command above where the CANN toolkit "
+                      "is installed (source its set_env.sh first)")
+        return exc.exit_code
+    except atc.ConversionError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        return exc.exit_code
+    if args.json:
+        _emit_json({"converted": True, "output": str(result), "command": plan.command})
+    else:
+        out.print(f"converted: {escape(str(result))}")
     return 0
 
 
@@ -382,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--purge", action="store_true", help="down: also remove the boards' homes and users")
     common(sp, target=False)
     sp.set_defaults(func=cmd_sandbox)
+
+    sp = sub.add_parser("check", help="read board facts and compare them with the board's target profile")
+    common(sp)
+    sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("push", help="push the app to boards (only what changed travels)")
     common(sp)
@@ -437,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dest", help="demo: where to build (default <project>/demo)")
     sp.add_argument("--force", action="store_true", help="demo: rebuild even if cached")
     sp.add_argument("--target", default="atlas200dk", help="convert: target profile")
-    sp.add_argument("--aipp", help="convert: preprocessing preset baked into the model by AIPP")
+    sp.add_argument("--aipp", help="convert: bake preprocessing into the model with static AIPP: a preset "
+                    "(imagenet, caffe, cifar) or 'app' for the inventory's app.preprocess")
     sp.add_argument("--fp16-input", action="append", help="convert: input node fed as fp16 (repeatable)")
     sp.add_argument("--output-type", default="FP32")
     common(sp, target=False)

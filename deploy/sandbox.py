@@ -140,7 +140,7 @@ def down(inv: Inventory, names: list[str] | None = None, purge: bool = False) ->
         if sb.arch == "aarch64" and sb.rootfs:
             from . import emulation
 
-            emulation.stop_chroot(Path(sb.rootfs))
+            emulation.stop_chroot(Path(sb.rootfs), sb.pid)  # unmounts /proc, /dev, ... once no board uses them
         new = Sandbox(**{**asdict(sb), "pid": None})
         _save(inv, new)
         if purge:
@@ -240,7 +240,7 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None) -> Sandbox:
     auth.write_text(Path(str(key) + ".pub").read_text())
     os.chmod(auth, 0o600)
     if rootfs is not None:  # uid/gid as the rootfs's own passwd has them
-        _run(["chroot", str(rootfs), "chown", "-R", f"{user}:{user}", f"{home}/.ssh"])
+        emulation.chroot_run(rootfs, ["chown", "-R", f"{user}:{user}", f"{home}/.ssh"])
     elif root:
         _run(["chown", "-R", f"{user}:{user}", str(auth.parent)])
     cfg_lines = [
@@ -417,7 +417,11 @@ def _purge(inv: Inventory, sb: Sandbox) -> None:
     if sb.rootfs:
         from . import emulation
 
-        emulation.remove_board_user(Path(sb.rootfs), sb.user)
+        try:
+            emulation.chroot_run(Path(sb.rootfs), ["/usr/sbin/userdel", "--remove", sb.user])
+        except emulation.EmulationError:
+            pass
+        shutil.rmtree(Path(sb.rootfs) / "etc" / "atlas-deploy" / sb.name, ignore_errors=True)
     elif os.geteuid() == 0 and sb.user.startswith("hiai-"):
         try:
             pwd.getpwnam(sb.user)

@@ -37,8 +37,19 @@ class Target:
         return base + ("onnxruntime",) if self.backend == "onnx" else base
 
 
-_AARCH64 = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
-_X86_64 = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+def manylinux(arch: str, glibc_minor: int) -> tuple[str, ...]:
+    """Every manylinux tag a board with glibc 2.<glibc_minor> accepts, newest first.
+
+    pip's --platform takes tags literally (it does not expand ``manylinux_2_27`` to the older
+    ones it implies), so each must be listed, or pip settles on an old wheel that happens to
+    carry the one tag given.
+    """
+    tags = [f"manylinux_2_{m}_{arch}" for m in range(glibc_minor, 16, -1)]
+    return (*tags, f"manylinux2014_{arch}")
+
+
+_AARCH64 = manylinux("aarch64", 31)  # Debian bullseye
+_X86_64 = manylinux("x86_64", 28)  # what current wheels need; Debian 10+ / Ubuntu 18.10+ have it
 _CANN = ("$HOME/Ascend/nnrt/set_env.sh", "$HOME/Ascend/ascend-toolkit/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
 
 PROFILES: dict[str, Target] = {
@@ -50,7 +61,7 @@ PROFILES: dict[str, Target] = {
             python="3.7",
             backend="acl",
             # Ubuntu 18.04 on the board: glibc 2.27, so nothing newer than manylinux_2_27
-            platforms=("manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),
+            platforms=manylinux("aarch64", 27),
             soc_version="Ascend310",
             cann_env=_CANN,
             description="Atlas 200 DK: Ascend 310, Ubuntu 18.04 aarch64, Python 3.7, CANN <= 6.0 under ~/Ascend",
@@ -60,7 +71,7 @@ PROFILES: dict[str, Target] = {
             arch="aarch64",
             python="3.9",
             backend="acl",
-            platforms=_AARCH64,
+            platforms=manylinux("aarch64", 35),  # Ubuntu 22.04 image
             soc_version="Ascend310B4",
             cann_env=("/usr/local/Ascend/ascend-toolkit/set_env.sh", "/etc/profile.d/ascend_devkit.sh", *_CANN[:2]),
             description="Atlas 200I DK A2: Ascend 310B4, aarch64, Python 3.9",

@@ -47,7 +47,7 @@ def cache_root() -> Path:
 def site_for(target: Target, python: str, *, cache: Path | None = None, offline: bool = False) -> Path:
     """Return an unpacked dependency tree for ``target`` on CPython ``python`` ("3.11"), building it once."""
     cache = cache or cache_root()
-    key = f"{target.platforms[-1]}-{abi_tag(python)}"
+    key = f"{target.platforms[0]}-{abi_tag(python)}"
     base = cache / key
     reqs = sorted(target.requirements)
     digest = hashlib.sha256(json.dumps([reqs, list(target.platforms)]).encode()).hexdigest()[:12]
@@ -84,11 +84,11 @@ def _download(target: Target, python: str, reqs: list[str], dest: Path, *, offli
         local = subprocess.run(base_cmd + ["--no-index", "--find-links", str(dest), req], capture_output=True, text=True)
         if local.returncode != 0:
             if offline:
-                raise BuildError(f"no cached wheel of {req} for {target.name} (cp{python}, {target.platforms[-1]}) and --offline was given")
+                raise BuildError(f"no cached wheel of {req} for {target.name} (cp{python}, {target.platforms[0]}) and --offline was given")
             online = subprocess.run(base_cmd + [req], capture_output=True, text=True)
             if online.returncode != 0:
                 raise BuildError(
-                    f"{req} has no binary wheel for target {target.name} (Python {python}, {target.platforms[-1]}): "
+                    f"{req} has no binary wheel for target {target.name} (Python {python}, {target.platforms[0]}): "
                     + _last_error(online.stderr)
                 )
         found.append(_pick(dest, req, python, target))

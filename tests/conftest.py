@@ -83,8 +83,8 @@ class Project:
             raise AssertionError(f"deploy {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}")
         return r
 
-    def deploy_json(self, *args: str, check: bool = True):
-        return json.loads(self.deploy(*args, "--json", check=check).stdout)
+    def deploy_json(self, *args: str, check: bool = True, timeout: float = 300):
+        return json.loads(self.deploy(*args, "--json", check=check, timeout=timeout).stdout)
 
     @property
     def sandbox(self) -> dict:

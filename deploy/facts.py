@@ -1,0 +1,88 @@
+"""Board facts, and what in them does not match the board's target profile (``deploy check``).
+
+Facts are read in one round trip by the board-side helper, with the app's ``env.sh``
+sourced: whether ``import acl`` works is only meaningful in the environment the agent
+will get (the CANN ``set_env.sh`` is what makes it importable).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .inventory import Board, Inventory
+from .ssh import Connection
+from .targets import Target
+from .targets import get as get_target
+
+MIN_FREE_BYTES = 512 * 1024 * 1024  # a release with its site/ is ~150-250 MB; two must fit during a push
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    severity: str = "error"  # "error" fails the check; "warning" is shown but does not
+
+
+def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> dict:
+    probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
+    call = conn.helper("facts", {"probe": probes}, app=inv.app.name)
+    facts = call.read_json()
+    call.close()
+    return facts
+
+
+def npu_name(npu_smi_output: str) -> str | None:
+    """The chip name from `npu-smi info` ("310B4" in ``| 0  310B4  | OK ...``)."""
+    m = re.search(r"^\|\s*\d+\s+(\d{3}[A-Z]?\d*)\s+\|", npu_smi_output, re.M)
+    return m.group(1) if m else None
+
+
+def evaluate(board: Board, target: Target, facts: dict) -> list[Finding]:
+    out = [
+        Finding(
+            "arch",
+            facts["arch"] == target.arch,
+            f"board is {facts['arch']}, target {target.name} needs {target.arch}",
+        )
+    ]
+    py = tuple(int(x) for x in facts["python"].split(".")[:2])
+    out.append(Finding("python>=3.7", py >= (3, 7), f"board python3 is {facts['python']} ({facts['python_exe']})"))
+    if target.python:
+        want = tuple(int(x) for x in target.python.split("."))
+        out.append(
+            Finding(
+                "python version",
+                py == want,
+                f"board runs Python {facts['python']}, target {target.name} builds for {target.python}"
+                + ("" if py == want else f" (set boards.{board.name}.python to a {target.python} interpreter, or change target)"),
+            )
+        )
+    free = facts["free_bytes"]
+    out.append(Finding("free disk", free >= MIN_FREE_BYTES, f"{free / 2**20:.0f} MiB free in {facts['home']}"))
+    if target.backend == "acl":
+        acl = facts.get("acl") or {}
+        detail = "; ".join(acl.get("detail") or []) or "no output"
+        out.append(Finding("import acl", bool(acl.get("ok")), f"with env.sh sourced: {detail}"))
+        smi = facts.get("npu_smi")
+        if smi is None:
+            out.append(Finding("npu-smi", True, "npu-smi not on PATH (the original Atlas 200 DK often lacks it)", "warning"))
+        else:
+            name = npu_name(smi.get("output", ""))
+            soc = f"Ascend{name}" if name else None
+            out.append(
+                Finding(
+                    "soc version",
+                    soc == target.soc_version,
+                    f"npu-smi reports {soc or 'no chip'}; target {target.name} models are built for {target.soc_version}",
+                )
+            )
+    return out
+
+
+def check(inv: Inventory, board: Board, conn: Connection) -> tuple[dict, list[Finding]]:
+    target = get_target(board.target)
+    facts = gather(inv, board, conn, target)
+    return facts, evaluate(board, target, facts)
