@@ -564,6 +564,8 @@ def op_run(req):
             raise Fail("the app has no images and none were given (use --images DIR)")
         job.update({"run_id": run_id, "release": release, "out_dir": run_dir})
         write_atomic(job_path, json.dumps(job, indent=2).encode())
+    events = os.path.join(run_dir, "events.jsonl")
+    offset = os.path.getsize(events) if os.path.exists(events) else 0  # a resumed run: only new events
     log = open(os.path.join(run_dir, "agent.log"), "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", job.get("mode", "run"), "--job", job_path],
@@ -574,7 +576,7 @@ def op_run(req):
     write_atomic(os.path.join(run_dir, "launcher.pid"), str(proc.pid).encode())
     reply({"helper": "started", "run_id": run_id, "pid": proc.pid, "release": os.path.basename(release)})
     if req.get("follow", True):
-        follow(run_dir, proc.pid, proc, 0)
+        follow(run_dir, proc.pid, proc, offset)
 
 
 def follow(run_dir, pid, proc, offset):

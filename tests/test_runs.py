@@ -1,0 +1,94 @@
+"""Runs outlive the SSH session that started them, and a killed run resumes without duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import CAT, pid_alive, top1
+
+N = 240
+
+
+@pytest.fixture(scope="module")
+def many(project):
+    """An app with N small photos (so a run lasts a few seconds), pushed once."""
+    src = Image.open(project.demo / "images" / "chelsea.jpg").convert("RGB")
+    src.thumbnail((320, 320))
+    for i in range(N):
+        src.rotate(i % 7).save(project.root / "images" / f"cat-{i:03d}.jpg", quality=85)
+    project.deploy("push", "board1")
+    return project
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def results_in(run_dir: Path) -> list[dict]:
+    path = run_dir / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def start_run(project, run_id):
+    return subprocess.Popen(
+        [sys.executable, "-m", "deploy", "-i", str(project.inventory), "run", "board1", "--run-id", run_id, "-q", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
+    )
+
+
+def test_run_survives_the_host_side_going_away_and_can_be_attached(many):
+    run_id = "attach-test"
+    proc = start_run(many, run_id)
+    run_dir = many.app_dir / "runs" / run_id
+    wait_for(lambda: len(results_in(run_dir)) >= 10)
+    proc.send_signal(signal.SIGKILL)  # the host (and its SSH connection) is gone mid-run
+    proc.wait()
+    agent_pid = int((run_dir / "launcher.pid").read_text())
+    assert len(results_in(run_dir)) < N + 3
+    att = many.deploy_json("run", "board1", "--attach", run_id, "-q")[0]
+    assert att["ended"] and att["summary"]["ok"] == N + 3, att  # the app's 3 photos + N cats
+    assert not pid_alive(agent_pid)
+    recs = results_in(run_dir)
+    assert len(recs) == N + 3 and all(r["ok"] for r in recs)
+
+
+def test_killed_run_resumes_only_what_is_missing(many):
+    run_id = "resume-test"
+    proc = start_run(many, run_id)
+    run_dir = many.app_dir / "runs" / run_id
+    wait_for(lambda: len(results_in(run_dir)) >= 20)
+    agent_pid = int((run_dir / "launcher.pid").read_text())
+    os.kill(agent_pid, signal.SIGKILL)  # the agent dies mid-run (power cut, OOM, ...)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0  # the run did not finish: not a success
+    done_before = len(results_in(run_dir))
+    assert 20 <= done_before < N + 3
+
+    resumed = many.deploy_json("run", "board1", "--resume", run_id, "-q")[0]
+    assert resumed["ok"] and resumed["run_id"] == run_id
+    recs = results_in(run_dir)
+    counts = Counter(r["image"] for r in recs)
+    assert len(counts) == N + 3 and max(counts.values()) == 1  # everything once, nothing twice
+    assert resumed["images_ok"] == N + 3 - done_before  # only the missing ones were classified
+    cats = [top1(r) in CAT for r in recs if r["image"].startswith("cat-")]
+    assert sum(cats) >= 0.9 * N  # small, slightly rotated copies of the cat photo
+    pulled = many.deploy_json("pull", "board1", "--run", run_id)[0]
+    assert len((Path(pulled["path"]) / "results.jsonl").read_text().splitlines()) == N + 3
