@@ -12,9 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import CAT, pid_alive, top1
+from PIL import Image
 
 N = 240
 
