@@ -95,215 +95,173 @@ def cmd_sandbox(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- check
+# ---------------------------------------------------------------- per-board commands
+
+
+def _each_board(args, action) -> list[dict]:
+    """Run ``action(inv, board, conn) -> row`` on every selected board, one connection each.
+
+    A board that fails gives an error row and the others go on; rows go to stdout as JSON
+    with ``--json`` (the action renders for people otherwise). Every row has "board" and "ok".
+    """
+    inv = _inv(args)
+    rows = []
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn:
+                rows.append({"board": board.name, **action(inv, board, conn)})
+        except DeployError as exc:
+            rows.append({"board": board.name, "ok": False, "error": str(exc)})
+            err.print(f"[red]error[/] {escape(str(exc))}")
+    if args.json:
+        _emit_json(rows)
+    return rows
+
+
+def _exit(rows: list[dict]) -> int:
+    return 0 if all(r["ok"] for r in rows) else 1
 
 
 def cmd_check(args) -> int:
     from . import facts as facts_mod
 
-    inv = _inv(args)
-    rows = []
-    failed = 0
-    for board in inv.select(args.target):
-        try:
-            with _connect(inv, board, args) as conn:
-                facts, findings = facts_mod.check(inv, board, conn)
-        except DeployError as exc:
-            failed += 1
-            rows.append({"board": board.name, "ok": False, "error": str(exc)})
-            err.print(f"[red]error[/] {escape(str(exc))}")
-            continue
+    def action(inv, board, conn):
+        facts, findings = facts_mod.check(inv, board, conn)
         bad = [f for f in findings if not f.ok and f.severity == "error"]
-        failed += bool(bad)
-        rows.append({"board": board.name, "ok": not bad, "target": board.target, "facts": facts,
-                     "findings": [f.__dict__ for f in findings]})
         if not args.json:
             t = Table("check", "result", "detail", title=f"{board.name} (target {board.target})")
             for f in findings:
                 mark = "[green]ok[/]" if f.ok else ("[yellow]warn[/]" if f.severity == "warning" else "[red]FAIL[/]")
                 t.add_row(f.check, mark, escape(f.detail))
             out.print(t)
-    if args.json:
-        _emit_json(rows)
-    return 1 if failed else 0
+        return {"ok": not bad, "target": board.target, "facts": facts, "findings": [f.__dict__ for f in findings]}
 
-
-# ---------------------------------------------------------------- push / releases / rollback
+    return _exit(_each_board(args, action))
 
 
 def cmd_push(args) -> int:
     from . import push as push_mod
     from .bundle import HashCache
 
-    inv = _inv(args)
-    cache = HashCache(inv.state_dir / "hashcache.json")
-    results = []
-    failures = 0
-    for board in inv.select(args.target):
-        try:
-            with _connect(inv, board, args) as conn:
-                with Progress(
-                    TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeElapsedColumn(), console=err, transient=True, disable=args.json,
-                ) as prog:
-                    task = prog.add_task(f"{board.name}: planning", total=None)
+    cache: list[HashCache] = []
 
-                    def on_plan(plan, task=task, prog=prog, board=board):
-                        prog.update(task, description=f"{board.name}: sending {plan.send_files} files", total=plan.send_bytes)
-                        if args.dry_run and not args.json:
-                            report.print_plan(err, plan)
+    def action(inv, board, conn):
+        if not cache:
+            cache.append(HashCache(inv.state_dir / "hashcache.json"))
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeElapsedColumn(), console=err, transient=True, disable=args.json,
+        ) as prog:
+            task = prog.add_task(f"{board.name}: planning", total=None)
 
-                    res = push_mod.push(
-                        inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
-                        on_bytes=lambda n, task=task, prog=prog: prog.advance(task, n), cache=cache,
-                    )
-            results.append(report.push_json(res))
-            if not args.json:
-                report.print_push(out, res)
-        except DeployError as exc:
-            failures += 1
-            results.append({"board": board.name, "ok": False, "error": str(exc)})
-            err.print(f"[red]error[/] {escape(str(exc))}")
-    if args.json:
-        _emit_json(results)
-    return 1 if failures else 0
+            def on_plan(plan):
+                prog.update(task, description=f"{board.name}: sending {plan.send_files} files", total=plan.send_bytes)
+                if args.dry_run and not args.json:
+                    report.print_plan(err, plan)
+
+            res = push_mod.push(inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
+                                on_bytes=lambda n: prog.advance(task, n), cache=cache[0])
+        if not args.json:
+            report.print_push(out, res)
+        return {k: v for k, v in report.push_json(res).items() if k != "board"}
+
+    return _exit(_each_board(args, action))
 
 
 def cmd_releases(args) -> int:
     from . import push as push_mod
 
-    inv = _inv(args)
-    rows = []
-    for board in inv.select(args.target):
-        with _connect(inv, board, args) as conn:
-            info = push_mod.releases(inv, conn)
-        rows.append({"board": board.name, **info})
-    if args.json:
-        _emit_json(rows)
-    else:
-        for r in rows:
-            report.print_releases(out, r)
-    return 0
+    def action(inv, board, conn):
+        info = {"ok": True, **push_mod.releases(inv, conn)}
+        if not args.json:
+            report.print_releases(out, {"board": board.name, **info})
+        return info
+
+    return _exit(_each_board(args, action))
 
 
 def cmd_rollback(args) -> int:
     from . import push as push_mod
 
-    inv = _inv(args)
-    rows = []
-    for board in inv.select(args.target):
-        with _connect(inv, board, args) as conn:
-            info = push_mod.rollback(inv, conn, args.to)
-        rows.append({"board": board.name, **info})
+    def action(inv, board, conn):
+        info = push_mod.rollback(inv, conn, args.to)
         if not args.json:
             out.print(f"{board.name}: current {info['previous']} -> [bold]{info['current']}[/]")
-    if args.json:
-        _emit_json(rows)
-    return 0
+        return info
 
-
-# ---------------------------------------------------------------- run / pull / status / exec
+    return _exit(_each_board(args, action))
 
 
 def cmd_run(args) -> int:
     from . import jobs
 
-    inv = _inv(args)
     images = Path(args.images).resolve() if args.images else None
-    overrides = {}
-    if args.batch:
-        overrides["batch"] = args.batch
-    if args.topk:
-        overrides["topk"] = args.topk
-    results = []
-    worst = 0
-    for board in inv.select(args.target):
-        try:
-            with _connect(inv, board, args) as conn, Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(), console=err, transient=False, disable=args.json,
-            ) as prog:
-                task = prog.add_task(f"{board.name}: starting", total=None, rate="")
+    overrides = {k: v for k, v in (("batch", args.batch), ("topk", args.topk)) if v}
 
-                def on_event(ev, task=task, prog=prog, board=board):
-                    kind = ev["event"]
-                    if kind == "start":
-                        prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
-                                    completed=ev.get("skipped", 0))
-                    elif kind in ("result", "error"):
-                        prog.advance(task)
-                        if not args.json and not args.quiet:
-                            prog.console.print(report.event_line(ev))
-                    elif kind == "progress" and ev.get("ips"):
-                        prog.update(task, rate=f"{ev['ips']:.1f} img/s")
+    def action(inv, board, conn):
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), console=err, transient=False, disable=args.json,
+        ) as prog:
+            task = prog.add_task(f"{board.name}: starting", total=None, rate="")
 
-                if args.attach:
-                    res = jobs.attach(inv, board, conn, args.attach, on_event=on_event)
-                else:
-                    res = jobs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
-                                   resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
-            results.append(report.run_json(res))
-            if not args.json:
-                report.print_run(out, res)
-            if not res.success:
-                worst = max(worst, EXIT_PARTIAL if res.ended and res.ok else 1)
-        except DeployError as exc:
-            worst = max(worst, 1)
-            results.append({"board": board.name, "ok": False, "error": str(exc)})
-            err.print(f"[red]error[/] {escape(str(exc))}")
-    if args.json:
-        _emit_json(results)
-    return worst
+            def on_event(ev):
+                kind = ev["event"]
+                if kind == "start":
+                    prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
+                                completed=ev.get("skipped", 0))
+                elif kind in ("result", "error"):
+                    prog.advance(task)
+                    if not args.json and not args.quiet:
+                        prog.console.print(report.event_line(ev))
+                elif kind == "progress" and ev.get("ips"):
+                    prog.update(task, rate=f"{ev['ips']:.1f} img/s")
+
+            if args.attach:
+                res = jobs.attach(inv, board, conn, args.attach, on_event=on_event)
+            else:
+                res = jobs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
+                               resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
+        if not args.json:
+            report.print_run(out, res)
+        return {k: v for k, v in report.run_json(res).items() if k != "board"}
+
+    rows = _each_board(args, action)
+    if all(r["ok"] for r in rows):
+        return 0
+    # partial: every board that failed finished its run with some images classified
+    partial = all(r["ok"] or (r.get("ended") and r.get("images_ok")) for r in rows)
+    return EXIT_PARTIAL if partial else 1
 
 
 def cmd_pull(args) -> int:
     from . import jobs
 
-    inv = _inv(args)
-    results = []
-    failures = 0
-    for board in inv.select(args.target):
-        try:
-            with _connect(inv, board, args) as conn, Progress(
-                TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(), console=err,
-                transient=True, disable=args.json,
-            ) as prog:
-                task = prog.add_task(f"{board.name}: pulling", total=None)
-                res = jobs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
-                                include_inputs=args.include_inputs, on_bytes=lambda n, t=task, p=prog: p.advance(t, n))
-            results.append(report.pull_json(res))
-            if not args.json:
-                report.print_pull(out, res)
-        except DeployError as exc:
-            failures += 1
-            results.append({"board": board.name, "ok": False, "error": str(exc)})
-            err.print(f"[red]error[/] {escape(str(exc))}")
-    if args.json:
-        _emit_json(results)
-    return 1 if failures else 0
+    def action(inv, board, conn):
+        with Progress(
+            TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(), console=err,
+            transient=True, disable=args.json,
+        ) as prog:
+            task = prog.add_task(f"{board.name}: pulling", total=None)
+            res = jobs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
+                            include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
+        if not args.json:
+            report.print_pull(out, res)
+        return {k: v for k, v in report.pull_json(res).items() if k != "board"}
+
+    return _exit(_each_board(args, action))
 
 
 def cmd_status(args) -> int:
     from . import jobs
 
-    inv = _inv(args)
-    rows = []
-    failures = 0
-    for board in inv.select(args.target):
-        try:
-            with _connect(inv, board, args) as conn:
-                rows.append({"board": board.name, "ok": True, **jobs.status(inv, conn)})
-        except DeployError as exc:
-            failures += 1
-            rows.append({"board": board.name, "ok": False, "error": str(exc)})
-            err.print(f"[red]error[/] {escape(str(exc))}")
-    if args.json:
-        _emit_json(rows)
-    else:
-        for r in rows:
-            if r["ok"]:
-                report.print_status(out, r)
-    return 1 if failures else 0
+    def action(inv, board, conn):
+        info = {"ok": True, **jobs.status(inv, conn)}
+        if not args.json:
+            report.print_status(out, {"board": board.name, **info})
+        return info
+
+    return _exit(_each_board(args, action))
 
 
 def cmd_exec(args) -> int:
