@@ -9,6 +9,18 @@
 The queue and the buffer pool are bounded, so memory stays flat however many images there
 are, and decoding of the next batches overlaps inference of the current one. A bad image only
 produces an ``error`` record; the loop goes on. Python 3.7 compatible.
+
+Streams mode, for a backend that runs several batches at once on the CPU (``backend.streams``
+> 1: onnxruntime with one intra-op thread per run, one stream per core)::
+
+    items ──► worker k (one per stream): decode ──► normalise into its own batch buffer ──►
+              backend.run ──► top-k, results.jsonl, events, labelled copy ──► next item
+
+No hand-offs between threads: each core alternates decode and inference of its own images,
+and the GIL is released for both (Pillow decode/resize/encode, ORT run), so the two cores stay
+busy without a queue. Measured on 2 cores (EfficientNet-Lite0, 96 mixed JPEGs): e2e 110 ->
+~125 img/s against the queue design with one 2-thread ORT stream. Records are written in
+completion order, not input order (ids make them unambiguous).
 """
 
 import os
@@ -104,12 +116,14 @@ class Sink:
     """Where results go: results.jsonl, events, progress and labelled copies."""
 
     def __init__(self, rundir, progress=None, labelled_dir=None, writer_threads=1):
+        """writer_threads: threads that write labelled copies; 0 = write them in the caller's
+        thread (streams mode: each worker already has a core to itself)."""
         self.rundir = rundir
         self.progress = progress
         self.labelled_dir = labelled_dir
         self.ok = 0
         self.failed = 0
-        self._writer = ThreadPoolExecutor(writer_threads) if labelled_dir else None
+        self._writer = ThreadPoolExecutor(writer_threads) if labelled_dir and writer_threads else None
         self._writer_slots = threading.BoundedSemaphore(8)
         self._lock = threading.Lock()
 
@@ -118,29 +132,36 @@ class Sink:
         self.rundir.emit("result", image=item.id, topk=topk, ms=ms)
         with self._lock:
             self.ok += 1
-        if self._writer is not None and preview is not None:
-            self._writer_slots.acquire()
-            self._writer.submit(self._save, item, preview, postprocess.label_text(topk))
-        self._step()
+            self._step()
+        if self.labelled_dir is not None and preview is not None:
+            text = postprocess.label_parts(topk)
+            if self._writer is not None:
+                self._writer_slots.acquire()
+                self._writer.submit(self._save, item, preview, text, True)
+            else:
+                self._save(item, preview, text, False)
 
     def error(self, item, kind, message):
         self.rundir.add_result({"image": item.id, "ok": False, "kind": kind, "message": message})
         self.rundir.emit("error", image=item.id, kind=kind, message=message)
         with self._lock:
             self.failed += 1
-        self._step()
+            self._step()
 
     def _step(self):
         if self.progress is not None:
             self.progress.step()
 
-    def _save(self, item, preview, text):
+    def _save(self, item, preview, text, release):
         try:
-            postprocess.save_labelled(preview, text, postprocess.labelled_path(self.labelled_dir, item.rel))
+            # The preview is this image's own decoded picture, used by nothing else: draw on it.
+            path = postprocess.labelled_path(self.labelled_dir, item.rel)
+            postprocess.save_labelled(preview, text, path, inplace=True)
         except Exception as exc:
             self.rundir.emit("log", message=f"labelled copy of {item.id} failed: {exc}", image=item.id)
         finally:
-            self._writer_slots.release()
+            if release:
+                self._writer_slots.release()
 
     def close(self):
         if self._writer is not None:
@@ -167,12 +188,14 @@ class Pipeline:
         self.post = postprocessor
         self.sink = sink
         self.batch, self.fixed = batch_plan(backend, batch)
+        self.streams = max(1, int(getattr(backend, "streams", 1) or 1))
         self.workers = int(workers) or (os.cpu_count() or 1)
         self.queue_depth = max(1, int(queue_depth))
         self.stop = stop or threading.Event()
         self.keep_preview = sink.labelled_dir is not None
         self.infer_s = 0.0
         self.decode_s = 0.0
+        self._acc = threading.Lock()
 
     # --- producer side (runs in its own thread) -----------------------------------------
     def _decode(self, item):
@@ -236,7 +259,8 @@ class Pipeline:
         slots, t0 = tag
         n = len(slots)
         infer_ms = (time.perf_counter() - t0) * 1000.0
-        self.infer_s += infer_ms / 1000.0
+        with self._acc:
+            self.infer_s += infer_ms / 1000.0
         if err is not None:
             for item, _, _ in slots:
                 self.sink.error(item, "inference", str(err))
@@ -253,8 +277,81 @@ class Pipeline:
         for (item, preview, decode_ms), row in zip(slots, rows):
             self.sink.result(item, row, {"decode": round(decode_ms, 3), "infer": per}, preview)
 
+    # --- streams mode: one worker per backend stream, no hand-offs ---------------------------
+    def _infer(self, buf, slots):
+        n = len(slots)
+        if n < self.batch and self.fixed:
+            buf[n:] = 0
+            x = buf
+        else:
+            x = buf[:n]
+        self.backend.submit(x, (slots, time.perf_counter()), self._done)
+
+    def _work(self, next_item, errors):
+        try:
+            norm = self.pre.normalizer
+            buf, slots = norm.batch_buffer(self.batch), []
+            while not self.stop.is_set():
+                item = next_item()
+                if item is None:
+                    break
+                item, res, ms = self._decode(item)
+                if isinstance(res, ImageError):
+                    self.sink.error(item, res.kind, res.message)
+                    continue
+                with self._acc:
+                    self.decode_s += ms / 1000.0
+                try:
+                    norm.write(res.crop, buf[len(slots)])
+                except Exception as exc:
+                    self.sink.error(item, "preprocess", f"normalise failed: {exc}")
+                    continue
+                slots.append((item, res.preview, ms))
+                if len(slots) == self.batch:
+                    self._infer(buf, slots)
+                    slots = []
+            if slots and not self.stop.is_set():
+                self._infer(buf, slots)
+        except BaseException as exc:  # surfaces in run(); the other workers stop too
+            self.stop.set()
+            errors.append(exc)
+
+    def _run_streams(self, items):
+        it = iter(items)
+        lock = threading.Lock()
+
+        def next_item():
+            with lock:
+                return next(it, None)
+
+        errors = []
+        threads = [
+            threading.Thread(target=self._work, args=(next_item, errors), name=f"agent-stream-{k}")
+            for k in range(1, self.streams)
+        ]
+        for t in threads:
+            t.daemon = True
+            t.start()
+        finished = False
+        try:
+            self._work(next_item, errors)  # stream 0 is the caller's thread (signals still land)
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.1)
+            self.backend.drain()
+            finished = True
+        finally:
+            if not finished:  # interrupted in this thread: let the other workers end
+                self.stop.set()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+
     def run(self, items):
         """Classify ``items`` (a list of Item); returns when every one has a record."""
+        if self.streams > 1:
+            return self._run_streams(items)
         norm = self.pre.normalizer
         nbuf = self.queue_depth + 2
         free = queue.Queue()

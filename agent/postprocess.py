@@ -6,6 +6,7 @@ reported scores are always probabilities. Python 3.7 compatible.
 """
 
 import glob
+import math
 import os
 import threading
 
@@ -136,26 +137,75 @@ def font(size):
 
 
 def label_text(topk_row):
+    return "".join(label_parts(topk_row))
+
+
+def label_parts(topk_row):
+    """The label as (class name, score) strings: drawn as two cached pieces (see draw_label)."""
     if not topk_row:
-        return "?"
+        return ("?", "")
     index, label, score = topk_row[0]
-    return f"{label} ({score:.1%})"
+    return (str(label), f" ({score:.1%})")
 
 
-def draw_label(im, text):
-    """A copy of ``im`` (RGB) with ``text`` on a dark band at the top-left."""
-    im = im.convert("RGB") if im.mode != "RGB" else im.copy()
-    size = max(12, min(32, im.size[1] // 16))
-    f = font(size)
-    draw = ImageDraw.Draw(im)
+_bands = {}
+_BANDS_MAX = 4096  # ~1000 class names + ~1000 scores per font size; a few KB each
+
+
+def _text_width(f, text):
     try:
-        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=f)
-        tw, th = x1 - x0, y1 - y0
+        return int(math.ceil(f.getlength(text)))
     except AttributeError:  # Pillow < 8
-        tw, th = draw.textsize(text, font=f)
-    pad = max(2, size // 4)
-    draw.rectangle((0, 0, min(im.size[0], tw + 2 * pad), th + 2 * pad + 2), fill=(0, 0, 0))
-    draw.text((pad, pad), text, font=f, fill=(255, 255, 0))
+        return f.getsize(text)[0]
+
+
+def _band(text, size, first, last):
+    """``text`` in yellow on a black band (cached): rendering glyphs costs ~0.25 ms a label,
+    a paste of the cached band ~10 us."""
+    key = (text, size, first, last)
+    band = _bands.get(key)
+    if band is None:
+        f = font(size)
+        pad = max(2, size // 4)
+        try:
+            ascent, descent = f.getmetrics()
+        except AttributeError:  # the bitmap default font
+            ascent, descent = _text_height(f), 0
+        left = pad if first else 0
+        width = left + _text_width(f, text) + (pad if last else 0)
+        band = Image.new("RGB", (max(1, width), ascent + descent + 2 * pad), (0, 0, 0))
+        ImageDraw.Draw(band).text((left, pad), text, font=f, fill=(255, 255, 0))
+        if len(_bands) >= _BANDS_MAX:
+            _bands.clear()
+        _bands[key] = band
+    return band
+
+
+def _text_height(f):
+    try:
+        x0, y0, x1, y1 = f.getbbox("Ag")
+        return y1
+    except AttributeError:
+        return f.getsize("Ag")[1]
+
+
+def draw_label(im, text, inplace=False):
+    """``im`` (RGB) with ``text`` on a dark band at the top-left: a copy, or ``im`` itself when
+    ``inplace``. ``text`` is a string or a sequence of strings drawn one after the other (the
+    pieces are cached, so a class name and a score are each rendered once)."""
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    elif not inplace:
+        im = im.copy()
+    size = max(12, min(32, im.size[1] // 16))
+    parts = [text] if isinstance(text, str) else [p for p in text if p] or ["?"]
+    x = 0
+    for i, part in enumerate(parts):
+        band = _band(part, size, i == 0, i == len(parts) - 1)
+        im.paste(band, (x, 0))
+        x += band.size[0]
+        if x >= im.size[0]:
+            break
     return im
 
 
@@ -167,10 +217,11 @@ def labelled_path(out_dir, rel):
     return path
 
 
-def save_labelled(im, text, path, quality=80):
+def save_labelled(im, text, path, quality=80, inplace=False):
+    """Draw the label (on ``im`` itself if ``inplace``) and write a JPEG atomically."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".part"
-    draw_label(im, text).save(tmp, "JPEG", quality=quality)
+    draw_label(im, text, inplace).save(tmp, "JPEG", quality=quality)
     os.replace(tmp, path)
 
 

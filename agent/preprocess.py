@@ -28,7 +28,6 @@ Two decode paths give nearly the same crop:
   resize target, then resizes only the crop region (``resize(box=...)``) straight to the output.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -387,10 +386,17 @@ class Preprocessor:
 
 
 def _preview(rgb):
+    """The labelled copy's image: ``rgb`` itself when it fits PREVIEW_MAX, else ``rgb`` reduced by
+    the smallest integer factor that makes it fit (a box average: no aliasing).
+
+    An integer reduce costs ~0.3 ms where an exact BILINEAR resize to 512 px cost 2.1 ms (the
+    draft images here are 525-750 px, so most need only a 1.03-1.46x downscale that Pillow's
+    non-SIMD resampler makes expensive); previews end up 256-512 px on the long side.
+    """
     w, h = rgb.size
-    if max(w, h) <= PREVIEW_MAX:
+    k = -(-max(w, h) // PREVIEW_MAX)  # ceil
+    if k <= 1:
         return rgb
-    s = PREVIEW_MAX / float(max(w, h))
-    return rgb.resize(
-        (max(1, int(math.floor(w * s))), max(1, int(math.floor(h * s)))), Image.BILINEAR, reducing_gap=2.0
-    )
+    if hasattr(rgb, "reduce"):  # Pillow >= 7
+        return rgb.reduce(k)
+    return rgb.resize((max(1, -(-w // k)), max(1, -(-h // k))), Image.BOX)

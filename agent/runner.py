@@ -12,6 +12,7 @@ Resuming: results.jsonl already in out_dir lists the images done; they are skipp
 Python 3.7 compatible.
 """
 
+import os
 import signal
 import threading
 import time
@@ -41,7 +42,14 @@ def status_of(ok, failed, interrupted=False):
 
 def make_backend(job, **options):
     if job.backend == "onnx":
-        options.setdefault("threads", job.threads)
+        if job.mode == "bench":
+            # Pure inference, one stream (ais_bench style): all cores in one run, busy-waiting
+            # between operators (nothing else wants the cores; measured best single-stream).
+            options.setdefault("threads", job.threads or (os.cpu_count() or 1))
+            options.setdefault("spinning", True)
+        else:
+            # 0 = streams mode: 1 intra-op thread x one concurrent run per core (see backends.onnx).
+            options.setdefault("threads", job.threads)
     return get_backend(job.backend, **options)
 
 
@@ -150,7 +158,9 @@ def _classify(job, rundir, backend, stop):
 
     progress = Progress(rundir, len(todo))
     labelled = job.out_dir if job.labelled else None
-    sink = Sink(rundir, progress, labelled_dir=labelled)
+    # Streams mode writes labelled copies in the worker that classified the image (no extra thread).
+    streams = getattr(backend, "streams", 1) or 1
+    sink = Sink(rundir, progress, labelled_dir=labelled, writer_threads=0 if streams > 1 else 1)
     for raw in missing:
         item = Item(raw, raw)
         if item.id not in done:
