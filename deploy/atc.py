@@ -13,16 +13,15 @@ form every documented example uses.
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import shlex
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import proc
 from .targets import PROFILES
 
 # Target name -> ATC --soc_version. An .om only loads on the SoC it was built for
@@ -509,25 +508,9 @@ def run_conversion(plan: AtcPlan, progress: Callable[[str], None] | None = None)
     if atc is None:
         raise AtcNotFound(plan.command)
     plan.output.parent.mkdir(parents=True, exist_ok=True)
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    with subprocess.Popen(
-        [atc, *plan.argv[1:]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if progress is not None:
-                progress(line)
-        code = proc.wait()
+    code, tail = proc.stream([atc, *plan.argv[1:]], progress)
     if code != 0:
-        last = next((line for line in reversed(tail) if line.strip()), "no output")
-        raise AtcError(f"atc exited with status {code}: {last.strip()}", tail)
+        raise AtcError(f"atc exited with status {code}: {proc.last_line(tail, 'no output')}", tail)
     if not plan.output.is_file():
         raise AtcError(f"atc reported success but {plan.output} was not written", tail)
     return plan.output

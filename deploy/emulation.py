@@ -19,7 +19,6 @@ goes through `_remove_tree`, which unmounts (and verifies) first.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import json
@@ -30,6 +29,8 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+from . import proc
 
 SUITE = "bullseye"  # Python 3.9: the newest the 200I DK A2's CANN supports; glibc 2.31
 ARCH = "arm64"
@@ -240,25 +241,9 @@ def debootstrap_command(target: Path, mirror: str | None = None) -> list[str]:
 
 
 def _debootstrap(target: Path, progress: Callable[[str], None] | None) -> None:
-    tail: collections.deque[str] = collections.deque(maxlen=5)
-    with subprocess.Popen(
-        debootstrap_command(target),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if progress is not None:
-                progress(line)
-        code = proc.wait()
+    code, tail = proc.stream(debootstrap_command(target), progress, keep=5)
     if code != 0:
-        last = next((ln for ln in reversed(tail) if ln.strip()), f"exit status {code}")
-        raise EmulationError(f"debootstrap failed: {last.strip()}")
+        raise EmulationError(f"debootstrap failed: {proc.last_line(tail, f'exit status {code}')}")
     for mount in _mounts_under(target):  # debootstrap mounts proc/sys itself; never leave them
         _umount(mount)
 

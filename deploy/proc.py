@@ -1,0 +1,31 @@
+"""Running a local tool that talks a lot and fails at the end (atc, debootstrap)."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+from collections.abc import Callable, Sequence
+
+
+def stream(argv: Sequence[str], progress: Callable[[str], None] | None = None, keep: int = 20) -> tuple[int, list[str]]:
+    """Run ``argv`` with stdout+stderr merged, passing each line to ``progress``.
+
+    Returns (exit status, the last ``keep`` lines): such tools print the reason of a failure
+    last, so the tail is what an error message should carry.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=keep)
+    with subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if progress is not None:
+                progress(line)
+        code = proc.wait()
+    return code, list(tail)
+
+
+def last_line(tail: Sequence[str], default: str) -> str:
+    return next((ln.strip() for ln in reversed(tail) if ln.strip()), default)
