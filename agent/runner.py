@@ -187,6 +187,7 @@ def _classify(job, rundir, backend, stop):
         "ips": round(processed / elapsed, 3) if elapsed > 0 else 0.0,
         "timings_s": {"decode_cpu": round(pipe.decode_s, 3), "inference": round(pipe.infer_s, 3)},
         "batch": batch,
+        "streams": pipe.streams,
         "interrupted": interrupted,
         "status": status_of(ok, failed, interrupted),
     }
