@@ -166,12 +166,13 @@ def _classify(job, rundir, backend, stop):
         if item.id not in done:
             sink.error(item, "unreadable", "input does not exist")
     pipe = Pipeline(backend, pre, post, sink, batch=batch, workers=job.threads, stop=stop)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     try:
         pipe.run(todo)
     finally:
         sink.close()
     elapsed = time.monotonic() - t0
+    cpu = time.process_time() - cpu0  # all threads: decode, inference, writing
     processed = sink.ok + sink.failed
     interrupted = stop.is_set() and processed < len(todo)
     prev_ok = sum(1 for r in done.values() if r.get("ok"))
@@ -185,7 +186,11 @@ def _classify(job, rundir, backend, stop):
         "this_run": {"ok": sink.ok, "failed": sink.failed, "remaining": len(todo) - processed},
         "elapsed_s": round(elapsed, 3),
         "ips": round(processed / elapsed, 3) if elapsed > 0 else 0.0,
-        "timings_s": {"decode_cpu": round(pipe.decode_s, 3), "inference": round(pipe.infer_s, 3)},
+        "timings_s": {
+            "decode_cpu": round(pipe.decode_s, 3),
+            "inference": round(pipe.infer_s, 3),
+            "process_cpu": round(cpu, 3),
+        },
         "batch": batch,
         "streams": pipe.streams,
         "interrupted": interrupted,
