@@ -13,6 +13,7 @@ under the final name.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -123,8 +124,6 @@ def _follow(call, result: RunResult, on_event) -> None:
                 f"deploy run {result.board} --attach {result.run_id}"
             )
         if line.startswith(b'{"helper"') or line.startswith(b'{"error"'):
-            import json
-
             obj = json.loads(line)
             if "error" in obj:
                 raise RemoteError(f"{result.board}: {obj['error']}")

@@ -21,6 +21,7 @@ reaches exports placed after the ``case $- in *i*`` guard of a stock ``~/.bashrc
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import shlex
@@ -191,8 +192,13 @@ def env_prefix(app: str | None) -> str:
     return f'cd "$HOME" && {{ if [ -r {env} ]; then . {env}; fi; }} && '
 
 
+@functools.cache
+def _boardside_source() -> str:
+    return Path(boardside.__file__).read_text()
+
+
 def helper_command(op: str, python: str, app: str | None) -> str:
-    source = Path(boardside.__file__).read_text()
+    source = _boardside_source()
     return env_prefix(app) + " ".join(shlex.quote(w) for w in (python, "-I", "-c", source, op))
 
 
