@@ -1,0 +1,776 @@
+"""Push speed: ``deploy push`` vs ``scp -r`` and ``rsync -a`` of the same tree to the same board, same run.
+
+    python benchmarks/push.py [--json] [--repeat 3] [--files 1000] [--rtt-ms 2] [--keep-tmp]
+
+Starts its own sandbox board (a real OpenSSH sshd on 127.0.0.1) in a throwaway project and
+stops exactly that board at the end (``deploy sandbox down --purge``, in a ``finally``).
+
+What is measured (every wall time is the minimum over ``--repeat`` interleaved rounds, the order of
+the methods rotated each round; all samples are in ``samples``; ratios compare figures of this one run):
+
+* ``first_push_s``   ``python -m deploy push board1 --json`` as a subprocess, onto a board that has
+                     nothing of the app (a fresh app name per round): Python start-up, inventory,
+                     bundle (stat + cached sha256), SSH connect, plan, transfer of every object,
+                     board-side verify/assemble/switch. Excluded: the one-time wheel download and
+                     the first hashing of the wheel tree (a ``--dry-run`` push warms both first; the
+                     cold-hash cost is reported apart as ``first_push_cold_hash_s``).
+  ``first_push_api_s``  the same through the Python API in-process (``ssh.Connection`` + ``push.push``):
+                     no interpreter start-up; ``api_phases_s`` splits it into connect/plan/transfer/commit.
+* ``scp_r_s``, ``rsync_s``   ``scp -r -q`` / ``rsync -a`` of the same release tree (materialised locally
+                     from the bundle's entries) into a fresh directory on the same board; each includes
+                     its own ssh start-up and connection, as the tool's figure does.
+* ``small_files_*``  1000 files of 4 KiB (random, 10 dirs x 100) pushed as the app's ``images``
+                     into a board that already has the rest of the release (only those files travel),
+                     vs ``scp -r`` / ``rsync -a`` of the same tree. New content each round, so the push
+                     also hashes the new files, as a user's push would.
+* ``redeploy_*``     a second push with nothing changed (payload must be 0) vs re-running ``rsync -a``
+                     of the unchanged tree (quick check: nothing sent).
+* ``one_change_*``   one demo photo re-encoded, then pushed: the payload the tool counted
+                     (``PushResult.payload_bytes``: file content sent) vs that file's size.
+* ``cpu_s``          CPU seconds per method (medians), split into host (this process and its children:
+                     the CLI, scp, rsync, ssh) and board (the sandbox sshd's sessions and everything they
+                     run, sampled from /proc every 20 ms). The machine is shared, so wall times are noisy;
+                     CPU seconds are steadier, and the board's share is what a slow ARM board will feel.
+* ``rtt``            (``--rtt-ms N``, default 2; 0 turns it off) the small-files and redeploy comparisons
+                     again through a local TCP proxy that delays each direction by N/2 ms, as a LAN or
+                     USB link to a real board would: loopback has no latency, which is where per-file
+                     round trips (scp's SFTP open/write/close per file) cost nothing.
+
+Human-readable progress goes to stderr; ``--json`` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploy import bundle as bundle_mod  # noqa: E402
+from deploy import inventory as inventory_mod  # noqa: E402
+from deploy import push as push_mod  # noqa: E402
+from deploy import ssh as ssh_mod  # noqa: E402
+
+DEMO = ROOT / "demo"
+BOARD = "board1"
+
+INVENTORY = """\
+app:
+  name: {app}
+  models:
+    onnx: {demo}/models/efficientnet_lite0.onnx
+  labels: {demo}/labels/imagenet_classes.txt
+  images: {images}
+  preprocess:
+    preset: imagenet
+    scale: 1.0
+    mean: [127.0, 127.0, 127.0]
+    std: [128.0, 128.0, 128.0]
+  keep_releases: 3
+  env:
+    CLASSIFY_MODE: bench
+
+boards:
+  board1:
+    sandbox: true
+    target: x86_64-cpu
+{extra}"""
+
+LAGGED = """\
+  lagged:
+    host: 127.0.0.1
+    port: {port}
+    user: {user}
+    key: {key}
+    target: x86_64-cpu
+"""
+
+# A TCP relay that holds every chunk for RTT/2 in each direction (no bandwidth limit), run as its
+# own process so its work shows in neither the host's nor the board's CPU figures.
+PROXY = r"""
+import collections, socket, sys, threading, time
+delay = float(sys.argv[1]) / 2000.0
+target = ("127.0.0.1", int(sys.argv[2]))
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+
+def relay(src, dst):
+    q = collections.deque()
+    cv = threading.Condition()
+
+    def reader():
+        while True:
+            try:
+                data = src.recv(1 << 20)
+            except OSError:
+                data = b""
+            with cv:
+                q.append((time.monotonic() + delay, data))
+                cv.notify()
+            if not data:
+                return
+
+    def writer():
+        while True:
+            with cv:
+                while not q:
+                    cv.wait()
+                due, data = q.popleft()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    threading.Thread(target=reader, daemon=True).start()
+    threading.Thread(target=writer, daemon=True).start()
+
+while True:
+    c, _ = ls.accept()
+    u = socket.create_connection(target)
+    for x in (c, u):
+        x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    relay(c, u)
+    relay(u, c)
+"""
+
+TARGETS = {
+    "first_over_scp<=1.0": lambda r: r["first_over_scp"] <= 1.0,
+    "small_files_speedup_vs_scp>=5": lambda r: r["small_files_speedup_vs_scp"] >= 5,
+    "redeploy_payload_bytes==0": lambda r: r["redeploy_payload_bytes"] == 0,
+    "redeploy_s<=0.5": lambda r: r["redeploy_s"] <= 0.5,
+    "redeploy_over_rsync<=1.0": lambda r: r["redeploy_over_rsync"] <= 1.0,
+    "one_change_payload_bytes<=one_change_file_bytes+65536":
+        lambda r: r["one_change_payload_bytes"] <= r["one_change_file_bytes"] + 65536,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie waiting to be reaped has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def host_cpu() -> float:
+    """CPU seconds of this process plus its waited-for children (the CLI, scp, rsync and their ssh)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class BoardCPU:
+    """CPU seconds of everything under the sandbox's sshd listener, sampled from /proc.
+
+    Each process's own utime+stime is read every ``interval``; a process is counted up to its
+    last sample (at most ``interval`` of CPU lost per process). Sessions of other clients of the
+    same board would be counted too: the benchmark runs one thing at a time.
+    """
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, listener: int, interval: float = 0.02):
+        self.listener = listener
+        self.interval = interval
+        self.seen: dict[tuple[int, str], int] = {}
+        self.base: dict[tuple[int, str], int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _descendants(self) -> list[int]:
+        out, todo = [], [self.listener]
+        while todo:
+            pid = todo.pop()
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        kids = [int(x) for x in f.read().split()]
+                    out += kids
+                    todo += kids
+            except OSError:
+                pass
+        return out
+
+    def sample(self) -> None:
+        for pid in self._descendants():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            key = (pid, fields[19])  # pid + start time: a reused pid is another process
+            self.seen[key] = max(self.seen.get(key, 0), int(fields[11]) + int(fields[12]))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> BoardCPU:
+        self.sample()
+        self.base = dict(self.seen)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(v - self.base.get(k, 0) for k, v in self.seen.items()) / self.TICK
+
+
+class Bench:
+    def __init__(self, root: Path, repeat: int, n_files: int, rtt_ms: float):
+        self.root = root
+        self.repeat = repeat
+        self.n_files = n_files
+        self.rtt_ms = rtt_ms
+        self.inventory = root / "inventory.yaml"
+        self.images = root / "images"
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self.samples: dict[str, list[float]] = {}
+        self.facts: dict = {}
+        self.sandbox: dict | None = None
+        self.proxy: subprocess.Popen | None = None
+        self.proxy_port: int | None = None
+
+    # ------------------------------------------------------------ plumbing
+
+    def configure(self, app: str, images: Path | None = None) -> None:
+        extra = ""
+        if self.proxy_port:
+            sb = self.sandbox
+            extra = LAGGED.format(port=self.proxy_port, user=sb["user"], key=sb["key"])
+        self.inventory.write_text(INVENTORY.format(app=app, demo=DEMO, images=images or self.images, extra=extra))
+
+    def deploy(self, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+        argv = [sys.executable, "-m", "deploy", "-i", str(self.inventory), *args]
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=self.root, env=self.env)
+        dt = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"deploy {' '.join(args)} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+        return dt, r
+
+    @contextmanager
+    def cpu(self, key: str):
+        """Record host and board CPU seconds of what runs inside the block under ``key``."""
+        h0 = host_cpu()
+        with BoardCPU(self.sandbox["pid"]) as board:
+            yield
+        self.record(f"cpu_host:{key}", host_cpu() - h0)
+        self.record(f"cpu_board:{key}", board.seconds)
+
+    def cli_push(self, key: str | None = None, board: str = BOARD) -> tuple[float, dict]:
+        if key is None:
+            _, r = self.deploy("push", board, "--json")
+            return _, json.loads(r.stdout)[0]
+        with self.cpu(key):
+            dt, r = self.deploy("push", board, "--json")
+        self.record(key, dt)
+        return dt, json.loads(r.stdout)[0]
+
+    def api_push(self, key: str) -> push_mod.PushResult:
+        """In-process: load the inventory, open a fresh connection, push, close. Records a phase breakdown too."""
+        marks: dict[str, float] = {}
+
+        def on_plan(_plan):
+            marks["plan"] = time.perf_counter()
+
+        def on_bytes(_n):
+            marks["last_byte"] = time.perf_counter()
+
+        with self.cpu(key):
+            t0 = time.perf_counter()
+            inv = inventory_mod.load(self.inventory)
+            board = inv.boards[BOARD]
+            conn = ssh_mod.Connection(ssh_mod.endpoint_for(inv, board))
+            conn.open()
+            t_conn = time.perf_counter()
+            try:
+                res = push_mod.push(inv, board, conn, on_plan=on_plan, on_bytes=on_bytes)
+                t_done = time.perf_counter()
+                tr = conn.client.get_transport()
+                mac = "<implicit>" if "-gcm@" in tr.local_cipher else tr.local_mac
+                self.facts.setdefault("paramiko_cipher", f"{tr.local_cipher} MAC: {mac}")
+            finally:
+                conn.close()
+            t1 = time.perf_counter()
+        plan = marks.get("plan", t_done)
+        last = marks.get("last_byte", plan)
+        self.record(key, t1 - t0)
+        phases = {
+            "connect_s": t_conn - t0,  # inventory load + TCP + kex + auth
+            "plan_s": plan - t_conn,  # bundle (stat/hash) + helper start + manifest + plan reply
+            "transfer_s": last - plan,  # tar stream of missing objects, until the last byte is handed to paramiko
+            "commit_s": t_done - last,  # board: rest of the stream, verify, assemble, switch, reply
+        }
+        for k, v in phases.items():
+            self.record(f"phase:{key}:{k}", v)
+        return res
+
+    def ssh_parts(self, port: int | None = None) -> tuple[list[str], str]:
+        words = shlex.split(self.sandbox["ssh_command"])
+        assert words[0] == "ssh" and "-p" in words, words
+        opts = words[1:-1] + ["-o", "BatchMode=yes"]
+        if port is not None:
+            opts[opts.index("-p") + 1] = str(port)
+        return opts, words[-1]
+
+    def ssh(self, command: str) -> None:
+        opts, dest = self.ssh_parts()
+        subprocess.run(["ssh", *opts, dest, command], check=True, capture_output=True)
+
+    def scp(self, key: str, src: Path, remote: str, port: int | None = None) -> float:
+        opts, dest = self.ssh_parts(port)
+        opts = ["-P" if w == "-p" else w for w in opts]
+        argv = ["scp", "-r", "-q", *opts, str(src), f"{dest}:{remote}"]
+        with self.cpu(key):
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            dt = time.perf_counter() - t0
+        self.record(key, dt)
+        return dt
+
+    def rsync(self, key: str, src: Path, remote: str, port: int | None = None) -> float:
+        opts, dest = self.ssh_parts(port)
+        argv = ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), f"{src}/", f"{dest}:{remote}/"]
+        with self.cpu(key):
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            dt = time.perf_counter() - t0
+        self.record(key, dt)
+        return dt
+
+    @property
+    def home(self) -> Path:
+        return Path(self.sandbox["home"])
+
+    def forget(self, *rel: str) -> None:
+        """Remove board directories between measurements (untimed) and flush dirty pages so each starts alike."""
+        for r in rel:
+            shutil.rmtree(self.home / r, ignore_errors=True)
+        os.sync()
+
+    def record(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
+
+    def best(self, key: str) -> float:
+        return min(self.samples[key])
+
+    def median(self, key: str) -> float:
+        return statistics.median(self.samples[key])
+
+    def last(self, key: str) -> float:
+        return self.samples[key][-1]
+
+    # ------------------------------------------------------------ stages
+
+    def setup(self) -> None:
+        shutil.copytree(DEMO / "images", self.images)
+        self.configure("warm")
+        log(f"project {self.root}: starting sandbox board {BOARD}")
+        self.deploy("sandbox", "up", BOARD)
+        _, r = self.deploy("sandbox", "status", "--json")
+        self.sandbox = next(s for s in json.loads(r.stdout) if s["name"] == BOARD)
+        # warm the wheel cache (pip, once per machine) and the board-facts cache
+        self.deploy("push", BOARD, "--dry-run", "--json")
+        self.ssh(f"mkdir -p {shlex.quote(str(self.home / 'bench'))}")
+        self.facts["openssh"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+        opts, dest = self.ssh_parts()
+        v = subprocess.run(["ssh", "-v", *opts, dest, "true"], capture_output=True, text=True).stderr
+        self.facts["openssh_cipher"] = " / ".join(
+            ln.split("cipher: ", 1)[1].split(" compression")[0] for ln in v.splitlines() if "kex: client->server cipher" in ln
+        )
+
+    def materialise(self, app: str, dest: Path) -> tuple[int, int]:
+        """The release tree exactly as pushed (paths, bytes, modes), as a local directory for scp/rsync."""
+        self.configure(app)
+        inv = inventory_mod.load(self.inventory)
+        board = inv.boards[BOARD]
+        with ssh_mod.Connection(ssh_mod.endpoint_for(inv, board)) as conn:
+            b = push_mod.build_for(inv, board, conn, bundle_mod.HashCache(inv.state_dir / "hashcache.json"))
+        for e in b.entries:
+            out = dest / e.path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if e.data is not None:
+                out.write_bytes(e.data)
+            else:
+                shutil.copyfile(e.src, out)
+            os.chmod(out, e.mode)
+        return len(b.entries), b.total_bytes
+
+    def cli_overhead(self) -> None:
+        """Interpreter start-up + imports of the CLI, no SSH: the floor under every CLI figure."""
+        for _ in range(self.repeat):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import deploy.cli, deploy.push, deploy.ssh"], check=True, env=self.env)
+            self.record("cli_startup_s", time.perf_counter() - t0)
+
+    def first_and_redeploy(self) -> None:
+        tree = self.root / "tree"
+        # cold hashing, once: what the very first push on a machine pays on top (wheels already downloaded)
+        (self.root / ".deploy" / "hashcache.json").unlink(missing_ok=True)
+        self.configure("coldhash")
+        dt, _ = self.cli_push()
+        self.facts["first_push_cold_hash_s"] = dt
+        self.forget("HIAI_PROJECTS/coldhash")
+        self.facts["bundle_files"], self.facts["bundle_bytes"] = self.materialise("tree", tree)
+        log(f"demo bundle: {self.facts['bundle_files']} files, {self.facts['bundle_bytes'] / 1e6:.1f} MB; "
+            f"first push with a cold hash cache {dt:.2f} s")
+        methods = ["cli", "api", "scp", "rsync"]
+        for i in range(self.repeat):
+            for m in methods[i % 4:] + methods[: i % 4]:  # rotated so drift favours no method
+                if m == "cli":
+                    self.configure(f"first{i}c")
+                    _, res = self.cli_push("first_push_s")
+                    assert res["plan"]["send_files"] > 500 and res["payload_bytes"] > 100e6, res
+                    self.record("first_payload_bytes", res["payload_bytes"])
+                    os.sync()
+                    _, res = self.cli_push("redeploy_s")
+                    self.record("redeploy_payload_bytes", res["payload_bytes"])
+                    self.forget(f"HIAI_PROJECTS/first{i}c")
+                elif m == "api":
+                    self.configure(f"first{i}a")
+                    res = self.api_push("first_push_api_s")
+                    assert res.payload_bytes > 100e6, res
+                    os.sync()
+                    res = self.api_push("redeploy_api_s")
+                    self.record("redeploy_payload_bytes", res.payload_bytes)
+                    self.forget(f"HIAI_PROJECTS/first{i}a")
+                elif m == "scp":
+                    self.scp("scp_r_s", tree, str(self.home / "bench" / f"scp{i}"))
+                    self.forget(f"bench/scp{i}")
+                else:
+                    remote = str(self.home / "bench" / f"rsync{i}")
+                    self.rsync("rsync_s", tree, remote)
+                    os.sync()
+                    self.rsync("redeploy_rsync_s", tree, remote)
+                    self.forget(f"bench/rsync{i}")
+            g = self.last
+            log(f"round {i + 1}/{self.repeat}: first push cli {g('first_push_s'):.2f} s, api {g('first_push_api_s'):.2f} s, "
+                f"scp -r {g('scp_r_s'):.2f} s, rsync {g('rsync_s'):.2f} s | redeploy cli {g('redeploy_s'):.2f} s, "
+                f"api {g('redeploy_api_s'):.2f} s, rsync {g('redeploy_rsync_s'):.2f} s")
+
+    def small_tree(self, path: Path) -> Path:
+        per_dir = 100
+        for k in range(self.n_files):
+            d = path / f"d{k // per_dir:02d}"
+            if k % per_dir == 0:
+                d.mkdir(parents=True)
+            (d / f"f{k % per_dir:03d}.bin").write_bytes(os.urandom(4096))
+        return path
+
+    def small_files(self) -> None:
+        self.configure("small")
+        self.cli_push()  # the rest of the release is on the board; only the small files travel below
+        methods = ["cli", "api", "scp", "rsync"]
+        for i in range(self.repeat):
+            for m in methods[i % 4:] + methods[: i % 4]:
+                tree = self.small_tree(self.root / "small" / f"{m}{i}")  # new content: all of it must travel
+                os.sync()
+                if m == "cli":
+                    self.configure("small", tree)
+                    _, res = self.cli_push("small_files_push_s")
+                    assert res["objects"] == self.n_files and res["payload_bytes"] == self.n_files * 4096, res
+                elif m == "api":
+                    self.configure("small", tree)
+                    res = self.api_push("small_files_push_api_s")
+                    assert res.objects == self.n_files, res
+                elif m == "scp":
+                    self.scp("small_files_scp_s", tree, str(self.home / "bench" / f"small-scp{i}"))
+                    self.forget(f"bench/small-scp{i}")
+                else:
+                    self.rsync("small_files_rsync_s", tree, str(self.home / "bench" / f"small-rsync{i}"))
+                    self.forget(f"bench/small-rsync{i}")
+            g = self.last
+            log(f"small files round {i + 1}/{self.repeat}: push cli {g('small_files_push_s'):.2f} s, "
+                f"api {g('small_files_push_api_s'):.2f} s, scp -r {g('small_files_scp_s'):.2f} s, "
+                f"rsync {g('small_files_rsync_s'):.2f} s")
+        self.forget("HIAI_PROJECTS/small")
+
+    def one_change(self) -> None:
+        from PIL import Image
+
+        self.configure("onechange")
+        self.cli_push()
+        photo = self.images / "coffee.jpg"
+        for i in range(self.repeat):
+            with Image.open(DEMO / "images" / "coffee.jpg") as im:
+                im.convert("RGB").save(photo, quality=70 + i)  # a real edit: same name, new content
+            size = photo.stat().st_size
+            _, res = self.cli_push("one_change_s")
+            self.record("one_change_payload_bytes", res["payload_bytes"])
+            self.record("one_change_file_bytes", size)
+            self.record("one_change_objects", res["objects"])
+        log(f"one change: payload {res['payload_bytes']} B for a {size} B file, objects {res['objects']}, "
+            f"linked {res['linked']}, {self.last('one_change_s'):.2f} s")
+        shutil.copy2(DEMO / "images" / "coffee.jpg", photo)
+        self.forget("HIAI_PROJECTS/onechange")
+
+    def teardown(self) -> bool:
+        """``deploy sandbox down --purge``: stops the sshd this project started (by its recorded PID), removes
+        the board's home and user. True when nothing of it is left running."""
+        if not (self.root / ".deploy" / "sandbox").exists():
+            return True
+        try:
+            self.deploy("sandbox", "down", "--purge")
+        except RuntimeError as exc:
+            log(f"warning: {exc}")
+        pid = (self.sandbox or {}).get("pid")
+        deadline = time.monotonic() + 10
+        while pid and pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid and pid_alive(pid):
+            log(f"warning: sandbox sshd {pid} still running; project kept at {self.root} "
+                f"(stop it with: deploy -i {self.inventory} sandbox down --purge)")
+            return False
+        return True
+
+    def start_proxy(self) -> None:
+        self.proxy = subprocess.Popen([sys.executable, "-c", PROXY, str(self.rtt_ms), str(self.sandbox["port"])],
+                                      stdout=subprocess.PIPE, text=True)
+        self.proxy_port = int(self.proxy.stdout.readline())
+        # the same host key answers on the relay's port: record it so both ssh and the tool verify it
+        kh = Path(self.sandbox["known_hosts"])
+        ours = f"[127.0.0.1]:{self.sandbox['port']} "
+        lines = [ln for ln in kh.read_text().splitlines() if ln.startswith(ours)]
+        with open(kh, "a") as f:
+            for ln in lines:
+                f.write(f"[127.0.0.1]:{self.proxy_port} {ln[len(ours):]}\n")
+
+    def stop_proxy(self) -> None:
+        if self.proxy is not None and self.proxy.poll() is None:
+            self.proxy.terminate()  # the relay process this benchmark started, by its own handle
+            self.proxy.wait(timeout=10)
+
+    def with_latency(self) -> None:
+        """Small files and redeploy again, every byte delayed by RTT/2 each way (a LAN/USB link, not loopback)."""
+        self.start_proxy()
+        port = self.proxy_port
+        tree = self.root / "tree"
+        self.configure("rtt")
+        self.deploy("push", "lagged", "--dry-run", "--json")  # board facts for the new board name
+        self.cli_push(board="lagged")
+        methods = ["cli", "scp", "rsync"]
+        for i in range(self.repeat):
+            for m in methods[i % 3:] + methods[: i % 3]:
+                tree_small = self.small_tree(self.root / "small-rtt" / f"{m}{i}")
+                os.sync()
+                if m == "cli":
+                    self.configure("rtt", tree_small)
+                    _, res = self.cli_push("rtt:small_files_push_s", board="lagged")
+                    assert res["objects"] == self.n_files, res
+                    self.configure("rtt", tree_small)
+                    _, res = self.cli_push("rtt:redeploy_s", board="lagged")
+                    assert res["payload_bytes"] == 0, res
+                elif m == "scp":
+                    self.scp("rtt:small_files_scp_s", tree_small, str(self.home / "bench" / f"rtt-scp{i}"), port)
+                    self.forget(f"bench/rtt-scp{i}")
+                else:
+                    self.rsync("rtt:small_files_rsync_s", tree_small, str(self.home / "bench" / f"rtt-rsync{i}"), port)
+                    self.forget(f"bench/rtt-rsync{i}")
+            if i == 0:  # rsync re-run of the demo tree through the relay: the redeploy baseline
+                remote = str(self.home / "bench" / "rtt-tree")
+                self.rsync("rtt:rsync_fill_s", tree, remote)  # filled over loopback, not the relay
+            self.rsync("rtt:redeploy_rsync_s", tree, str(self.home / "bench" / "rtt-tree"), port)
+            g = self.last
+            log(f"rtt {self.rtt_ms:g} ms round {i + 1}/{self.repeat}: small files push {g('rtt:small_files_push_s'):.2f} s, "
+                f"scp -r {g('rtt:small_files_scp_s'):.2f} s, rsync {g('rtt:small_files_rsync_s'):.2f} s | "
+                f"redeploy push {g('rtt:redeploy_s'):.2f} s, rsync {g('rtt:redeploy_rsync_s'):.2f} s")
+        self.forget("HIAI_PROJECTS/rtt", "bench/rtt-tree")
+        self.stop_proxy()
+
+    # ------------------------------------------------------------ report
+
+    def result(self) -> dict:
+        b = self.best
+        r = {
+            "first_push_s": b("first_push_s"),
+            "first_push_api_s": b("first_push_api_s"),
+            "first_push_cold_hash_s": self.facts["first_push_cold_hash_s"],
+            "scp_r_s": b("scp_r_s"),
+            "rsync_s": b("rsync_s"),
+            "first_over_scp": b("first_push_s") / b("scp_r_s"),
+            "first_api_over_scp": b("first_push_api_s") / b("scp_r_s"),
+            "first_over_rsync": b("first_push_s") / b("rsync_s"),
+            "first_payload_bytes": int(max(self.samples["first_payload_bytes"])),
+            "small_files_push_s": b("small_files_push_s"),
+            "small_files_push_api_s": b("small_files_push_api_s"),
+            "small_files_scp_s": b("small_files_scp_s"),
+            "small_files_rsync_s": b("small_files_rsync_s"),
+            "small_files_speedup_vs_scp": b("small_files_scp_s") / b("small_files_push_s"),
+            "small_files_api_speedup_vs_scp": b("small_files_scp_s") / b("small_files_push_api_s"),
+            "small_files_speedup_vs_rsync": b("small_files_rsync_s") / b("small_files_push_s"),
+            "redeploy_s": b("redeploy_s"),
+            "redeploy_api_s": b("redeploy_api_s"),
+            "redeploy_payload_bytes": int(max(self.samples["redeploy_payload_bytes"])),
+            "redeploy_rsync_s": b("redeploy_rsync_s"),
+            "redeploy_over_rsync": b("redeploy_s") / b("redeploy_rsync_s"),
+            "redeploy_api_over_rsync": b("redeploy_api_s") / b("redeploy_rsync_s"),
+            "one_change_payload_bytes": int(max(self.samples["one_change_payload_bytes"])),
+            "one_change_file_bytes": int(max(self.samples["one_change_file_bytes"])),
+            "one_change_s": b("one_change_s"),
+            "cli_startup_s": b("cli_startup_s"),
+            "bundle_files": self.facts["bundle_files"],
+            "bundle_bytes": self.facts["bundle_bytes"],
+            "small_files": self.n_files,
+            "small_file_bytes": 4096,
+        }
+        r["targets"] = {name: bool(check(r)) for name, check in TARGETS.items()}
+        if "rtt:small_files_push_s" in self.samples:
+            r["rtt"] = {
+                "rtt_ms": self.rtt_ms,
+                "small_files_push_s": b("rtt:small_files_push_s"),
+                "small_files_scp_s": b("rtt:small_files_scp_s"),
+                "small_files_rsync_s": b("rtt:small_files_rsync_s"),
+                "small_files_speedup_vs_scp": b("rtt:small_files_scp_s") / b("rtt:small_files_push_s"),
+                "small_files_speedup_vs_rsync": b("rtt:small_files_rsync_s") / b("rtt:small_files_push_s"),
+                "redeploy_s": b("rtt:redeploy_s"),
+                "redeploy_rsync_s": b("rtt:redeploy_rsync_s"),
+                "redeploy_over_rsync": b("rtt:redeploy_s") / b("rtt:redeploy_rsync_s"),
+            }
+        r["cpu_s"] = {
+            k.split(":", 1)[1].removesuffix("_s"): {
+                "host": round(self.median(k), 3),
+                "board": round(self.median("cpu_board:" + k.split(":", 1)[1]), 3),
+            }
+            for k in self.samples
+            if k.startswith("cpu_host:") and "rsync_fill" not in k
+        }
+        r["api_phases_s"] = {}
+        for k in self.samples:
+            if k.startswith("phase:"):
+                _, key, phase = k.split(":")
+                r["api_phases_s"].setdefault(key.removesuffix("_s"), {})[phase] = round(self.median(k), 4)
+        r["statistic"] = (f"wall times: min over {self.repeat} interleaved rounds (order rotated per round); "
+                          "cpu_s and api_phases_s: medians; ratios within this run")
+        r["included"] = {
+            "first_push_s, redeploy_s, small_files_push_s, one_change_s": "`python -m deploy push board1 --json` "
+            "subprocess end to end (interpreter start-up, inventory, bundle with warm hash cache, SSH connect, plan, "
+            "transfer, board verify+assemble+switch); wheel cache and board facts warmed by a --dry-run push first",
+            "*_api_s": "in-process: inventory load + new ssh.Connection + push.push + close (no interpreter start-up)",
+            "first_push_cold_hash_s": "one first push with an empty hash cache (hashes the whole bundle once)",
+            "scp_r_s, small_files_scp_s": "`scp -r -q` into a fresh directory, its own ssh start-up and connection included",
+            "rsync_s, small_files_rsync_s": "`rsync -a` into a fresh directory; redeploy_rsync_s: the same again, nothing changed",
+            "small_files_push_s": "1000 new files (new content each round) hashed and sent; the rest of the release "
+            "is already on the board (hard-linked)",
+            "cli_startup_s": "`python -c 'import deploy.cli, deploy.push, deploy.ssh'`: the floor under every CLI figure",
+            "cpu_s": "host: this process + children (CLI/scp/rsync/ssh), including the /proc sampler's ~1-2% of a "
+            "core; board: processes under the sandbox sshd (sshd sessions, the helper / sftp / rsync server)",
+            "rtt": "through a local relay adding rtt_ms round-trip latency (no bandwidth limit); CLI push to an "
+            "inventory board pointing at the relay, scp/rsync with -P/-p to the relay",
+        }
+        r["machine"] = {
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "paramiko": __import__("paramiko").__version__,
+            **{k: self.facts[k] for k in ("openssh", "openssh_cipher", "paramiko_cipher") if k in self.facts},
+        }
+        r["samples"] = {k: [round(x, 4) for x in v] for k, v in self.samples.items()
+                        if not k.startswith(("cpu_", "phase:"))}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
+def table(r: dict) -> str:
+    rows = [
+        ("first push (demo bundle)", r["first_push_s"], r["first_push_api_s"], r["scp_r_s"], r["rsync_s"],
+         f"push/scp {r['first_over_scp']:.2f}"),
+        (f"{r['small_files']} x 4 KiB files", r["small_files_push_s"], r["small_files_push_api_s"], r["small_files_scp_s"],
+         r["small_files_rsync_s"], f"scp/push {r['small_files_speedup_vs_scp']:.2f}x"),
+        ("redeploy, nothing changed", r["redeploy_s"], r["redeploy_api_s"], None, r["redeploy_rsync_s"],
+         f"push/rsync {r['redeploy_over_rsync']:.2f}"),
+    ]
+    if "rtt" in r:
+        t = r["rtt"]
+        rows += [
+            (f"  same, RTT {t['rtt_ms']:g} ms: small files", t["small_files_push_s"], None, t["small_files_scp_s"],
+             t["small_files_rsync_s"], f"scp/push {t['small_files_speedup_vs_scp']:.2f}x"),
+            (f"  RTT {t['rtt_ms']:g} ms: redeploy", t["redeploy_s"], None, None, t["redeploy_rsync_s"],
+             f"push/rsync {t['redeploy_over_rsync']:.2f}"),
+        ]
+    lines = [f"{'':32} {'push cli':>9} {'push api':>9} {'scp -r':>9} {'rsync -a':>9}  ratio"]
+    for name, *vals, ratio in rows:
+        cells = " ".join(f"{v:9.3f}" if v is not None else f"{'-':>9}" for v in vals)
+        lines.append(f"{name:32} {cells}  {ratio}")
+    lines.append(f"one change: payload {r['one_change_payload_bytes']} B for a {r['one_change_file_bytes']} B file; "
+                 f"redeploy payload {r['redeploy_payload_bytes']} B")
+    lines.append("cpu seconds (host / board): " + ", ".join(
+        f"{k} {v['host']:.2f}/{v['board']:.2f}" for k, v in r["cpu_s"].items() if not k.startswith("rtt:")))
+    lines.append(f"seconds; {r['statistic']}")
+    for name, ok in r["targets"].items():
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per measurement (default 3)")
+    ap.add_argument("--files", type=int, default=1000, help="small files of 4 KiB (default 1000)")
+    ap.add_argument("--rtt-ms", type=float, default=2.0, help="also measure through a relay with this RTT (0: skip)")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the throwaway project (the board is stopped anyway)")
+    args = ap.parse_args()
+    if not (DEMO / "models" / "efficientnet_lite0.onnx").is_file():
+        log("building the demo model and photos once (deploy model demo)")
+        subprocess.run([sys.executable, "-m", "deploy", "-i", str(ROOT / "inventory.yaml"), "model", "demo"], check=True, cwd=ROOT)
+    for tool in ("ssh", "scp", "rsync"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: the baselines need OpenSSH's ssh/scp and rsync")
+    t_start = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="push-bench-"))
+    bench = Bench(root, max(1, args.repeat), args.files, args.rtt_ms)
+    try:
+        bench.setup()
+        bench.cli_overhead()
+        bench.first_and_redeploy()
+        bench.small_files()
+        bench.one_change()
+        if args.rtt_ms > 0:
+            bench.with_latency()
+        result = bench.result()
+    finally:
+        bench.stop_proxy()
+        if bench.teardown() and not args.keep_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    log(f"done in {result['wall_s']} s")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
