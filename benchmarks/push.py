@@ -699,7 +699,17 @@ class Bench:
         }
         r["samples"] = {k: [round(x, 4) for x in v] for k, v in self.samples.items()
                         if not k.startswith(("cpu_", "phase:"))}
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        return _rounded(r)
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
 
 
 def table(r: dict) -> str:
