@@ -175,7 +175,9 @@ def push(
     if send:
         writer = call.writer(on_bytes)
         try:
-            with tarfile.open(fileobj=writer, mode="w|", bufsize=1 << 20, format=tarfile.GNU_FORMAT) as tf:
+            # tarfile's stream buffer is a bytes object grown with `buf += data` (a full copy per 16 KiB
+            # write): keep it at its default record size; ChannelWriter already batches 1 MiB per send
+            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tf:
                 for e in send:
                     info = tarfile.TarInfo(e.sha256)
                     info.size = e.size

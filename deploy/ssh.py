@@ -36,6 +36,18 @@ from .errors import ConnectError, HostKeyError, RemoteError
 
 CONNECT_TIMEOUT = 10.0
 WINDOW = 16 * 1024 * 1024
+PIECE = 32 * 1024  # OpenSSH's maximum channel packet
+
+
+class _Transport(paramiko.Transport):
+    """AES-GCM first: one AES-NI pass per packet instead of AES-CTR plus a separate HMAC-SHA256.
+
+    Every other cipher stays offered, so a server without GCM still connects.
+    """
+
+    _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") + tuple(
+        c for c in paramiko.Transport._preferred_ciphers if "-gcm@" not in c
+    )
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class Connection:
                 timeout=self.timeout,
                 banner_timeout=self.timeout,
                 auth_timeout=self.timeout,
+                transport_factory=_Transport,
             )
         except HostKeyError:
             sock.close()
@@ -273,7 +286,11 @@ class ChannelWriter:
     def flush(self) -> None:
         if self.buf:
             try:
-                self.chan.sendall(bytes(self.buf))
+                # packet-sized pieces: Channel.sendall re-slices the rest of its argument after every
+                # 32 KiB packet (s = s[sent:]), which for one 1 MiB bytes object copies ~16 MiB
+                with memoryview(self.buf) as view:
+                    for i in range(0, len(view), PIECE):
+                        self.chan.sendall(view[i : i + PIECE].tobytes())
             except (EOFError, paramiko.SSHException) as exc:  # paramiko's ways of saying the link is gone
                 raise ConnectionError(f"connection lost: {exc or type(exc).__name__}") from None
             self.sent += len(self.buf)
