@@ -180,38 +180,64 @@ def parse(text: str, path: Path) -> Inventory:
             raise InventoryError(f"{path}:1: {req}: required section is missing")
     base = path.resolve().parent
     app = _app(doc, top["app"][1], base)
-    defaults: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    # settings a board inherits, as key -> (node, where it was written): defaults < groups < the board itself
+    inherited: dict[str, dict[str, tuple[yaml.Node, str]]] = {}
+    defaults: dict[str, tuple[yaml.Node, str]] = {}
     if "defaults" in top:
-        defaults = doc.mapping(top["defaults"][1], "defaults")
-        doc.check_keys(defaults, _BOARD_KEYS - {"sandbox", "host"}, "defaults")
+        dm = doc.mapping(top["defaults"][1], "defaults")
+        doc.check_keys(dm, _SHARED_KEYS, "defaults")
+        defaults = {k: (v, f"defaults.{k}") for k, (_, v) in dm.items()}
     boards_m = doc.mapping(top["boards"][1], "boards")
     if not boards_m:
         raise doc.fail(top["boards"][1], "boards", "at least one board is needed")
-    boards = {}
-    for name, (knode, vnode) in boards_m.items():
+    for name, (knode, _) in boards_m.items():
         if not NAME_RE.match(name):
             raise doc.fail(knode, f"boards.{name}", "board names use letters, digits, '.', '_' and '-'")
-        boards[name] = _board(doc, name, knode, vnode, defaults, base)
+        inherited[name] = dict(defaults)
     groups: dict[str, tuple[str, ...]] = {}
+    group_set: dict[tuple[str, str], str] = {}  # (board, key) -> the group that set it
     if "groups" in top:
         for gname, (knode, vnode) in doc.mapping(top["groups"][1], "groups").items():
             where = f"groups.{gname}"
-            if gname == "all" or gname in boards:
+            if gname == "all" or gname in boards_m:
                 raise doc.fail(knode, where, "a group cannot be named 'all' or like a board")
-            if not isinstance(vnode, yaml.SequenceNode):
-                raise doc.fail(vnode, where, "must be a list of board names")
+            settings: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+            members_node = vnode
+            if isinstance(vnode, yaml.MappingNode):  # {boards: [...], target: ..., user: ...}
+                gm = doc.mapping(vnode, where)
+                doc.check_keys(gm, _SHARED_KEYS | {"boards"}, where)
+                if "boards" not in gm:
+                    raise doc.fail(vnode, f"{where}.boards", "required: the list of the group's boards")
+                members_node = gm.pop("boards")[1]
+                settings = gm
+                where_members = f"{where}.boards"
+            else:
+                where_members = where
+            if not isinstance(members_node, yaml.SequenceNode):
+                raise doc.fail(members_node, where_members, "must be a list of board names")
             members = []
-            for item in vnode.value:
-                member = doc.string(item, where)
-                if member not in boards:
-                    raise doc.fail(item, where, f"unknown board {member!r}")
+            for item in members_node.value:
+                member = doc.string(item, where_members)
+                if member not in boards_m:
+                    raise doc.fail(item, where_members, f"unknown board {member!r}")
                 members.append(member)
+                for key, (k2, v2) in settings.items():
+                    other = group_set.get((member, key))
+                    if other is not None and doc.plain(v2, key) != doc.plain(inherited[member][key][0], key):
+                        raise doc.fail(k2, f"{where}.{key}", f"board {member} also gets {key} from groups.{other}; "
+                                       f"set it on the board instead")
+                    group_set[(member, key)] = gname
+                    inherited[member][key] = (v2, f"{where}.{key}")
             groups[gname] = tuple(members)
+    boards = {
+        name: _board(doc, name, knode, vnode, inherited[name], base) for name, (knode, vnode) in boards_m.items()
+    }
     return Inventory(path=path, app=app, boards=boards, groups=groups)
 
 
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env"}
 _BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch"}
+_SHARED_KEYS = _BOARD_KEYS - {"sandbox", "host"}  # what defaults: and groups: may set for their boards
 
 
 def _path(doc: _Doc, node: yaml.Node, where: str, base: Path) -> Path:
@@ -271,7 +297,7 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
     )
 
 
-def _board(doc: _Doc, name: str, knode, vnode, defaults: dict, base: Path) -> Board:
+def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> Board:
 
 
     where = f"boards.{name}"
@@ -280,13 +306,12 @@ def _board(doc: _Doc, name: str, knode, vnode, defaults: dict, base: Path) -> Bo
     else:
         own = doc.mapping(vnode, where)
     doc.check_keys(own, _BOARD_KEYS, where)
-    merged = {**defaults, **own}
+    merged = {**inherited, **{k: (v, f"{where}.{k}") for k, (_, v) in own.items()}}
 
     def get(key, conv, *args, default=None):
         if key not in merged:
             return default
-        knode2, node = merged[key]
-        w = f"{where}.{key}" if key in own else f"defaults.{key}"
+        node, w = merged[key]
         return conv(node, w, *args)
 
     sandbox = get("sandbox", doc.boolean, default=False)
@@ -299,11 +324,10 @@ def _board(doc: _Doc, name: str, knode, vnode, defaults: dict, base: Path) -> Bo
     if target is None:
         target = "x86_64-cpu" if sandbox else "atlas200dk"
     if target not in PROFILES:
-        node = merged["target"][1]
-        raise doc.fail(node, f"{where}.target", f"unknown target {target!r} (known: {', '.join(PROFILES)})")
+        raise doc.fail(*merged["target"], f"unknown target {target!r} (known: {', '.join(PROFILES)})")
     arch = get("arch", doc.string, default="x86_64")
     if arch not in ("x86_64", "aarch64"):
-        raise doc.fail(merged["arch"][1], f"{where}.arch", f"must be x86_64 or aarch64, not {arch!r}")
+        raise doc.fail(*merged["arch"], f"must be x86_64 or aarch64, not {arch!r}")
     key = get("key", _path_conv(doc, base))
     return Board(
         name=name,

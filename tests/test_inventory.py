@@ -102,3 +102,47 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "deploy", "-i", str(tmp_path / "missing.yaml"), "push", "x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "inventory not found" in r.stderr and "Traceback" not in r.stderr
+
+
+GROUPS = """\
+app:
+  name: classify
+  models: {onnx: net.onnx, om: net.om}
+defaults:
+  user: HwHiAiUser
+boards:
+  dk1: {host: 192.168.1.2}
+  dk2: {host: 192.168.1.3, target: aarch64-cpu}
+  a2: {host: 192.168.0.2}
+groups:
+  dks:
+    boards: [dk1, dk2]
+    target: atlas200dk
+    python: /usr/local/python3.7.5/bin/python3.7
+  a2s:
+    boards: [a2]
+    target: atlas200i-a2
+  lab: [dk1, a2]
+"""
+
+
+def test_group_settings_between_defaults_and_board(tmp_path):
+    inv = parse(GROUPS, tmp_path / "inventory.yaml")
+    dk1, dk2, a2 = inv.boards["dk1"], inv.boards["dk2"], inv.boards["a2"]
+    assert (dk1.target, dk1.python, dk1.user) == ("atlas200dk", "/usr/local/python3.7.5/bin/python3.7", "HwHiAiUser")
+    assert dk2.target == "aarch64-cpu"  # the board's own setting wins over its group's
+    assert a2.target == "atlas200i-a2" and a2.python == "python3"
+    assert inv.groups == {"dks": ("dk1", "dk2"), "a2s": ("a2",), "lab": ("dk1", "a2")}
+
+
+def test_group_errors_name_the_group(tmp_path):
+    path = tmp_path / "inventory.yaml"
+    clash = GROUPS.replace("  lab: [dk1, a2]\n", "  other:\n    boards: [dk1]\n    target: aarch64-cpu\n")
+    with pytest.raises(InventoryError, match=r":20: groups.other.target: board dk1 also gets target from groups.dks"):
+        parse(clash, path)
+    typo = GROUPS.replace("    target: atlas200i-a2\n", "    target: atlas200i\n")
+    with pytest.raises(InventoryError, match=r":17: groups.a2s.target: unknown target 'atlas200i'"):
+        parse(typo, path)
+    nomembers = GROUPS.replace("    boards: [a2]\n", "")
+    with pytest.raises(InventoryError, match=r"groups.a2s.boards: required"):
+        parse(nomembers, path)

@@ -90,3 +90,20 @@ def test_model_variant_per_backend(tmp_path):
     gone = _app(tmp_path, om="missing.om")
     with pytest.raises(BuildError, match="model for board atlas1 not found"):
         bundle.model_for(gone, PROFILES["atlas200i-a2"], board)
+
+
+def test_hash_cache_does_not_reread_unchanged_files(tmp_path):
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"x" * 1000)
+    cache = bundle.HashCache(tmp_path / "cache.json")
+    real = cache.digest(f, f.stat())
+    cache.save()
+    # poison the stored digest: if the file were read again, the real digest would come back
+    again = bundle.HashCache(tmp_path / "cache.json")
+    again.data[str(f)][2] = "cached-without-reading"
+    assert again.digest(f, f.stat()) == "cached-without-reading"
+    st = f.stat()
+    import os
+
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: same size, new mtime
+    assert again.digest(f, f.stat()) == real
