@@ -115,9 +115,15 @@ def attach(inv: Inventory, board: Board, conn: Connection, run_id: str, on_event
     return result
 
 
+FOLLOW_TIMEOUT = 600.0  # the agent writes progress events often; minutes of silence means a lost link
+
+
 def _follow(call, result: RunResult, on_event) -> None:
     while True:
-        line = call.readline()
+        try:
+            line = call.readline(timeout=FOLLOW_TIMEOUT)
+        except RemoteError:
+            line = b""
         if not line:
             raise RunError(
                 f"{result.board}: lost the connection while following run {result.run_id}; it goes on on the board: "

@@ -36,6 +36,7 @@ from .errors import ConnectError, HostKeyError, RemoteError
 
 CONNECT_TIMEOUT = 10.0
 WINDOW = 16 * 1024 * 1024
+REPLY_TIMEOUT = 120.0  # longest wait for one reply line (the board hashes nothing big before answering)
 PIECE = 32 * 1024  # OpenSSH's maximum channel packet
 
 
@@ -223,23 +224,35 @@ def user_command(app: str, argv: list[str]) -> str:
 
 
 class HelperCall:
-    """A running board-side operation: JSON lines both ways, then optional bulk bytes."""
+    """A running board-side operation: JSON lines both ways, then optional bulk bytes.
+
+    Reads time out (``REPLY_TIMEOUT``): a board that goes silent, e.g. its cable pulled, turns
+    into an error instead of a hang until TCP gives up (which takes many minutes).
+    """
 
     def __init__(self, chan: paramiko.Channel, board: str, op: str):
         self.chan = chan
         self.board = board
         self.op = op
         self.out = chan.makefile("rb", 1 << 16)
+        chan.settimeout(REPLY_TIMEOUT)
 
     def send_json(self, obj: dict) -> None:
         self.chan.sendall((json.dumps(obj) + "\n").encode())
 
-    def readline(self) -> bytes:
-        return self.out.readline()
+    def readline(self, timeout: float | None = None) -> bytes:
+        """One line (b"" at the end); raises RemoteError if nothing arrives within the timeout."""
+        if timeout is not None:
+            self.chan.settimeout(timeout)
+        try:
+            return self.out.readline()
+        except TimeoutError:
+            wait = timeout or REPLY_TIMEOUT
+            raise RemoteError(f"{self.board}: no answer to {self.op} for {wait:.0f}s; is the board still reachable?") from None
 
     def read_json(self) -> dict:
         """The next reply line; a helper error or a dead channel becomes RemoteError."""
-        line = self.out.readline()
+        line = self.readline()
         if not line:
             raise RemoteError(f"{self.board}: {self.op} failed: {self._stderr_tail()}")
         try:

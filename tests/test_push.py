@@ -197,3 +197,32 @@ def test_keep_n_prunes_but_never_current(project):
     kept = [n for n in os.listdir(project.app_dir / "releases") if not n.startswith(".")]
     assert kept == [made[2]] and current(project) == made[2]
     project.configure()
+
+
+def test_a_silent_board_times_out_instead_of_hanging(project, monkeypatch):
+    import time
+
+    remove_big_photos(project)
+    project.configure()
+    base = project.deploy_json("push", "board1")[0]["release"]
+    project.configure(topk=7)
+    monkeypatch.setattr(ssh, "REPLY_TIMEOUT", 2.0)
+    inv = inventory.load(project.inventory)
+    board = inv.boards["board1"]
+    frozen = []
+
+    def freeze(plan):  # the board stops answering right after the plan (as if its cable were pulled)
+        for pid in sshd_sessions(project):
+            os.kill(pid, signal.SIGSTOP)
+            frozen.append(pid)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeployError, match="no answer"), ssh.Connection(ssh.endpoint_for(inv, board)) as conn:
+            push.push(inv, board, conn, on_plan=freeze)
+        assert time.monotonic() - t0 < 30
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+    assert frozen and current(project) == base
+    project.configure()
