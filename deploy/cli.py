@@ -65,7 +65,8 @@ def cmd_sandbox(args) -> int:
 
     inv = _inv(args)
     if args.action == "up":
-        boxes = sandbox.up(inv, args.names or None, log=None)
+        with err.status("starting sandbox boards") as status:
+            boxes = sandbox.up(inv, args.names or None, log=lambda line: status.update(escape(line[-100:])))
         if args.json:
             _emit_json([b.to_json() for b in boxes])
         else:

@@ -116,15 +116,14 @@ def boards(inv: Inventory, names: list[str] | None = None) -> list[Board]:
 
 
 def up(inv: Inventory, names: list[str] | None = None, log=None) -> list[Sandbox]:
+    """Start the named sandbox boards (default: all); ``log(str)`` gets progress lines of slow steps."""
     out = []
     for board in boards(inv, names):
         existing = load(inv, board.name)
         if existing and existing.running:
             out.append(existing)
             continue
-        out.append(_start(inv, board, existing))
-        if log:
-            log(f"{board.name}: sshd up on {out[-1].host}:{out[-1].port}")
+        out.append(_start(inv, board, existing, log))
     return out
 
 
@@ -197,7 +196,7 @@ def _free_port(preferred: int | None) -> int:
     raise SandboxError("no free loopback port")
 
 
-def _start(inv: Inventory, board: Board, previous: Sandbox | None) -> Sandbox:
+def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> Sandbox:
     d = sandbox_dir(inv, board.name)
     d.mkdir(parents=True, exist_ok=True)
     key = client_key(inv)
@@ -213,7 +212,8 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None) -> Sandbox:
 
         try:
             emulation.ensure_binfmt()
-            rootfs = emulation.ensure_rootfs()
+            # the first time on a machine: debootstrap under emulation, minutes; its lines feed `log`
+            rootfs = emulation.ensure_rootfs(progress=(lambda line: log(f"{board.name}: {line}")) if log else None)
         except emulation.EmulationError as exc:
             raise SandboxError(f"{board.name}: {exc}") from None
     if root:
