@@ -235,6 +235,19 @@ def cmd_run(args) -> int:
     return EXIT_PARTIAL if partial else 1
 
 
+def cmd_stop(args) -> int:
+    from . import jobs
+
+    def action(inv, board, conn):
+        info = jobs.stop(inv, conn, args.run)
+        if not args.json:
+            what = f"stopped (pid {info['pid']})" if info["stopped"] else "was not running"
+            out.print(f"{board.name}: run {args.run} {what}; finished images are kept, resume with --resume {args.run}")
+        return info
+
+    return _exit(_each_board(args, action))
+
+
 def cmd_pull(args) -> int:
     from . import jobs
 
@@ -428,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topk", type=int)
     sp.add_argument("-q", "--quiet", action="store_true", help="no per-image lines")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("stop", help="stop a run on boards (it keeps what it finished; --resume goes on)")
+    common(sp)
+    sp.add_argument("--run", required=True, help="run id")
+    sp.set_defaults(func=cmd_stop)
 
     sp = sub.add_parser("pull", help="fetch a run's outputs into outputs/<board>/<run-id>/")
     common(sp)

@@ -158,6 +158,9 @@ def _follow(call, result: RunResult, on_event) -> None:
 
 
 def stop(inv: Inventory, conn: Connection, run_id: str) -> dict:
+    """SIGTERM the run's agent: it ends the run as partial, keeping every finished result."""
+    if not RUN_ID_RE.match(run_id):
+        raise RunError(f"invalid run id {run_id!r}")
     call = conn.helper("stop", {"app": inv.app.name, "run_id": run_id})
     out = call.read_json()
     call.close()

@@ -180,16 +180,6 @@ class Connection:
         chan.exec_command(command)
         return chan
 
-    def run(self, command: str, *, input: bytes | None = None) -> tuple[int, bytes, bytes]:
-        """Run a shell command; returns (exit status, stdout, stderr)."""
-        chan = self.channel(command)
-        if input is not None:
-            chan.sendall(input)
-        chan.shutdown_write()
-        out = chan.makefile("rb").read()
-        err = chan.makefile_stderr("rb").read()
-        return chan.recv_exit_status(), out, err
-
     def helper(self, op: str, request: dict, *, app: str | None = None) -> HelperCall:
         """Start one board-side operation (see boardside.py) and send its request line."""
         chan = self.channel(helper_command(op, self.endpoint.python, app))

@@ -91,3 +91,23 @@ def test_killed_run_resumes_only_what_is_missing(many):
     assert sum(cats) >= 0.9 * N  # small, slightly rotated copies of the cat photo
     pulled = many.deploy_json("pull", "board1", "--run", run_id)[0]
     assert len((Path(pulled["path"]) / "results.jsonl").read_text().splitlines()) == N + 3
+
+
+def test_stop_a_detached_run_then_resume_it(many):
+    run_id = "stop-test"
+    proc = start_run(many, run_id)
+    run_dir = many.app_dir / "runs" / run_id
+    wait_for(lambda: len(results_in(run_dir)) >= 10)
+    agent_pid = int((run_dir / "launcher.pid").read_text())
+    stopped = many.deploy_json("stop", "board1", "--run", run_id)[0]
+    assert stopped["ok"] and stopped["stopped"] and stopped["pid"] == agent_pid
+    proc.communicate(timeout=60)
+    wait_for(lambda: not pid_alive(agent_pid))
+    st = many.deploy_json("status", "board1")[0]
+    run = next(r for r in st["runs"] if r["id"] == run_id)
+    assert run["status"] in ("partial", "failed") and run["summary"]["ok"] < N + 3
+    again = many.deploy_json("stop", "board1", "--run", run_id)[0]
+    assert not again["stopped"]
+    resumed = many.deploy_json("run", "board1", "--resume", run_id, "-q")[0]
+    assert resumed["ok"]
+    assert len({r["image"] for r in results_in(run_dir)}) == len(results_in(run_dir)) == N + 3
