@@ -260,10 +260,28 @@ def clean_debris(base):
     return removed
 
 
+def releases_in_use(base):
+    """Releases that running agents were started from: never pruned under a live run."""
+    used = set()
+    rdir = runs_dir(base)
+    for run in list_runs(base):
+        run_dir = os.path.join(rdir, run)
+        pid = read_pid(run_dir)
+        if pid and pid_alive(pid):
+            try:
+                with open(os.path.join(run_dir, "job.json")) as f:
+                    used.add(os.path.basename(json.load(f)["release"].rstrip("/")))
+            except (IOError, OSError, ValueError, KeyError):
+                pass
+    return used
+
+
 def prune(base, keep):
     cur = current_release(base)
     rels = list_releases(base)
+    busy = releases_in_use(base)
     doomed = [r for r in rels if r != cur][: max(0, len(rels) - keep)]
+    doomed = [r for r in doomed if r not in busy]
     for rid in doomed:
         shutil.rmtree(os.path.join(releases_dir(base), rid), ignore_errors=True)
     return doomed

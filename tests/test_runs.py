@@ -111,3 +111,22 @@ def test_stop_a_detached_run_then_resume_it(many):
     resumed = many.deploy_json("run", "board1", "--resume", run_id, "-q")[0]
     assert resumed["ok"]
     assert len({r["image"] for r in results_in(run_dir)}) == len(results_in(run_dir)) == N + 3
+
+
+def test_prune_spares_a_release_a_live_run_uses(many):
+    many.configure(keep=1)
+    run_id = "prune-test"
+    proc = start_run(many, run_id)
+    run_dir = many.app_dir / "runs" / run_id
+    wait_for(lambda: len(results_in(run_dir)) >= 5)
+    used = json.loads((run_dir / "job.json").read_text())["release"].rsplit("/", 1)[-1]
+    many.configure(topk=2, keep=1)  # a new release; keep 1 would prune the one the run is using
+    pushed = many.deploy_json("push", "board1")[0]
+    assert pushed["switched"] and used not in pushed["pruned"]
+    assert (many.app_dir / "releases" / used).is_dir()
+    out, _ = proc.communicate(timeout=120)
+    assert json.loads(out)[0]["ok"]  # the run finished on its own release
+    many.configure(keep=1)
+    again = many.deploy_json("push", "board1")[0]  # no live run now: the old release goes
+    assert not (many.app_dir / "releases" / used).exists() or used == again["release"]
+    many.configure()
