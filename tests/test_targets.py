@@ -107,3 +107,21 @@ def test_hash_cache_does_not_reread_unchanged_files(tmp_path):
 
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: same size, new mtime
     assert again.digest(f, f.stat()) == real
+
+
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+@pytest.mark.parametrize("target, python, tag", [("atlas200dk", "3.7", "cpython-37m"), ("atlas200i-a2", "3.9", "cpython-39")])
+def test_cross_built_site_is_aarch64_for_the_boards_python(target, python, tag):
+    """A real cross-build (PyPI wheels, cached): the extension modules are AArch64 ELF for the board's ABI."""
+    site = wheelhouse.site_for(PROFILES[target], python)
+    assert (site / "numpy").is_dir() and (site / "PIL").is_dir()
+    assert not (site / "onnxruntime").exists()  # Ascend boards run pyACL from CANN, not onnxruntime
+    sos = list((site / "numpy").rglob(f"*{tag}*aarch64*.so")) + list((site / "PIL").rglob(f"*{tag}*aarch64*.so"))
+    assert len(sos) >= 2, sorted(p.name for p in (site / "numpy").rglob("*.so"))[:5]
+    assert {_elf_machine(p) for p in sos} == {183}  # EM_AARCH64
+    assert not list(site.rglob("tests/*"))  # pruned
