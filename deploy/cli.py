@@ -279,28 +279,33 @@ def cmd_status(args) -> int:
 
 
 def cmd_exec(args) -> int:
+    """Stream the command's output (or, with --json, collect it per board); exit with the worst status."""
     from .ssh import user_command
 
-    inv = _inv(args)
     argv = args.command
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise DeployError("nothing to run: deploy exec BOARD -- CMD [ARGS...]")
-    worst = 0
-    for board in inv.select(args.target):
-        with _connect(inv, board, args) as conn:
-            chan = conn.channel(user_command(inv.app.name, argv))
-            chan.shutdown_write()
-            stdout = chan.makefile("rb")
-            stderr = chan.makefile_stderr("rb")
-            for line in stdout:
-                sys.stdout.buffer.write(line)
-            sys.stdout.buffer.flush()
-            sys.stderr.buffer.write(stderr.read())
+
+    def action(inv, board, conn):
+        chan = conn.channel(user_command(inv.app.name, argv))
+        chan.shutdown_write()
+        stdout, stderr = chan.makefile("rb"), chan.makefile_stderr("rb")
+        if args.json:
+            o, e = stdout.read(), stderr.read()
             code = chan.recv_exit_status()
-            worst = max(worst, code)
-    return worst
+            return {"ok": code == 0, "exit_code": code, "stdout": o.decode("utf-8", "replace"),
+                    "stderr": e.decode("utf-8", "replace")}
+        for line in stdout:
+            sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+        sys.stderr.buffer.write(stderr.read())
+        code = chan.recv_exit_status()
+        return {"ok": code == 0, "exit_code": code}
+
+    rows = _each_board(args, action)
+    return max((r.get("exit_code", 1) if not r["ok"] else 0) for r in rows)
 
 
 # ---------------------------------------------------------------- models

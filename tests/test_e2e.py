@@ -159,3 +159,13 @@ def test_sandbox_down_stops_exactly_its_sshd(tmp_path, demo):
     assert not pid_alive(pid)
     status = proj.deploy_json("sandbox", "status")
     assert status == []  # purged: no state left behind
+
+
+def test_exec_json_and_exit_status(project):
+    project.deploy("push", "board1")
+    r = project.deploy("exec", "board1", "--json", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert r.returncode == 3
+    rows = json.loads(r.stdout)
+    assert rows == [{"board": "board1", "ok": False, "exit_code": 3, "stdout": "out\n", "stderr": "err\n"}]
+    r = project.deploy("exec", "board1", "--", "sh", "-c", "exit 4", check=False)
+    assert r.returncode == 4
