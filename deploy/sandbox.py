@@ -376,13 +376,20 @@ def _record_host_key(path: Path, port: int, pub: Path) -> None:
     os.replace(tmp, path)
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent (or init) to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _is_our_sshd(pid: int, config: Path) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+    if not _running(pid):
         return False
     text = b" ".join(cmdline)
     return b"sshd" in text and (str(config).encode() in text or config.parent.name.encode() in text)
@@ -401,10 +408,7 @@ def _terminate(pid: int) -> None:
                 return
         except ChildProcessError:
             pass
-        if not Path(f"/proc/{pid}").exists():
-            return
-        st = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
-        if st and st.rsplit(")", 1)[-1].split()[0] == "Z":
+        if not _running(pid):
             return
         time.sleep(0.05)
     try:
