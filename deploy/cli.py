@@ -164,7 +164,7 @@ def cmd_push(args) -> int:
                                 on_bytes=lambda n: prog.advance(task, n), cache=cache[0])
         if not args.json:
             report.print_push(out, res)
-        return {k: v for k, v in report.push_json(res).items() if k != "board"}
+        return report.push_json(res)
 
     return _exit(_each_board(args, action))
 
@@ -225,7 +225,7 @@ def cmd_run(args) -> int:
                                resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
         if not args.json:
             report.print_run(out, res)
-        return {k: v for k, v in report.run_json(res).items() if k != "board"}
+        return report.run_json(res)
 
     rows = _each_board(args, action)
     if all(r["ok"] for r in rows):
@@ -261,7 +261,7 @@ def cmd_pull(args) -> int:
                             include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
         if not args.json:
             report.print_pull(out, res)
-        return {k: v for k, v in report.pull_json(res).items() if k != "board"}
+        return report.pull_json(res)
 
     return _exit(_each_board(args, action))
 

@@ -216,11 +216,12 @@ def pull(
     size = 0
     try:
         stream = _CountingReader(call.out, on_bytes)
+        inside = tmp.resolve()
         with tarfile.open(fileobj=stream, mode="r|") as tf:
             for member in tf:
                 rel = _safe_member(member)
                 out = tmp.joinpath(*rel.parts)
-                if not out.resolve().is_relative_to(tmp.resolve()):
+                if not out.resolve().is_relative_to(inside):
                     raise RunError(f"refusing path outside the target directory: {member.name!r}")
                 if member.isdir():
                     out.mkdir(parents=True, exist_ok=True)
