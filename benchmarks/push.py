@@ -353,17 +353,14 @@ class Bench:
     def scp(self, key: str, src: Path, remote: str, port: int | None = None) -> float:
         opts, dest = self.ssh_parts(port)
         opts = ["-P" if w == "-p" else w for w in opts]
-        argv = ["scp", "-r", "-q", *opts, str(src), f"{dest}:{remote}"]
-        with self.cpu(key):
-            t0 = time.perf_counter()
-            subprocess.run(argv, check=True, capture_output=True)
-            dt = time.perf_counter() - t0
-        self.record(key, dt)
-        return dt
+        return self._timed_command(key, ["scp", "-r", "-q", *opts, str(src), f"{dest}:{remote}"])
 
     def rsync(self, key: str, src: Path, remote: str, port: int | None = None) -> float:
         opts, dest = self.ssh_parts(port)
-        argv = ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), f"{src}/", f"{dest}:{remote}/"]
+        return self._timed_command(key, ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), f"{src}/", f"{dest}:{remote}/"])
+
+    def _timed_command(self, key: str, argv: list[str]) -> float:
+        """Wall time (recorded under ``key``, with host and board CPU) of one baseline command."""
         with self.cpu(key):
             t0 = time.perf_counter()
             subprocess.run(argv, check=True, capture_output=True)
