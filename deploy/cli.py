@@ -135,7 +135,7 @@ def cmd_check(args) -> int:
                 mark = "[green]ok[/]" if f.ok else ("[yellow]warn[/]" if f.severity == "warning" else "[red]FAIL[/]")
                 t.add_row(f.check, mark, escape(f.detail))
             out.print(t)
-        return {"ok": not bad, "target": board.target, "facts": facts, "findings": [f.__dict__ for f in findings]}
+        return {"ok": not bad, "target": board.target, "facts": facts.to_json(), "findings": [f.__dict__ for f in findings]}
 
     return _exit(_each_board(args, action))
 
@@ -173,10 +173,10 @@ def cmd_releases(args) -> int:
     from . import push as push_mod
 
     def action(inv, board, conn):
-        info = {"ok": True, **push_mod.releases(inv, conn)}
+        info = push_mod.releases(inv, conn)
         if not args.json:
-            report.print_releases(out, {"board": board.name, **info})
-        return info
+            report.print_releases(out, board.name, info)
+        return {"ok": True, **info.to_json()}
 
     return _exit(_each_board(args, action))
 
@@ -187,8 +187,8 @@ def cmd_rollback(args) -> int:
     def action(inv, board, conn):
         info = push_mod.rollback(inv, conn, args.to)
         if not args.json:
-            out.print(f"{board.name}: current {info['previous']} -> [bold]{info['current']}[/]")
-        return info
+            out.print(f"{board.name}: current {info.previous} -> [bold]{info.current}[/]")
+        return info.to_json()
 
     return _exit(_each_board(args, action))
 
@@ -241,9 +241,9 @@ def cmd_stop(args) -> int:
     def action(inv, board, conn):
         info = jobs.stop(inv, conn, args.run)
         if not args.json:
-            what = f"stopped (pid {info['pid']})" if info["stopped"] else "was not running"
+            what = f"stopped (pid {info.pid})" if info.stopped else "was not running"
             out.print(f"{board.name}: run {args.run} {what}; finished images are kept, resume with --resume {args.run}")
-        return info
+        return info.to_json()
 
     return _exit(_each_board(args, action))
 
@@ -270,10 +270,10 @@ def cmd_status(args) -> int:
     from . import jobs
 
     def action(inv, board, conn):
-        info = {"ok": True, **jobs.status(inv, conn)}
+        info = jobs.status(inv, conn)
         if not args.json:
-            report.print_status(out, {"board": board.name, **info})
-        return info
+            report.print_status(out, board.name, info)
+        return {"ok": True, **info.to_json()}
 
     return _exit(_each_board(args, action))
 
@@ -363,7 +363,7 @@ def _convert(args) -> int:
     Without ``atc`` on PATH the exact command is printed (and the AIPP file written next to
     the output) so it can be run on a machine with the toolkit; that exits 3, not 0.
     """
-    from . import atc
+    from .models import atc
 
     if not args.model:
         raise DeployError("deploy model convert MODEL --target TARGET: name the model file")

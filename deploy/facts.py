@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .board import protocol
 from .inventory import Board, Inventory
+from .remote import call
 from .ssh import Connection
 from .targets import Target
 from .targets import get as get_target
@@ -26,12 +28,10 @@ class Finding:
     severity: str = "error"  # "error" fails the check; "warning" is shown but does not
 
 
-def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> dict:
+def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> protocol.Facts:
+    """The board's facts with the app's env.sh sourced, probing ``import acl`` for acl targets."""
     probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
-    call = conn.helper("facts", {"probe": probes}, app=inv.app.name)
-    facts = call.read_json()
-    call.close()
-    return facts
+    return call(conn, "facts", protocol.FactsRequest(probe=probes), app=inv.app.name)
 
 
 def npu_name(npu_smi_output: str) -> str | None:
@@ -40,37 +40,37 @@ def npu_name(npu_smi_output: str) -> str | None:
     return m.group(1) if m else None
 
 
-def evaluate(board: Board, target: Target, facts: dict) -> list[Finding]:
+def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Finding]:
     out = [
         Finding(
             "arch",
-            facts["arch"] == target.arch,
-            f"board is {facts['arch']}, target {target.name} needs {target.arch}",
+            facts.arch == target.arch,
+            f"board is {facts.arch}, target {target.name} needs {target.arch}",
         )
     ]
-    py = tuple(int(x) for x in facts["python"].split(".")[:2])
-    out.append(Finding("python>=3.7", py >= (3, 7), f"board python3 is {facts['python']} ({facts['python_exe']})"))
+    py = tuple(int(x) for x in facts.python.split(".")[:2])
+    out.append(Finding("python>=3.7", py >= (3, 7), f"board python3 is {facts.python} ({facts.python_exe})"))
     if target.python:
         want = tuple(int(x) for x in target.python.split("."))
         out.append(
             Finding(
                 "python version",
                 py == want,
-                f"board runs Python {facts['python']}, target {target.name} builds for {target.python}"
+                f"board runs Python {facts.python}, target {target.name} builds for {target.python}"
                 + ("" if py == want else f" (set boards.{board.name}.python to a {target.python} interpreter, or change target)"),
             )
         )
-    free = facts["free_bytes"]
-    out.append(Finding("free disk", free >= MIN_FREE_BYTES, f"{free / 2**20:.0f} MiB free in {facts['home']}"))
+    free = facts.free_bytes
+    out.append(Finding("free disk", free >= MIN_FREE_BYTES, f"{free / 2**20:.0f} MiB free in {facts.home}"))
     if target.backend == "acl":
-        acl = facts.get("acl") or {}
-        detail = "; ".join(acl.get("detail") or []) or "no output"
-        out.append(Finding("import acl", bool(acl.get("ok")), f"with env.sh sourced: {detail}"))
-        smi = facts.get("npu_smi")
+        acl = facts.acl or protocol.ImportProbe()
+        detail = "; ".join(acl.detail) or "no output"
+        out.append(Finding("import acl", acl.ok, f"with env.sh sourced: {detail}"))
+        smi = facts.npu_smi
         if smi is None:
             out.append(Finding("npu-smi", True, "npu-smi not on PATH (the original Atlas 200 DK often lacks it)", "warning"))
         else:
-            name = npu_name(smi.get("output", ""))
+            name = npu_name(smi.output)
             soc = f"Ascend{name}" if name else None
             out.append(
                 Finding(
@@ -82,7 +82,7 @@ def evaluate(board: Board, target: Target, facts: dict) -> list[Finding]:
     return out
 
 
-def check(inv: Inventory, board: Board, conn: Connection) -> tuple[dict, list[Finding]]:
+def check(inv: Inventory, board: Board, conn: Connection) -> tuple[protocol.Facts, list[Finding]]:
     target = get_target(board.target)
     facts = gather(inv, board, conn, target)
     return facts, evaluate(board, target, facts)

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from agent import protocol
+from agent import protocol as events
 
+from .board import protocol
 from .errors import RemoteError, RunError
 from .inventory import Board, Inventory
+from .remote import Call, call, session
 from .ssh import Connection
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -93,14 +95,14 @@ def run(
     if not RUN_ID_RE.match(run_id):
         raise RunError(f"invalid run id {run_id!r}")
     t0 = time.perf_counter()
-    req = {"app": inv.app.name, "run_id": run_id, "resume": resume, "mode": mode, "overrides": overrides or {},
-           "upload": images is not None, "follow": True}
-    call = conn.helper("run", req, app=inv.app.name)
-    if images is not None:
-        _upload_images(call.writer(), images)
-    started = call.read_json()
-    result = RunResult(board=board.name, run_id=run_id, release=started.get("release", ""))
-    _follow(call, result, on_event)
+    req = protocol.RunRequest(app=inv.app.name, run_id=run_id, resume=resume, mode=mode, overrides=overrides or {},
+                              upload=images is not None, follow=True)
+    with session(conn, "run", req, app=inv.app.name) as c:
+        if images is not None:
+            _upload_images(c.writer(), images)
+        started = c.read(protocol.RunStarted)
+        result = RunResult(board=board.name, run_id=run_id, release=started.release)
+        _follow(c, result, on_event)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -108,20 +110,21 @@ def run(
 def attach(inv: Inventory, board: Board, conn: Connection, run_id: str, on_event=None) -> RunResult:
     if not RUN_ID_RE.match(run_id):
         raise RunError(f"invalid run id {run_id!r}")
-    call = conn.helper("attach", {"app": inv.app.name, "run_id": run_id})
-    info = call.read_json()
-    result = RunResult(board=board.name, run_id=info["run_id"])
-    _follow(call, result, on_event)
+    with session(conn, "attach", protocol.AttachRequest(app=inv.app.name, run_id=run_id)) as c:
+        info = c.read(protocol.Attached)
+        result = RunResult(board=board.name, run_id=info.run_id)
+        _follow(c, result, on_event)
     return result
 
 
 FOLLOW_TIMEOUT = 600.0  # the agent writes progress events often; minutes of silence means a lost link
 
 
-def _follow(call, result: RunResult, on_event) -> None:
+def _follow(c: Call, result: RunResult, on_event) -> None:
+    """Count the agent's events into ``result`` until the board's FollowEnd line."""
     while True:
         try:
-            line = call.readline(timeout=FOLLOW_TIMEOUT)
+            line = c.readline(timeout=FOLLOW_TIMEOUT)
         except RemoteError:
             line = b""
         if not line:
@@ -134,12 +137,12 @@ def _follow(call, result: RunResult, on_event) -> None:
             if "error" in obj:
                 raise RemoteError(f"{result.board}: {obj['error']}")
             if obj.get("helper") == "exit":
-                result.exit_code = obj.get("code")
+                result.exit_code = protocol.decode(protocol.FollowEnd, obj).code
                 break
             continue
         try:
-            ev = protocol.decode(line)
-        except protocol.ProtocolError as exc:
+            ev = events.decode(line)
+        except events.ProtocolError as exc:
             raise RunError(f"{result.board}: bad event from the agent: {exc}") from None
         kind = ev["event"]
         if kind == "start":
@@ -154,17 +157,14 @@ def _follow(call, result: RunResult, on_event) -> None:
             result.summary = ev["summary"]
         if on_event:
             on_event(ev)
-    call.close()
+    c.close()
 
 
-def stop(inv: Inventory, conn: Connection, run_id: str) -> dict:
+def stop(inv: Inventory, conn: Connection, run_id: str) -> protocol.StopReply:
     """SIGTERM the run's agent: it ends the run as partial, keeping every finished result."""
     if not RUN_ID_RE.match(run_id):
         raise RunError(f"invalid run id {run_id!r}")
-    call = conn.helper("stop", {"app": inv.app.name, "run_id": run_id})
-    out = call.read_json()
-    call.close()
-    return out
+    return call(conn, "stop", protocol.StopRequest(app=inv.app.name, run_id=run_id))
 
 
 @dataclass(frozen=True)
@@ -196,54 +196,60 @@ def pull(
     include_inputs: bool = False,
     on_bytes: Callable[[int], None] | None = None,
 ) -> PullResult:
+    """Fetch a run directory (default: the newest run) into ``<dest_root>/<board>/<run-id>/``.
+
+    Extracted into a temporary sibling and renamed: an interrupted pull never leaves a half
+    directory under the final name, and a pull never writes outside ``<dest_root>/<board>/``.
+    """
     t0 = time.perf_counter()
     if run_id is not None and not RUN_ID_RE.match(run_id):
         raise RunError(f"invalid run id {run_id!r}")
-    call = conn.helper(
-        "pull", {"app": inv.app.name, "run_id": run_id, "exclude": [] if include_inputs else ["inputs"]}
-    )
-    head = call.read_json()
-    rid = head["run_id"]
-    if not RUN_ID_RE.match(rid):
-        raise RunError(f"{board.name}: board sent an invalid run id {rid!r}")
-    root = (dest_root or inv.root / "outputs").resolve() / board.name
-    final = root / rid
-    tmp = root / f".{rid}.partial-{os.getpid()}"
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files = 0
-    size = 0
-    try:
-        stream = _CountingReader(call.out, on_bytes)
-        inside = tmp.resolve()
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
-            for member in tf:
-                rel = _safe_member(member)
-                out = tmp.joinpath(*rel.parts)
-                if not out.resolve().is_relative_to(inside):
-                    raise RunError(f"refusing path outside the target directory: {member.name!r}")
-                if member.isdir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                with open(out, "wb") as f:
-                    shutil.copyfileobj(src, f, 1 << 20)
-                os.chmod(out, 0o644)
-                files += 1
-                size += member.size
-        call.close()
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except (tarfile.TarError, OSError) as exc:
+    req = protocol.PullRequest(app=inv.app.name, run_id=run_id, exclude=[] if include_inputs else ["inputs"])
+    with session(conn, "pull", req) as c:
+        rid = c.read(protocol.PullHead).run_id
+        if not RUN_ID_RE.match(rid):
+            raise RunError(f"{board.name}: board sent an invalid run id {rid!r}")
+        root = (dest_root or inv.root / "outputs").resolve() / board.name
+        final = root / rid
+        tmp = root / f".{rid}.partial-{os.getpid()}"
+        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RunError(f"{board.name}: pull of run {rid} failed: {exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tmp.mkdir()
+        try:
+            files, size = _extract(_CountingReader(c.out, on_bytes), tmp)
+            c.close()
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunError(f"{board.name}: pull of run {rid} failed: {exc}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return PullResult(board=board.name, run_id=rid, path=final, files=files, bytes=size, seconds=time.perf_counter() - t0)
+
+
+def _extract(stream, dest: Path) -> tuple[int, int]:
+    """Unpack a tar stream into ``dest``, refusing anything that could land outside it; (files, bytes)."""
+    files = size = 0
+    inside = dest.resolve()
+    with tarfile.open(fileobj=stream, mode="r|") as tf:
+        for member in tf:
+            rel = _safe_member(member)
+            out = dest.joinpath(*rel.parts)
+            if not out.resolve().is_relative_to(inside):
+                raise RunError(f"refusing path outside the target directory: {member.name!r}")
+            if member.isdir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "wb") as f:
+                shutil.copyfileobj(tf.extractfile(member), f, 1 << 20)
+            os.chmod(out, 0o644)
+            files += 1
+            size += member.size
+    return files, size
 
 
 class _CountingReader:
@@ -258,10 +264,8 @@ class _CountingReader:
         return data
 
 
-def status(inv: Inventory, conn: Connection, runs: int = 5) -> dict:
+def status(inv: Inventory, conn: Connection, runs: int = 5) -> protocol.StatusReply:
+    """The board's current release, releases, env.sh and .bashrc block count, and the last ``runs`` runs."""
     from .envblock import markers
 
-    call = conn.helper("status", {"app": inv.app.name, "runs": runs, "marker_begin": markers(inv.app.name)[0]})
-    out = call.read_json()
-    call.close()
-    return out
+    return call(conn, "status", protocol.StatusRequest(app=inv.app.name, runs=runs, marker_begin=markers(inv.app.name)[0]))

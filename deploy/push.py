@@ -21,14 +21,16 @@ import json
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import bundle as bundle_mod
 from . import envblock
+from .board import protocol
 from .bundle import Bundle, HashCache
 from .errors import PushError, RemoteError
 from .inventory import Board, Inventory
+from .remote import Call, call, session
 from .ssh import Connection
 from .targets import Target
 from .targets import get as get_target
@@ -46,7 +48,7 @@ class PushPlan:
     send_bytes: int
     env_diff: str
     bashrc_diff: str
-    facts: dict
+    facts: protocol.Facts
 
 
 @dataclass(frozen=True)
@@ -75,28 +77,85 @@ def board_python(inv: Inventory, board: Board, conn: Connection, target: Target)
         return target.python
     cache = inv.state_dir / "facts" / f"{board.name}.json"
     try:
-        facts = json.loads(cache.read_text())
-        return facts["python_mm"]
+        return json.loads(cache.read_text())["python_mm"]
     except (OSError, ValueError, KeyError):
         pass
-    call = conn.helper("facts", {})
-    facts = call.read_json()
-    call.close()
-    return remember_facts(inv, board, facts)
+    return remember_facts(inv, board, call(conn, "facts", protocol.FactsRequest()))
 
 
-def remember_facts(inv: Inventory, board: Board, facts: dict) -> str:
-    mm = ".".join(facts["python"].split(".")[:2])
+def remember_facts(inv: Inventory, board: Board, facts: protocol.Facts) -> str:
     cache = inv.state_dir / "facts" / f"{board.name}.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({**facts, "python_mm": mm}, indent=1))
-    return mm
+    cache.write_text(json.dumps({**asdict(facts), "python_mm": facts.python_mm}, indent=1))
+    return facts.python_mm
 
 
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None) -> Bundle:
     target = get_target(board.target)
     python = board_python(inv, board, conn, target)
     return bundle_mod.build(inv.app, board, target, python, cache, site=site)
+
+
+class _Stale(Exception):
+    """The cached Python fact went stale (the board's Python changed): rebuild once."""
+
+
+def _check_board(board: Board, bundle: Bundle, facts: protocol.Facts) -> None:
+    if facts.python_mm != bundle.python:
+        if bundle.target.python is None:
+            raise _Stale()
+        raise PushError(
+            f"{board.name}: target {bundle.target.name} expects Python {bundle.python} but the board runs "
+            f"{facts.python} ({facts.python_exe}); fix boards.{board.name}.target or .python"
+        )
+    if facts.arch != bundle.target.arch:
+        raise PushError(f"{board.name}: target {bundle.target.name} is {bundle.target.arch} but the board is {facts.arch}")
+
+
+def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.PushState) -> tuple[PushPlan, list, str, str]:
+    """What this push will do, from the board's answer: (plan, entries to send, new env.sh, new .bashrc)."""
+    app = inv.app
+    by_sha = {}
+    for e in bundle.entries:
+        by_sha.setdefault(e.sha256, e)
+    send = [by_sha[s] for s in state.missing]
+    new_env = envblock.env_sh(app.name, bundle.target, app.env)
+    new_bashrc = envblock.apply_block(state.bashrc, app.name)
+    plan = PushPlan(
+        board=board.name,
+        release=bundle.release_id,
+        current=state.current,
+        exists=state.exists,
+        files=len(bundle.entries),
+        total_bytes=bundle.total_bytes,
+        send_files=len(send),
+        send_bytes=sum(e.size for e in send),
+        env_diff=envblock.redact(envblock.diff(state.env_sh, new_env, "env.sh"), app.env),
+        bashrc_diff=envblock.diff(state.bashrc, new_bashrc, "~/.bashrc"),
+        facts=state.facts,
+    )
+    return plan, send, new_env, new_bashrc
+
+
+def send_objects(c: Call, board: Board, send: list, on_bytes) -> int:
+    """The missing objects as one tar stream named by sha256; returns the content bytes sent."""
+    payload = 0
+    writer = c.writer(on_bytes)
+    try:
+        # tarfile's stream buffer is a bytes object grown with `buf += data` (a full copy per 16 KiB
+        # write): keep it at its default record size; ChannelWriter already batches 1 MiB per send
+        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+            for e in send:
+                info = tarfile.TarInfo(e.sha256)
+                info.size = e.size
+                info.mode = 0o644
+                with e.open() as f:
+                    tf.addfile(info, f)
+                payload += e.size
+        writer.flush()
+    except OSError as exc:
+        raise PushError(f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
+    return payload
 
 
 def push(
@@ -109,124 +168,78 @@ def push(
     on_bytes: Callable[[int], None] | None = None,
     cache: HashCache | None = None,
 ) -> PushResult:
+    """Push the app's release for ``board``'s target; the previous release stays current on any failure.
+
+    ``on_plan(plan)`` is called once the board has said what it lacks (before anything is sent);
+    ``on_bytes(n)`` as content goes out. With ``dry_run`` nothing on the board changes.
+    """
     t0 = time.perf_counter()
     cache = cache or HashCache(inv.state_dir / "hashcache.json")
     bundle = build_for(inv, board, conn, cache)
-    app = inv.app
-    call = conn.helper(
-        "push",
-        {"app": app.name, "release": bundle.release_id, "manifest": bundle.manifest(), "keep": app.keep_releases},
-        app=app.name,
-    )
-    state = call.read_json()
-    facts = state["facts"]
-    board_mm = ".".join(facts["python"].split(".")[:2])
-    if board_mm != bundle.python:
-        call.send_json({"action": "abort"})
-        call.close()
-        if bundle.target.python is None:  # cached fact went stale (board's Python changed): rebuild once
-            remember_facts(inv, board, facts)
-            return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache)
-        raise PushError(
-            f"{board.name}: target {bundle.target.name} expects Python {bundle.python} but the board runs "
-            f"{facts['python']} ({facts['python_exe']}); fix boards.{board.name}.target or .python"
-        )
-    if facts["arch"] != bundle.target.arch:
-        call.send_json({"action": "abort"})
-        call.close()
-        raise PushError(f"{board.name}: target {bundle.target.name} is {bundle.target.arch} but the board is {facts['arch']}")
-    missing = state["missing"]
-    by_sha = {}
-    for e in bundle.entries:
-        by_sha.setdefault(e.sha256, e)
-    send = [by_sha[s] for s in missing]
-    new_env = envblock.env_sh(app.name, bundle.target, app.env)
-    new_bashrc = envblock.apply_block(state["bashrc"], app.name)
-    plan = PushPlan(
-        board=board.name,
-        release=bundle.release_id,
-        current=state["current"],
-        exists=state["exists"],
-        files=len(bundle.entries),
-        total_bytes=bundle.total_bytes,
-        send_files=len(send),
-        send_bytes=sum(e.size for e in send),
-        env_diff=envblock.redact(envblock.diff(state["env_sh"], new_env, "env.sh"), app.env),
-        bashrc_diff=envblock.diff(state["bashrc"], new_bashrc, "~/.bashrc"),
-        facts=facts,
-    )
-    if on_plan:
-        on_plan(plan)
-    if dry_run:
-        call.send_json({"action": "abort"})
-        call.read_json()
-        call.close()
-        return PushResult(
-            board=board.name, release=bundle.release_id, previous=state["current"], switched=False, payload_bytes=0,
-            objects=0, linked=0, pruned=[], bashrc_changed=bool(plan.bashrc_diff), env_changed=bool(plan.env_diff),
-            seconds=time.perf_counter() - t0, dry_run=True, plan=plan, python=bundle.python, target=bundle.target.name,
-        )
-    call.send_json({
-        "action": "commit",
-        "env_sh": new_env,
-        "bashrc": new_bashrc if new_bashrc != state["bashrc"] else None,
-    })
-    payload = 0
-    if send:
-        writer = call.writer(on_bytes)
-        try:
-            # tarfile's stream buffer is a bytes object grown with `buf += data` (a full copy per 16 KiB
-            # write): keep it at its default record size; ChannelWriter already batches 1 MiB per send
-            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tf:
-                for e in send:
-                    info = tarfile.TarInfo(e.sha256)
-                    info.size = e.size
-                    info.mode = 0o644
-                    with e.open() as f:
-                        tf.addfile(info, f)
-                    payload += e.size
-            writer.flush()
-        except OSError as exc:
-            raise PushError(f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
     try:
-        done = call.read_json()
-    except RemoteError as exc:
-        raise PushError(f"{exc}; the previous release is still current") from None
-    call.close()
+        return _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes)
+    except _Stale:
+        remember_facts(inv, board, call(conn, "facts", protocol.FactsRequest()))
+        return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache)
+
+
+def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes) -> PushResult:
+    app = inv.app
+    req = protocol.PushRequest(app=app.name, release=bundle.release_id, manifest=bundle.manifest(),
+                               keep=app.keep_releases)
+    with session(conn, "push", req, app=app.name) as c:
+        state = c.read(protocol.PushState)
+        try:
+            _check_board(board, bundle, state.facts)
+        except BaseException:
+            c.send(protocol.PushCommit(action="abort"))
+            raise
+        plan, send, new_env, new_bashrc = make_plan(inv, board, bundle, state)
+        if on_plan:
+            on_plan(plan)
+        if dry_run:
+            c.send(protocol.PushCommit(action="abort"))
+            c.read(protocol.PushDone)
+            c.close()
+            return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
+        c.send(protocol.PushCommit(action="commit", env_sh=new_env,
+                                   bashrc=new_bashrc if new_bashrc != state.bashrc else None))
+        payload = send_objects(c, board, send, on_bytes) if send else 0
+        try:
+            done = c.read(protocol.PushDone)
+        except RemoteError as exc:
+            raise PushError(f"{exc}; the previous release is still current") from None
+        c.close()
+    return _result(board, bundle, plan, t0, done, payload)
+
+
+def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_run: bool = False) -> PushResult:
     return PushResult(
         board=board.name,
-        release=done["release"],
-        previous=done["previous"],
-        switched=done["switched"],
+        release=done.release or bundle.release_id,
+        previous=done.previous,
+        switched=done.switched,
         payload_bytes=payload,
-        objects=done["received_objects"],
-        linked=done["linked"],
-        pruned=done["pruned"],
-        bashrc_changed=done["bashrc_changed"],
+        objects=done.received_objects,
+        linked=done.linked,
+        pruned=done.pruned,
+        bashrc_changed=done.bashrc_changed if not dry_run else bool(plan.bashrc_diff),
         env_changed=bool(plan.env_diff),
         seconds=time.perf_counter() - t0,
+        dry_run=dry_run,
         plan=plan,
         python=bundle.python,
         target=bundle.target.name,
     )
 
 
-def releases(inv: Inventory, conn: Connection) -> dict:
-    call = conn.helper("releases", {"app": inv.app.name})
-    out = call.read_json()
-    call.close()
-    return out
+def releases(inv: Inventory, conn: Connection) -> protocol.ReleasesReply:
+    return call(conn, "releases", protocol.AppRequest(app=inv.app.name))
 
 
-def rollback(inv: Inventory, conn: Connection, to: str | None = None) -> dict:
-    call = conn.helper("rollback", {"app": inv.app.name, "to": to}, app=inv.app.name)
-    out = call.read_json()
-    call.close()
-    return out
+def rollback(inv: Inventory, conn: Connection, to: str | None = None) -> protocol.RollbackReply:
+    return call(conn, "rollback", protocol.RollbackRequest(app=inv.app.name, to=to), app=inv.app.name)
 
 
-def verify(inv: Inventory, conn: Connection, release: str | None = None) -> dict:
-    call = conn.helper("verify", {"app": inv.app.name, "release": release})
-    out = call.read_json()
-    call.close()
-    return out
+def verify(inv: Inventory, conn: Connection, release: str | None = None) -> protocol.VerifyReply:
+    return call(conn, "verify", protocol.VerifyRequest(app=inv.app.name, release=release))

@@ -85,10 +85,11 @@ def print_push(con: Console, res) -> None:
     )
 
 
-def print_releases(con: Console, info: dict) -> None:
-    t = Table("release", "created", "current", title=f"{info['board']} releases")
-    for r in info["releases"]:
-        t.add_row(r["id"], _when(r.get("created")), "[green]*[/]" if r["current"] else "")
+def print_releases(con: Console, board: str, info) -> None:
+    """``info``: a ``protocol.ReleasesReply``."""
+    t = Table("release", "created", "current", title=f"{board} releases")
+    for r in info.releases:
+        t.add_row(r.id, _when(r.created), "[green]*[/]" if r.current else "")
     con.print(t)
 
 
@@ -159,20 +160,21 @@ def print_pull(con: Console, res) -> None:
 # ---------------------------------------------------------------- status
 
 
-def print_status(con: Console, info: dict) -> None:
-    facts = info["facts"]
-    blocks = info["bashrc_blocks"]
+def print_status(con: Console, board: str, info) -> None:
+    """``info``: a ``protocol.StatusReply``."""
+    facts = info.facts
+    blocks = info.bashrc_blocks
     block = "[green]present[/]" if blocks == 1 else ("[red]missing[/]" if blocks == 0 else f"[red]{blocks} copies[/]")
     con.print(
-        f"[bold]{escape(info['board'])}[/] ({facts['arch']}, Python {facts['python']}, {escape(facts['os'])}, "
-        f"{_size(facts['free_bytes'])} free)\n  current release: {info['current'] or 'none'}; "
-        f"releases: {len(info['releases'])}; env.sh: {'yes' if info['env_sh'] else 'no'}; .bashrc block: {block}"
+        f"[bold]{escape(board)}[/] ({facts.arch}, Python {facts.python}, {escape(facts.os)}, "
+        f"{_size(facts.free_bytes)} free)\n  current release: {info.current or 'none'}; "
+        f"releases: {len(info.releases)}; env.sh: {'yes' if info.env_sh else 'no'}; .bashrc block: {block}"
     )
-    if info["runs"]:
+    if info.runs:
         t = Table("run", "status", "ok", "failed", "img/s", title="last runs")
-        for r in info["runs"]:
-            s = r.get("summary") or {}
+        for r in info.runs:
+            s = r.summary or {}
             ips = s.get("ips")
-            t.add_row(r["id"], str(r.get("status") or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
+            t.add_row(r.id, str(r.status or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
                       f"{ips:.1f}" if isinstance(ips, (int, float)) else "-")
         con.print(t)

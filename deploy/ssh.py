@@ -21,9 +21,7 @@ reaches exports placed after the ``case $- in *i*`` guard of a stock ``~/.bashrc
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import json
 import shlex
 import socket
 from dataclasses import dataclass
@@ -31,13 +29,11 @@ from pathlib import Path
 
 import paramiko
 
-from . import boardside
-from .errors import ConnectError, HostKeyError, RemoteError
+from .errors import ConnectError, HostKeyError, SandboxError
+from .remote import env_prefix
 
 CONNECT_TIMEOUT = 10.0
 WINDOW = 16 * 1024 * 1024
-REPLY_TIMEOUT = 120.0  # longest wait for one reply line (the board hashes nothing big before answering)
-PIECE = 32 * 1024  # OpenSSH's maximum channel packet
 
 
 class _Transport(paramiko.Transport):
@@ -63,6 +59,7 @@ class Endpoint:
     known_hosts: Path
     python: str = "python3"
     only_key: bool = False  # sandbox boards: use exactly this key, never the agent or ~/.ssh keys
+    sandbox: bool = False
 
     @property
     def host_id(self) -> str:
@@ -130,7 +127,8 @@ class Connection:
         try:
             sock = socket.create_connection((ep.host, ep.port), timeout=self.timeout)
         except OSError as exc:
-            raise ConnectError(f"{ep.name}: cannot reach {ep.host}:{ep.port}: {exc.strerror or exc}") from None
+            hint = f" (sandbox board: is it up? deploy sandbox up {ep.name})" if ep.sandbox else ""
+            raise ConnectError(f"{ep.name}: cannot reach {ep.host}:{ep.port}: {exc.strerror or exc}{hint}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             client.connect(
@@ -180,31 +178,6 @@ class Connection:
         chan.exec_command(command)
         return chan
 
-    def helper(self, op: str, request: dict, *, app: str | None = None) -> HelperCall:
-        """Start one board-side operation (see boardside.py) and send its request line."""
-        chan = self.channel(helper_command(op, self.endpoint.python, app))
-        call = HelperCall(chan, self.endpoint.name, op)
-        call.send_json(request)
-        return call
-
-
-def env_prefix(app: str | None) -> str:
-    """Shell words that put a command in the app's environment, whatever ~/.bashrc does."""
-    if not app:
-        return 'cd "$HOME" && '
-    env = f'"$HOME"/HIAI_PROJECTS/{shlex.quote(app)}/env.sh'
-    return f'cd "$HOME" && {{ if [ -r {env} ]; then . {env}; fi; }} && '
-
-
-@functools.cache
-def _boardside_source() -> str:
-    return Path(boardside.__file__).read_text()
-
-
-def helper_command(op: str, python: str, app: str | None) -> str:
-    source = _boardside_source()
-    return env_prefix(app) + " ".join(shlex.quote(w) for w in (python, "-I", "-c", source, op))
-
 
 def user_command(app: str, argv: list[str]) -> str:
     """``deploy exec``: run argv in the current release directory with env.sh sourced."""
@@ -213,126 +186,42 @@ def user_command(app: str, argv: list[str]) -> str:
     return env_prefix(app) + f"{{ cd {cur} 2>/dev/null || true; }} && {words}"
 
 
-class HelperCall:
-    """A running board-side operation: JSON lines both ways, then optional bulk bytes.
-
-    Reads time out (``REPLY_TIMEOUT``): a board that goes silent, e.g. its cable pulled, turns
-    into an error instead of a hang until TCP gives up (which takes many minutes).
-    """
-
-    def __init__(self, chan: paramiko.Channel, board: str, op: str):
-        self.chan = chan
-        self.board = board
-        self.op = op
-        self.out = chan.makefile("rb", 1 << 16)
-        chan.settimeout(REPLY_TIMEOUT)
-
-    def send_json(self, obj: dict) -> None:
-        self.chan.sendall((json.dumps(obj) + "\n").encode())
-
-    def readline(self, timeout: float | None = None) -> bytes:
-        """One line (b"" at the end); raises RemoteError if nothing arrives within the timeout."""
-        if timeout is not None:
-            self.chan.settimeout(timeout)
-        try:
-            return self.out.readline()
-        except TimeoutError:
-            wait = timeout or REPLY_TIMEOUT
-            raise RemoteError(f"{self.board}: no answer to {self.op} for {wait:.0f}s; is the board still reachable?") from None
-
-    def read_json(self) -> dict:
-        """The next reply line; a helper error or a dead channel becomes RemoteError."""
-        line = self.readline()
-        if not line:
-            raise RemoteError(f"{self.board}: {self.op} failed: {self._stderr_tail()}")
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise RemoteError(f"{self.board}: {self.op}: unexpected output: {line[:200]!r}") from None
-        if "error" in obj:
-            raise RemoteError(f"{self.board}: {obj['error']}")
-        return obj
-
-    def _stderr_tail(self) -> str:
-        code = self.chan.recv_exit_status()
-        err = self.chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip().splitlines()
-        if code == 127:
-            return "python3 not found on the board (set boards.<name>.python in the inventory)"
-        return (err[-1] if err else f"exit status {code}")[:500]
-
-    def writer(self, counter=None) -> ChannelWriter:
-        return ChannelWriter(self.chan, counter)
-
-    def close(self) -> int:
-        self.chan.shutdown_write()
-        code = self.chan.recv_exit_status()
-        self.chan.close()
-        return code
-
-
-class ChannelWriter:
-    """A write-only file over a channel with a large buffer, so tar's small writes become big packets."""
-
-    def __init__(self, chan: paramiko.Channel, counter=None, bufsize: int = 1 << 20):
-        self.chan = chan
-        self.buf = bytearray()
-        self.bufsize = bufsize
-        self.counter = counter
-        self.sent = 0
-
-    def write(self, data) -> int:
-        self.buf += data
-        if len(self.buf) >= self.bufsize:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        if self.buf:
-            try:
-                # packet-sized pieces: Channel.sendall re-slices the rest of its argument after every
-                # 32 KiB packet (s = s[sent:]), which for one 1 MiB bytes object copies ~16 MiB
-                with memoryview(self.buf) as view:
-                    for i in range(0, len(view), PIECE):
-                        self.chan.sendall(view[i : i + PIECE].tobytes())
-            except (EOFError, paramiko.SSHException) as exc:  # paramiko's ways of saying the link is gone
-                raise ConnectionError(f"connection lost: {exc or type(exc).__name__}") from None
-            self.sent += len(self.buf)
-            if self.counter:
-                self.counter(len(self.buf))
-            self.buf.clear()
-
-    def close(self) -> None:
-        self.flush()
+def _ssh_config(path: Path, name: str) -> dict:
+    """``name``'s settings in an OpenSSH config file ({} when the file or the entry is missing)."""
+    if not path.exists():
+        return {}
+    try:
+        cfg = paramiko.SSHConfig.from_path(str(path))
+    except (OSError, paramiko.SSHException, ValueError):
+        return {}
+    if name not in cfg.get_hostnames():
+        return {}
+    return cfg.lookup(name)
 
 
 def endpoint_for(inv, board) -> Endpoint:
-    """How to reach ``board``: sandbox state for sandbox boards, else inventory + ``~/.ssh/config``.
+    """How to reach ``board``: the project's sandbox ssh_config for sandbox boards, else inventory + ``~/.ssh/config``.
 
-    paramiko only parses ssh_config (it never applies it), so HostName, User, Port and
-    IdentityFile are applied here; inventory values win over ssh_config.
+    Sandbox boards are found through ``.deploy/sandbox/ssh_config``, which ``deploy sandbox up``
+    writes, so the core never imports the sandbox tooling. paramiko only parses ssh_config (it
+    never applies it), so HostName, User, Port and IdentityFile are applied here; inventory
+    values win over ssh_config.
     """
-    from . import sandbox
-    from .errors import SandboxError
-
     kh = inv.state_dir / "known_hosts"
     if board.sandbox:
-        sb = sandbox.load(inv, board.name)
-        if sb is None or not sb.running:
+        cfg = _ssh_config(inv.state_dir / "sandbox" / "ssh_config", board.name)
+        if not cfg.get("port"):
             raise SandboxError(f"sandbox board {board.name} is not running: deploy sandbox up {board.name}")
-        return Endpoint(board.name, sb.host, sb.port, sb.user, Path(sb.key), kh, python=board.python, only_key=True)
+        return Endpoint(board.name, cfg["hostname"], int(cfg["port"]), cfg["user"], Path(cfg["identityfile"][0]), kh,
+                        python=board.python, only_key=True, sandbox=True)
     host, user, port, key = board.host, board.user, board.port, board.key
-    cfg_path = Path.home() / ".ssh" / "config"
-    if cfg_path.exists():
-        try:
-            cfg = paramiko.SSHConfig.from_path(str(cfg_path)).lookup(board.host)
-        except (OSError, paramiko.SSHException):
-            cfg = {}
-        host = cfg.get("hostname", host)
-        user = user or cfg.get("user")
-        if board.port == 22 and "port" in cfg:
-            port = int(cfg["port"])
-        if key is None and cfg.get("identityfile"):
-            key = Path(cfg["identityfile"][0]).expanduser()
+    cfg = _ssh_config(Path.home() / ".ssh" / "config", board.host)
+    host = cfg.get("hostname", host)
+    user = user or cfg.get("user")
+    if board.port == 22 and "port" in cfg:
+        port = int(cfg["port"])
+    if key is None and cfg.get("identityfile"):
+        key = Path(cfg["identityfile"][0]).expanduser()
     import getpass
 
     return Endpoint(board.name, host, port, user or getpass.getuser(), key, kh, python=board.python)

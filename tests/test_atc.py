@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import atc
-from deploy.atc import AtcNotFound, ModelSpecError, aipp_config, plan_conversion, run_conversion
+from deploy.models import atc
+from deploy.models.atc import AtcNotFound, ModelSpecError, aipp_config, plan_conversion, run_conversion
 
 
 @pytest.fixture

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from deploy import emulation
-from deploy.emulation import add_board_user, chroot_run, ensure_rootfs, inside, start_chroot_sshd, stop_chroot
+from deploy.sandbox import emulation
+from deploy.sandbox.emulation import (
+    add_board_user,
+    chroot_run,
+    ensure_rootfs,
+    inside,
+    start_chroot_sshd,
+    stop_chroot,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="aarch64 emulation needs root"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deploy.board import protocol
 from deploy.facts import evaluate, npu_name
 from deploy.inventory import Board
 from deploy.targets import PROFILES
@@ -21,7 +22,7 @@ NPU_SMI = """\
 def facts(**kw):
     base = {"arch": "aarch64", "python": "3.9.9", "python_exe": "/usr/bin/python3", "home": "/home/HwHiAiUser",
             "free_bytes": 8 << 30, "os": "Ubuntu 22.04", "user": "HwHiAiUser"}
-    return {**base, **kw}
+    return protocol.decode(protocol.Facts, {**base, **kw})
 
 
 def results(findings):

@@ -15,7 +15,7 @@ import pytest
 from conftest import CAT, top1
 from PIL import Image
 
-from deploy import inventory, push, ssh
+from deploy import inventory, push, remote, ssh
 from deploy.errors import DeployError
 
 
@@ -98,7 +98,7 @@ def test_connection_cut_by_the_board_mid_stream_leaves_previous_release(project)
     assert again["switched"] and again["release"] != base and current(project) == again["release"]
     assert staging_debris(project) == []  # the re-push cleaned up
     check = verify_all(project)
-    assert check["bad"] == [] and check["files"] > 500
+    assert check.bad == [] and check.files > 500
     remove_big_photos(project)
 
 
@@ -136,7 +136,7 @@ def test_host_process_killed_leaves_previous_release(project, point):
     again = project.deploy_json("push", "board1")[0]
     assert again["switched"] and current(project) == again["release"]
     assert staging_debris(project) == []
-    assert verify_all(project)["bad"] == []
+    assert verify_all(project).bad == []
     remove_big_photos(project)
 
 
@@ -206,7 +206,7 @@ def test_a_silent_board_times_out_instead_of_hanging(project, monkeypatch):
     project.configure()
     base = project.deploy_json("push", "board1")[0]["release"]
     project.configure(topk=7)
-    monkeypatch.setattr(ssh, "REPLY_TIMEOUT", 2.0)
+    monkeypatch.setattr(remote, "REPLY_TIMEOUT", 2.0)
     inv = inventory.load(project.inventory)
     board = inv.boards["board1"]
     frozen = []

@@ -36,10 +36,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import SandboxError
-from .inventory import Board, Inventory
+from ..errors import SandboxError
+from ..inventory import Board, Inventory
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 @dataclass(frozen=True)
@@ -319,6 +319,36 @@ def _save(inv: Inventory, sb: Sandbox) -> None:
     path = sandbox_dir(inv, sb.name) / "state.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(sb), indent=2))
+    os.replace(tmp, path)
+    _write_ssh_config(inv)
+
+
+def ssh_config_path(inv: Inventory) -> Path:
+    """The project's generated ssh_config: how the core (and a plain ``ssh -F``) reaches sandbox boards."""
+    return inv.state_dir / "sandbox" / "ssh_config"
+
+
+def _write_ssh_config(inv: Inventory) -> None:
+    """One ``Host`` entry per running sandbox board; the core reads this file and never imports us."""
+    lines = ["# written by `deploy sandbox up/down`; try: ssh -F .deploy/sandbox/ssh_config BOARD", ""]
+    for sb in status(inv):
+        if sb.pid is None:
+            continue
+        lines += [
+            f"Host {sb.name}",
+            f"  HostName {sb.host}",
+            f"  Port {sb.port}",
+            f"  User {sb.user}",
+            f"  IdentityFile {sb.key}",
+            "  IdentitiesOnly yes",
+            f"  UserKnownHostsFile {sb.known_hosts}",
+            "  StrictHostKeyChecking yes",
+            "",
+        ]
+    path = ssh_config_path(inv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
 
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
-from .targets import PROFILES
+from .. import proc
+from ..targets import PROFILES
 
 # Target name -> ATC --soc_version. An .om only loads on the SoC it was built for
 # ("ModelCheckCompatibility failed ... socVersion"), so this must match the board.

@@ -558,7 +558,7 @@ def _build_demo(root: Path, force: bool, say: Callable[[str], None]) -> DemoAsse
     record: dict[str, Any] = dict(stamp)
     if "labels" in stale:
         say(f"writing {DEMO_LABELS}")
-        data = (Path(__file__).parent / "data" / "imagenet_classes.txt").read_bytes()
+        data = (Path(__file__).parents[1] / "data" / "imagenet_classes.txt").read_bytes()
         _write_atomic(labels_path, data)
         files[DEMO_LABELS] = hashlib.sha256(data).hexdigest()
     if "images" in stale:

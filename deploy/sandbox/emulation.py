@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from . import proc
+from .. import proc
 
 SUITE = "bullseye"  # Python 3.9: the newest the 200I DK A2's CANN supports; glibc 2.31
 ARCH = "arm64"

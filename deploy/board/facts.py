@@ -1,0 +1,60 @@
+"""What the board is: architecture, Python, free disk, and optional probes. Python 3.7 + stdlib only."""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+from . import protocol
+from .files import read_text
+
+
+def gather(home):
+    """The facts every operation can report; cheap (no subprocess)."""
+    st = os.statvfs(home)
+    os_name = ""
+    for line in (read_text("/etc/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            os_name = line.split("=", 1)[1].strip().strip('"')
+    return protocol.Facts(
+        arch=platform.machine(),
+        python="{}.{}.{}".format(*sys.version_info[:3]),
+        python_exe=sys.executable,
+        home=home,
+        free_bytes=st.f_bavail * st.f_frsize,
+        os=os_name,
+        user=os.environ.get("USER") or str(os.getuid()),
+    )
+
+
+def _run(argv, merge=False):
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                          text=True)
+
+
+def probe_acl():
+    """``import acl`` in a child, with this process's environment (env.sh sourced by the caller)."""
+    r = _run([sys.executable, "-c", "import acl; print(getattr(acl, '__file__', ''))"])
+    return protocol.ImportProbe(ok=r.returncode == 0, detail=(r.stdout or r.stderr).strip().splitlines()[-1:])
+
+
+def probe_npu_smi():
+    """``npu-smi info``, or None when the board has no npu-smi (the original 200 DK often lacks it)."""
+    exe = shutil.which("npu-smi")
+    if not exe:
+        return None
+    r = _run([exe, "info"], merge=True)
+    return protocol.CommandProbe(ok=r.returncode == 0, output=r.stdout[-4000:])
+
+
+def op_facts(wire, req):
+    out = gather(wire.home)
+    if "acl" in req.probe:
+        out.acl = probe_acl()
+    if "npu-smi" in req.probe:
+        out.npu_smi = probe_npu_smi()
+    for mod in req.modules:
+        r = subprocess.run([sys.executable, "-c", "import " + mod], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        out.modules[mod] = r.returncode == 0
+    wire.reply(out)

@@ -1,0 +1,75 @@
+"""File primitives every board operation relies on for crash safety. Python 3.7 + stdlib only."""
+
+import errno
+import fcntl
+import hashlib
+import os
+
+from .wire import Fail
+
+
+def write_atomic(path, data, mode=0o644):
+    """Write, fsync, chmod, then rename over ``path``: readers see the old or the new file, never half."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def read_text(path):
+    """A file's text (bytes that are not UTF-8 survive a round trip), or None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def sha_text(text):
+    return None if text is None else hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def sha_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Lock:
+    """The per-app lock (``<app>/.lock``): one push or rollback at a time, refused rather than queued."""
+
+    def __init__(self, base):
+        os.makedirs(base, exist_ok=True)
+        self.f = open(os.path.join(base, ".lock"), "a")
+
+    def __enter__(self):
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close()
+            raise Fail("another deploy operation holds the lock on this app; try again when it ends") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def pid_alive(pid):
+    """True while ``pid`` runs; a zombie (a child of ours not yet reaped) has ended."""
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,266 @@
+"""Agent runs on the board: start detached, follow events, attach, stop, pull, status.
+
+Python 3.7 + stdlib only. A run is started with ``start_new_session`` so it survives the SSH
+session that started it; its events are appended to ``runs/<id>/events.jsonl`` by the agent,
+and following a run is copying that file to the channel as it grows.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+from . import protocol
+from .facts import gather
+from .files import pid_alive, read_text, write_atomic
+from .layout import current_release, list_runs, read_pid, runs_dir
+from .releases import release_infos
+from .wire import Fail, check_id, safe_rel
+
+
+def extract_inputs(inp, dest):
+    """Unpack an uploaded image folder: regular files and directories only, nothing outside ``dest``."""
+    os.makedirs(dest, exist_ok=True)
+    count = 0
+    with tarfile.open(fileobj=inp, mode="r|") as tf:
+        for member in tf:
+            out = os.path.join(dest, safe_rel(member.name))
+            if member.isdir():
+                os.makedirs(out, exist_ok=True)
+                continue
+            if not member.isfile():
+                raise Fail(f"refusing non-regular file in upload: {member.name!r}")
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with open(out, "wb") as f:
+                shutil.copyfileobj(tf.extractfile(member), f, 1 << 20)
+            count += 1
+    return count
+
+
+def pinned_env(release, environ):
+    """The agent's environment: PYTHONPATH entries through ``current`` pinned to this release."""
+    env = dict(environ)
+    link = os.path.join(os.path.dirname(os.path.dirname(release)), "current")
+    parts = [p.replace(link, release, 1) if p.startswith(link) else p for p in env.get("PYTHONPATH", "").split(":") if p]
+    for p in (os.path.join(release, "site"), release):
+        if p not in parts:
+            parts.insert(0, p)
+    env["PYTHONPATH"] = ":".join(parts)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def new_job(base, run_dir, req):
+    """The job for a new run, from the deployed release's app.json (what is deployed, not today's inventory)."""
+    cur = os.path.join(base, "current")
+    if not os.path.isdir(cur):
+        raise Fail("nothing deployed for this app yet: run `deploy push` first")
+    release = os.path.realpath(cur)
+    with open(os.path.join(release, "app.json")) as f:
+        app = json.load(f)
+    job = {
+        "v": 1,
+        "mode": req.mode,
+        "model": app["model"],
+        "backend": app["backend"],
+        "preprocess": app.get("preprocess") or {"preset": "imagenet"},
+        "labels": app.get("labels"),
+        "inputs": [app["images"]] if app.get("images") else [],
+        "batch": app.get("batch", 1),
+        "topk": app.get("topk", 5),
+        "labelled": True,
+    }
+    job.update(req.overrides or {})
+    if req.upload:
+        job["inputs"] = [os.path.join(run_dir, "inputs")]
+    if not job["inputs"] and job["mode"] != "bench":
+        raise Fail("the app has no images and none were given (use --images DIR)")
+    job.update({"run_id": req.run_id, "release": release, "out_dir": run_dir})
+    return job
+
+
+def resumed_job(job_path, run_id):
+    with open(job_path) as f:
+        job = json.load(f)
+    if not os.path.isdir(job["release"]):
+        raise Fail("release {} of run {} no longer exists".format(os.path.basename(job["release"]), run_id))
+    return job
+
+
+def prepare_run(wire, base, req):
+    """Check the run can start, unpack an upload, and write job.json; returns (run_dir, job)."""
+    run_id = check_id(req.run_id, "run id")
+    run_dir = os.path.join(runs_dir(base), run_id)
+    if os.path.isdir(run_dir) and not req.resume:
+        raise Fail(f"run {run_id} already exists on the board")
+    if req.resume and not os.path.isdir(run_dir):
+        raise Fail(f"no run {run_id} on the board to resume")
+    os.makedirs(run_dir, exist_ok=True)
+    pid = read_pid(run_dir)
+    if pid and pid_alive(pid):
+        raise Fail(f"run {run_id} is still running (pid {pid}); use --attach")
+    if req.upload:
+        extract_inputs(wire.stdin, os.path.join(run_dir, "inputs"))
+    job_path = os.path.join(run_dir, "job.json")
+    if req.resume and os.path.isfile(job_path):
+        return run_dir, resumed_job(job_path, run_id)
+    job = new_job(base, run_dir, req)
+    write_atomic(job_path, json.dumps(job, indent=2).encode())
+    return run_dir, job
+
+
+def op_run(wire, req):
+    base = wire.app_dir(req.app)
+    run_dir, job = prepare_run(wire, base, req)
+    events = os.path.join(run_dir, "events.jsonl")
+    offset = os.path.getsize(events) if os.path.exists(events) else 0  # a resumed run: only new events
+    release = job["release"]
+    with open(os.path.join(run_dir, "agent.log"), "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", job.get("mode", "run"), "--job", os.path.join(run_dir, "job.json")],
+            cwd=release, env=pinned_env(release, os.environ), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,  # the run survives the SSH session that started it
+        )
+    write_atomic(os.path.join(run_dir, "launcher.pid"), str(proc.pid).encode())
+    wire.reply(protocol.RunStarted(run_id=req.run_id, pid=proc.pid, release=os.path.basename(release)))
+    if req.follow:
+        follow(wire, run_dir, proc.pid, proc, offset)
+
+
+class _Tail:
+    """Reads the complete lines appended to a file since the last read."""
+
+    def __init__(self, path, offset):
+        self.path = path
+        self.pos = offset
+        self.partial = b""
+
+    def lines(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except OSError:
+            return []
+        self.pos += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        return [ln for ln in lines if ln.strip()]
+
+
+def follow(wire, run_dir, pid, proc, offset):
+    """Copy events.jsonl to the channel as it grows, until an end event or the agent is gone."""
+    tail = _Tail(os.path.join(run_dir, "events.jsonl"), offset)
+    ended = False
+    grace_until = None
+    while not ended:
+        lines = tail.lines()
+        for line in lines:
+            wire.stdout.write(line + b"\n")
+            ended = ended or b'"event":"end"' in line or b'"event": "end"' in line
+        wire.stdout.flush()
+        if ended:
+            break
+        alive = proc.poll() is None if proc is not None else pid_alive(pid)
+        if not alive:
+            if grace_until is None:
+                grace_until = time.time() + 1.0  # let the last writes land
+            elif time.time() > grace_until:
+                break
+        time.sleep(0.05 if lines else 0.1)
+    code = proc.wait() if proc is not None else None
+    wire.reply(protocol.FollowEnd(ended=ended, code=code, offset=tail.pos))
+
+
+def op_attach(wire, req):
+    run_id = check_id(req.run_id, "run id")
+    run_dir = os.path.join(runs_dir(wire.app_dir(req.app)), run_id)
+    if not os.path.isdir(run_dir):
+        raise Fail(f"no run {run_id} on the board")
+    pid = read_pid(run_dir) or 0
+    wire.reply(protocol.Attached(run_id=run_id, pid=pid, running=bool(pid and pid_alive(pid))))
+    follow(wire, run_dir, pid, None, int(req.offset))
+
+
+def op_stop(wire, req):
+    run_dir = os.path.join(runs_dir(wire.app_dir(req.app)), check_id(req.run_id, "run id"))
+    pid = read_pid(run_dir)
+    stopped = False
+    if pid and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        stopped = True
+    wire.reply(protocol.StopReply(ok=True, stopped=stopped, pid=pid))
+
+
+def run_info(run_dir):
+    status = (read_text(os.path.join(run_dir, "status")) or "").strip() or None
+    pid = read_pid(run_dir)
+    if pid and pid_alive(pid):
+        status = "running"
+    summary = None
+    text = read_text(os.path.join(run_dir, "summary.json"))
+    if text:
+        try:
+            summary = json.loads(text)
+        except ValueError:
+            pass
+    return protocol.RunInfo(id=os.path.basename(run_dir), status=status, summary=summary,
+                            mtime=os.path.getmtime(run_dir))
+
+
+def pick_run(base, run_id):
+    runs = list_runs(base)
+    if run_id:
+        check_id(run_id, "run id")
+        if run_id not in runs:
+            raise Fail("no run {} on the board (have: {})".format(run_id, ", ".join(runs[-5:]) or "none"))
+        return run_id
+    if not runs:
+        raise Fail("no runs on the board yet: start one with `deploy run`")
+    return runs[-1]
+
+
+def run_files(run_dir, skip):
+    """Regular files of a run directory (links are never followed), minus top-level ``skip`` dirs."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        top = os.path.relpath(dirpath, run_dir) == "."
+        dirnames[:] = sorted(d for d in dirnames if not (top and d in skip))
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            if not os.path.islink(p) and os.path.isfile(p):
+                files.append(p)
+    return files
+
+
+def op_pull(wire, req):
+    base = wire.app_dir(req.app)
+    run_id = pick_run(base, req.run_id)
+    run_dir = os.path.join(runs_dir(base), run_id)
+    files = run_files(run_dir, set(req.exclude))
+    wire.reply(protocol.PullHead(run_id=run_id, files=len(files), bytes=sum(os.path.getsize(p) for p in files)))
+    with tarfile.open(fileobj=wire.stdout, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for p in files:
+            tf.add(p, arcname=os.path.relpath(p, run_dir), recursive=False)
+    wire.stdout.flush()
+
+
+def op_status(wire, req):
+    base = wire.app_dir(req.app)
+    cur = current_release(base)
+    bashrc = read_text(os.path.join(wire.home, ".bashrc")) or ""
+    runs = list_runs(base)[-int(req.runs):]
+    wire.reply(protocol.StatusReply(
+        facts=gather(wire.home),
+        app_dir=base,
+        current=cur,
+        current_ok=bool(cur) and os.path.isdir(os.path.join(base, "current")),
+        releases=release_infos(base),
+        env_sh=os.path.isfile(os.path.join(base, "env.sh")),
+        bashrc_blocks=bashrc.count(req.marker_begin or "\x00"),
+        runs=[run_info(os.path.join(runs_dir(base), r)) for r in runs],
+    ))
