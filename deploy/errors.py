@@ -1,8 +1,27 @@
 """User-facing failures. The CLI prints ``str(exc)`` as one line and exits with ``exc.exit_code``.
 
 Every module raises its own subclass so callers (and tests) can tell failures apart;
-none of them is ever shown with a traceback.
+none of them is ever shown with a traceback. The whole tree lives here, so a module's
+failures are ``DeployError``s even when it is imported on its own (the sandbox and model
+tools re-export theirs under their old names). Exit code 1 unless noted::
+
+    DeployError
+    ├── InventoryError (2)
+    ├── HostKeyError (3)
+    ├── ConnectError (4)
+    ├── SandboxError
+    │   └── EmulationError
+    ├── BuildError, PushError, RemoteError, RunError
+    └── ModelError
+        └── ConversionError
+            ├── ModelSpecError (2)
+            ├── AtcNotFound (3)
+            └── AtcError
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class DeployError(Exception):
@@ -47,3 +66,49 @@ class RemoteError(DeployError):
 
 class RunError(DeployError):
     """An agent run could not be started, followed or pulled."""
+
+
+class EmulationError(SandboxError):
+    """The emulated aarch64 runtime (qemu-user rootfs) cannot be set up or used; the message is one line."""
+
+
+class ModelError(DeployError):
+    """A model cannot be exported or the demo cannot be built; the message is one line."""
+
+
+class ConversionError(ModelError):
+    """A model cannot be converted to an ``.om`` with ``atc``; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ModelSpecError(ConversionError):
+    """The model spec cannot become a valid atc command (bad extension, missing weight, bad shape...)."""
+
+    exit_code = 2
+
+
+class AtcNotFound(ConversionError):
+    """``atc`` is not on PATH. Carries the command so the caller can print it for a CANN machine.
+
+    Exit code 3, not 0: no ``.om`` was produced, so it must not look like success to a script.
+    """
+
+    exit_code = 3
+
+    def __init__(self, command: str):
+        super().__init__(
+            "atc is not on PATH: converting needs the CANN toolkit "
+            "(source ~/Ascend/ascend-toolkit/set_env.sh); the command was not run"
+        )
+        self.command = command
+
+
+class AtcError(ConversionError):
+    """``atc`` ran and failed (or claimed success without writing the .om). ``tail`` holds its last lines."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, tail: Sequence[str] = ()):
+        super().__init__(message)
+        self.tail = list(tail)

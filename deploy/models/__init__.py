@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import DeployError
+from deploy.errors import ModelError  # re-exported: `from deploy.models import ModelError`
 
 INSTALL_HINT = "pip install '.[models]'"
 
@@ -85,10 +85,6 @@ _DEMO_PACKAGES = (
     "Pillow",
     "numpy",
 )
-
-
-class ModelError(DeployError):
-    """A model cannot be exported or the demo cannot be built; the message is one line."""
 
 
 @dataclass(frozen=True)

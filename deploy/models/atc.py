@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
+from ..errors import AtcError, AtcNotFound, ConversionError, ModelSpecError
 from ..targets import PROFILES
 
 # Target name -> ATC --soc_version. An .om only loads on the SoC it was built for
@@ -56,47 +57,13 @@ _INPUT_FORMATS = ("NCHW", "NHWC", "ND", "NCDHW", "NDHWC")
 _OUTPUT_TYPES = ("FP32", "FP16", "UINT8", "INT8")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "null")
 
-# Exit codes the CLI uses for these failures (documented in the module so the CLI owner and the
-# README agree): a bad model spec is a usage error; "atc is not installed, here is the command" did
-# not produce an .om, so it must not look like success to a script (`&&` chains, CI).
-EXIT_SPEC_ERROR = 2
-EXIT_ATC_NOT_FOUND = 3
-EXIT_ATC_FAILED = 1
-
-
-class ConversionError(Exception):
-    """Base of the conversion failures; `exit_code` is what the CLI exits with."""
-
-    exit_code = EXIT_ATC_FAILED
-
-
-class ModelSpecError(ConversionError):
-    """The model spec cannot become a valid atc command (bad extension, missing weight, bad shape...)."""
-
-    exit_code = EXIT_SPEC_ERROR
-
-
-class AtcNotFound(ConversionError):
-    """`atc` is not on PATH. Carries the command so the caller can print it for a CANN machine."""
-
-    exit_code = EXIT_ATC_NOT_FOUND
-
-    def __init__(self, command: str):
-        super().__init__(
-            "atc is not on PATH: converting needs the CANN toolkit "
-            "(source ~/Ascend/ascend-toolkit/set_env.sh); the command was not run"
-        )
-        self.command = command
-
-
-class AtcError(ConversionError):
-    """`atc` ran and failed (or claimed success without writing the .om). `tail` holds its last lines."""
-
-    exit_code = EXIT_ATC_FAILED
-
-    def __init__(self, message: str, tail: Sequence[str] = ()):
-        super().__init__(message)
-        self.tail = list(tail)
+# Exit codes the CLI uses for these failures (documented here so the CLI owner and the README
+# agree): a bad model spec is a usage error; "atc is not installed, here is the command" did not
+# produce an .om, so it must not look like success to a script (`&&` chains, CI). The exception
+# classes live in deploy/errors.py (they are DeployErrors) and are re-exported from here.
+EXIT_SPEC_ERROR = ModelSpecError.exit_code  # 2
+EXIT_ATC_NOT_FOUND = AtcNotFound.exit_code  # 3
+EXIT_ATC_FAILED = AtcError.exit_code  # 1
 
 
 @dataclass(frozen=True)

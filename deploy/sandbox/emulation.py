@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .. import proc
+from ..errors import EmulationError  # a SandboxError; re-exported under its old name
 
 SUITE = "bullseye"  # Python 3.9: the newest the 200I DK A2's CANN supports; glibc 2.31
 ARCH = "arm64"
@@ -68,10 +69,6 @@ _MOUNTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 _BASHRC_GUARD = re.compile(r"case \$- in\s*\n\s*\*i\*\)\s*;;\s*\n\s*\*\)\s*return\s*;;\s*\n\s*esac")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-
-
-class EmulationError(Exception):
-    """The emulated aarch64 runtime cannot be set up or used; the message is one line for the user."""
 
 
 # --- prerequisites ------------------------------------------------------------------------------
