@@ -1,0 +1,133 @@
+"""Host and simulated device memory (see _core for the model). Python 3.7."""
+
+import bisect
+import ctypes
+
+from . import _core as C
+from ._core import STATE
+
+
+def device_alloc(size):
+    """A new zeroed device region of ``size`` bytes; returns its address."""
+    with STATE.lock:
+        base = STATE.next_device
+        STATE.next_device += (int(size) + 127) // 64 * 64 + 64  # a gap after each region
+        STATE.device_mem[base] = bytearray(int(size))
+        bisect.insort(STATE.device_bases, base)
+        return base
+
+
+def device_free(ptr):
+    with STATE.lock:
+        if STATE.device_mem.pop(ptr, None) is None:
+            return False
+        STATE.device_bases.remove(ptr)
+        return True
+
+
+def host_alloc(size):
+    buf = (ctypes.c_char * max(1, int(size)))()
+    ptr = ctypes.addressof(buf)
+    with STATE.lock:
+        STATE.host_mem[ptr] = buf
+    return ptr
+
+
+def host_free(ptr):
+    with STATE.lock:
+        return STATE.host_mem.pop(ptr, None) is not None
+
+
+def register_view(ptr, size, obj):
+    """Track a bytes object / array handed out by bytes_to_ptr / numpy_to_ptr (kept alive)."""
+    with STATE.lock:
+        STATE.host_views.pop(ptr, None)
+        STATE.host_views[ptr] = (int(size), obj)
+        while len(STATE.host_views) > C._HOST_KEEP:
+            STATE.host_views.popitem(last=False)
+
+
+def _device_region(ptr):
+    with STATE.lock:
+        i = bisect.bisect_right(STATE.device_bases, ptr) - 1
+        if i < 0:
+            return None, 0
+        base = STATE.device_bases[i]
+        return STATE.device_mem[base], ptr - base
+
+
+def _host_size(ptr):
+    """Bytes available from ``ptr`` in a known host region, or -1."""
+    with STATE.lock:
+        regions = [(p, ctypes.sizeof(b)) for p, b in STATE.host_mem.items()]
+        regions += [(p, s) for p, (s, _) in STATE.host_views.items()]
+    for base, size in regions:
+        if base <= ptr < base + size:
+            return base + size - ptr
+    return -1
+
+
+def locate(ptr, count):
+    """("device", bytearray, offset) or ("host", address, 0) when [ptr, ptr+count) lies in one
+    known region; None otherwise."""
+    if not isinstance(ptr, int) or ptr <= 0:
+        return None
+    if ptr >= C.DEVICE_BASE:
+        region, offset = _device_region(ptr)
+        if region is None or offset + count > len(region):
+            return None
+        return ("device", region, offset)
+    if _host_size(ptr) < count:
+        return None
+    return ("host", ptr, 0)
+
+
+def read(place, count):
+    """The ``count`` bytes at a located place, as bytes (a copy)."""
+    if place[0] == "device":
+        return bytes(place[1][place[2]:place[2] + count])
+    return ctypes.string_at(place[1], count)
+
+
+def write(place, data):
+    if place[0] == "device":
+        place[1][place[2]:place[2] + len(data)] = data
+    else:
+        ctypes.memmove(place[1], data, len(data))
+
+
+def device_view(ptr, count):
+    """A writable memoryview of device memory (what a model reads and writes), or None."""
+    place = locate(ptr, count)
+    if place is None or place[0] != "device":
+        return None
+    return memoryview(place[1])[place[2]:place[2] + count]
+
+
+def copy(dst, dest_max, src, count):
+    """aclrtMemcpy semantics: the direction comes from the pointers, sizes are checked first,
+    nothing is copied on any error."""
+    if count < 0 or dest_max < 0:
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, "memcpy: negative size")
+    if count > dest_max:
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, "memcpy: count {} exceeds dest_max {}".format(count, dest_max))
+    if count == 0:
+        return C.ACL_SUCCESS
+    src_place, dst_place = locate(src, count), locate(dst, count)
+    if src_place is None:
+        return C.fail(C.ACL_ERROR_RT_PARAM_INVALID, "memcpy: source {:#x}+{} is not allocated memory".format(
+            src if isinstance(src, int) else 0, count))
+    if dst_place is None:
+        return C.fail(C.ACL_ERROR_RT_PARAM_INVALID, "memcpy: destination {:#x}+{} is not allocated memory".format(
+            dst if isinstance(dst, int) else 0, count))
+    if src_place[0] == "device" and dst_place[0] == "device":
+        dst_place[1][dst_place[2]:dst_place[2] + count] = src_place[1][src_place[2]:src_place[2] + count]
+    elif src_place[0] == "device":
+        view = (ctypes.c_char * count).from_buffer(src_place[1], src_place[2])
+        ctypes.memmove(dst_place[1], view, count)
+    elif dst_place[0] == "device":
+        view = (ctypes.c_char * count).from_buffer(dst_place[1], dst_place[2])
+        ctypes.memmove(view, src_place[1], count)
+    else:
+        ctypes.memmove(dst_place[1], src_place[1], count)
+    return C.ACL_SUCCESS
