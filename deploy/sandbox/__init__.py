@@ -196,59 +196,122 @@ def _free_port(preferred: int | None) -> int:
     raise SandboxError("no free loopback port")
 
 
+@dataclass(frozen=True)
+class _Login:
+    """Who sshd lets in on a sandbox board, and where that user's home is."""
+
+    user: str
+    home: str  # as the board sees it: inside the rootfs for an emulated board
+    home_on_host: Path  # the same directory, seen from this host
+    dedicated: bool  # run as root: a Unix user of its own (AllowUsers); else ours, with SetEnv HOME=
+
+
 def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> Sandbox:
+    """Start one board's sshd (on its previous port if free), wait until it answers, record it."""
     d = sandbox_dir(inv, board.name)
     d.mkdir(parents=True, exist_ok=True)
     key = client_key(inv)
+    hostkey = _host_key(d, board.name)
+    rootfs = _emulated_rootfs(board, log) if board.arch == "aarch64" else None
+    login = _prepare_login(inv, board.name, d, rootfs)
+    port = _free_port(previous.port if previous else None)
+    auth = _authorize(login, key, rootfs)
+    log_path = d / "sshd.log"
+    if rootfs is None:
+        text = _sshd_config(port, str(hostkey), str(d / "sshd.pid"), auth, login)
+        proc = _launch_native(d / "sshd_config", text, log_path, login.dedicated)
+    else:  # the emulated sshd reads everything from inside the rootfs
+        etc = f"/etc/atlas-deploy/{board.name}"
+        text = _sshd_config(port, f"{etc}/{hostkey.name}", f"/run/atlas-deploy-{board.name}.pid", auth, login)
+        proc = _launch_chrooted(rootfs, etc, hostkey, text, d / "sshd_config", log_path)
+    _wait_ready(proc, port, log_path, board.name, timeout=60 if rootfs else 10)
+    _record_host_key(known_hosts(inv), port, Path(str(hostkey) + ".pub"))
+    sb = Sandbox(
+        name=board.name,
+        host="127.0.0.1",
+        port=port,
+        user=login.user,
+        home=str(login.home_on_host),
+        pid=proc.pid,
+        arch=board.arch,
+        dir=str(d),
+        key=str(key),
+        known_hosts=str(known_hosts(inv)),
+        rootfs=str(rootfs) if rootfs else None,
+    )
+    _save(inv, sb)
+    return sb
+
+
+def _host_key(d: Path, name: str) -> Path:
+    """The board's own ed25519 host key in its state dir, created once (so reconnecting never warns)."""
     hostkey = d / "ssh_host_ed25519_key"
     if not hostkey.exists():
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sandbox {board.name}", "-f", str(hostkey)])
-    root = os.geteuid() == 0
-    rootfs = None
-    if board.arch == "aarch64":
-        if not root:
-            raise SandboxError(f"{board.name}: an emulated aarch64 board needs root (chroot + binfmt)")
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sandbox {name}", "-f", str(hostkey)])
+    return hostkey
+
+
+def _emulated_rootfs(board: Board, log) -> Path:
+    """The emulated board's rootfs, with binfmt registered; root only.
+
+    The first time on a machine this builds the rootfs with debootstrap (minutes); its lines feed `log`.
+    """
+    if os.geteuid() != 0:
+        raise SandboxError(f"{board.name}: an emulated aarch64 board needs root (chroot + binfmt)")
+    from . import emulation
+
+    try:
+        emulation.ensure_binfmt()
+        return emulation.ensure_rootfs(progress=(lambda line: log(f"{board.name}: {line}")) if log else None)
+    except emulation.EmulationError as exc:
+        raise SandboxError(f"{board.name}: {exc}") from None
+
+
+def _prepare_login(inv: Inventory, name: str, d: Path, rootfs: Path | None) -> _Login:
+    """The board's login user and a seeded home: inside the rootfs, a host user of its own, or ours."""
+    if os.geteuid() != 0:
+        home_on_host = d / "home"
+        _seed_home(home_on_host, None)
+        return _Login(pwd.getpwuid(os.getuid()).pw_name, str(home_on_host), home_on_host, dedicated=False)
+    user = _user_name(inv, name)
+    if rootfs is not None:
         from . import emulation
 
-        try:
-            emulation.ensure_binfmt()
-            # the first time on a machine: debootstrap under emulation, minutes; its lines feed `log`
-            rootfs = emulation.ensure_rootfs(progress=(lambda line: log(f"{board.name}: {line}")) if log else None)
-        except emulation.EmulationError as exc:
-            raise SandboxError(f"{board.name}: {exc}") from None
-    if root:
-        user = _user_name(inv, board.name)
-        if rootfs is not None:
-            home_inside = f"/home/{user}"
-            emulation.add_board_user(rootfs, user, home_inside)
-            home = home_inside
-            home_on_host = rootfs / home_inside.lstrip("/")
-        else:
-            home_on_host = d / "home" if _world_traversable(d) else Path("/var/lib/atlas-deploy") / user / "home"
-            home = str(home_on_host)
-            _ensure_user(user, home_on_host)
-    else:
-        user = pwd.getpwuid(os.getuid()).pw_name
-        home_on_host = d / "home"
-        home = str(home_on_host)
-        _seed_home(home_on_host, None)
-    port = _free_port(previous.port if previous else None)
-    # like a real board: the client key sits in the board user's ~/.ssh/authorized_keys
-    # (sshd reads it with the user's privileges, so it must be inside what the user can reach)
-    auth = home_on_host / ".ssh" / "authorized_keys"
+        home = f"/home/{user}"
+        emulation.add_board_user(rootfs, user, home)
+        return _Login(user, home, rootfs / home.lstrip("/"), dedicated=True)
+    home_on_host = d / "home" if _world_traversable(d) else Path("/var/lib/atlas-deploy") / user / "home"
+    _ensure_user(user, home_on_host)
+    return _Login(user, str(home_on_host), home_on_host, dedicated=True)
+
+
+def _authorize(login: _Login, key: Path, rootfs: Path | None) -> Path:
+    """Install the client key as the board user's ``~/.ssh/authorized_keys``, like on a real board.
+
+    sshd reads it with the user's privileges, so it must be inside what the user can reach and
+    owned by that user (as the rootfs's own passwd numbers them, for an emulated board).
+    """
+    auth = login.home_on_host / ".ssh" / "authorized_keys"
     auth.parent.mkdir(mode=0o700, exist_ok=True)
     auth.write_text(Path(str(key) + ".pub").read_text())
     os.chmod(auth, 0o600)
-    if rootfs is not None:  # uid/gid as the rootfs's own passwd has them
-        emulation.chroot_run(rootfs, ["chown", "-R", f"{user}:{user}", f"{home}/.ssh"])
-    elif root:
-        _run(["chown", "-R", f"{user}:{user}", str(auth.parent)])
-    cfg_lines = [
+    if rootfs is not None:
+        from . import emulation
+
+        emulation.chroot_run(rootfs, ["chown", "-R", f"{login.user}:{login.user}", f"{login.home}/.ssh"])
+    elif login.dedicated:
+        _run(["chown", "-R", f"{login.user}:{login.user}", str(auth.parent)])
+    return auth
+
+
+def _sshd_config(port: int, hostkey: str, pid_file: str, auth: Path, login: _Login) -> str:
+    """The board's sshd_config: loopback only, key authentication only; paths as sshd will see them."""
+    lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
         f"HostKey {hostkey}",
-        f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {auth if not root else '.ssh/authorized_keys'}",
+        f"PidFile {pid_file}",
+        f"AuthorizedKeysFile {auth if not login.dedicated else '.ssh/authorized_keys'}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -264,55 +327,42 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> 
         "MaxStartups 50:30:100",
         "MaxSessions 50",
     ]
-    if root:
-        cfg_lines.append(f"AllowUsers {user}")
+    if login.dedicated:
+        lines.append(f"AllowUsers {login.user}")
     else:
-        cfg_lines.append(f"SetEnv HOME={home}")
-    config = d / "sshd_config"
-    log_path = d / "sshd.log"
-    if rootfs is not None:
-        # the emulated sshd reads everything from inside the rootfs
-        from . import emulation
+        lines.append(f"SetEnv HOME={login.home}")
+    return "\n".join(lines) + "\n"
 
-        inside = Path(rootfs) / "etc" / "atlas-deploy" / board.name
-        inside.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(hostkey, inside / hostkey.name)
-        os.chmod(inside / hostkey.name, 0o600)
-        cfg_text = "\n".join(cfg_lines) + "\n"
-        cfg_text = cfg_text.replace(str(hostkey), f"/etc/atlas-deploy/{board.name}/{hostkey.name}")
-        cfg_text = cfg_text.replace(str(d / "sshd.pid"), f"/run/atlas-deploy-{board.name}.pid")
-        (inside / "sshd_config").write_text(cfg_text)
-        config.write_text(cfg_text)
-        proc = emulation.start_chroot_sshd(rootfs, f"/etc/atlas-deploy/{board.name}/sshd_config", log_path)
-    else:
-        config.write_text("\n".join(cfg_lines) + "\n")
-        if root:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege-separation dir
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [_sshd(), "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # outlives this command; `sandbox down` stops it by PID
-            )
-    _wait_ready(proc, port, log_path, board.name, timeout=60 if rootfs else 10)
-    _record_host_key(known_hosts(inv), port, Path(str(hostkey) + ".pub"))
-    sb = Sandbox(
-        name=board.name,
-        host="127.0.0.1",
-        port=port,
-        user=user,
-        home=home if rootfs is None else str(home_on_host),
-        pid=proc.pid,
-        arch=board.arch,
-        dir=str(d),
-        key=str(key),
-        known_hosts=str(known_hosts(inv)),
-        rootfs=str(rootfs) if rootfs else None,
-    )
-    _save(inv, sb)
-    return sb
+
+def _launch_native(config: Path, text: str, log_path: Path, as_root: bool) -> subprocess.Popen:
+    """The host's sshd in the foreground (-D) of a new session: the PID we get is the listener itself."""
+    config.write_text(text)
+    if as_root:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege-separation dir
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [_sshd(), "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # outlives this command; `sandbox down` stops it by PID
+        )
+
+
+def _launch_chrooted(rootfs: Path, etc: str, hostkey: Path, text: str, config: Path, log_path: Path):
+    """The rootfs's own aarch64 sshd; it reads its config and host key from ``etc`` inside the rootfs.
+
+    ``config`` (the copy in the board's state dir) is what ``Sandbox.running`` recognises sshd by.
+    """
+    from . import emulation
+
+    inside = Path(rootfs) / etc.lstrip("/")
+    inside.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(hostkey, inside / hostkey.name)
+    os.chmod(inside / hostkey.name, 0o600)
+    (inside / "sshd_config").write_text(text)
+    config.write_text(text)
+    return emulation.start_chroot_sshd(rootfs, f"{etc}/sshd_config", log_path)
 
 
 def _save(inv: Inventory, sb: Sandbox) -> None:
