@@ -13,9 +13,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = Path(os.environ.get("AGENT_TEST_DEMO", str(ROOT / "demo")))  # override to test against another build
-DEMO_MODEL = DEMO / "models" / "efficientnet_lite0.onnx"
+from deploy import testing
+
+ROOT = testing.REPO
+DEMO = Path(os.environ.get("AGENT_TEST_DEMO", str(testing.DEMO)))  # override to test against another build
+DEMO_MODEL = testing.demo_assets(DEMO).model
 LABELS = ["red", "green", "blue"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (20, 20, 230)}
 

@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CAT, ESPRESSO, ROCKET, Project, pid_alive, top1
+
+from deploy.testing import CAT, ESPRESSO, ROCKET, Project, top1
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,22 +25,15 @@ pytestmark = [
 ]
 
 
-class Arm(Project):
-    def configure(self, topk: int = 5, keep: int = 5) -> None:
-        super().configure(topk, keep)
-        text = self.inventory.read_text().replace(
-            "    sandbox: true\n    target: x86_64-cpu\n", "    sandbox: true\n    arch: aarch64\n    target: aarch64-cpu\n"
-        )
-        self.inventory.write_text(text)
+ARM_BOARD = {"sandbox": True, "arch": "aarch64", "target": "aarch64-cpu"}
 
 
 @pytest.fixture(scope="module")
 def arm(tmp_path_factory, demo):
-    proj = Arm(tmp_path_factory.mktemp("arm"), demo)
-    up = proj.deploy_json("sandbox", "up", timeout=1800)[0]
+    proj = Project(tmp_path_factory.mktemp("arm"), demo, boards={"board1": ARM_BOARD})
+    proj.up(timeout=1800)
     yield proj
-    proj.deploy("sandbox", "down", "--purge", check=False)
-    assert not pid_alive(up["pid"])
+    assert proj.down()
 
 
 def test_check_push_run_pull_on_emulated_aarch64(arm):

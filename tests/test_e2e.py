@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from conftest import CAT, ESPRESSO, ROCKET, top1
+from deploy.testing import CAT, ESPRESSO, ROCKET, Project, pid_alive, top1
 
 
 def test_push_run_pull_classifies_the_demo_photos(project):
@@ -144,8 +144,6 @@ def test_pull_never_follows_links_out_of_the_run(project):
 
 
 def test_sandbox_down_stops_exactly_its_sshd(tmp_path, demo):
-    from conftest import Project, pid_alive
-
     proj = Project(tmp_path, demo)
     up = proj.deploy_json("sandbox", "up")[0]
     pid = up["pid"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import CAT, pid_alive, top1
 from PIL import Image
+
+from deploy.testing import CAT, pid_alive, top1
 
 N = 240
 
@@ -47,10 +46,7 @@ def results_in(run_dir: Path) -> list[dict]:
 
 
 def start_run(project, run_id):
-    return subprocess.Popen(
-        [sys.executable, "-m", "deploy", "-i", str(project.inventory), "run", "board1", "--run-id", run_id, "-q", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
-    )
+    return project.start("run", "board1", "--run-id", run_id, "-q", "--json")
 
 
 def test_run_survives_the_host_side_going_away_and_can_be_attached(many):
