@@ -254,70 +254,18 @@ def export_torch(
     """
     started = time.monotonic()
     output = Path(output)
-    input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) != 4 or any(d < 1 for d in input_shape):
-        raise ModelError(f"input shape {_fmt_shape(input_shape)} is not N,C,H,W (e.g. 1,3,224,224)")
-    if weights is not None:
-        weights = Path(weights).expanduser()
-        if not weights.is_file():
-            raise ModelError(f"weights file not found: {weights}")
+    input_shape = _nchw(input_shape)
+    weights = _weights_file(weights)
     torch = _import_torch()
-    make = _load_factory(factory)
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if weights is not None and _accepts_weights_path(make):
-                model = make(weights_path=str(weights))
-            else:
-                model = make()
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"factory {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise ModelError(f"factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None and not _accepts_weights_path(make):
-        _load_state_dict(torch, model, weights)
-    model.eval()
-
-    dummy = torch.zeros(input_shape, dtype=torch.float32)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            probe = model(dummy)
-    except Exception as exc:
-        raise ModelError(f"model rejects input shape {_fmt_shape(input_shape)}: {_one_line(exc)}") from None
-    if not isinstance(probe, torch.Tensor) or probe.dim() != 2 or probe.shape[0] != input_shape[0]:
-        got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-        raise ModelError(f"model output is {got}; the agent needs one (batch, classes) tensor")
-
+    model = _build_model(torch, factory, weights)
+    dummy = _probe(torch, model, input_shape)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"cannot create {output.parent}: {exc.strerror or exc}") from None
     tmp = _tmp_for(output)
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
-        try:
-            # The TorchScript exporter: it needs no onnxscript, and its graphs are the ones atc knows.
-            with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (dummy,),
-                    str(tmp),
-                    dynamo=False,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    opset_version=opset,
-                    dynamic_axes=axes,
-                    do_constant_folding=True,
-                )
-        except Exception as exc:
-            raise ModelError(
-                f"ONNX export of {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}"
-            ) from None
+        _onnx_export(torch, model, dummy, tmp, factory, opset, dynamic_batch)
         folded = _fold(tmp) if fold else False
         diff = _check_onnx(torch, model, tmp, input_shape, dynamic_batch) if check else None
         if diff is not None and diff > TOLERANCE:
@@ -336,6 +284,94 @@ def export_torch(
         seconds=time.monotonic() - started,
         folded=folded,
     )
+
+
+def _nchw(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The export's input shape as ints; ModelError unless it is 4-D (N,C,H,W) and all positive."""
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 4 or any(d < 1 for d in input_shape):
+        raise ModelError(f"input shape {_fmt_shape(input_shape)} is not N,C,H,W (e.g. 1,3,224,224)")
+    return input_shape
+
+
+def _weights_file(weights: Path | None) -> Path | None:
+    """``weights`` with ``~`` expanded, checked to exist before torch is even imported."""
+    if weights is None:
+        return None
+    weights = Path(weights).expanduser()
+    if not weights.is_file():
+        raise ModelError(f"weights file not found: {weights}")
+    return weights
+
+
+def _build_model(torch, factory: str, weights: Path | None):
+    """The factory's ``torch.nn.Module`` with ``weights`` applied, in eval mode.
+
+    The weights go in as ``weights_path=`` when the factory takes that keyword (it knows its own
+    checkpoint format), else they are loaded into the module as a state dict.
+    """
+    make = _load_factory(factory)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if weights is not None and _accepts_weights_path(make):
+                model = make(weights_path=str(weights))
+            else:
+                model = make()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"factory {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None and not _accepts_weights_path(make):
+        _load_state_dict(torch, model, weights)
+    model.eval()
+    return model
+
+
+def _probe(torch, model, input_shape: tuple[int, ...]):
+    """Run the model once on zeros of ``input_shape``; it must give one (batch, classes) tensor.
+
+    Returns the zeros, which the exporter traces with.
+    """
+    dummy = torch.zeros(input_shape, dtype=torch.float32)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = model(dummy)
+    except Exception as exc:
+        raise ModelError(f"model rejects input shape {_fmt_shape(input_shape)}: {_one_line(exc)}") from None
+    if not isinstance(probe, torch.Tensor) or probe.dim() != 2 or probe.shape[0] != input_shape[0]:
+        got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ModelError(f"model output is {got}; the agent needs one (batch, classes) tensor")
+    return dummy
+
+
+def _onnx_export(torch, model, dummy, path: Path, factory: str, opset: int, dynamic_batch: bool) -> None:
+    """Trace ``model`` on ``dummy`` into ``path`` with the agent's tensor names (``input`` -> ``logits``).
+
+    The TorchScript exporter: it needs no onnxscript, and its graphs are the ones atc knows.
+    """
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    except Exception as exc:
+        raise ModelError(
+            f"ONNX export of {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}"
+        ) from None
 
 
 def _fold(path: Path) -> bool:
