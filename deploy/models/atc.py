@@ -138,17 +138,29 @@ def aipp_config(
     the resize-256/crop-224 recipe), else model_size (no crop).
     crop: (x, y) load_start_pos of the crop; default centred.
     """
-    if isinstance(preset, str):
-        try:
-            spec = AIPP_PRESETS[preset]
-        except KeyError:
-            known = ", ".join(sorted(AIPP_PRESETS))
-            raise ModelSpecError(f"unknown AIPP preset {preset!r} (known: {known}, or mean/std)") from None
-    else:
-        spec = _from_mean_std(preset.get("mean", ()), preset.get("std", ()), bgr=bool(preset.get("bgr")))  # type: ignore[arg-type]
-    model_w, model_h = model_size
+    spec = _aipp_preset(preset)
     if src_size is None:
         src_size = spec.center_crop_from if spec.center_crop_from else model_size
+    crop = _aipp_crop(model_size, src_size, crop)
+    return _aipp_text(spec, model_size, src_size, crop)
+
+
+def _aipp_preset(preset: str | Mapping[str, object]) -> AippPreset:
+    """A preset by name, or one made from a torchvision-style {"mean", "std", "bgr"} mapping."""
+    if not isinstance(preset, str):
+        return _from_mean_std(preset.get("mean", ()), preset.get("std", ()), bgr=bool(preset.get("bgr")))  # type: ignore[arg-type]
+    try:
+        return AIPP_PRESETS[preset]
+    except KeyError:
+        known = ", ".join(sorted(AIPP_PRESETS))
+        raise ModelSpecError(f"unknown AIPP preset {preset!r} (known: {known}, or mean/std)") from None
+
+
+def _aipp_crop(
+    model_size: tuple[int, int], src_size: tuple[int, int], crop: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The crop's (x, y) in the source image (default: centred); the model-sized crop must fit in it."""
+    model_w, model_h = model_size
     src_w, src_h = src_size
     if src_w < model_w or src_h < model_h:
         raise ModelSpecError(
@@ -161,7 +173,14 @@ def aipp_config(
         raise ModelSpecError(
             f"AIPP crop at ({x},{y}) of {model_w}x{model_h} leaves the {src_w}x{src_h} source"
         )
+    return crop
 
+
+def _aipp_text(
+    spec: AippPreset, model_size: tuple[int, int], src_size: tuple[int, int], crop: tuple[int, int]
+) -> str:
+    """The ``aipp_op { ... }`` block: RGB888_U8 input of ``src_size``, cropped, then normalised."""
+    (model_w, model_h), (src_w, src_h), (x, y) = model_size, src_size, crop
     lines = [
         "aipp_op {",
         "    aipp_mode : static",
@@ -359,85 +378,110 @@ def plan_conversion(
     `output_type`/`log` of None omit the flag. `aipp` is a preset name or mean/std mapping (see
     `aipp_config`); it applies to the model's first input.
     """
-    model_str = os.fspath(model)
+    framework, model_str, weight_str = _model_files(model, weight)
     model_path = Path(model_str)
-    framework = _framework(model_path)
-    if not model_path.is_file():
-        raise ModelSpecError(f"model file {model_str} not found")
-    if framework == FRAMEWORK_CAFFE:
-        model_str, weight_str = _caffe_pair(model_str, weight)
-        model_path = Path(model_str)
-    elif weight is not None:
-        raise ModelSpecError(f"--weight only applies to Caffe models, not {model_path.suffix}")
-    else:
-        weight_str = None
-
     soc = soc_version or soc_version_for(target)
-
-    if input_format is None:
-        input_format = _DEFAULT_INPUT_FORMAT[framework]
-    elif input_format.upper() not in _INPUT_FORMATS:
-        raise ModelSpecError(f"unknown input format {input_format!r} (known: {', '.join(_INPUT_FORMATS)})")
-    else:
-        input_format = input_format.upper()
-
-    if input_shape is not None:
-        shapes: dict[str, tuple[int, ...]] | None = parse_input_shape(input_shape)
-    elif framework == FRAMEWORK_ONNX:
-        shapes = onnx_input_shapes(model_path, batch=batch)
-    else:
-        shapes = None  # Caffe / TF / MindSpore graphs carry their own input shapes
-
+    input_format = _input_format(input_format, framework)
+    shapes = _input_shapes(input_shape, framework, model_path, batch)
     fp16 = _split_nodes(fp16_inputs)
-    outs = _split_nodes(out_nodes)
-    for node in outs:
-        if not re.fullmatch(r"[^:;]+:\d+", node):
-            raise ModelSpecError(f"bad output node {node!r}: expected name:index (e.g. prob:0)")
-
-    aipp_text = None
-    if aipp is not None:
-        aipp_input = next(iter(shapes)) if shapes else None
-        if fp16 and (aipp_input is None or aipp_input in fp16):
-            which = (
-                f"input {aipp_input!r}"
-                if aipp_input
-                else "the first input (name unknown without an input shape)"
-            )
-            raise ModelSpecError(
-                f"AIPP and --input_fp16_nodes cannot be combined on the same node ({which}): "
-                "AIPP makes that input UINT8; drop one of them"
-            )
-        size = _hw(shapes[aipp_input], input_format) if shapes and aipp_input else None
-        aipp_text = aipp_config(aipp, model_size=size or (224, 224), src_size=aipp_src_size)
-
+    outs = _output_nodes(out_nodes)
+    aipp_text = None if aipp is None else _plan_aipp(aipp, shapes, fp16, input_format, aipp_src_size)
     if output_type is not None:
         _check_output_type(output_type, outs)
     if log is not None and log not in _LOG_LEVELS:
         raise ModelSpecError(f"unknown atc log level {log!r} (known: {', '.join(_LOG_LEVELS)})")
 
     output_base = _strip_om(os.fspath(output)) if output is not None else str(model_path.with_suffix(""))
-
-    argv = ["atc", f"--model={model_str}"]
-    if weight_str is not None:
-        argv.append(f"--weight={weight_str}")
-    argv += [f"--framework={framework}", f"--output={output_base}", f"--soc_version={soc}"]
-    if input_format is not None:
-        argv.append(f"--input_format={input_format}")
-    if shapes is not None:
-        argv.append(f"--input_shape={_format_shape(shapes)}")
-    if fp16:
-        argv.append(f"--input_fp16_nodes={';'.join(fp16)}")
-    aipp_path = None
-    if aipp_text is not None:
-        aipp_path = Path(output_base + "_aipp.cfg")
-        argv.append(f"--insert_op_conf={aipp_path}")
-    if output_type is not None:
-        argv.append(f"--output_type={output_type}")
-    if outs:
-        argv.append(f"--out_nodes={';'.join(outs)}")
-    if log is not None:
-        argv.append(f"--log={log}")
+    aipp_path = Path(output_base + "_aipp.cfg") if aipp_text is not None else None
+    argv = ["atc"] + _flags(
+        ("model", model_str),
+        ("weight", weight_str),
+        ("framework", framework),
+        ("output", output_base),
+        ("soc_version", soc),
+        ("input_format", input_format),
+        ("input_shape", _format_shape(shapes) if shapes is not None else None),
+        ("input_fp16_nodes", ";".join(fp16) or None),
+        ("insert_op_conf", aipp_path),
+        ("output_type", output_type),
+        ("out_nodes", ";".join(outs) or None),
+        ("log", log),
+    )
     return AtcPlan(argv=argv, output=Path(output_base + ".om"), aipp_config=aipp_text, aipp_path=aipp_path)
+
+
+def _flags(*pairs: tuple[str, object]) -> list[str]:
+    """``--name=value`` (the spelling every documented example uses) for each value that is not None."""
+    return [f"--{name}={value}" for name, value in pairs if value is not None]
+
+
+def _model_files(model: str | os.PathLike, weight: str | os.PathLike | None) -> tuple[int, str, str | None]:
+    """The ATC framework code, then the model and (Caffe only) weight paths as atc is to get them."""
+    model_str = os.fspath(model)
+    model_path = Path(model_str)
+    framework = _framework(model_path)
+    if not model_path.is_file():
+        raise ModelSpecError(f"model file {model_str} not found")
+    if framework == FRAMEWORK_CAFFE:
+        return (framework, *_caffe_pair(model_str, weight))
+    if weight is not None:
+        raise ModelSpecError(f"--weight only applies to Caffe models, not {model_path.suffix}")
+    return framework, model_str, None
+
+
+def _input_format(input_format: str | None, framework: int) -> str | None:
+    """The layout flag: the framework's ATC default when not given (None for MindSpore: omitted)."""
+    if input_format is None:
+        return _DEFAULT_INPUT_FORMAT[framework]
+    if input_format.upper() not in _INPUT_FORMATS:
+        raise ModelSpecError(f"unknown input format {input_format!r} (known: {', '.join(_INPUT_FORMATS)})")
+    return input_format.upper()
+
+
+def _input_shapes(
+    input_shape: str | Mapping[str, Sequence[int]] | None, framework: int, model: Path, batch: int
+) -> dict[str, tuple[int, ...]] | None:
+    """The given shapes, else an ONNX model's own; None when the graph carries them (Caffe, TF, MindSpore)."""
+    if input_shape is not None:
+        return parse_input_shape(input_shape)
+    if framework == FRAMEWORK_ONNX:
+        return onnx_input_shapes(model, batch=batch)
+    return None
+
+
+def _output_nodes(out_nodes: str | Iterable[str]) -> list[str]:
+    """``--out_nodes`` entries, each checked to be ``name:index``."""
+    outs = _split_nodes(out_nodes)
+    for node in outs:
+        if not re.fullmatch(r"[^:;]+:\d+", node):
+            raise ModelSpecError(f"bad output node {node!r}: expected name:index (e.g. prob:0)")
+    return outs
+
+
+def _plan_aipp(
+    aipp: str | Mapping[str, object],
+    shapes: Mapping[str, Sequence[int]] | None,
+    fp16: Sequence[str],
+    input_format: str | None,
+    src_size: tuple[int, int] | None,
+) -> str:
+    """The AIPP config for the model's first input, sized to it (224x224 when its shape is unknown).
+
+    AIPP makes that input UINT8, so it cannot also be an FP16 input.
+    """
+    aipp_input = next(iter(shapes)) if shapes else None
+    if fp16 and (aipp_input is None or aipp_input in fp16):
+        which = (
+            f"input {aipp_input!r}"
+            if aipp_input
+            else "the first input (name unknown without an input shape)"
+        )
+        raise ModelSpecError(
+            f"AIPP and --input_fp16_nodes cannot be combined on the same node ({which}): "
+            "AIPP makes that input UINT8; drop one of them"
+        )
+    size = _hw(shapes[aipp_input], input_format) if shapes and aipp_input else None
+    return aipp_config(aipp, model_size=size or (224, 224), src_size=src_size)
 
 
 def _check_output_type(output_type: str, out_nodes: Sequence[str]) -> None:
