@@ -21,7 +21,7 @@ import json
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bundle as bundle_mod
@@ -86,7 +86,7 @@ def board_python(inv: Inventory, board: Board, conn: Connection, target: Target)
 def remember_facts(inv: Inventory, board: Board, facts: protocol.Facts) -> str:
     cache = inv.state_dir / "facts" / f"{board.name}.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({**asdict(facts), "python_mm": facts.python_mm}, indent=1))
+    cache.write_text(json.dumps({**facts.to_json(), "python_mm": facts.python_mm}, indent=1))
     return facts.python_mm
 
 

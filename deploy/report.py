@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from .ui import escape
+from .ui import table as Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _size(n: int | float) -> str:

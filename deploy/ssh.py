@@ -24,13 +24,42 @@ import base64
 import hashlib
 import shlex
 import socket
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
 from .errors import ConnectError, HostKeyError, SandboxError
 from .remote import env_prefix
+
+
+class _LazyInvoke:
+    """Stands in for ``invoke`` inside paramiko.config until ssh_config's ``Match exec`` really needs it."""
+
+    def __getattr__(self, name):
+        import invoke
+
+        return getattr(invoke, name)
+
+
+def _import_paramiko():
+    """paramiko.config imports ``invoke`` (only used for ssh_config ``Match exec``) at import time: ~40 ms
+    of every command. Import paramiko with invoke hidden, then hand paramiko.config a lazy stand-in."""
+    hidden = "invoke" not in sys.modules
+    if hidden:
+        sys.modules["invoke"] = None  # makes `import invoke` fail fast inside paramiko.config
+    try:
+        import paramiko
+        import paramiko.config
+    finally:
+        if hidden and sys.modules.get("invoke", 0) is None:
+            del sys.modules["invoke"]
+    if paramiko.config.invoke is None:
+        paramiko.config.invoke = _LazyInvoke()
+    return paramiko
+
+
+paramiko = _import_paramiko()
 
 CONNECT_TIMEOUT = 10.0
 WINDOW = 16 * 1024 * 1024
@@ -101,6 +130,29 @@ class Connection:
         self.accept_new = accept_new
         self.timeout = timeout
         self.client: paramiko.SSHClient | None = None
+        self._opening: threading.Thread | None = None
+        self._open_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Open in the background (TCP, key exchange, host-key check, auth) while the caller plans;
+        the first ``channel()`` waits for it and raises whatever opening raised."""
+
+        def opener():
+            try:
+                self.open()
+            except BaseException as exc:  # handed to the caller's thread in _wait_open
+                self._open_error = exc
+
+        self._opening = threading.Thread(target=opener, name=f"ssh-open-{self.endpoint.name}", daemon=True)
+        self._opening.start()
+
+    def _wait_open(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+        if self._open_error is not None:
+            exc, self._open_error = self._open_error, None
+            raise exc
 
     def __enter__(self) -> Connection:
         self.open()
@@ -167,11 +219,16 @@ class Connection:
         self.client = client
 
     def close(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
         if self.client is not None:
             self.client.close()
             self.client = None
 
     def channel(self, command: str) -> paramiko.Channel:
+        """A session channel running ``command`` (opening the connection first if needed)."""
+        self._wait_open()
         if self.client is None:
             self.open()
         chan = self.client.get_transport().open_session(window_size=WINDOW)

@@ -4,36 +4,49 @@
 # stdin starts with "cached\n" or "code <length>\n" + the zip archive, then the op's request line.
 # The first line it writes is {"boot": "ok"} or, when the host said "cached" and the archive is
 # not here, {"boot": "need-code"} (the host then calls again with the archive).
-import hashlib
-import io
 import os
-import shutil
 import sys
-import zipfile
+
+
+def _install(data, digest, dest):
+    """Unpack the archive into ``dest`` (atomically); False if it does not hash to ``digest``."""
+    import hashlib
+    import io
+    import shutil
+    import zipfile
+
+    if hashlib.sha256(data).hexdigest() != digest:
+        return False
+    if os.path.isdir(dest):
+        return True
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if name.startswith("/") or ".." in name.split("/"):
+                return False
+        zf.extractall(tmp)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another op installed it first
+    return True
 
 
 def _boot():
     digest, op = sys.argv[1], sys.argv[2]
     inp, out = sys.stdin.buffer, sys.stdout.buffer
-    root = os.path.join(os.path.expanduser("~"), ".cache", "atlas-deploy", "board")
-    dest = os.path.join(root, digest)
+    if sys.version_info < (3, 7):  # noqa: UP036  (a 3.6 python3 must get this line, not a SyntaxError)
+        msg = "{} is Python {}.{}; the board code needs >= 3.7 (set the board's python: in the inventory)"
+        out.write(('{"error": "%s"}\n' % msg.format(sys.executable, *sys.version_info[:2])).encode())  # noqa: UP031
+        return 1
+    home = os.path.expanduser("~")
+    dest = os.path.join(home, ".cache", "atlas-deploy", "board", digest)
     head = inp.readline().split()
     if head[:1] == [b"code"]:
-        data = inp.read(int(head[1]))
-        if hashlib.sha256(data).hexdigest() != digest:
+        if not _install(inp.read(int(head[1])), digest, dest):
             out.write(b'{"error": "board code archive arrived corrupted"}\n')
             return 1
-        if not os.path.isdir(dest):
-            tmp = f"{dest}.tmp-{os.getpid()}"
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                for name in zf.namelist():
-                    if name.startswith("/") or ".." in name.split("/"):
-                        raise SystemExit("unsafe name in board code archive")
-                zf.extractall(tmp)
-            try:
-                os.rename(tmp, dest)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)  # another op installed it first
     elif not os.path.isdir(dest):
         out.write(b'{"boot": "need-code"}\n')
         out.flush()
@@ -43,5 +56,8 @@ def _boot():
     sys.path.insert(0, dest)
     from deploy_board.main import run
     from deploy_board.wire import Wire
-    return run(op, Wire(inp, out, os.path.expanduser("~")))
+
+    return run(op, Wire(inp, out, home))
+
+
 sys.exit(_boot())

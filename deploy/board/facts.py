@@ -1,9 +1,6 @@
 """What the board is: architecture, Python, free disk, and optional probes. Python 3.7 + stdlib only."""
 
 import os
-import platform
-import shutil
-import subprocess
 import sys
 
 from . import protocol
@@ -18,7 +15,7 @@ def gather(home):
         if line.startswith("PRETTY_NAME="):
             os_name = line.split("=", 1)[1].strip().strip('"')
     return protocol.Facts(
-        arch=platform.machine(),
+        arch=os.uname().machine,
         python="{}.{}.{}".format(*sys.version_info[:3]),
         python_exe=sys.executable,
         home=home,
@@ -29,6 +26,8 @@ def gather(home):
 
 
 def _run(argv, merge=False):
+    import subprocess
+
     return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE,
                           text=True)
 
@@ -41,6 +40,8 @@ def probe_acl():
 
 def probe_npu_smi():
     """``npu-smi info``, or None when the board has no npu-smi (the original 200 DK often lacks it)."""
+    import shutil
+
     exe = shutil.which("npu-smi")
     if not exe:
         return None
@@ -55,6 +56,5 @@ def op_facts(wire, req):
     if "npu-smi" in req.probe:
         out.npu_smi = probe_npu_smi()
     for mod in req.modules:
-        r = subprocess.run([sys.executable, "-c", "import " + mod], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        out.modules[mod] = r.returncode == 0
+        out.modules[mod] = _run([sys.executable, "-c", "import " + mod]).returncode == 0
     wire.reply(out)

@@ -4,25 +4,25 @@ Python 3.7 + stdlib only. ``run(op, wire)`` is what the bootstrap calls on the b
 tests call on a temporary directory.
 """
 
-import tarfile
+import importlib
+import sys
 
 from . import protocol
-from .facts import op_facts
-from .releases import op_push, op_releases, op_rollback, op_verify
-from .runs import op_attach, op_pull, op_run, op_status, op_stop
 from .wire import Fail
 
+#: op -> module of this package that implements it as ``op_<name>``; imported on use, since every
+#: operation is a fresh interpreter on the board and most need only a fraction of the code
 HANDLERS = {
-    "facts": op_facts,
-    "push": op_push,
-    "releases": op_releases,
-    "rollback": op_rollback,
-    "verify": op_verify,
-    "run": op_run,
-    "attach": op_attach,
-    "stop": op_stop,
-    "pull": op_pull,
-    "status": op_status,
+    "facts": "facts",
+    "push": "push",
+    "releases": "releases",
+    "rollback": "releases",
+    "verify": "releases",
+    "run": "runs",
+    "attach": "runs",
+    "stop": "runs",
+    "pull": "outputs",
+    "status": "outputs",
 }
 
 
@@ -32,14 +32,23 @@ def run(op, wire):
         wire.reply({"error": f"unknown operation {op!r}"})
         return 2
     try:
-        HANDLERS[op](wire, wire.read(protocol.OPERATIONS[op][0]))
+        handler = getattr(importlib.import_module("." + HANDLERS[op], __package__), "op_" + op)
+        handler(wire, wire.read(protocol.OPERATIONS[op][0]))
     except Fail as exc:
         wire.reply({"error": str(exc)})
         return 1
-    except (tarfile.TarError, EOFError) as exc:
-        wire.reply({"error": f"transfer interrupted: {exc}"})
-        return 1
-    except OSError as exc:
-        wire.reply({"error": f"{type(exc).__name__}: {exc}"})
+    except Exception as exc:
+        if _interrupted(exc):
+            wire.reply({"error": f"transfer interrupted: {exc}"})
+        elif isinstance(exc, OSError):
+            wire.reply({"error": f"{type(exc).__name__}: {exc}"})
+        else:
+            raise
         return 1
     return 0
+
+
+def _interrupted(exc):
+    """A stream that ended early: EOF, or a tar error (tarfile is only loaded by the ops that stream)."""
+    tarfile = sys.modules.get("tarfile")
+    return isinstance(exc, EOFError) or (tarfile is not None and isinstance(exc, tarfile.TarError))

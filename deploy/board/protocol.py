@@ -4,7 +4,7 @@ Shared by both ends: the host imports it as ``deploy.board.protocol``, the board
 the code archive (see ``boot.py``). Python 3.7 + stdlib only.
 
 On the wire every message is one JSON object per line, its fields in declaration order
-(``dataclasses.asdict``); bulk bytes (tar streams) follow a message on the same channel
+(``Message.to_json``); bulk bytes (tar streams) follow a message on the same channel
 where an operation says so. A failure on the board is the line ``{"error": "..."}``
 instead of the expected reply, and ends the operation. The first line of every operation
 is the boot line (``{"boot": "ok"}``), written by the bootstrap before the operation runs.
@@ -15,35 +15,75 @@ messages are rebuilt from the class's ``NESTED`` map, so no dict of dicts crosse
 boundary on the host.
 """
 
-from dataclasses import asdict, dataclass, field, fields
+from __future__ import annotations
 
 VERSION = 1
 
 
 class Message:
-    """Base of every request and reply; ``NESTED`` maps a field to its message class ([cls] for lists)."""
+    """Base of every request and reply: the class's annotated attributes are its fields, in order.
 
-    NESTED = {}  # type: Dict[str, object]
+    A field's class attribute is its default (a list or dict default is copied per instance).
+    ``NESTED`` maps a field to its message class ([cls] for a list of them). Deliberately not
+    ``dataclasses``: on a board every operation starts a fresh interpreter, and importing
+    dataclasses (it pulls in ``inspect``) plus generating ~30 classes costs more than the op.
+    """
+
+    NESTED = {}
+    FIELDS = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        names = []
+        for klass in reversed(cls.__mro__):
+            for name in klass.__dict__.get("__annotations__", {}):
+                if name not in names and name not in ("NESTED", "FIELDS"):
+                    names.append(name)
+        cls.FIELDS = tuple(names)
+
+    def __init__(self, **kwargs):
+        for name in self.FIELDS:
+            if name in kwargs:
+                value = kwargs.pop(name)
+            else:
+                value = getattr(type(self), name)
+                if isinstance(value, (list, dict)):
+                    value = type(value)(value)
+            setattr(self, name, value)
+        if kwargs:
+            raise TypeError("{}: unknown field(s) {}".format(type(self).__name__, ", ".join(sorted(kwargs))))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_json() == other.to_json()
+
+    def __repr__(self):
+        return "{}({})".format(type(self).__name__, ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS))
 
     def to_json(self):
-        return asdict(self)
+        """The message as plain JSON values (nested messages included), fields in declaration order."""
+        return {name: _plain(getattr(self, name)) for name in self.FIELDS}
+
+
+def _plain(value):
+    if isinstance(value, Message):
+        return value.to_json()
+    if isinstance(value, list) and value and isinstance(value[0], Message):
+        return [v.to_json() for v in value]
+    return value
 
 
 def decode(cls, obj):
     """``obj`` (a parsed JSON object) as an instance of message class ``cls``."""
     if not isinstance(obj, dict):
         raise ValueError(f"{cls.__name__} must be a JSON object, not {type(obj).__name__}")
-    names = {f.name for f in fields(cls)}
     kwargs = {}
-    for key, value in obj.items():
-        if key not in names:
+    for key in cls.FIELDS:
+        if key not in obj:
             continue
+        value = obj[key]
         sub = cls.NESTED.get(key)
         if sub is not None and value is not None:
-            if isinstance(sub, list):
-                value = [decode(sub[0], v) for v in value]
-            else:
-                value = decode(sub, value)
+            value = [decode(sub[0], v) for v in value] if isinstance(sub, list) else decode(sub, value)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -51,15 +91,13 @@ def decode(cls, obj):
 # ---------------------------------------------------------------- facts
 
 
-@dataclass
 class ImportProbe(Message):
     """``import acl`` with env.sh sourced: whether it worked and the last line it printed."""
 
     ok: bool = False
-    detail: list[str] = field(default_factory=list)
+    detail: list[str] = []
 
 
-@dataclass
 class CommandProbe(Message):
     """A board tool such as ``npu-smi info``: whether it succeeded and the tail of its output."""
 
@@ -67,7 +105,6 @@ class CommandProbe(Message):
     output: str = ""
 
 
-@dataclass
 class Facts(Message):
     arch: str = ""
     python: str = ""
@@ -78,7 +115,7 @@ class Facts(Message):
     user: str = ""
     acl: ImportProbe | None = None
     npu_smi: CommandProbe | None = None
-    modules: dict[str, bool] = field(default_factory=dict)
+    modules: dict[str, bool] = {}
     NESTED = {"acl": ImportProbe, "npu_smi": CommandProbe}
 
     @property
@@ -86,48 +123,43 @@ class Facts(Message):
         return ".".join(self.python.split(".")[:2])
 
 
-@dataclass
 class FactsRequest(Message):
-    probe: list[str] = field(default_factory=list)
-    modules: list[str] = field(default_factory=list)
+    probe: list[str] = []
+    modules: list[str] = []
 
 
 # ---------------------------------------------------------------- releases
 
 
-@dataclass
 class ReleaseInfo(Message):
     id: str = ""
     current: bool = False
     created: float | None = None
 
 
-@dataclass
 class PushRequest(Message):
     """Phase 1 of a push: the release's manifest rows are [path, size, sha256, mode]."""
 
     app: str = ""
     release: str = ""
-    manifest: list[list] = field(default_factory=list)
+    manifest: list[list] = []
     keep: int = 5
 
 
-@dataclass
 class PushState(Message):
     """The board's answer to a PushRequest: what it has, what it lacks, its env.sh and ~/.bashrc."""
 
-    facts: Facts = field(default_factory=Facts)
+    facts: Facts = None
     current: str | None = None
-    releases: list[str] = field(default_factory=list)
+    releases: list[str] = []
     exists: bool = False
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = []
     env_sh: str | None = None
     bashrc: str | None = None
-    debris: list[str] = field(default_factory=list)
+    debris: list[str] = []
     NESTED = {"facts": Facts}
 
 
-@dataclass
 class PushCommit(Message):
     """Phase 2: "commit" (then the object stream, if anything is missing) or "abort"."""
 
@@ -136,7 +168,6 @@ class PushCommit(Message):
     bashrc: str | None = None
 
 
-@dataclass
 class PushDone(Message):
     ok: bool = True
     release: str = ""
@@ -145,56 +176,49 @@ class PushDone(Message):
     received_objects: int = 0
     received_bytes: int = 0
     linked: int = 0
-    pruned: list[str] = field(default_factory=list)
+    pruned: list[str] = []
     bashrc_changed: bool = False
-    debris_removed: list[str] = field(default_factory=list)
+    debris_removed: list[str] = []
     aborted: bool = False
 
 
-@dataclass
 class AppRequest(Message):
     """Operations that need only the app's name (``releases``)."""
 
     app: str = ""
 
 
-@dataclass
 class ReleasesReply(Message):
     current: str | None = None
-    releases: list[ReleaseInfo] = field(default_factory=list)
+    releases: list[ReleaseInfo] = []
     NESTED = {"releases": [ReleaseInfo]}
 
 
-@dataclass
 class RollbackRequest(Message):
     app: str = ""
     to: str | None = None
 
 
-@dataclass
 class RollbackReply(Message):
     ok: bool = True
     previous: str | None = None
     current: str | None = None
 
 
-@dataclass
 class VerifyRequest(Message):
     app: str = ""
     release: str | None = None
 
 
-@dataclass
 class VerifyReply(Message):
     release: str = ""
     files: int = 0
-    bad: list[str] = field(default_factory=list)
+    bad: list[str] = []
 
 
 # ---------------------------------------------------------------- runs
 
 
-@dataclass
 class RunRequest(Message):
     """Start (or resume) a run; with ``upload`` a tar stream of images follows this line."""
 
@@ -202,12 +226,11 @@ class RunRequest(Message):
     run_id: str = ""
     resume: bool = False
     mode: str = "run"
-    overrides: dict[str, object] = field(default_factory=dict)
+    overrides: dict[str, object] = {}
     upload: bool = False
     follow: bool = True
 
 
-@dataclass
 class RunStarted(Message):
     helper: str = "started"
     run_id: str = ""
@@ -215,14 +238,12 @@ class RunStarted(Message):
     release: str = ""
 
 
-@dataclass
 class AttachRequest(Message):
     app: str = ""
     run_id: str = ""
     offset: int = 0
 
 
-@dataclass
 class Attached(Message):
     helper: str = "attached"
     run_id: str = ""
@@ -230,7 +251,6 @@ class Attached(Message):
     running: bool = False
 
 
-@dataclass
 class FollowEnd(Message):
     """The last line of a followed run: after it the channel closes."""
 
@@ -240,27 +260,23 @@ class FollowEnd(Message):
     offset: int = 0
 
 
-@dataclass
 class StopRequest(Message):
     app: str = ""
     run_id: str = ""
 
 
-@dataclass
 class StopReply(Message):
     ok: bool = True
     stopped: bool = False
     pid: int | None = None
 
 
-@dataclass
 class PullRequest(Message):
     app: str = ""
     run_id: str | None = None
-    exclude: list[str] = field(default_factory=list)
+    exclude: list[str] = []
 
 
-@dataclass
 class PullHead(Message):
     """Precedes the tar stream of the run directory."""
 
@@ -269,7 +285,6 @@ class PullHead(Message):
     bytes: int = 0
 
 
-@dataclass
 class RunInfo(Message):
     id: str = ""
     status: str | None = None
@@ -277,23 +292,21 @@ class RunInfo(Message):
     mtime: float = 0.0
 
 
-@dataclass
 class StatusRequest(Message):
     app: str = ""
     runs: int = 5
     marker_begin: str = ""
 
 
-@dataclass
 class StatusReply(Message):
-    facts: Facts = field(default_factory=Facts)
+    facts: Facts = None
     app_dir: str = ""
     current: str | None = None
     current_ok: bool = False
-    releases: list[ReleaseInfo] = field(default_factory=list)
+    releases: list[ReleaseInfo] = []
     env_sh: bool = False
     bashrc_blocks: int = 0
-    runs: list[RunInfo] = field(default_factory=list)
+    runs: list[RunInfo] = []
     NESTED = {"facts": Facts, "releases": [ReleaseInfo], "runs": [RunInfo]}
 
 

@@ -1,4 +1,4 @@
-"""Releases on the board: receive a push, switch ``current``, roll back, prune, verify.
+"""Releases on the board: list them, switch ``current``, roll back, verify.
 
 Python 3.7 + stdlib only. Every step leaves the board consistent if the connection drops
 at any instant: a release is assembled in a staging directory, renamed into place, and
@@ -7,19 +7,15 @@ pushes, so a staging directory found while holding the lock is debris of an inte
 push and is removed.
 """
 
-import hashlib
 import json
 import os
-import shutil
 import stat
-import tarfile
 import time
 
 from . import protocol
-from .facts import gather
-from .files import Lock, pid_alive, read_text, sha_file, sha_text, write_atomic
-from .layout import current_release, list_runs, read_pid, releases_dir, runs_dir, switch_log
-from .wire import SHA_RE, Fail, check_id, safe_rel
+from .files import Lock, sha_file
+from .layout import current_release, releases_dir, switch_log
+from .wire import Fail, check_id
 
 
 def history(base):
@@ -84,213 +80,6 @@ def switch_current(base, rid, how):
     os.replace(tmp, link)  # readers see the old or the new link, never none
     with open(os.path.join(base, "releases.log"), "a") as f:
         f.write(f"{time.time():.3f} {rid} {how}\n")
-
-
-def clean_debris(base):
-    """Remove what interrupted pushes left (staging directories, temporary links); call under the lock."""
-    rdir = releases_dir(base)
-    removed = []
-    if os.path.isdir(rdir):
-        for n in os.listdir(rdir):
-            if n.startswith(".staging-"):
-                shutil.rmtree(os.path.join(rdir, n), ignore_errors=True)
-                removed.append(n)
-    for n in os.listdir(base):
-        p = os.path.join(base, n)
-        if ".tmp-" in n and (os.path.islink(p) or os.path.isfile(p)):
-            os.unlink(p)
-    return removed
-
-
-def releases_in_use(base):
-    """Releases that running agents were started from: never pruned under a live run."""
-    used = set()
-    for run in list_runs(base):
-        run_dir = os.path.join(runs_dir(base), run)
-        pid = read_pid(run_dir)
-        if pid and pid_alive(pid):
-            try:
-                with open(os.path.join(run_dir, "job.json")) as f:
-                    used.add(os.path.basename(json.load(f)["release"].rstrip("/")))
-            except (OSError, ValueError, KeyError):
-                pass
-    return used
-
-
-def prune(base, keep):
-    """Keep the ``keep`` most recently current releases; never ``current``, never one a live run uses."""
-    cur = current_release(base)
-    rels = list_releases(base)
-    busy = releases_in_use(base)
-    doomed = [r for r in rels if r != cur][: max(0, len(rels) - keep)]
-    doomed = [r for r in doomed if r not in busy]
-    for rid in doomed:
-        shutil.rmtree(os.path.join(releases_dir(base), rid), ignore_errors=True)
-    return doomed
-
-
-def receive_objects(inp, objdir, need):
-    """Read a tar stream of objects named by sha256 from ``inp``; verify each digest and size.
-
-    Parsed here rather than with tarfile's stream mode, which reads 10 KiB records and copies
-    each chunk again: on a slow board that costs more CPU than the hashing. ``inp`` must be
-    the same buffered reader the request line came from (it may already hold the stream's start).
-    """
-    got = {}
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    while True:
-        block = inp.read(tarfile.BLOCKSIZE)
-        if len(block) < tarfile.BLOCKSIZE:
-            raise Fail("object stream ended early")
-        if block == tarfile.NUL * tarfile.BLOCKSIZE:
-            break
-        member = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        name = member.name
-        if not member.isfile() or not SHA_RE.match(name) or name not in need or name in got:
-            raise Fail(f"unexpected entry in object stream: {name!r}")
-        _receive_one(inp, view, os.path.join(objdir, name), name, member.size)
-        inp.read(-member.size % tarfile.BLOCKSIZE)
-        got[name] = member.size
-    missing = set(need) - set(got)
-    if missing:
-        raise Fail(f"{len(missing)} object(s) did not arrive")
-    return got
-
-
-def _receive_one(inp, view, path, sha, size):
-    h = hashlib.sha256()
-    left = size
-    with open(path, "wb") as out:
-        while left:
-            n = inp.readinto(view[: min(left, len(view))])
-            if not n:
-                raise Fail("object stream ended early")
-            h.update(view[:n])
-            out.write(view[:n])
-            left -= n
-    if h.hexdigest() != sha:
-        raise Fail(f"content of {sha} arrived corrupted (sha256 {h.hexdigest()})")
-
-
-def assemble(rows, index, objdir, staging):
-    """Lay the release's files out in ``staging``: fresh objects moved in, known content hard-linked."""
-    linked = 0
-    made_dirs = set()
-    for path, size, sha, mode in rows:
-        dst = os.path.join(staging, safe_rel(path))
-        parent = os.path.dirname(dst)
-        if parent not in made_dirs:
-            os.makedirs(parent, exist_ok=True)
-            made_dirs.add(parent)
-        obj = os.path.join(objdir, sha)
-        if os.path.exists(obj):  # a fresh object: the first path takes it, later identical files copy
-            os.rename(obj, dst)
-            os.chmod(dst, mode)
-            index[sha] = (dst, mode, size)
-            continue
-        src, src_mode, _ = index[sha]
-        if src_mode == mode:
-            try:
-                os.link(src, dst)  # unchanged content shares the inode of the older release
-                linked += 1
-                continue
-            except OSError:
-                pass
-        shutil.copyfile(src, dst)
-        os.chmod(dst, mode)
-    return linked
-
-
-class PushSession:
-    """One push under the app lock: plan (what is missing), then commit (receive, assemble, switch)."""
-
-    def __init__(self, wire, req):
-        self.wire = wire
-        self.req = req
-        self.base = wire.app_dir(req.app)
-        self.rid = check_id(req.release, "release id")
-        self.bashrc_path = os.path.join(wire.home, ".bashrc")
-        self.env_path = os.path.join(self.base, "env.sh")
-
-    def plan(self):
-        debris = clean_debris(self.base)
-        rels = list_releases(self.base)
-        self.cur = current_release(self.base)
-        self.exists = self.rid in rels
-        self.index = {}
-        self.need = []
-        if not self.exists:
-            ordered = ([self.cur] if self.cur in rels else []) + [r for r in reversed(rels) if r != self.cur]
-            self.index = content_index(self.base, ordered)
-            self.need = sorted({row[2] for row in self.req.manifest if row[2] not in self.index})
-        self.bashrc = read_text(self.bashrc_path)
-        return protocol.PushState(
-            facts=gather(self.wire.home), current=self.cur, releases=rels, exists=self.exists, missing=self.need,
-            env_sh=read_text(self.env_path), bashrc=self.bashrc, debris=debris,
-        )
-
-    def stage(self):
-        """Receive the missing objects and rename the assembled release into place; nothing is switched yet."""
-        received, linked = {}, 0
-        if self.exists:
-            return received, linked
-        staging = os.path.join(releases_dir(self.base), f".staging-{self.rid}-{os.getpid()}")
-        objdir = os.path.join(staging, ".objects")
-        os.makedirs(objdir)
-        if self.need:
-            received = receive_objects(self.wire.stdin, objdir, set(self.need))
-        linked = assemble(self.req.manifest, self.index, objdir, staging)
-        os.rmdir(objdir)
-        manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.req.manifest}
-        write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
-        os.rename(staging, os.path.join(releases_dir(self.base), self.rid))
-        return received, linked
-
-    def write_env(self, env_sh):
-        if env_sh is not None and env_sh != read_text(self.env_path):
-            write_atomic(self.env_path, env_sh.encode("utf-8"), 0o600)
-
-    def write_bashrc(self, new):
-        """Replace ~/.bashrc only if it is still what the plan saw; the first original is kept as a backup."""
-        if new is None or new == self.bashrc:
-            return False
-        now = read_text(self.bashrc_path)
-        if sha_text(now) != sha_text(self.bashrc):
-            raise Fail("~/.bashrc changed on the board during the push; nothing was switched, push again")
-        mode = stat.S_IMODE(os.stat(self.bashrc_path).st_mode) if now is not None else 0o644
-        backup = self.bashrc_path + ".deploy-backup"
-        if now is not None and not os.path.exists(backup):
-            shutil.copy2(self.bashrc_path, backup)
-        write_atomic(self.bashrc_path, new.encode("utf-8", "surrogateescape"), mode)
-        return True
-
-    def commit(self, cmd):
-        received, linked = self.stage()
-        self.write_env(cmd.env_sh)
-        bashrc_changed = self.write_bashrc(cmd.bashrc)
-        switched = self.cur != self.rid
-        if switched:
-            switch_current(self.base, self.rid, "push")
-        return protocol.PushDone(
-            ok=True, release=self.rid, previous=self.cur, switched=switched, received_objects=len(received),
-            received_bytes=sum(received.values()), linked=linked, pruned=prune(self.base, int(self.req.keep)),
-            bashrc_changed=bashrc_changed, debris_removed=[],
-        )
-
-
-def op_push(wire, req):
-    session = PushSession(wire, req)
-    with Lock(session.base):
-        state = session.plan()
-        wire.reply(state)
-        cmd = wire.read(protocol.PushCommit)
-        if cmd.action != "commit":
-            wire.reply(protocol.PushDone(ok=True, aborted=True))
-            return
-        done = session.commit(cmd)
-        done.debris_removed = state.debris
-        wire.reply(done)
 
 
 def release_infos(base):

@@ -7,23 +7,21 @@ and following a run is copying that file to the channel as it grows.
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tarfile
 import time
 
 from . import protocol
-from .facts import gather
 from .files import pid_alive, read_text, write_atomic
-from .layout import current_release, list_runs, read_pid, runs_dir
-from .releases import release_infos
+from .layout import read_pid, runs_dir
 from .wire import Fail, check_id, safe_rel
 
 
 def extract_inputs(inp, dest):
     """Unpack an uploaded image folder: regular files and directories only, nothing outside ``dest``."""
+    import shutil
+    import tarfile
+
     os.makedirs(dest, exist_ok=True)
     count = 0
     with tarfile.open(fileobj=inp, mode="r|") as tf:
@@ -114,6 +112,8 @@ def prepare_run(wire, base, req):
 
 
 def op_run(wire, req):
+    import subprocess
+
     base = wire.app_dir(req.app)
     run_dir, job = prepare_run(wire, base, req)
     events = os.path.join(run_dir, "events.jsonl")
@@ -212,55 +212,3 @@ def run_info(run_dir):
                             mtime=os.path.getmtime(run_dir))
 
 
-def pick_run(base, run_id):
-    runs = list_runs(base)
-    if run_id:
-        check_id(run_id, "run id")
-        if run_id not in runs:
-            raise Fail("no run {} on the board (have: {})".format(run_id, ", ".join(runs[-5:]) or "none"))
-        return run_id
-    if not runs:
-        raise Fail("no runs on the board yet: start one with `deploy run`")
-    return runs[-1]
-
-
-def run_files(run_dir, skip):
-    """Regular files of a run directory (links are never followed), minus top-level ``skip`` dirs."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(run_dir):
-        top = os.path.relpath(dirpath, run_dir) == "."
-        dirnames[:] = sorted(d for d in dirnames if not (top and d in skip))
-        for fn in sorted(filenames):
-            p = os.path.join(dirpath, fn)
-            if not os.path.islink(p) and os.path.isfile(p):
-                files.append(p)
-    return files
-
-
-def op_pull(wire, req):
-    base = wire.app_dir(req.app)
-    run_id = pick_run(base, req.run_id)
-    run_dir = os.path.join(runs_dir(base), run_id)
-    files = run_files(run_dir, set(req.exclude))
-    wire.reply(protocol.PullHead(run_id=run_id, files=len(files), bytes=sum(os.path.getsize(p) for p in files)))
-    with tarfile.open(fileobj=wire.stdout, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        for p in files:
-            tf.add(p, arcname=os.path.relpath(p, run_dir), recursive=False)
-    wire.stdout.flush()
-
-
-def op_status(wire, req):
-    base = wire.app_dir(req.app)
-    cur = current_release(base)
-    bashrc = read_text(os.path.join(wire.home, ".bashrc")) or ""
-    runs = list_runs(base)[-int(req.runs):]
-    wire.reply(protocol.StatusReply(
-        facts=gather(wire.home),
-        app_dir=base,
-        current=cur,
-        current_ok=bool(cur) and os.path.isdir(os.path.join(base, "current")),
-        releases=release_infos(base),
-        env_sh=os.path.isfile(os.path.join(base, "env.sh")),
-        bashrc_blocks=bashrc.count(req.marker_begin or "\x00"),
-        runs=[run_info(os.path.join(runs_dir(base), r)) for r in runs],
-    ))

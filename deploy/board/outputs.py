@@ -1,0 +1,70 @@
+"""A run's outputs and the app's state, as the host asks for them: pull and status.
+
+Python 3.7 + stdlib only. ``pull`` streams a run directory as tar; links on the board are
+never followed and never sent.
+"""
+
+import os
+import tarfile
+
+from . import protocol
+from .facts import gather
+from .files import read_text
+from .layout import current_release, list_runs, runs_dir
+from .releases import release_infos
+from .runs import run_info
+from .wire import Fail, check_id
+
+
+def pick_run(base, run_id):
+    runs = list_runs(base)
+    if run_id:
+        check_id(run_id, "run id")
+        if run_id not in runs:
+            raise Fail("no run {} on the board (have: {})".format(run_id, ", ".join(runs[-5:]) or "none"))
+        return run_id
+    if not runs:
+        raise Fail("no runs on the board yet: start one with `deploy run`")
+    return runs[-1]
+
+
+def run_files(run_dir, skip):
+    """Regular files of a run directory (links are never followed), minus top-level ``skip`` dirs."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        top = os.path.relpath(dirpath, run_dir) == "."
+        dirnames[:] = sorted(d for d in dirnames if not (top and d in skip))
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            if not os.path.islink(p) and os.path.isfile(p):
+                files.append(p)
+    return files
+
+
+def op_pull(wire, req):
+    base = wire.app_dir(req.app)
+    run_id = pick_run(base, req.run_id)
+    run_dir = os.path.join(runs_dir(base), run_id)
+    files = run_files(run_dir, set(req.exclude))
+    wire.reply(protocol.PullHead(run_id=run_id, files=len(files), bytes=sum(os.path.getsize(p) for p in files)))
+    with tarfile.open(fileobj=wire.stdout, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for p in files:
+            tf.add(p, arcname=os.path.relpath(p, run_dir), recursive=False)
+    wire.stdout.flush()
+
+
+def op_status(wire, req):
+    base = wire.app_dir(req.app)
+    cur = current_release(base)
+    bashrc = read_text(os.path.join(wire.home, ".bashrc")) or ""
+    runs = list_runs(base)[-int(req.runs):]
+    wire.reply(protocol.StatusReply(
+        facts=gather(wire.home),
+        app_dir=base,
+        current=cur,
+        current_ok=bool(cur) and os.path.isdir(os.path.join(base, "current")),
+        releases=release_infos(base),
+        env_sh=os.path.isfile(os.path.join(base, "env.sh")),
+        bashrc_blocks=bashrc.count(req.marker_begin or "\x00"),
+        runs=[run_info(os.path.join(runs_dir(base), r)) for r in runs],
+    ))

@@ -1,0 +1,371 @@
+"""What each ``deploy`` command does: select boards, call the core, render (rich on stderr, tables or
+``--json`` on stdout). Imported by ``cli.main`` only after the arguments parsed, so ``--help`` and
+usage errors never pay for rich, yaml or paramiko.
+
+Exit codes: 0 everything asked for succeeded; 1 an operation failed; 2 bad inventory or
+usage; 3 host-key refusal; 4 board unreachable; 5 a run finished partially (some images
+failed). User mistakes print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import inventory as inventory_mod
+from . import report, ui
+from .errors import DeployError
+
+EXIT_PARTIAL = 5
+
+
+
+def _inv(args) -> inventory_mod.Inventory:
+    return inventory_mod.load(args.inventory)
+
+
+@contextmanager
+def _connect(inv, board, args):
+    from .ssh import Connection, endpoint_for
+
+    conn = Connection(endpoint_for(inv, board), accept_new=getattr(args, "accept_new_host_key", False))
+    try:
+        conn.start()  # the handshake overlaps with whatever the command plans first (e.g. the bundle)
+        yield conn
+    finally:
+        conn.close()
+
+
+def _emit_json(obj) -> None:
+    ui.emit_json(obj)
+
+
+# ---------------------------------------------------------------- sandbox
+
+
+def cmd_sandbox(args) -> int:
+    from . import sandbox
+
+    inv = _inv(args)
+    if args.action == "up":
+        with ui.status("starting sandbox boards") as status:
+            boxes = sandbox.up(inv, args.names or None, log=lambda line: status.update(ui.escape(line[-100:])))
+        if args.json:
+            _emit_json([b.to_json() for b in boxes])
+        else:
+            for b in boxes:
+                ui.out().print(f"[green]up[/] {b.name}: {b.user}@{b.host}:{b.port} home {b.home} (pid {b.pid})")
+        return 0
+    if args.action == "down":
+        boxes = sandbox.down(inv, args.names or None, purge=args.purge)
+        if args.json:
+            _emit_json([b.to_json() for b in boxes])
+        else:
+            for b in boxes:
+                ui.out().print(f"[yellow]down[/] {b.name}" + (" (purged)" if args.purge else ""))
+        return 0
+    boxes = sandbox.status(inv)
+    if args.json:
+        _emit_json([b.to_json() for b in boxes])
+        return 0
+    t = ui.table("board", "state", "address", "user", "home", "pid")
+    for b in boxes:
+        t.add_row(b.name, "[green]running[/]" if b.running else "[red]stopped[/]", f"{b.host}:{b.port}", b.user, b.home,
+                  str(b.pid or "-"))
+    ui.out().print(t)
+    for b in boxes:
+        if b.running:
+            ui.out().print(f"{b.name}: {b.ssh_command}")
+    return 0
+
+
+# ---------------------------------------------------------------- per-board commands
+
+
+def _each_board(args, action) -> list[dict]:
+    """Run ``action(inv, board, conn) -> row`` on every selected board, one connection each.
+
+    A board that fails gives an error row and the others go on; rows go to stdout as JSON
+    with ``--json`` (the action renders for people otherwise). Every row has "board" and "ok".
+    """
+    inv = _inv(args)
+    rows = []
+    for board in inv.select(args.target):
+        try:
+            with _connect(inv, board, args) as conn:
+                rows.append({"board": board.name, **action(inv, board, conn)})
+        except DeployError as exc:
+            rows.append({"board": board.name, "ok": False, "error": str(exc)})
+            ui.err().print(f"[red]error[/] {ui.escape(str(exc))}")
+    if args.json:
+        _emit_json(rows)
+    return rows
+
+
+def _exit(rows: list[dict]) -> int:
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def cmd_check(args) -> int:
+    from . import facts as facts_mod
+
+    def action(inv, board, conn):
+        facts, findings = facts_mod.check(inv, board, conn)
+        bad = [f for f in findings if not f.ok and f.severity == "error"]
+        if not args.json:
+            t = ui.table("check", "result", "detail", title=f"{board.name} (target {board.target})")
+            for f in findings:
+                mark = "[green]ok[/]" if f.ok else ("[yellow]warn[/]" if f.severity == "warning" else "[red]FAIL[/]")
+                t.add_row(f.check, mark, ui.escape(f.detail))
+            ui.out().print(t)
+        return {"ok": not bad, "target": board.target, "facts": facts.to_json(), "findings": [f.__dict__ for f in findings]}
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_push(args) -> int:
+    from . import push as push_mod
+    from .bundle import HashCache
+
+    cache: list[HashCache] = []
+
+    def action(inv, board, conn):
+        if not cache:
+            cache.append(HashCache(inv.state_dir / "hashcache.json"))
+        with ui.transfer_progress(args.json) as prog:
+            task = prog.add_task(f"{board.name}: planning", total=None)
+
+            def on_plan(plan):
+                prog.update(task, description=f"{board.name}: sending {plan.send_files} files", total=plan.send_bytes)
+                if args.dry_run and not args.json:
+                    report.print_plan(ui.err(), plan)
+
+            res = push_mod.push(inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
+                                on_bytes=lambda n: prog.advance(task, n), cache=cache[0])
+        if not args.json:
+            report.print_push(ui.out(), res)
+        return report.push_json(res)
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_releases(args) -> int:
+    from . import push as push_mod
+
+    def action(inv, board, conn):
+        info = push_mod.releases(inv, conn)
+        if not args.json:
+            report.print_releases(ui.out(), board.name, info)
+        return {"ok": True, **info.to_json()}
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_rollback(args) -> int:
+    from . import push as push_mod
+
+    def action(inv, board, conn):
+        info = push_mod.rollback(inv, conn, args.to)
+        if not args.json:
+            ui.out().print(f"{board.name}: current {info.previous} -> [bold]{info.current}[/]")
+        return info.to_json()
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_run(args) -> int:
+    from . import jobs
+
+    images = Path(args.images).resolve() if args.images else None
+    overrides = {k: v for k, v in (("batch", args.batch), ("topk", args.topk)) if v}
+
+    def action(inv, board, conn):
+        with ui.count_progress(args.json) as prog:
+            task = prog.add_task(f"{board.name}: starting", total=None, rate="")
+
+            def on_event(ev):
+                kind = ev["event"]
+                if kind == "start":
+                    prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
+                                completed=ev.get("skipped", 0))
+                elif kind in ("result", "error"):
+                    prog.advance(task)
+                    if not args.json and not args.quiet:
+                        prog.console.print(report.event_line(ev))
+                elif kind == "progress" and ev.get("ips"):
+                    prog.update(task, rate=f"{ev['ips']:.1f} img/s")
+
+            if args.attach:
+                res = jobs.attach(inv, board, conn, args.attach, on_event=on_event)
+            else:
+                res = jobs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
+                               resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
+        if not args.json:
+            report.print_run(ui.out(), res)
+        return report.run_json(res)
+
+    rows = _each_board(args, action)
+    if all(r["ok"] for r in rows):
+        return 0
+    # partial: every board that failed finished its run with some images classified
+    partial = all(r["ok"] or (r.get("ended") and r.get("images_ok")) for r in rows)
+    return EXIT_PARTIAL if partial else 1
+
+
+def cmd_stop(args) -> int:
+    from . import jobs
+
+    def action(inv, board, conn):
+        info = jobs.stop(inv, conn, args.run)
+        if not args.json:
+            what = f"stopped (pid {info.pid})" if info.stopped else "was not running"
+            ui.out().print(f"{board.name}: run {args.run} {what}; finished images are kept, resume with --resume {args.run}")
+        return info.to_json()
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_pull(args) -> int:
+    from . import jobs
+
+    def action(inv, board, conn):
+        with ui.transfer_progress(args.json) as prog:
+            task = prog.add_task(f"{board.name}: pulling", total=None)
+            res = jobs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
+                            include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
+        if not args.json:
+            report.print_pull(ui.out(), res)
+        return report.pull_json(res)
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_status(args) -> int:
+    from . import jobs
+
+    def action(inv, board, conn):
+        info = jobs.status(inv, conn)
+        if not args.json:
+            report.print_status(ui.out(), board.name, info)
+        return {"ok": True, **info.to_json()}
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_exec(args) -> int:
+    """Stream the command's output (or, with --json, collect it per board); exit with the worst status."""
+    from .ssh import user_command
+
+    argv = list(args.command)
+    # argparse's REMAINDER also swallows our own flags written after the board: take them up to `--`
+    while argv and argv[0] in ("--json", "--accept-new-host-key"):
+        setattr(args, argv.pop(0)[2:].replace("-", "_"), True)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise DeployError("nothing to run: deploy exec BOARD -- CMD [ARGS...]")
+
+    def action(inv, board, conn):
+        chan = conn.channel(user_command(inv.app.name, argv))
+        chan.shutdown_write()
+        stdout, stderr = chan.makefile("rb"), chan.makefile_stderr("rb")
+        if args.json:
+            o, e = stdout.read(), stderr.read()
+            code = chan.recv_exit_status()
+            return {"ok": code == 0, "exit_code": code, "stdout": o.decode("utf-8", "replace"),
+                    "stderr": e.decode("utf-8", "replace")}
+        for line in stdout:
+            sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+        sys.stderr.buffer.write(stderr.read())
+        code = chan.recv_exit_status()
+        return {"ok": code == 0, "exit_code": code}
+
+    rows = _each_board(args, action)
+    return max((r.get("exit_code", 1) if not r["ok"] else 0) for r in rows)
+
+
+# ---------------------------------------------------------------- models
+
+
+def cmd_model(args) -> int:
+    from . import models
+
+    try:
+        if args.action == "demo":
+            inv_path = Path(args.inventory)
+            root = Path(args.dest) if args.dest else inv_path.resolve().parent / "demo"
+            with ui.status("building demo model, labels and photos (cached)"):
+                assets = models.build_demo(root, force=args.force)
+            info = {k: str(v) for k, v in vars(assets).items()} if not hasattr(assets, "__dataclass_fields__") else {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in assets.__dict__.items()}
+            if args.json:
+                _emit_json(info)
+            else:
+                ui.out().print(f"demo assets in {root} ({'built' if getattr(assets, 'rebuilt', False) else 'cached'})")
+            return 0
+        if args.action == "export":
+            res = models.export_torch(args.torch, Path(args.output), models.parse_shape(args.input_shape),
+                                      weights=Path(args.weights) if args.weights else None, opset=args.opset)
+            info = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
+            if args.json:
+                _emit_json(info)
+            else:
+                ui.out().print(f"exported {res.path} (max |onnx - torch| = {res.max_abs_diff:.2e})")
+            return 0
+        if args.action == "convert":
+            return _convert(args)
+    except models.ModelError as exc:
+        raise DeployError(str(exc)) from None
+    return 2
+
+
+def _aipp_from_app(pre: dict) -> dict | str:
+    """app.preprocess (value = (pixel * scale - mean) / std) as AIPP's fractions-of-1 mean/std."""
+    if "mean" not in pre and "std" not in pre:
+        return pre.get("preset", "imagenet")
+    scale = float(pre.get("scale", 1 / 255))
+    mean = [float(m) / (255 * scale) for m in pre.get("mean", [0.485, 0.456, 0.406])]
+    std = [float(v) / (255 * scale) for v in pre.get("std", [0.229, 0.224, 0.225])]
+    bgr = pre.get("color", "BGR" if pre.get("preset") in ("caffe", "cifar") else "RGB") == "BGR"
+    return {"mean": mean, "std": std, "bgr": bgr}
+
+
+def _convert(args) -> int:
+    """``deploy model convert``: build the atc command; run it when the CANN toolkit is here.
+
+    Without ``atc`` on PATH the exact command is printed (and the AIPP file written next to
+    the output) so it can be run on a machine with the toolkit; that exits 3, not 0.
+    """
+    from .models import atc
+
+    if not args.model:
+        raise DeployError("deploy model convert MODEL --target TARGET: name the model file")
+    aipp = args.aipp
+    if aipp == "app":  # the inventory's own preprocessing, so the .om normalises like the CPU path
+        aipp = _aipp_from_app(_inv(args).app.preprocess)
+    try:
+        plan = atc.plan_conversion(
+            args.model, args.target, weight=args.weight, input_shape=args.input_shape, aipp=aipp,
+            output=args.output, fp16_inputs=tuple(args.fp16_input or ()), output_type=args.output_type,
+        )
+        if plan.aipp_config and not args.json:
+            ui.err().print(f"AIPP config (static, {ui.escape(str(args.aipp))}): {plan.aipp_path}")
+        result = atc.run_conversion(plan, progress=None if args.json else (lambda line: ui.err().print(ui.escape(line))))
+    except atc.AtcNotFound as exc:
+        if args.json:
+            _emit_json({"converted": False, "command": exc.command, "aipp": str(plan.aipp_path or "") or None})
+        else:
+            ui.out().print(ui.escape(exc.command), soft_wrap=True)
+            ui.err().print("[yellow]not converted[/]: atc is not on PATH; run the command above where the CANN toolkit "
+                      "is installed (source its set_env.sh first)")
+        return exc.exit_code
+    except atc.ConversionError as exc:
+        ui.err().print(f"[red]error:[/] {ui.escape(str(exc))}")
+        return exc.exit_code
+    if args.json:
+        _emit_json({"converted": True, "output": str(result), "command": plan.command})
+    else:
+        ui.out().print(f"converted: {ui.escape(str(result))}")
+    return 0
