@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,23 +73,11 @@ from agent import bench as agent_bench  # noqa: E402
 from agent import job as jobmod  # noqa: E402
 from agent.backends import get_backend  # noqa: E402
 from agent.runner import execute  # noqa: E402
+from deploy.testing import DEMO, demo_assets, demo_built  # noqa: E402
 
 SCALES = (1.0, 1.75, 2.5, 3.5)
 QUALITIES = (80, 85, 90, 95)
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
-
-
-def demo_assets(demo_dir):
-    model = demo_dir / "models" / "efficientnet_lite0.onnx"
-    labels = demo_dir / "labels" / "imagenet_classes.txt"
-    images = sorted((demo_dir / "images").glob("*.jpg"))
-    if not model.is_file() or not images:
-        sys.exit(f"no demo model/photos in {demo_dir}: run `deploy model demo` first (or pass --demo DIR)")
-    stamp = demo_dir / ".demo.json"
-    preprocess = {"preset": "imagenet", "scale": 1.0, "mean": [127.0] * 3, "std": [128.0] * 3}
-    if stamp.is_file():
-        preprocess = json.loads(stamp.read_text()).get("preprocess", preprocess)
-    return model, labels, images, preprocess
 
 
 def make_images(photos, out_dir, copies, scales=SCALES):
@@ -275,69 +264,93 @@ def naive(model, labels, images, preprocess, threads, work, repeat):
     return best, tops
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--demo", type=Path, default=ROOT / "demo")
+    p.add_argument("--demo", type=Path, default=DEMO)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--copies", type=int, default=4, help="JPEG qualities per scale (1-4)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="0 = one per core")
     p.add_argument("--scales", default=",".join(str(s) for s in SCALES), help="photo scale factors")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    model, labels, photos, preprocess = demo_assets(args.demo)
+
+@dataclass
+class Best:
+    """The best figure of each mode over the rounds."""
+
+    pure: dict = field(default_factory=dict)  # configuration name -> img/s
+    e2e: float = 0.0
+    e2e_plain: float = 0.0  # without labelled copies
+    naive: float = 0.0
+    summary: dict | None = None  # summary.json of the best e2e run
+    naive_top: dict = field(default_factory=dict)  # image name -> top-1 class of the naive loop
+
+
+def rounds(args, demo, image_dir, images, work):
+    """Interleaved rounds, best of each: the machine is shared, so a slow spell hits all modes alike."""
+    best = Best()
+    for r in range(args.repeat):
+        pure(demo.model, args.batch, 2 * len(images), args.threads, 1, best.pure)
+        ips, s = e2e(demo.model, demo.labels, image_dir, demo.preprocess, args.batch, args.threads, work / f"r{r}", 1, True)
+        if ips > best.e2e:
+            best.e2e, best.summary = ips, s
+        ips, _ = e2e(demo.model, demo.labels, image_dir, demo.preprocess, args.batch, args.threads, work / f"p{r}", 1, False)
+        best.e2e_plain = max(best.e2e_plain, ips)
+        ips, best.naive_top = naive(demo.model, demo.labels, images, demo.preprocess, args.threads, work / f"n{r}", 1)
+        best.naive = max(best.naive, ips)
+    return best
+
+
+def top1_agreement(results_jsonl, naive_top):
+    """Share of images whose top-1 class is the same in the agent's results and the naive loop's."""
+    agent_top = {}
+    for line in results_jsonl.read_text().splitlines():
+        rec = json.loads(line)
+        agent_top[rec["image"]] = rec["topk"][0][0]
+    return sum(agent_top.get(k) == v for k, v in naive_top.items()) / float(len(naive_top))
+
+
+def summarise(args, model, best, images, agree):
+    pure_ips, e2e_ips, plain_ips, summary = max(best.pure.values()), best.e2e, best.e2e_plain, best.summary
+    sizes = [Image.open(x).size for x in images]
+    return {
+        "pure_ips": round(pure_ips, 2),
+        "e2e_ips": round(e2e_ips, 2),
+        "naive_ips": round(best.naive, 2),
+        "e2e_over_pure": round(e2e_ips / pure_ips, 3),
+        "e2e_over_naive": round(e2e_ips / best.naive, 3),
+        "e2e_no_labelled_ips": round(plain_ips, 2),
+        "e2e_no_labelled_over_pure": round(plain_ips / pure_ips, 3),
+        "pure_configs": {k: round(v, 2) for k, v in best.pure.items()},
+        "batch": args.batch,
+        "labelled": True,
+        "images": len(images),
+        "image_px_long_side": [min(max(s) for s in sizes), max(max(s) for s in sizes)],
+        "image_mb": round(sum(x.stat().st_size for x in images) / 1e6, 1),
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "top1_agreement_fast_vs_naive": round(agree, 3),
+        "e2e_timings_s": summary["timings_s"],
+        "e2e_cpu_ms_per_image": round(1000.0 * summary["timings_s"]["process_cpu"] / len(images), 2),
+        "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not demo_built(args.demo) or not demo_assets(args.demo).images:
+        sys.exit(f"no demo model/photos in {args.demo}: run `deploy model demo` first (or pass --demo DIR)")
+    demo = demo_assets(args.demo)
     work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     try:
         image_dir = work / "images"
-        n = make_images(photos, image_dir, args.copies, [float(x) for x in args.scales.split(",")])
+        make_images(demo.images, image_dir, args.copies, [float(x) for x in args.scales.split(",")])
         images = sorted(image_dir.glob("*.jpg"))
-        sizes = [Image.open(x).size for x in images]
-        # Interleaved rounds, best of each: the machine is shared, so a slow spell hits all modes alike.
-        e2e_ips = e2e_plain_ips = naive_ips = 0.0
-        summary, naive_top, pure_best = None, {}, {}
-        for r in range(args.repeat):
-            pure(model, args.batch, 2 * n, args.threads, 1, pure_best)
-            ips, s = e2e(
-                model, labels, image_dir, preprocess, args.batch, args.threads, work / f"r{r}", 1, True
-            )
-            if ips > e2e_ips:
-                e2e_ips, summary = ips, s
-            e2e_plain_ips = max(
-                e2e_plain_ips,
-                e2e(model, labels, image_dir, preprocess, args.batch, args.threads, work / f"p{r}", 1, False)[
-                    0
-                ],
-            )
-            ips, naive_top = naive(model, labels, images, preprocess, args.threads, work / f"n{r}", 1)
-            naive_ips = max(naive_ips, ips)
-        pure_ips = max(pure_best.values())
-        agent_top = {}
-        for line in (work / "r0" / "e2e0" / "results.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            agent_top[rec["image"]] = rec["topk"][0][0]
-        agree = sum(agent_top.get(k) == v for k, v in naive_top.items()) / float(len(naive_top))
-        result = {
-            "pure_ips": round(pure_ips, 2),
-            "e2e_ips": round(e2e_ips, 2),
-            "naive_ips": round(naive_ips, 2),
-            "e2e_over_pure": round(e2e_ips / pure_ips, 3),
-            "e2e_over_naive": round(e2e_ips / naive_ips, 3),
-            "e2e_no_labelled_ips": round(e2e_plain_ips, 2),
-            "e2e_no_labelled_over_pure": round(e2e_plain_ips / pure_ips, 3),
-            "pure_configs": {k: round(v, 2) for k, v in pure_best.items()},
-            "batch": args.batch,
-            "labelled": True,
-            "images": n,
-            "image_px_long_side": [min(max(s) for s in sizes), max(max(s) for s in sizes)],
-            "image_mb": round(sum(x.stat().st_size for x in images) / 1e6, 1),
-            "repeat": args.repeat,
-            "cpus": os.cpu_count(),
-            "top1_agreement_fast_vs_naive": round(agree, 3),
-            "e2e_timings_s": summary["timings_s"],
-            "e2e_cpu_ms_per_image": round(1000.0 * summary["timings_s"]["process_cpu"] / n, 2),
-            "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
-        }
+        best = rounds(args, demo, image_dir, images, work)
+        agree = top1_agreement(work / "r0" / "e2e0" / "results.jsonl", best.naive_top)
+        result = summarise(args, demo.model, best, images, agree)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
