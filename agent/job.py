@@ -13,6 +13,7 @@ Example::
       "out_dir": "/home/u/HIAI_PROJECTS/classify/runs/20261121-223000-ab12",
       "model": "models/efficientnet_lite0.onnx",
       "backend": "onnx",                      # onnx | acl
+      "backend_options": {"async": true, "callback_interval": 8, "buffers": 4},  # acl only (see below)
       "preprocess": {"preset": "imagenet"},   # preset name plus optional overrides (see agent.preprocess)
       "labels": "labels/imagenet_classes.txt",
       "inputs": ["images"],                   # files and/or directories
@@ -32,6 +33,9 @@ from typing import Any, Dict, List, Optional
 
 MODES = ("run", "bench", "eval")
 BACKENDS = ("onnx", "acl")
+# backend_options the acl backend takes: async mode (seed 000's execute_async + callbacks),
+# executions per launched callback, device buffer sets in flight, device id.
+ACL_OPTIONS = {"async": bool, "callback_interval": int, "buffers": int, "device": int}
 
 
 class JobError(ValueError):
@@ -46,6 +50,7 @@ class Job:
     out_dir: str
     model: str
     backend: str = "onnx"
+    backend_options: Dict[str, Any] = field(default_factory=dict)
     preprocess: Dict[str, Any] = field(default_factory=lambda: {"preset": "imagenet"})
     labels: Optional[str] = None
     inputs: List[str] = field(default_factory=list)
@@ -87,11 +92,28 @@ def from_dict(data):
         raise JobError("mode must be one of {}, not {!r}".format(", ".join(MODES), job.mode))
     if job.backend not in BACKENDS:
         raise JobError("backend must be one of {}, not {!r}".format(", ".join(BACKENDS), job.backend))
+    _check_backend_options(job)
     if not isinstance(job.batch, int) or job.batch < 1:
         raise JobError("batch must be a positive integer")
     if not isinstance(job.topk, int) or job.topk < 1:
         raise JobError("topk must be a positive integer")
     return job
+
+
+def _check_backend_options(job):
+    opts = job.backend_options
+    if not isinstance(opts, dict):
+        raise JobError("backend_options must be a JSON object")
+    if opts and job.backend != "acl":
+        raise JobError(f"backend_options apply to the acl backend only, not {job.backend}")
+    for key, value in opts.items():
+        kind = ACL_OPTIONS.get(key)
+        if kind is None:
+            raise JobError("unknown backend option {!r} (known: {})".format(key, ", ".join(ACL_OPTIONS)))
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise JobError(
+                f"backend option {key} must be a {'boolean' if kind is bool else 'non-negative integer'}"
+            )
 
 
 def load(path):

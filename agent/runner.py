@@ -50,6 +50,13 @@ def make_backend(job, **options):
         else:
             # 0 = streams mode: 1 intra-op thread x one concurrent run per core (see backends.onnx).
             options.setdefault("threads", job.threads)
+    elif job.backend == "acl":
+        opts = job.backend_options or {}
+        options.setdefault("async_mode", bool(opts.get("async", False)))
+        options.setdefault("callback_interval", opts.get("callback_interval", 1))
+        options.setdefault("pool_size", opts.get("buffers") or None)
+        options.setdefault("device_id", opts.get("device", 0))
+        options.setdefault("batch", job.batch)  # the gear of a dynamic-batch model
     return get_backend(job.backend, **options)
 
 

@@ -1,43 +1,45 @@
 """pyACL backend for Ascend ``.om`` models (Atlas 200 DK and friends).
 
-UNVERIFIED ON HARDWARE. This file is written against the documented pyACL interface (the
-call sequence of Ascend/samples ``resnet50_imagenet_classification`` and
-``resnet50_async_imagenet_classification`` ``acl_net.py``, acllite, and the CANN 5.x/6.x
-pyACL reference; see shared/notes/pyacl-and-atlas.md section 1). No NPU was available: the
-tests drive it with a recording fake ``acl`` module that checks call order, return-code
-handling, buffer sizes and teardown order, not with the real runtime. Treat the first run on
-a board as its real test.
+Written against the documented pyACL interface (the call sequence of Ascend/samples
+``resnet50_imagenet_classification`` and ``resnet50_async_imagenet_classification``
+``acl_net.py``, acllite, the CANN 5.x/6.x pyACL reference; shared/notes/pyacl-and-atlas.md
+section 1) and run in the tests against the simulated pyACL of ``deploy/sandbox/ascend`` (which
+Huawei's own samples also run against). Not yet run on a real NPU.
 
 What it does:
 
 * ``load``: acl.init -> rt.set_device -> rt.create_context -> rt.create_stream ->
   rt.get_run_mode -> mdl.load_from_file -> mdl.create_desc/get_desc -> input/output
-  descriptions -> a pool of input/output datasets in device memory (one slot for
-  synchronous use, ``pool_size`` slots for asynchronous use).
+  descriptions -> a pool of input/output datasets in device memory (one slot for synchronous
+  use, ``pool_size`` slots for asynchronous use).
+* Contexts are per thread in ACL: every entry point (run, submit, drain, close) binds the
+  backend's context to the calling thread first (``rt.set_context``, once per thread).
 * ``run``: copy in (``rt.memcpy``), ``mdl.execute``, copy out; synchronous.
-* ``submit``/``drain`` with ``async_mode=True``: like the async C++/Python sample, each batch
-  is copied into a free pool slot and started with ``mdl.execute_async`` on the stream; every
-  ``callback_interval`` executions one ``rt.launch_callback`` (ACL_CALLBACK_BLOCK) is queued on
-  the stream, and the callback, run by a report thread (``util.start_thread`` +
-  ``rt.subscribe_report`` + a ``rt.process_report`` loop), reads those outputs, hands them to
-  their ``done`` functions and frees the slots. ``drain`` flushes the last callback and
-  synchronises the stream.
-* Pointers: ``util.bytes_to_ptr``/``ptr_to_bytes`` when ``dir(acl.util)`` has them (CANN >= 6.0),
-  else ``numpy_to_ptr``/``ptr_to_numpy`` (older pyACL), the probe the samples use.
-* Run mode: on the board (ACL_DEVICE) the copies are DEVICE_TO_DEVICE and the output staging
-  buffers come from ``rt.malloc``; on a host with a card (ACL_HOST) they are
-  HOST_TO_DEVICE / DEVICE_TO_HOST with ``rt.malloc_host``, as acllite does.
+* ``submit``/``drain`` with ``async_mode=True``: like seed 000's async sample, each batch is
+  copied into a free pool slot and started with ``mdl.execute_async`` on the stream; every
+  ``callback_interval`` executions one ``rt.launch_callback`` (ACL_CALLBACK_BLOCK) is queued, and
+  the callback, run by a report thread (``util.start_thread`` + ``rt.subscribe_report`` + a
+  ``rt.process_report`` loop), reads those outputs, hands them to their ``done`` functions and
+  frees the slots. When every slot is in flight, the pending executions' callback is launched at
+  once, so any pool size works. If ``launch_callback`` fails, the stream is synchronised and
+  those batches are delivered from the calling thread (nothing is dropped). ``drain`` waits with
+  a deadline and fails at once if the report thread died.
+* Outputs are copied once, device -> a fresh host buffer (``bytes_to_ptr`` when
+  ``dir(acl.util)`` has it, CANN >= 6.0; else ``numpy_to_ptr``, the probe the samples use), with
+  DEVICE_TO_DEVICE on the board (ACL_DEVICE, as acllite does) and DEVICE_TO_HOST on a host.
+* Dynamic batch (``--dynamic_batch_size``): the extra ``ascend_mbatch_shape_data`` input is
+  recognised; the backend runs at one gear (the smallest >= ``batch``, else the largest) and
+  calls ``mdl.set_dynamic_batch_size`` before each execution.
 * ``close``: unsubscribe and stop the report thread, then mdl.unload -> mdl.destroy_desc ->
-  data buffers, device memory, datasets -> staging buffers -> rt.destroy_stream ->
-  rt.destroy_context -> rt.reset_device -> acl.finalize (the samples' order; everything a
-  model uses is released before reset_device). Idempotent, and safe after a failed load.
-
-Only fixed-shape models are supported: a dynamic batch (``--dynamic_batch_size``) ``.om`` is
-refused at load, convert it with a fixed ``--input_shape`` instead.
+  data buffers, device memory, datasets -> rt.destroy_stream -> rt.destroy_context ->
+  rt.reset_device -> acl.finalize (the samples' order). ``acl.init`` is once per process: when it
+  answered ACL_ERROR_REPEAT_INITIALIZE someone else owns the runtime, and close does not finalize
+  it. Idempotent, and safe after a failed load.
 """
 
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -45,35 +47,47 @@ from . import Backend, BackendError, TensorSpec, guess_layout
 
 ACL_SUCCESS = 0
 ACL_ERROR_REPEAT_INITIALIZE = 100002
+ACL_ERROR_THREAD_NOT_SUBSCRIBE = 100035
+ACL_ERROR_WAIT_CALLBACK_TIMEOUT = 100036
 ACL_DEVICE, ACL_HOST = 0, 1
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
 ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 ACL_CALLBACK_BLOCK = 1
-NPY_TYPES = {"float32": 11, "float16": 23, "uint8": 2, "int8": 1, "int32": 5, "int64": 7}
-# aclDataType -> numpy dtype name
+MBATCH_INPUT = "ascend_mbatch_shape_data"
+NPY_TYPES = {
+    "bool": 0, "int8": 1, "uint8": 2, "int16": 3, "uint16": 4, "int32": 5, "uint32": 6, "int64": 7,
+    "uint64": 8, "float32": 11, "float64": 12, "float16": 23,
+}  # fmt: skip
+# aclDataType -> numpy dtype name (acl_base.h; acllite constants.py)
 ACL_DTYPES = {
-    0: "float32",
-    1: "float16",
-    2: "int8",
-    3: "int32",
-    4: "uint8",
-    6: "int16",
-    9: "int64",
-    11: "float64",
-}
+    0: "float32", 1: "float16", 2: "int8", 3: "int32", 4: "uint8", 6: "int16", 7: "uint16",
+    8: "uint32", 9: "int64", 10: "uint64", 11: "float64", 12: "bool",
+}  # fmt: skip
 ACL_FORMATS = {0: "NCHW", 1: "NHWC"}
 ERROR_NAMES = {
-    100000: "ACL_ERROR_INVALID_PARAM",
-    100003: "ACL_ERROR_INVALID_FILE",
-    100011: "ACL_ERROR_INVALID_MODEL_ID",
-    100013: "ACL_ERROR_PARSE_MODEL",
-    200000: "ACL_ERROR_BAD_ALLOC",
-    200002: "ACL_ERROR_INVALID_DEVICE",
-    500002: "ACL_ERROR_GE_FAILURE",
-    500003: "ACL_ERROR_RT_FAILURE",
-}
+    100000: "ACL_ERROR_INVALID_PARAM", 100001: "ACL_ERROR_UNINITIALIZE", 100002: "ACL_ERROR_REPEAT_INITIALIZE",
+    100003: "ACL_ERROR_INVALID_FILE", 100011: "ACL_ERROR_INVALID_MODEL_ID", 100012: "ACL_ERROR_DESERIALIZE_MODEL",
+    100013: "ACL_ERROR_PARSE_MODEL", 100017: "ACL_ERROR_MODEL_INPUT_NOT_MATCH",
+    100018: "ACL_ERROR_MODEL_OUTPUT_NOT_MATCH", 100019: "ACL_ERROR_MODEL_NOT_DYNAMIC",
+    100033: "ACL_ERROR_REPEAT_SUBSCRIBE", 100034: "ACL_ERROR_STREAM_NOT_SUBSCRIBE",
+    100035: "ACL_ERROR_THREAD_NOT_SUBSCRIBE", 100036: "ACL_ERROR_WAIT_CALLBACK_TIMEOUT",
+    100037: "ACL_ERROR_REPEAT_FINALIZE", 200000: "ACL_ERROR_BAD_ALLOC", 200002: "ACL_ERROR_INVALID_DEVICE",
+    107000: "ACL_ERROR_RT_PARAM_INVALID", 107001: "ACL_ERROR_RT_INVALID_DEVICEID",
+    107002: "ACL_ERROR_RT_CONTEXT_NULL", 107003: "ACL_ERROR_RT_STREAM_CONTEXT",
+    107004: "ACL_ERROR_RT_MODEL_CONTEXT", 107011: "ACL_ERROR_RT_STREAM_SUBSCRIBE",
+    107012: "ACL_ERROR_RT_THREAD_SUBSCRIBE", 107015: "ACL_ERROR_RT_STREAM_NO_CB_REG",
+    107017: "ACL_ERROR_RT_INVALID_HANDLE", 107019: "ACL_ERROR_RT_WAIT_TIMEOUT", 107020: "ACL_ERROR_RT_TASK_TIMEOUT",
+    207000: "ACL_ERROR_RT_FEATURE_NOT_SUPPORT", 207001: "ACL_ERROR_RT_MEMORY_ALLOCATION",
+    207002: "ACL_ERROR_RT_MEMORY_FREE", 207004: "ACL_ERROR_RT_NO_DEVICE", 207008: "ACL_ERROR_RT_NO_STREAM_RESOURCE",
+    207018: "ACL_ERROR_RT_DEVICE_OOM", 500002: "ACL_ERROR_GE_FAILURE", 500003: "ACL_ERROR_RT_FAILURE",
+    507000: "ACL_ERROR_RT_INTERNAL_ERROR", 507001: "ACL_ERROR_RT_TS_ERROR", 507004: "ACL_ERROR_RT_STREAM_NOT_COMPLETE",
+    507008: "ACL_ERROR_RT_SOC_VERSION", 507010: "ACL_ERROR_RT_LOST_HEARTBEAT", 507011: "ACL_ERROR_RT_MODEL_EXECUTE",
+    507012: "ACL_ERROR_RT_REPORT_TIMEOUT", 507013: "ACL_ERROR_RT_SYS_DMA", 507014: "ACL_ERROR_RT_AICORE_TIMEOUT",
+    507015: "ACL_ERROR_RT_AICORE_EXCEPTION", 507033: "ACL_ERROR_RT_DEV_SETUP_ERROR",
+    507046: "ACL_ERROR_RT_STREAM_SYNC_TIMEOUT", 507899: "ACL_ERROR_RT_DRV_INTERNAL_ERROR",
+}  # fmt: skip
 
 
 def _check(what, ret):
@@ -105,33 +119,42 @@ class AclBackend(Backend):
         report_timeout_ms=50,
         acl_module=None,
         threads=0,
+        batch=None,
+        drain_timeout_s=120.0,
     ):
-        """``acl_module``: the pyACL module (default: ``import acl`` at load); tests pass a fake.
+        """``acl_module``: the pyACL module (default: ``import acl`` at load); tests pass another.
+        ``pool_size``: device buffer sets in flight (async; default 2 x callback_interval + 1).
+        ``batch``: the preferred gear of a dynamic-batch model (default: its largest).
+        ``drain_timeout_s``: how long drain waits for in-flight batches before failing.
         ``threads`` is accepted for interface symmetry and ignored (the NPU does the work)."""
         Backend.__init__(self)
         self.device_id = int(device_id)
         self.async_mode = bool(async_mode)
         self.callback_interval = max(1, int(callback_interval))
-        self.pool_size = int(pool_size or 2 * self.callback_interval + 1)
-        if self.async_mode and self.pool_size <= self.callback_interval:
-            raise BackendError("pool_size must exceed callback_interval, or submit would wait forever")
+        self.pool_size = max(1, int(pool_size or 2 * self.callback_interval + 1))
         self.config_path = config_path
         self.report_timeout_ms = int(report_timeout_ms)
+        self.drain_timeout_s = float(drain_timeout_s)
+        self.preferred_batch = int(batch) if batch else None
         self.acl = acl_module
         self.context = self.stream = self.desc = None
         self.model_id = None
         self.run_mode = None
         self._initialised = self._device_set = False
         self._in_sizes, self._out_sizes = [], []
+        self._gear = None  # the dynamic batch this backend runs at, or None
+        self._mbatch_index = None
         self._slots = []
-        self._staging = []  # output staging buffers, one set per slot
         self._free = queue.Queue()
         self._pending = []  # (slot index, tag, done) submitted, callback not yet launched
         self._inflight = 0
         self._cond = threading.Condition()
+        self._bound = threading.local()
         self._tid = None
         self._exit = False
+        self._report_error = None
         self._callback_error = None
+        self.launch_failures = []  # launch_callback failures recovered from (batches delivered inline)
         self._closed = False
 
     # --- loading -----------------------------------------------------------------------------
@@ -150,15 +173,16 @@ class AclBackend(Backend):
         acl = self._module()
         try:
             ret = acl.init(self.config_path) if self.config_path else acl.init()
-            if ret not in (ACL_SUCCESS, ACL_ERROR_REPEAT_INITIALIZE):
+            if ret != ACL_ERROR_REPEAT_INITIALIZE:  # 100002: another part of this process owns acl
                 _check("acl.init", ret)
-            self._initialised = True
+                self._initialised = True
             _check("acl.rt.set_device", acl.rt.set_device(self.device_id))
             self._device_set = True
             # Keep a handle only once its call succeeded, so teardown never releases a bogus one.
             context, ret = acl.rt.create_context(self.device_id)
             _check("acl.rt.create_context", ret)
             self.context = context
+            self._bound.context = context  # create_context made it current in this thread
             stream, ret = acl.rt.create_stream()
             _check("acl.rt.create_stream", ret)
             self.stream = stream
@@ -179,112 +203,173 @@ class AclBackend(Backend):
             raise
         return self
 
+    def _bind(self):
+        """Make the backend's context current in the calling thread (ACL contexts are per thread)."""
+        if getattr(self._bound, "context", None) != self.context:
+            _check("acl.rt.set_context", self.acl.rt.set_context(self.context))
+            self._bound.context = self.context
+
+    def _dynamic_batch(self, acl, desc, n_in):
+        """Find ``ascend_mbatch_shape_data``; choose the gear. Returns the data inputs' indices."""
+        index, ret = _pair(_optional(acl.mdl, "get_input_index_by_name", desc, MBATCH_INPUT))
+        if ret != ACL_SUCCESS or index is None:
+            return list(range(n_in))
+        info, ret = acl.mdl.get_dynamic_batch(desc)
+        _check("acl.mdl.get_dynamic_batch", ret)
+        gears = sorted(int(g) for g in info.get("batch", [])[: info.get("batchCount", 0)])
+        if not gears:
+            raise BackendError(f"the model has a {MBATCH_INPUT} input but no batch gears")
+        wanted = self.preferred_batch or gears[-1]
+        self._gear = next((g for g in gears if g >= wanted), gears[-1])
+        self._mbatch_index = index
+        return [i for i in range(n_in) if i != index]
+
     def _describe(self):
         acl, desc = self.acl, self.desc
         self.inputs, self.outputs = [], []
         n_in = acl.mdl.get_num_inputs(desc)
         n_out = acl.mdl.get_num_outputs(desc)
-        if n_in != 1:
-            raise BackendError(f"expected a model with one input, it has {n_in}")
+        data_inputs = self._dynamic_batch(acl, desc, n_in)
+        if len(data_inputs) != 1:
+            raise BackendError(
+                f"expected a model with one image input, it has {len(data_inputs)} (of {n_in} inputs)"
+            )
         for i in range(n_in):
+            size = acl.mdl.get_input_size_by_index(desc, i)
+            self._in_sizes.append(size)
+            if i == self._mbatch_index:
+                continue
             dims, ret = acl.mdl.get_input_dims(desc, i)
             _check("acl.mdl.get_input_dims", ret)
             shape = tuple(int(d) for d in dims["dims"])
+            if self._gear and shape and shape[0] == -1:
+                shape = (self._gear,) + shape[1:]
             if any(d < 0 for d in shape):
                 raise BackendError(
-                    f"input {i} has dynamic dims {shape}: convert the model with a fixed --input_shape"
+                    f"input {i} has dynamic dims {shape}: convert the model with a fixed --input_shape "
+                    "(or --dynamic_batch_size)"
                 )
-            dtype = ACL_DTYPES.get(acl.mdl.get_input_data_type(desc, i), "float32")
-            size = acl.mdl.get_input_size_by_index(desc, i)
-            if size != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                raise BackendError(f"input {i} is {size} bytes, but shape {shape} {dtype} needs another size")
+            dtype = _dtype(acl.mdl.get_input_data_type(desc, i), f"input {i}")
+            self._check_input_size(i, shape, dtype, size)
             layout = ACL_FORMATS.get(_optional(acl.mdl, "get_input_format", desc, i)) or guess_layout(shape)
             name = _optional(acl.mdl, "get_input_name_by_index", desc, i) or f"input{i}"
             self.inputs.append(TensorSpec(name, shape, dtype, layout))
-            self._in_sizes.append(size)
         for i in range(n_out):
             dims, ret = acl.mdl.get_output_dims(desc, i)
             _check("acl.mdl.get_output_dims", ret)
             shape = tuple(int(d) for d in dims["dims"])
-            dtype = ACL_DTYPES.get(acl.mdl.get_output_data_type(desc, i), "float32")
+            dtype = _dtype(acl.mdl.get_output_data_type(desc, i), f"output {i}")
+            if self._gear and shape:  # batch-major outputs: read the chosen gear's rows
+                shape = (self._gear,) + shape[1:]
             name = _optional(acl.mdl, "get_output_name_by_index", desc, i) or f"output{i}"
             self.outputs.append(TensorSpec(name, shape, dtype))
-            self._out_sizes.append(acl.mdl.get_output_size_by_index(desc, i))
+            size = acl.mdl.get_output_size_by_index(desc, i)
+            self._out_sizes.append(size if not self._gear else int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        self._data_index = data_inputs[0]
+        spec = self.inputs[0]
+        self._copy_size = int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+
+    def _check_input_size(self, i, shape, dtype, size):
+        need = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self._gear:
+            need_max = size  # buffers hold the largest gear; the chosen gear must fit
+            if need > need_max:
+                raise BackendError(
+                    f"input {i}: gear {self._gear} needs {need} bytes, the model reports {size}"
+                )
+            return
+        if size == need:
+            return
+        if dtype == "uint8" and len(shape) == 4 and shape[3] == 3 and size * 2 == need:
+            raise BackendError(
+                f"input {i} is a YUV420SP_U8 (NV12) AIPP input ({size} bytes for {shape}): the agent feeds RGB "
+                "images; convert the model with an RGB888_U8 AIPP config (deploy model convert --aipp ...)"
+            )
+        raise BackendError(f"input {i} is {size} bytes, but shape {shape} {dtype} needs {need}")
 
     def _malloc(self, size):
         ptr, ret = self.acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST)
         _check(f"acl.rt.malloc({size})", ret)
         return ptr
 
-    def _dataset(self, ptrs, sizes, bufs):
+    def _fill(self, ds, ptrs, sizes, bufs):
+        """Wrap each pointer in a data buffer and add it to ``ds``. Every buffer is recorded in
+        ``bufs`` as soon as it exists, so close() releases it even when adding it failed."""
         acl = self.acl
-        ds = acl.mdl.create_dataset()
         for ptr, size in zip(ptrs, sizes):
             buf = acl.create_data_buffer(ptr, size)
-            if buf is None:
+            if not buf:
                 raise BackendError(f"acl.create_data_buffer({size}) failed")
             bufs.append(buf)
             _, ret = acl.mdl.add_dataset_buffer(ds, buf)
             _check("acl.mdl.add_dataset_buffer", ret)
-        return ds
 
     def _add_slot(self):
         slot = _Slot()
         self._slots.append(slot)
         for size in self._in_sizes:
             slot.in_ptrs.append(self._malloc(size))
-        slot.in_ds = self._dataset(slot.in_ptrs, self._in_sizes, slot.in_bufs)
+        slot.in_ds = self.acl.mdl.create_dataset()
+        self._fill(slot.in_ds, slot.in_ptrs, self._in_sizes, slot.in_bufs)
         for size in self._out_sizes:
             slot.out_ptrs.append(self._malloc(size))
-        slot.out_ds = self._dataset(slot.out_ptrs, self._out_sizes, slot.out_bufs)
-        staging = []
-        self._staging.append(staging)
-        for size in self._out_sizes:
-            if self.run_mode == ACL_HOST:
-                ptr, ret = self.acl.rt.malloc_host(size)
-                _check(f"acl.rt.malloc_host({size})", ret)
-            else:
-                ptr = self._malloc(size)
-            staging.append(ptr)
+        slot.out_ds = self.acl.mdl.create_dataset()
+        self._fill(slot.out_ds, slot.out_ptrs, self._out_sizes, slot.out_bufs)
         self._free.put(len(self._slots) - 1)
 
     # --- data movement -----------------------------------------------------------------------
+    def _host_ptr(self, arr):
+        """(pointer, keep-alive object) of a C-contiguous array's bytes, with the samples' probe."""
+        if "bytes_to_ptr" in dir(self.acl.util):
+            data = arr.tobytes()
+            return self.acl.util.bytes_to_ptr(data), data
+        return self.acl.util.numpy_to_ptr(arr), arr
+
     def _copy_in(self, slot, batch):
         acl = self.acl
-        arr = np.ascontiguousarray(batch, dtype=self.inputs[0].dtype)
-        size = self._in_sizes[0]
+        spec = self.inputs[0]
+        src = np.asarray(batch)
+        if src.dtype != np.dtype(spec.dtype) and not np.can_cast(src.dtype, spec.dtype, casting="same_kind"):
+            raise BackendError(
+                f"input batch is {src.dtype}, the model wants {spec.dtype}: refusing to convert"
+            )
+        arr = np.ascontiguousarray(src, dtype=spec.dtype)
+        size = self._copy_size
         if arr.nbytes != size:
             raise BackendError(
-                f"input batch is {arr.nbytes} bytes ({arr.shape}), the model wants {size} ({self.inputs[0].shape})"
+                f"input batch is {arr.nbytes} bytes ({arr.shape}), the model wants {size} ({spec.shape})"
             )
         kind = ACL_MEMCPY_HOST_TO_DEVICE if self.run_mode == ACL_HOST else ACL_MEMCPY_DEVICE_TO_DEVICE
-        if "bytes_to_ptr" in dir(acl.util):
-            data = arr.tobytes()  # must stay alive until memcpy returns
-            ptr = acl.util.bytes_to_ptr(data)
-        else:
-            data = arr
-            ptr = acl.util.numpy_to_ptr(arr)
-        _check("acl.rt.memcpy (input)", acl.rt.memcpy(slot.in_ptrs[0], size, ptr, size, kind))
-        del data
+        ptr, keep = self._host_ptr(arr)
+        index = self._data_index
+        _check(
+            "acl.rt.memcpy (input)",
+            acl.rt.memcpy(slot.in_ptrs[index], self._in_sizes[index], ptr, size, kind),
+        )
+        del keep  # had to stay alive until memcpy returned
+        if self._gear:
+            _check(
+                "acl.mdl.set_dynamic_batch_size",
+                acl.mdl.set_dynamic_batch_size(self.model_id, slot.in_ds, self._mbatch_index, self._gear),
+            )
 
     def _copy_out(self, index):
-        acl = self.acl
-        slot, staging = self._slots[index], self._staging[index]
+        """Each output copied once, from device memory into a new host array."""
+        slot = self._slots[index]
         kind = ACL_MEMCPY_DEVICE_TO_HOST if self.run_mode == ACL_HOST else ACL_MEMCPY_DEVICE_TO_DEVICE
-        use_bytes = "ptr_to_bytes" in dir(acl.util)
+        use_bytes = "bytes_to_ptr" in dir(self.acl.util)
         outs = []
         for i, spec in enumerate(self.outputs):
             size = self._out_sizes[i]
-            _check(
-                f"acl.rt.memcpy (output {i})",
-                acl.rt.memcpy(staging[i], size, slot.out_ptrs[i], size, kind),
-            )
             dtype = np.dtype(spec.dtype)
             if use_bytes:
-                arr = np.frombuffer(acl.util.ptr_to_bytes(staging[i], size), dtype=dtype)
+                host = bytes(size)  # a fresh object: the copy lands in it
+                ptr = self.acl.util.bytes_to_ptr(host)
             else:
-                n = size // dtype.itemsize
-                arr = np.array(acl.util.ptr_to_numpy(staging[i], (n,), NPY_TYPES[spec.dtype]), copy=True)
+                host = np.empty(size // dtype.itemsize, dtype=dtype)
+                ptr = self.acl.util.numpy_to_ptr(host)
+            _check(f"acl.rt.memcpy (output {i})", self.acl.rt.memcpy(ptr, size, slot.out_ptrs[i], size, kind))
+            arr = np.frombuffer(host, dtype=dtype) if use_bytes else host
             outs.append(arr.reshape(spec.shape) if int(np.prod(spec.shape)) == arr.size else arr)
         return outs
 
@@ -303,6 +388,7 @@ class AclBackend(Backend):
             if box.get("err") is not None:
                 raise BackendError(str(box["err"]))
             return box["outs"]
+        self._bind()
         slot = self._slots[0]
         self._copy_in(slot, batch)
         _check("acl.mdl.execute", self.acl.mdl.execute(self.model_id, slot.in_ds, slot.out_ds))
@@ -314,9 +400,10 @@ class AclBackend(Backend):
             return Backend.submit(self, batch, tag, done)
         if self.model_id is None:
             raise BackendError("model not loaded")
+        self._bind()
         if self._tid is None:
             self._start_reporting()
-        index = self._free.get()  # blocks while every slot is in flight: the pool bounds memory
+        index = self._take_slot()
         try:
             self._copy_in(self._slots[index], batch)
             slot = self._slots[index]
@@ -335,21 +422,53 @@ class AclBackend(Backend):
             self._launch()
         return None
 
-    def _launch(self):
-        batch, self._pending = self._pending, []
-        if batch:
-            _check(
-                "acl.rt.launch_callback",
-                self.acl.rt.launch_callback(self._callback, batch, ACL_CALLBACK_BLOCK, self.stream),
-            )
-
-    def _callback(self, entries):
-        """Runs on the report thread: read each finished slot, deliver it, free the slot."""
-        for index, tag, done in entries:
+    def _take_slot(self):
+        """A free pool slot. When every slot is in flight, first launch the callback of the
+        executions still waiting for one (else nothing would ever free a slot)."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        self._launch()
+        deadline = time.monotonic() + self.drain_timeout_s
+        while True:
+            self._raise_report_error()
             try:
-                outs, err = self._copy_out(index), None
-            except Exception as exc:
-                outs, err = None, exc
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"no device buffer came free within {self.drain_timeout_s:g} s"
+                    ) from None
+
+    def _launch(self):
+        entries, self._pending = self._pending, []
+        if not entries:
+            return
+        ret = self.acl.rt.launch_callback(self._callback, entries, ACL_CALLBACK_BLOCK, self.stream)
+        if ret == ACL_SUCCESS:
+            return
+        # No callback will come for these executions: wait for the device, deliver them here.
+        sync = self.acl.rt.synchronize_stream(self.stream)
+        failure = None
+        if sync != ACL_SUCCESS:
+            failure = BackendError(f"acl.rt.synchronize_stream failed: ret={sync}")
+        self._callback(entries, failure)
+        name = ERROR_NAMES.get(ret, "")
+        self.launch_failures.append(
+            f"acl.rt.launch_callback failed: ret={ret} {name}; delivered {len(entries)} inline"
+        )
+
+    def _callback(self, entries, failure=None):
+        """Runs on the report thread (or inline after a failed launch): read each finished slot,
+        deliver it, free the slot."""
+        for index, tag, done in entries:
+            outs, err = None, failure
+            if err is None:
+                try:
+                    outs = self._copy_out(index)
+                except Exception as exc:
+                    err = exc
             try:
                 done(tag, outs, err)
             except Exception as exc:  # never let a consumer bug kill the report thread
@@ -362,25 +481,46 @@ class AclBackend(Backend):
 
     def _report_loop(self, args):
         context, timeout_ms = args
-        self.acl.rt.set_context(context)
-        while not self._exit:
-            self.acl.rt.process_report(timeout_ms)
+        try:
+            _check("acl.rt.set_context (report thread)", self.acl.rt.set_context(context))
+            while not self._exit:
+                ret = self.acl.rt.process_report(timeout_ms)
+                if ret not in (ACL_SUCCESS, ACL_ERROR_WAIT_CALLBACK_TIMEOUT, ACL_ERROR_THREAD_NOT_SUBSCRIBE):
+                    _check("acl.rt.process_report", ret)
+        except Exception as exc:
+            self._report_error = exc
+            with self._cond:
+                self._cond.notify_all()
+
+    def _raise_report_error(self):
+        if self._report_error is not None:
+            raise BackendError(f"the report thread stopped: {self._report_error}")
 
     def _start_reporting(self):
         acl = self.acl
         self._exit = False
+        self._report_error = None
         self._tid, ret = acl.util.start_thread(self._report_loop, [self.context, self.report_timeout_ms])
         _check("acl.util.start_thread", ret)
         _check("acl.rt.subscribe_report", acl.rt.subscribe_report(self._tid, self.stream))
 
     def drain(self):
+        """Wait until every submitted batch was delivered; fails after ``drain_timeout_s`` or at
+        once when the report thread died (its batches can then never be delivered)."""
         if not self.async_mode or self._tid is None:
             return None
+        self._bind()
         self._launch()
-        _check("acl.rt.synchronize_stream", self.acl.rt.synchronize_stream(self.stream))
+        deadline = time.monotonic() + self.drain_timeout_s
         with self._cond:
             while self._inflight:
-                self._cond.wait(1.0)
+                self._raise_report_error()
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"{self._inflight} batch(es) still in flight after {self.drain_timeout_s:g} s"
+                    )
+                self._cond.wait(0.2)
+        _check("acl.rt.synchronize_stream", self.acl.rt.synchronize_stream(self.stream))
         if self._callback_error is not None:
             err, self._callback_error = self._callback_error, None
             raise BackendError(f"result callback failed: {err}")
@@ -390,11 +530,11 @@ class AclBackend(Backend):
         acl = self.acl
         if self._tid is None:
             return
-        for what, call in (
-            ("acl.rt.synchronize_stream", lambda: acl.rt.synchronize_stream(self.stream)),
-            ("acl.rt.unsubscribe_report", lambda: acl.rt.unsubscribe_report(self._tid, self.stream)),
-        ):
-            _collect(errors, what, call)
+        if self._report_error is None:  # a dead report thread would leave synchronize waiting forever
+            _collect(errors, "acl.rt.synchronize_stream", lambda: acl.rt.synchronize_stream(self.stream))
+        _collect(
+            errors, "acl.rt.unsubscribe_report", lambda: acl.rt.unsubscribe_report(self._tid, self.stream)
+        )
         self._exit = True
         _collect(errors, "acl.util.stop_thread", lambda: acl.util.stop_thread(self._tid))
         self._tid = None
@@ -407,6 +547,8 @@ class AclBackend(Backend):
         self._closed = True
         acl = self.acl
         errors = []
+        if self.context is not None and getattr(self._bound, "context", None) != self.context:
+            _collect(errors, "acl.rt.set_context", lambda: acl.rt.set_context(self.context))
         self._stop_reporting(errors)
         if self.model_id is not None:
             _collect(errors, "acl.mdl.unload", lambda: acl.mdl.unload(self.model_id))
@@ -426,13 +568,6 @@ class AclBackend(Backend):
                 if ds is not None:
                     _collect(errors, "acl.mdl.destroy_dataset", lambda d=ds: acl.mdl.destroy_dataset(d))
         self._slots = []
-        for staging in self._staging:
-            for ptr in staging:
-                if self.run_mode == ACL_HOST:
-                    _collect(errors, "acl.rt.free_host", lambda p=ptr: acl.rt.free_host(p))
-                else:
-                    _collect(errors, "acl.rt.free", lambda p=ptr: acl.rt.free(p))
-        self._staging = []
         if self.stream is not None:
             _collect(errors, "acl.rt.destroy_stream", lambda: acl.rt.destroy_stream(self.stream))
             self.stream = None
@@ -442,11 +577,26 @@ class AclBackend(Backend):
         if self._device_set:
             _collect(errors, "acl.rt.reset_device", lambda: acl.rt.reset_device(self.device_id))
             self._device_set = False
-        if self._initialised:
+        if self._initialised:  # only the caller whose acl.init succeeded finalizes
             _collect(errors, "acl.finalize", acl.finalize)
             self._initialised = False
         if errors:
             raise BackendError("teardown: " + "; ".join(errors))
+
+
+def _dtype(code, what):
+    """numpy dtype name of an aclDataType; a clear error for one the agent cannot handle."""
+    try:
+        return ACL_DTYPES[code]
+    except (KeyError, TypeError):
+        raise BackendError(f"{what} has aclDataType {code!r}, which the agent does not support") from None
+
+
+def _pair(result):
+    """(value, ret) from a call that returns a pair, or (None, -1) when it returned nothing."""
+    if isinstance(result, tuple) and len(result) == 2:
+        return result
+    return None, -1
 
 
 def _optional(namespace, fn, *args):
@@ -469,4 +619,5 @@ def _collect(errors, what, call):
     if isinstance(ret, tuple):  # a few calls return (value, ret)
         ret = ret[-1]
     if ret not in (None, ACL_SUCCESS):
-        errors.append(f"{what} ret={ret}")
+        name = ERROR_NAMES.get(ret, "")
+        errors.append(f"{what} ret={ret}{' (' + name + ')' if name else ''}")
