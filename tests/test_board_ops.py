@@ -1,0 +1,197 @@
+"""The board-side operations (deploy/board/) driven on a temporary home, no board and no SSH.
+
+Each test feeds an operation the bytes the host would send (request lines, tar streams) and
+reads the typed replies it writes, exactly as the bootstrap wires them on a board.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deploy import remote
+from deploy.board import main as board_main
+from deploy.board import protocol
+from deploy.board.wire import Wire
+
+APP = "classify"
+
+
+def op(home: Path, name: str, request: protocol.Message, *, then: list = (), stream: bytes = b"") -> list[dict]:
+    """Run one operation; returns every JSON line it wrote (bulk bytes after them are not parsed)."""
+    lines = [json.dumps(request.to_json()).encode() + b"\n"]
+    lines += [json.dumps(m.to_json()).encode() + b"\n" for m in then]
+    stdout = io.BytesIO()
+    code = board_main.run(name, Wire(io.BytesIO(b"".join(lines) + stream), stdout, str(home)))
+    replies = [json.loads(line) for line in stdout.getvalue().splitlines() if line.startswith(b"{")]
+    replies.append({"exit": code})
+    return replies
+
+
+def objects_stream(blobs: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+        for sha, data in blobs.items():
+            info = tarfile.TarInfo(sha)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def release(files: dict[str, bytes]) -> tuple[str, list[list], dict[str, bytes]]:
+    rows = [[path, len(data), hashlib.sha256(data).hexdigest(), 0o644] for path, data in sorted(files.items())]
+    rid = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
+    return rid, rows, {hashlib.sha256(d).hexdigest(): d for d in files.values()}
+
+
+def push(home: Path, files: dict[str, bytes], *, keep: int = 5, bashrc: str | None = None, corrupt: bool = False):
+    rid, rows, blobs = release(files)
+    req = protocol.PushRequest(app=APP, release=rid, manifest=rows, keep=keep)
+    plan = op(home, "push", req, then=[protocol.PushCommit(action="abort")])[0]
+    state = protocol.decode(protocol.PushState, plan)
+    send = {sha: blobs[sha] for sha in state.missing}
+    if corrupt:
+        send = {sha: data[::-1] + b"!" for sha, data in send.items()}
+    commit = protocol.PushCommit(action="commit", env_sh="export A=1\n", bashrc=bashrc)
+    replies = op(home, "push", req, then=[commit], stream=objects_stream(send) if send else b"")
+    return rid, state, replies
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    (tmp_path / ".bashrc").write_text("# user line\ncase $- in *i*) ;; *) return;; esac\n")
+    return tmp_path
+
+
+def app_dir(home: Path) -> Path:
+    return home / "HIAI_PROJECTS" / APP
+
+
+def test_push_sends_only_what_is_missing_and_switches_current(home):
+    rid1, state1, replies = push(home, {"a.txt": b"alpha", "sub/b.txt": b"beta"})
+    done = protocol.decode(protocol.PushDone, replies[1])
+    assert state1.current is None and len(state1.missing) == 2 and state1.facts.python
+    assert done.switched and done.release == rid1 and done.received_objects == 2
+    assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
+    assert (app_dir(home) / "current" / "sub" / "b.txt").read_bytes() == b"beta"
+    assert (app_dir(home) / "env.sh").stat().st_mode & 0o777 == 0o600
+
+    rid2, state2, replies = push(home, {"a.txt": b"alpha", "sub/b.txt": b"beta", "c.txt": b"gamma"})
+    done = protocol.decode(protocol.PushDone, replies[1])
+    assert state2.current == rid1 and state2.missing == [hashlib.sha256(b"gamma").hexdigest()]
+    assert done.linked == 2 and done.previous == rid1
+    same = app_dir(home) / "releases"
+    assert (same / rid1 / "a.txt").stat().st_ino == (same / rid2 / "a.txt").stat().st_ino  # hard-linked
+
+
+def test_a_corrupted_object_is_refused_and_nothing_switches(home):
+    rid1, _, _ = push(home, {"a.txt": b"alpha"})
+    rid2, _, replies = push(home, {"a.txt": b"alpha", "big.bin": b"x" * 5000}, corrupt=True)
+    assert "arrived corrupted" in replies[1]["error"] and replies[-1]["exit"] == 1
+    assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
+    assert [p.name for p in (app_dir(home) / "releases").iterdir() if p.name.startswith(".staging-")]
+    _, state, replies = push(home, {"a.txt": b"alpha", "big.bin": b"x" * 5000})
+    assert state.debris and protocol.decode(protocol.PushDone, replies[1]).switched  # the next push cleans up
+    assert not [p for p in (app_dir(home) / "releases").iterdir() if p.name.startswith(".staging-")]
+
+
+def test_bashrc_is_replaced_only_with_a_backup_and_a_managed_block(home):
+    new = "# >>> block >>>\n. env.sh\n# <<< block <<<\n" + (home / ".bashrc").read_text()
+    push(home, {"a.txt": b"alpha"}, bashrc=new)
+    assert (home / ".bashrc").read_text() == new
+    assert (home / ".bashrc.deploy-backup").read_text().startswith("# user line")
+
+
+def test_rollback_prune_and_releases(home):
+    made = [push(home, {"v.txt": str(i).encode()}, keep=2)[0] for i in range(3)]
+    listing = protocol.decode(protocol.ReleasesReply, op(home, "releases", protocol.AppRequest(app=APP))[0])
+    assert [r.id for r in listing.releases] == made[1:] and listing.current == made[2]
+    back = protocol.decode(protocol.RollbackReply, op(home, "rollback", protocol.RollbackRequest(app=APP))[0])
+    assert (back.previous, back.current) == (made[2], made[1])
+    bad = op(home, "rollback", protocol.RollbackRequest(app=APP, to="zzz"))
+    assert "no single release matches 'zzz'" in bad[0]["error"]
+    check = protocol.decode(protocol.VerifyReply, op(home, "verify", protocol.VerifyRequest(app=APP))[0])
+    assert check.release == made[1] and check.bad == [] and check.files == 1
+
+
+def test_status_and_pull_of_a_run_never_follow_links(home):
+    push(home, {"a.txt": b"alpha"})
+    run = app_dir(home) / "runs" / "r1"
+    (run / "inputs").mkdir(parents=True)
+    (run / "inputs" / "x.jpg").write_bytes(b"jpeg")
+    (run / "results.jsonl").write_text('{"ok": true}\n')
+    (run / "summary.json").write_text('{"ok": 1, "ips": 2.5}')
+    (run / "secret").symlink_to("/etc/passwd")
+    status = protocol.decode(protocol.StatusReply, op(home, "status", protocol.StatusRequest(app=APP, marker_begin="#"))[0])
+    assert status.runs[0].id == "r1" and status.runs[0].summary["ips"] == 2.5 and status.env_sh
+    stdout = io.BytesIO()
+    req = json.dumps(protocol.PullRequest(app=APP, exclude=["inputs"]).to_json()).encode() + b"\n"
+    assert board_main.run("pull", Wire(io.BytesIO(req), stdout, str(home))) == 0
+    head, tar = stdout.getvalue().split(b"\n", 1)
+    assert protocol.decode(protocol.PullHead, json.loads(head)).files == 2
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        assert sorted(tf.getnames()) == ["results.jsonl", "summary.json"]
+
+
+def test_bad_requests_get_one_error_line(home):
+    assert op(home, "nope", protocol.AppRequest(app=APP))[0] == {"error": "unknown operation 'nope'"}
+    assert "invalid app name" in op(home, "status", protocol.StatusRequest(app="../etc"))[0]["error"]
+    stdout = io.BytesIO()
+    assert board_main.run("status", Wire(io.BytesIO(b"[1, 2]\n"), stdout, str(home))) == 1
+    assert b"malformed StatusRequest" in stdout.getvalue()
+    assert "nothing deployed" in op(home, "run", protocol.RunRequest(app=APP, run_id="r9"))[0]["error"]
+
+
+def test_messages_round_trip_and_tolerate_other_versions():
+    reply = protocol.StatusReply(facts=protocol.Facts(arch="aarch64", python="3.7.5"),
+                                 releases=[protocol.ReleaseInfo(id="abc", current=True)])
+    wire = json.loads(json.dumps(reply.to_json()))
+    wire["from_a_newer_board"] = 1
+    back = protocol.decode(protocol.StatusReply, wire)
+    assert back == reply and back.facts.python_mm == "3.7" and back.releases[0].current
+    first, second = protocol.decode(protocol.PushDone, {}), protocol.PushDone()
+    first.pruned.append("x")
+    assert second.pruned == [] and protocol.PushDone.pruned == []  # list defaults are per message
+    with pytest.raises(TypeError):
+        protocol.Facts(nonsense=1)
+
+
+def boot(home: Path, header: bytes, request: protocol.Message, op_name: str = "status"):
+    digest, _ = remote.code_archive()
+    src = (Path(remote.BOARD_DIR) / "boot.py").read_text()
+    body = header + json.dumps(request.to_json()).encode() + b"\n"
+    r = subprocess.run([sys.executable, "-I", "-c", src, digest, op_name], input=body, capture_output=True,
+                       env={"HOME": str(home), "PATH": os.environ["PATH"]}, timeout=60)
+    return r.returncode, [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_bootstrap_installs_the_code_archive_once_and_verifies_it(home):
+    digest, archive = remote.code_archive()
+    req = protocol.StatusRequest(app=APP)
+    assert boot(home, b"cached\n", req) == (0, [{"boot": "need-code"}])
+    code, lines = boot(home, b"code %d\n" % len(archive) + archive, req)
+    assert code == 0 and lines[0] == {"boot": "ok"} and lines[1]["facts"]["home"] == str(home)
+    assert (home / ".cache" / "atlas-deploy" / "board" / digest / "deploy_board" / "main.py").is_file()
+    code, lines = boot(home, b"cached\n", req)
+    assert code == 0 and lines[0] == {"boot": "ok"} and "current" in lines[1]
+    bad = bytearray(archive)
+    bad[100] ^= 0xFF
+    fresh = home / "other"
+    fresh.mkdir()
+    assert boot(fresh, b"code %d\n" % len(bad) + bytes(bad), req) == (1, [{"error": "board code archive arrived corrupted"}])
+
+
+def test_the_board_code_is_python37_stdlib_and_never_imports_the_host():
+    for path in Path(remote.BOARD_DIR).glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+deploy(\.|\s|$)", text, re.M), path
+        assert "paramiko" not in text and "rich" not in text, path
