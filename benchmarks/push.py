@@ -27,14 +27,19 @@ the methods rotated each round; all samples are in ``samples``; ratios compare f
                      of the unchanged tree (quick check: nothing sent).
 * ``one_change_*``   one demo photo re-encoded, then pushed: the payload the tool counted
                      (``PushResult.payload_bytes``: file content sent) vs that file's size.
+* ``cli_startup_s``  ``{"help", "status", "imports"}``: the median wall time (over several interleaved runs)
+                     of ``python -m deploy --help``, of ``python -m deploy status board1`` (against this
+                     run's sandbox board, the app pushed) and of bare ``import deploy.cli, deploy.push,
+                     deploy.ssh``, each as a subprocess: what every CLI figure pays before its work.
 * ``cpu_s``          CPU seconds per method (medians), split into host (this process and its children:
                      the CLI, scp, rsync, ssh) and board (the sandbox sshd's sessions and everything they
                      run, sampled from /proc every 20 ms). The machine is shared, so wall times are noisy;
                      CPU seconds are steadier, and the board's share is what a slow ARM board will feel.
 * ``rtt``            (``--rtt-ms N``, default 2; 0 turns it off) the small-files and redeploy comparisons
-                     again through a local TCP proxy that delays each direction by N/2 ms, as a LAN or
-                     USB link to a real board would: loopback has no latency, which is where per-file
-                     round trips (scp's SFTP open/write/close per file) cost nothing.
+                     again through a local TCP relay (``deploy.testing.relay``, its own process) that
+                     delays each direction by N/2 ms, as a LAN or USB link to a real board would: loopback
+                     has no latency, which is where per-file round trips (scp's SFTP open/write/close per
+                     file) cost nothing.
 
 Human-readable progress goes to stderr; ``--json`` prints one JSON object on stdout.
 """
@@ -64,96 +69,12 @@ from deploy import bundle as bundle_mod  # noqa: E402
 from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import push as push_mod  # noqa: E402
 from deploy import ssh as ssh_mod  # noqa: E402
+from deploy.testing import DEMO, CommandFailed, Project, build_demo, demo_built, ssh_argv  # noqa: E402
+from deploy.testing import relay as relay_mod  # noqa: E402
 
-DEMO = ROOT / "demo"
 BOARD = "board1"
-
-INVENTORY = """\
-app:
-  name: {app}
-  models:
-    onnx: {demo}/models/efficientnet_lite0.onnx
-  labels: {demo}/labels/imagenet_classes.txt
-  images: {images}
-  preprocess:
-    preset: imagenet
-    scale: 1.0
-    mean: [127.0, 127.0, 127.0]
-    std: [128.0, 128.0, 128.0]
-  keep_releases: 3
-  env:
-    CLASSIFY_MODE: bench
-
-boards:
-  board1:
-    sandbox: true
-    target: x86_64-cpu
-{extra}"""
-
-LAGGED = """\
-  lagged:
-    host: 127.0.0.1
-    port: {port}
-    user: {user}
-    key: {key}
-    target: x86_64-cpu
-"""
-
-# A TCP relay that holds every chunk for RTT/2 in each direction (no bandwidth limit), run as its
-# own process so its work shows in neither the host's nor the board's CPU figures.
-PROXY = r"""
-import collections, socket, sys, threading, time
-delay = float(sys.argv[1]) / 2000.0
-target = ("127.0.0.1", int(sys.argv[2]))
-ls = socket.socket()
-ls.bind(("127.0.0.1", 0))
-ls.listen(64)
-print(ls.getsockname()[1], flush=True)
-
-def relay(src, dst):
-    q = collections.deque()
-    cv = threading.Condition()
-
-    def reader():
-        while True:
-            try:
-                data = src.recv(1 << 20)
-            except OSError:
-                data = b""
-            with cv:
-                q.append((time.monotonic() + delay, data))
-                cv.notify()
-            if not data:
-                return
-
-    def writer():
-        while True:
-            with cv:
-                while not q:
-                    cv.wait()
-                due, data = q.popleft()
-            wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
-                dst.sendall(data)
-            except OSError:
-                return
-
-    threading.Thread(target=reader, daemon=True).start()
-    threading.Thread(target=writer, daemon=True).start()
-
-while True:
-    c, _ = ls.accept()
-    u = socket.create_connection(target)
-    for x in (c, u):
-        x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    relay(c, u)
-    relay(u, c)
-"""
+KEEP_RELEASES = 3
+STARTUP_RUNS = 7  # per command, for cli_startup_s
 
 TARGETS = {
     "first_over_scp<=1.0": lambda r: r["first_over_scp"] <= 1.0,
@@ -163,19 +84,13 @@ TARGETS = {
     "redeploy_over_rsync<=1.0": lambda r: r["redeploy_over_rsync"] <= 1.0,
     "one_change_payload_bytes<=one_change_file_bytes+65536":
         lambda r: r["one_change_payload_bytes"] <= r["one_change_file_bytes"] + 65536,
+    "cli_startup_s.help<=0.12": lambda r: r["cli_startup_s"]["help"] <= 0.12,
+    "cli_startup_s.status<=0.12": lambda r: r["cli_startup_s"]["status"] <= 0.12,
 }
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process runs; a zombie waiting to be reaped has ended."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def host_cpu() -> float:
@@ -254,32 +169,25 @@ class Bench:
         self.repeat = repeat
         self.n_files = n_files
         self.rtt_ms = rtt_ms
-        self.inventory = root / "inventory.yaml"
-        self.images = root / "images"
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        # every demo photo in images/, board1 a sandbox board; "lagged" (board1 behind the relay) is added later
+        self.project = Project(root, DEMO, app="warm", photos=None, env={"CLASSIFY_MODE": "bench"})
+        self.inventory = self.project.inventory
+        self.images = self.project.images
         self.samples: dict[str, list[float]] = {}
         self.facts: dict = {}
-        self.sandbox: dict | None = None
-        self.proxy: subprocess.Popen | None = None
-        self.proxy_port: int | None = None
+        self.sandbox: dict | None = None  # board1's `sandbox status` row, read once it is up
+        self.relay: relay_mod.RelayProcess | None = None
 
     # ------------------------------------------------------------ plumbing
 
     def configure(self, app: str, images: Path | None = None) -> None:
-        extra = ""
-        if self.proxy_port:
-            sb = self.sandbox
-            extra = LAGGED.format(port=self.proxy_port, user=sb["user"], key=sb["key"])
-        self.inventory.write_text(INVENTORY.format(app=app, demo=DEMO, images=images or self.images, extra=extra))
+        self.project.configure(keep=KEEP_RELEASES, app=app, images=images)
 
     def deploy(self, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-        argv = [sys.executable, "-m", "deploy", "-i", str(self.inventory), *args]
+        """``deploy ARGS`` as a subprocess (raises CommandFailed); its wall time and result."""
         t0 = time.perf_counter()
-        r = subprocess.run(argv, capture_output=True, text=True, cwd=self.root, env=self.env)
-        dt = time.perf_counter() - t0
-        if r.returncode != 0:
-            raise RuntimeError(f"deploy {' '.join(args)} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
-        return dt, r
+        r = self.project.deploy(*args)
+        return time.perf_counter() - t0, r
 
     @contextmanager
     def cpu(self, key: str):
@@ -339,12 +247,9 @@ class Bench:
         return res
 
     def ssh_parts(self, port: int | None = None) -> tuple[list[str], str]:
-        words = shlex.split(self.sandbox["ssh_command"])
-        assert words[0] == "ssh" and "-p" in words, words
-        opts = words[1:-1] + ["-o", "BatchMode=yes"]
-        if port is not None:
-            opts[opts.index("-p") + 1] = str(port)
-        return opts, words[-1]
+        """OpenSSH client options and ``user@host`` for board1 (or the relay's ``port``), for ssh/scp/rsync."""
+        words = ssh_argv(self.sandbox, port)
+        return words[1:-1], words[-1]
 
     def ssh(self, command: str) -> None:
         opts, dest = self.ssh_parts()
@@ -384,6 +289,9 @@ class Bench:
     def best(self, key: str) -> float:
         return min(self.samples[key])
 
+    def most(self, key: str) -> int:
+        return int(max(self.samples[key]))
+
     def median(self, key: str) -> float:
         return statistics.median(self.samples[key])
 
@@ -393,12 +301,10 @@ class Bench:
     # ------------------------------------------------------------ stages
 
     def setup(self) -> None:
-        shutil.copytree(DEMO / "images", self.images)
         self.configure("warm")
         log(f"project {self.root}: starting sandbox board {BOARD}")
-        self.deploy("sandbox", "up", BOARD)
-        _, r = self.deploy("sandbox", "status", "--json")
-        self.sandbox = next(s for s in json.loads(r.stdout) if s["name"] == BOARD)
+        self.project.up(BOARD)
+        self.sandbox = self.project.status(BOARD)
         # warm the wheel cache (pip, once per machine) and the board-facts cache
         self.deploy("push", BOARD, "--dry-run", "--json")
         self.ssh(f"mkdir -p {shlex.quote(str(self.home / 'bench'))}")
@@ -426,12 +332,25 @@ class Bench:
             os.chmod(out, e.mode)
         return len(b.entries), b.total_bytes
 
-    def cli_overhead(self) -> None:
-        """Interpreter start-up + imports of the CLI, no SSH: the floor under every CLI figure."""
-        for _ in range(self.repeat):
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import deploy.cli, deploy.push, deploy.ssh"], check=True, env=self.env)
-            self.record("cli_startup_s", time.perf_counter() - t0)
+    def cli_startup(self) -> None:
+        """Wall time of CLI commands that do (almost) nothing: ``deploy --help``, ``deploy status board1``
+        (one SSH round trip to a board with the app on it), and the bare imports of the push path."""
+        self.configure("startup")
+        self.cli_push()
+        commands = {
+            "help": [sys.executable, "-m", "deploy", "--help"],
+            "status": self.project.argv("status", BOARD),
+            "imports": [sys.executable, "-c", "import deploy.cli, deploy.push, deploy.ssh"],
+        }
+        for i in range(STARTUP_RUNS):
+            names = list(commands)
+            for name in names[i % 3:] + names[: i % 3]:  # interleaved, order rotated
+                t0 = time.perf_counter()
+                subprocess.run(commands[name], check=True, capture_output=True, cwd=self.root, env=self.project.environ)
+                self.record(f"cli_startup:{name}", time.perf_counter() - t0)
+        log("cli start-up (median of {}): {}".format(STARTUP_RUNS, ", ".join(
+            f"{k} {self.median(f'cli_startup:{k}'):.3f} s" for k in commands)))
+        self.forget("HIAI_PROJECTS/startup")
 
     def first_and_redeploy(self) -> None:
         tree = self.root / "tree"
@@ -537,43 +456,30 @@ class Bench:
     def teardown(self) -> bool:
         """``deploy sandbox down --purge``: stops the sshd this project started (by its recorded PID), removes
         the board's home and user. True when nothing of it is left running."""
-        if not (self.root / ".deploy" / "sandbox").exists():
-            return True
         try:
-            self.deploy("sandbox", "down", "--purge")
-        except RuntimeError as exc:
+            if self.project.down():
+                return True
+        except CommandFailed as exc:
             log(f"warning: {exc}")
-        pid = (self.sandbox or {}).get("pid")
-        deadline = time.monotonic() + 10
-        while pid and pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid and pid_alive(pid):
-            log(f"warning: sandbox sshd {pid} still running; project kept at {self.root} "
-                f"(stop it with: deploy -i {self.inventory} sandbox down --purge)")
-            return False
-        return True
+        log(f"warning: sandbox sshd still running; project kept at {self.root} "
+            f"(stop it with: deploy -i {self.inventory} sandbox down --purge)")
+        return False
 
-    def start_proxy(self) -> None:
-        self.proxy = subprocess.Popen([sys.executable, "-c", PROXY, str(self.rtt_ms), str(self.sandbox["port"])],
-                                      stdout=subprocess.PIPE, text=True)
-        self.proxy_port = int(self.proxy.stdout.readline())
-        # the same host key answers on the relay's port: record it so both ssh and the tool verify it
-        kh = Path(self.sandbox["known_hosts"])
-        ours = f"[127.0.0.1]:{self.sandbox['port']} "
-        lines = [ln for ln in kh.read_text().splitlines() if ln.startswith(ours)]
-        with open(kh, "a") as f:
-            for ln in lines:
-                f.write(f"[127.0.0.1]:{self.proxy_port} {ln[len(ours):]}\n")
+    def start_relay(self) -> int:
+        """The relay as its own process (its CPU in neither figure), and board ``lagged`` in the inventory."""
+        self.relay = relay_mod.spawn(self.sandbox["port"], rtt_ms=self.rtt_ms)
+        self.project.boards["lagged"] = self.project.relay_board(self.relay.port, BOARD)
+        return self.relay.port
 
-    def stop_proxy(self) -> None:
-        if self.proxy is not None and self.proxy.poll() is None:
-            self.proxy.terminate()  # the relay process this benchmark started, by its own handle
-            self.proxy.wait(timeout=10)
+    def stop_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()  # the relay process this benchmark started, by its own handle
+            self.relay = None
+        self.project.boards.pop("lagged", None)
 
     def with_latency(self) -> None:
         """Small files and redeploy again, every byte delayed by RTT/2 each way (a LAN/USB link, not loopback)."""
-        self.start_proxy()
-        port = self.proxy_port
+        port = self.start_relay()
         tree = self.root / "tree"
         self.configure("rtt")
         self.deploy("push", "lagged", "--dry-run", "--json")  # board facts for the new board name
@@ -605,13 +511,29 @@ class Bench:
                 f"scp -r {g('rtt:small_files_scp_s'):.2f} s, rsync {g('rtt:small_files_rsync_s'):.2f} s | "
                 f"redeploy push {g('rtt:redeploy_s'):.2f} s, rsync {g('rtt:redeploy_rsync_s'):.2f} s")
         self.forget("HIAI_PROJECTS/rtt", "bench/rtt-tree")
-        self.stop_proxy()
+        self.stop_relay()
 
     # ------------------------------------------------------------ report
 
     def result(self) -> dict:
-        b = self.best
-        r = {
+        r = self._headline()
+        r["targets"] = {name: bool(check(r)) for name, check in TARGETS.items()}
+        if "rtt:small_files_push_s" in self.samples:
+            r["rtt"] = self._rtt()
+        r["cpu_s"] = self._cpu()
+        r["api_phases_s"] = self._phases()
+        r["statistic"] = (f"wall times: min over {self.repeat} interleaved rounds (order rotated per round); "
+                          f"cli_startup_s: median of {STARTUP_RUNS}; cpu_s and api_phases_s: medians; ratios within this run")
+        r["included"] = INCLUDED
+        r["machine"] = self._machine()
+        r["samples"] = {k: [round(x, 4) for x in v] for k, v in self.samples.items()
+                        if not k.startswith(("cpu_", "phase:"))}
+        return _rounded(r)
+
+    def _headline(self) -> dict:
+        """The flat figures: first push, small files, redeploy, one change, CLI start-up, sizes."""
+        b, most = self.best, self.most
+        return {
             "first_push_s": b("first_push_s"),
             "first_push_api_s": b("first_push_api_s"),
             "first_push_cold_hash_s": self.facts["first_push_cold_hash_s"],
@@ -620,7 +542,7 @@ class Bench:
             "first_over_scp": b("first_push_s") / b("scp_r_s"),
             "first_api_over_scp": b("first_push_api_s") / b("scp_r_s"),
             "first_over_rsync": b("first_push_s") / b("rsync_s"),
-            "first_payload_bytes": int(max(self.samples["first_payload_bytes"])),
+            "first_payload_bytes": most("first_payload_bytes"),
             "small_files_push_s": b("small_files_push_s"),
             "small_files_push_api_s": b("small_files_push_api_s"),
             "small_files_scp_s": b("small_files_scp_s"),
@@ -630,73 +552,84 @@ class Bench:
             "small_files_speedup_vs_rsync": b("small_files_rsync_s") / b("small_files_push_s"),
             "redeploy_s": b("redeploy_s"),
             "redeploy_api_s": b("redeploy_api_s"),
-            "redeploy_payload_bytes": int(max(self.samples["redeploy_payload_bytes"])),
+            "redeploy_payload_bytes": most("redeploy_payload_bytes"),
             "redeploy_rsync_s": b("redeploy_rsync_s"),
             "redeploy_over_rsync": b("redeploy_s") / b("redeploy_rsync_s"),
             "redeploy_api_over_rsync": b("redeploy_api_s") / b("redeploy_rsync_s"),
-            "one_change_payload_bytes": int(max(self.samples["one_change_payload_bytes"])),
-            "one_change_file_bytes": int(max(self.samples["one_change_file_bytes"])),
+            "one_change_payload_bytes": most("one_change_payload_bytes"),
+            "one_change_file_bytes": most("one_change_file_bytes"),
             "one_change_s": b("one_change_s"),
-            "cli_startup_s": b("cli_startup_s"),
+            "cli_startup_s": {k.split(":", 1)[1]: self.median(k) for k in self.samples if k.startswith("cli_startup:")},
             "bundle_files": self.facts["bundle_files"],
             "bundle_bytes": self.facts["bundle_bytes"],
             "small_files": self.n_files,
             "small_file_bytes": 4096,
         }
-        r["targets"] = {name: bool(check(r)) for name, check in TARGETS.items()}
-        if "rtt:small_files_push_s" in self.samples:
-            r["rtt"] = {
-                "rtt_ms": self.rtt_ms,
-                "small_files_push_s": b("rtt:small_files_push_s"),
-                "small_files_scp_s": b("rtt:small_files_scp_s"),
-                "small_files_rsync_s": b("rtt:small_files_rsync_s"),
-                "small_files_speedup_vs_scp": b("rtt:small_files_scp_s") / b("rtt:small_files_push_s"),
-                "small_files_speedup_vs_rsync": b("rtt:small_files_rsync_s") / b("rtt:small_files_push_s"),
-                "redeploy_s": b("rtt:redeploy_s"),
-                "redeploy_rsync_s": b("rtt:redeploy_rsync_s"),
-                "redeploy_over_rsync": b("rtt:redeploy_s") / b("rtt:redeploy_rsync_s"),
-            }
-        r["cpu_s"] = {
-            k.split(":", 1)[1].removesuffix("_s"): {
-                "host": round(self.median(k), 3),
-                "board": round(self.median("cpu_board:" + k.split(":", 1)[1]), 3),
-            }
-            for k in self.samples
-            if k.startswith("cpu_host:") and "rsync_fill" not in k
+
+    def _rtt(self) -> dict:
+        b = self.best
+        return {
+            "rtt_ms": self.rtt_ms,
+            "small_files_push_s": b("rtt:small_files_push_s"),
+            "small_files_scp_s": b("rtt:small_files_scp_s"),
+            "small_files_rsync_s": b("rtt:small_files_rsync_s"),
+            "small_files_speedup_vs_scp": b("rtt:small_files_scp_s") / b("rtt:small_files_push_s"),
+            "small_files_speedup_vs_rsync": b("rtt:small_files_rsync_s") / b("rtt:small_files_push_s"),
+            "redeploy_s": b("rtt:redeploy_s"),
+            "redeploy_rsync_s": b("rtt:redeploy_rsync_s"),
+            "redeploy_over_rsync": b("rtt:redeploy_s") / b("rtt:redeploy_rsync_s"),
         }
-        r["api_phases_s"] = {}
+
+    def _cpu(self) -> dict:
+        """Host and board CPU seconds per method (medians)."""
+        out = {}
+        for k in self.samples:
+            if k.startswith("cpu_host:") and "rsync_fill" not in k:
+                method = k.split(":", 1)[1]
+                out[method.removesuffix("_s")] = {
+                    "host": round(self.median(k), 3),
+                    "board": round(self.median("cpu_board:" + method), 3),
+                }
+        return out
+
+    def _phases(self) -> dict:
+        """The in-process pushes split into connect / plan / transfer / commit (medians)."""
+        out: dict[str, dict] = {}
         for k in self.samples:
             if k.startswith("phase:"):
                 _, key, phase = k.split(":")
-                r["api_phases_s"].setdefault(key.removesuffix("_s"), {})[phase] = round(self.median(k), 4)
-        r["statistic"] = (f"wall times: min over {self.repeat} interleaved rounds (order rotated per round); "
-                          "cpu_s and api_phases_s: medians; ratios within this run")
-        r["included"] = {
-            "first_push_s, redeploy_s, small_files_push_s, one_change_s": "`python -m deploy push board1 --json` "
-            "subprocess end to end (interpreter start-up, inventory, bundle with warm hash cache, SSH connect, plan, "
-            "transfer, board verify+assemble+switch); wheel cache and board facts warmed by a --dry-run push first",
-            "*_api_s": "in-process: inventory load + new ssh.Connection + push.push + close (no interpreter start-up)",
-            "first_push_cold_hash_s": "one first push with an empty hash cache (hashes the whole bundle once)",
-            "scp_r_s, small_files_scp_s": "`scp -r -q` into a fresh directory, its own ssh start-up and connection included",
-            "rsync_s, small_files_rsync_s": "`rsync -a` into a fresh directory; redeploy_rsync_s: the same again, nothing changed",
-            "small_files_push_s": "1000 new files (new content each round) hashed and sent; the rest of the release "
-            "is already on the board (hard-linked)",
-            "cli_startup_s": "`python -c 'import deploy.cli, deploy.push, deploy.ssh'`: the floor under every CLI figure",
-            "cpu_s": "host: this process + children (CLI/scp/rsync/ssh), including the /proc sampler's ~1-2% of a "
-            "core; board: processes under the sandbox sshd (sshd sessions, the helper / sftp / rsync server)",
-            "rtt": "through a local relay adding rtt_ms round-trip latency (no bandwidth limit); CLI push to an "
-            "inventory board pointing at the relay, scp/rsync with -P/-p to the relay",
-        }
-        r["machine"] = {
+                out.setdefault(key.removesuffix("_s"), {})[phase] = round(self.median(k), 4)
+        return out
+
+    def _machine(self) -> dict:
+        return {
             "cpus": os.cpu_count(),
             "loadavg_at_end": os.getloadavg()[0],
             "python": platform.python_version(),
             "paramiko": __import__("paramiko").__version__,
             **{k: self.facts[k] for k in ("openssh", "openssh_cipher", "paramiko_cipher") if k in self.facts},
         }
-        r["samples"] = {k: [round(x, 4) for x in v] for k, v in self.samples.items()
-                        if not k.startswith(("cpu_", "phase:"))}
-        return _rounded(r)
+
+
+# What each figure includes (in the JSON as "included").
+INCLUDED = {
+    "first_push_s, redeploy_s, small_files_push_s, one_change_s": "`python -m deploy push board1 --json` "
+    "subprocess end to end (interpreter start-up, inventory, bundle with warm hash cache, SSH connect, plan, "
+    "transfer, board verify+assemble+switch); wheel cache and board facts warmed by a --dry-run push first",
+    "*_api_s": "in-process: inventory load + new ssh.Connection + push.push + close (no interpreter start-up)",
+    "first_push_cold_hash_s": "one first push with an empty hash cache (hashes the whole bundle once)",
+    "scp_r_s, small_files_scp_s": "`scp -r -q` into a fresh directory, its own ssh start-up and connection included",
+    "rsync_s, small_files_rsync_s": "`rsync -a` into a fresh directory; redeploy_rsync_s: the same again, nothing changed",
+    "small_files_push_s": "1000 new files (new content each round) hashed and sent; the rest of the release "
+    "is already on the board (hard-linked)",
+    "cli_startup_s": "subprocess wall time, median: help = `python -m deploy --help`; status = `python -m deploy "
+    "status board1` against this run's sandbox board with the app pushed (SSH connect and one board op included); "
+    "imports = `python -c 'import deploy.cli, deploy.push, deploy.ssh'`",
+    "cpu_s": "host: this process + children (CLI/scp/rsync/ssh), including the /proc sampler's ~1-2% of a "
+    "core; board: processes under the sandbox sshd (sshd sessions, the helper / sftp / rsync server)",
+    "rtt": "through a local relay (deploy.testing.relay, its own process) adding rtt_ms round-trip latency (no "
+    "bandwidth limit); CLI push to an inventory board pointing at the relay, scp/rsync with -P/-p to the relay",
+}
 
 
 def _rounded(obj):
@@ -734,6 +667,7 @@ def table(r: dict) -> str:
                  f"redeploy payload {r['redeploy_payload_bytes']} B")
     lines.append("cpu seconds (host / board): " + ", ".join(
         f"{k} {v['host']:.2f}/{v['board']:.2f}" for k, v in r["cpu_s"].items() if not k.startswith("rtt:")))
+    lines.append("cli start-up: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["cli_startup_s"].items()))
     lines.append(f"seconds; {r['statistic']}")
     for name, ok in r["targets"].items():
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}")
@@ -748,9 +682,9 @@ def main() -> int:
     ap.add_argument("--rtt-ms", type=float, default=2.0, help="also measure through a relay with this RTT (0: skip)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the throwaway project (the board is stopped anyway)")
     args = ap.parse_args()
-    if not (DEMO / "models" / "efficientnet_lite0.onnx").is_file():
+    if not demo_built(DEMO):
         log("building the demo model and photos once (deploy model demo)")
-        subprocess.run([sys.executable, "-m", "deploy", "-i", str(ROOT / "inventory.yaml"), "model", "demo"], check=True, cwd=ROOT)
+        build_demo(DEMO)
     for tool in ("ssh", "scp", "rsync"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: the baselines need OpenSSH's ssh/scp and rsync")
@@ -759,7 +693,7 @@ def main() -> int:
     bench = Bench(root, max(1, args.repeat), args.files, args.rtt_ms)
     try:
         bench.setup()
-        bench.cli_overhead()
+        bench.cli_startup()
         bench.first_and_redeploy()
         bench.small_files()
         bench.one_change()
@@ -767,7 +701,7 @@ def main() -> int:
             bench.with_latency()
         result = bench.result()
     finally:
-        bench.stop_proxy()
+        bench.stop_relay()
         if bench.teardown() and not args.keep_tmp:
             shutil.rmtree(root, ignore_errors=True)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
