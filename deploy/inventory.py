@@ -162,7 +162,28 @@ def load(path: str | Path) -> Inventory:
 
 
 def parse(text: str, path: Path) -> Inventory:
+    """Validate inventory ``text`` read from ``path`` (errors name it; relative paths start at its folder).
+
+    Raises InventoryError (file:line: field: message) for the first problem, checking app:, defaults:,
+    boards: and groups: in that order. A board's setting wins over its group's, which wins over defaults:.
+    """
     doc = _Doc(path)
+    top = _sections(doc, _compose(text, path), path)
+    base = path.resolve().parent
+    app = _app(doc, top["app"][1], base)
+    defaults = _defaults(doc, top["defaults"][1]) if "defaults" in top else {}
+    boards_m = _board_nodes(doc, top["boards"][1])
+    # settings a board inherits, as key -> (node, where it was written): defaults < groups < the board itself
+    inherited = {name: dict(defaults) for name in boards_m}
+    groups = _groups(doc, top["groups"][1], boards_m, inherited) if "groups" in top else {}
+    boards = {
+        name: _board(doc, name, knode, vnode, inherited[name], base) for name, (knode, vnode) in boards_m.items()
+    }
+    return Inventory(path=path, app=app, boards=boards, groups=groups)
+
+
+def _compose(text: str, path: Path) -> yaml.Node:
+    """The YAML as nodes (which keep their line numbers); syntax errors and emptiness as InventoryError."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -173,66 +194,85 @@ def parse(text: str, path: Path) -> Inventory:
         raise InventoryError(f"{path}:1: YAML error: {exc}") from None
     if root is None:
         raise InventoryError(f"{path}:1: inventory is empty (needs app: and boards:)")
+    return root
+
+
+def _sections(doc: _Doc, root: yaml.Node, path: Path) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """The top-level sections: only known ones, and app: and boards: present."""
     top = doc.mapping(root, "")
     doc.check_keys(top, {"app", "boards", "groups", "defaults"}, "")
     for req in ("app", "boards"):
         if req not in top:
             raise InventoryError(f"{path}:1: {req}: required section is missing")
-    base = path.resolve().parent
-    app = _app(doc, top["app"][1], base)
-    # settings a board inherits, as key -> (node, where it was written): defaults < groups < the board itself
-    inherited: dict[str, dict[str, tuple[yaml.Node, str]]] = {}
-    defaults: dict[str, tuple[yaml.Node, str]] = {}
-    if "defaults" in top:
-        dm = doc.mapping(top["defaults"][1], "defaults")
-        doc.check_keys(dm, _SHARED_KEYS, "defaults")
-        defaults = {k: (v, f"defaults.{k}") for k, (_, v) in dm.items()}
-    boards_m = doc.mapping(top["boards"][1], "boards")
+    return top
+
+
+def _defaults(doc: _Doc, node: yaml.Node) -> dict[str, tuple[yaml.Node, str]]:
+    """defaults: as key -> (value node, where it was written)."""
+    dm = doc.mapping(node, "defaults")
+    doc.check_keys(dm, _SHARED_KEYS, "defaults")
+    return {k: (v, f"defaults.{k}") for k, (_, v) in dm.items()}
+
+
+def _board_nodes(doc: _Doc, node: yaml.Node) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """boards: as name -> (key node, value node); at least one, each validly named."""
+    boards_m = doc.mapping(node, "boards")
     if not boards_m:
-        raise doc.fail(top["boards"][1], "boards", "at least one board is needed")
+        raise doc.fail(node, "boards", "at least one board is needed")
     for name, (knode, _) in boards_m.items():
         if not NAME_RE.match(name):
             raise doc.fail(knode, f"boards.{name}", "board names use letters, digits, '.', '_' and '-'")
-        inherited[name] = dict(defaults)
+    return boards_m
+
+
+def _groups(doc: _Doc, node: yaml.Node, boards_m: dict, inherited: dict) -> dict[str, tuple[str, ...]]:
+    """groups: as name -> member boards; each group's settings go into its members' ``inherited``.
+
+    Two groups may give one board the same setting only with the same value.
+    """
     groups: dict[str, tuple[str, ...]] = {}
     group_set: dict[tuple[str, str], str] = {}  # (board, key) -> the group that set it
-    if "groups" in top:
-        for gname, (knode, vnode) in doc.mapping(top["groups"][1], "groups").items():
-            where = f"groups.{gname}"
-            if gname == "all" or gname in boards_m:
-                raise doc.fail(knode, where, "a group cannot be named 'all' or like a board")
-            settings: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-            members_node = vnode
-            if isinstance(vnode, yaml.MappingNode):  # {boards: [...], target: ..., user: ...}
-                gm = doc.mapping(vnode, where)
-                doc.check_keys(gm, _SHARED_KEYS | {"boards"}, where)
-                if "boards" not in gm:
-                    raise doc.fail(vnode, f"{where}.boards", "required: the list of the group's boards")
-                members_node = gm.pop("boards")[1]
-                settings = gm
-                where_members = f"{where}.boards"
-            else:
-                where_members = where
-            if not isinstance(members_node, yaml.SequenceNode):
-                raise doc.fail(members_node, where_members, "must be a list of board names")
-            members = []
-            for item in members_node.value:
-                member = doc.string(item, where_members)
-                if member not in boards_m:
-                    raise doc.fail(item, where_members, f"unknown board {member!r}")
-                members.append(member)
-                for key, (k2, v2) in settings.items():
-                    other = group_set.get((member, key))
-                    if other is not None and doc.plain(v2, key) != doc.plain(inherited[member][key][0], key):
-                        raise doc.fail(k2, f"{where}.{key}", f"board {member} also gets {key} from groups.{other}; "
-                                       f"set it on the board instead")
-                    group_set[(member, key)] = gname
-                    inherited[member][key] = (v2, f"{where}.{key}")
-            groups[gname] = tuple(members)
-    boards = {
-        name: _board(doc, name, knode, vnode, inherited[name], base) for name, (knode, vnode) in boards_m.items()
-    }
-    return Inventory(path=path, app=app, boards=boards, groups=groups)
+    for gname, (knode, vnode) in doc.mapping(node, "groups").items():
+        where = f"groups.{gname}"
+        if gname == "all" or gname in boards_m:
+            raise doc.fail(knode, where, "a group cannot be named 'all' or like a board")
+        items, where_members, settings = _group_spec(doc, vnode, where)
+        members = []
+        for item in items:
+            member = doc.string(item, where_members)
+            if member not in boards_m:
+                raise doc.fail(item, where_members, f"unknown board {member!r}")
+            members.append(member)
+            for key, (k2, v2) in settings.items():
+                other = group_set.get((member, key))
+                if other is not None and doc.plain(v2, key) != doc.plain(inherited[member][key][0], key):
+                    raise doc.fail(k2, f"{where}.{key}", f"board {member} also gets {key} from groups.{other}; "
+                                   f"set it on the board instead")
+                group_set[(member, key)] = gname
+                inherited[member][key] = (v2, f"{where}.{key}")
+        groups[gname] = tuple(members)
+    return groups
+
+
+def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dict]:
+    """A group's member nodes, the field they sit in, and its settings.
+
+    A group is either a plain list of boards or ``{boards: [...], target: ..., user: ...}``.
+    """
+    settings: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    members_node = vnode
+    where_members = where
+    if isinstance(vnode, yaml.MappingNode):
+        gm = doc.mapping(vnode, where)
+        doc.check_keys(gm, _SHARED_KEYS | {"boards"}, where)
+        if "boards" not in gm:
+            raise doc.fail(vnode, f"{where}.boards", "required: the list of the group's boards")
+        members_node = gm.pop("boards")[1]
+        settings = gm
+        where_members = f"{where}.boards"
+    if not isinstance(members_node, yaml.SequenceNode):
+        raise doc.fail(members_node, where_members, "must be a list of board names")
+    return members_node.value, where_members, settings
 
 
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env"}
@@ -298,8 +338,6 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
 
 
 def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> Board:
-
-
     where = f"boards.{name}"
     if vnode.tag == "tag:yaml.org,2002:null":
         own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
