@@ -122,7 +122,7 @@ class _Doc:
     def scalar(self, node: yaml.Node, where: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, where, "must be a single value, not a list or mapping")
-        return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+        return self.plain(node, where) if node.tag != "tag:yaml.org,2002:str" else node.value
 
     def string(self, node: yaml.Node, where: str, pattern: re.Pattern | None = None, what: str = "") -> str:
         val = self.scalar(node, where)
@@ -146,6 +146,8 @@ class _Doc:
 
     def plain(self, node: yaml.Node, where: str) -> Any:
         """Any YAML value, as plain Python (for free-form sections such as preprocess overrides)."""
+        if node.tag == "tag:yaml.org,2002:null":  # `key:` left empty serializes to no document at all
+            return None
         return yaml.safe_load(yaml.serialize(node))
 
 
