@@ -20,20 +20,74 @@ from pathlib import Path
 _RUNTIME = Path(__file__).resolve().parent / "runtime" / "acl"
 
 SUPPORTED = {
-    "model", "weight", "framework", "output", "soc_version", "input_shape", "input_format", "insert_op_conf",
-    "input_fp16_nodes", "output_type", "out_nodes", "dynamic_batch_size", "log", "mode",
+    "model",
+    "weight",
+    "framework",
+    "output",
+    "soc_version",
+    "input_shape",
+    "input_format",
+    "insert_op_conf",
+    "input_fp16_nodes",
+    "output_type",
+    "out_nodes",
+    "dynamic_batch_size",
+    "log",
+    "mode",
 }
 ACCEPTED = {  # real atc flags that change nothing a simulated model can show
-    "precision_mode", "op_select_implmode", "optypelist_for_implmode", "fusion_switch_file", "enable_small_channel",
-    "keep_dtype", "host_env_os", "host_env_cpu", "buffer_optimize", "auto_tune_mode", "op_debug_level",
-    "enable_single_stream", "modify_mixlist", "customize_dtypes", "op_precision_mode", "status_check", "debug_dir",
-    "op_compiler_cache_mode", "op_compiler_cache_dir", "core_type", "aicore_num", "compression_optimize_conf",
-    "is_input_adjust_hw_layout", "is_output_adjust_hw_layout", "input_shape_range", "dump_mode", "save_original_model",
+    "precision_mode",
+    "op_select_implmode",
+    "optypelist_for_implmode",
+    "fusion_switch_file",
+    "enable_small_channel",
+    "keep_dtype",
+    "host_env_os",
+    "host_env_cpu",
+    "buffer_optimize",
+    "auto_tune_mode",
+    "op_debug_level",
+    "enable_single_stream",
+    "modify_mixlist",
+    "customize_dtypes",
+    "op_precision_mode",
+    "status_check",
+    "debug_dir",
+    "op_compiler_cache_mode",
+    "op_compiler_cache_dir",
+    "core_type",
+    "aicore_num",
+    "compression_optimize_conf",
+    "is_input_adjust_hw_layout",
+    "is_output_adjust_hw_layout",
+    "input_shape_range",
+    "dump_mode",
+    "save_original_model",
 }
 UNSIMULATED = {"dynamic_image_size", "dynamic_dims", "singleop", "json", "om", "external_weight"}
-SOC_VERSIONS = {"Ascend310", "Ascend310B1", "Ascend310B4", "Ascend310P1", "Ascend310P3", "Ascend910A", "Ascend910B"}
-_ONNX_TYPES = {1: ("FLOAT", "float32"), 10: ("FLOAT16", "float16"), 2: ("UINT8", "uint8"), 3: ("INT8", "int8"),
-               6: ("INT32", "int32"), 7: ("INT64", "int64"), 11: ("DOUBLE", "float64"), 9: ("BOOL", "bool")}
+SOC_VERSIONS = {
+    "Ascend310",
+    "Ascend310B1",
+    "Ascend310B4",
+    "Ascend310P1",
+    "Ascend310P3",
+    "Ascend910A",
+    "Ascend910B",
+}
+_ONNX_TYPES = {
+    1: ("FLOAT", "float32"),
+    10: ("FLOAT16", "float16"),
+    2: ("UINT8", "uint8"),
+    3: ("INT8", "int8"),
+    6: ("INT32", "int32"),
+    7: ("INT64", "int64"),
+    11: ("DOUBLE", "float64"),
+    9: ("BOOL", "bool"),
+    4: ("UINT16", "uint16"),
+    5: ("INT16", "int16"),
+    12: ("UINT32", "uint32"),
+    13: ("UINT64", "uint64"),
+}
 
 
 class AtcSimError(Exception):
@@ -59,15 +113,15 @@ def parse_argv(argv):
         arg = argv[i]
         m = re.match(r"^--?([A-Za-z_0-9]+)(?:=(.*))?$", arg, re.S)
         if not m:
-            raise AtcSimError("ERROR: unexpected argument {!r} (atc takes --flag=value)".format(arg))
+            raise AtcSimError(f"ERROR: unexpected argument {arg!r} (atc takes --flag=value)")
         name, value = m.group(1), m.group(2)
         if name not in SUPPORTED | ACCEPTED | UNSIMULATED | {"help", "version"}:
-            raise AtcSimError("ERROR: unknown command line flag '{}'".format(name))
+            raise AtcSimError(f"ERROR: unknown command line flag '{name}'")
         if name in UNSIMULATED:
-            raise AtcSimError("E10001: --{} is a real atc option the simulated atc does not implement".format(name))
+            raise AtcSimError(f"E10001: --{name} is a real atc option the simulated atc does not implement")
         if value is None and name not in ("help", "version"):
             if i + 1 >= len(argv):
-                raise AtcSimError("ERROR: flag '{}' is missing its argument".format(name))
+                raise AtcSimError(f"ERROR: flag '{name}' is missing its argument")
             i, value = i + 1, argv[i + 1]
         opts[name] = value
         i += 1
@@ -76,7 +130,7 @@ def parse_argv(argv):
 
 def _require(opts, name):
     if not opts.get(name):
-        raise AtcSimError("E10004: Argument [--{}] is required.".format(name))
+        raise AtcSimError(f"E10004: Argument [--{name}] is required.")
     return opts[name]
 
 
@@ -84,21 +138,22 @@ def _check_options(opts):
     framework = _require(opts, "framework")
     if framework != "5":
         what = {"0": "Caffe", "1": "MindSpore", "3": "TensorFlow"}.get(framework, "framework " + framework)
-        raise AtcSimError("E10001: the simulated atc converts ONNX only (--framework=5); {} needs the real CANN "
-                          "atc".format(what))
+        raise AtcSimError(
+            f"E10001: the simulated atc converts ONNX only (--framework=5); {what} needs the real CANN atc"
+        )
     soc = _require(opts, "soc_version")
     if soc not in SOC_VERSIONS:
-        raise AtcSimError("E10001: Value [{}] for parameter [--soc_version] is invalid.".format(soc))
+        raise AtcSimError(f"E10001: Value [{soc}] for parameter [--soc_version] is invalid.")
     if opts.get("mode", "0") != "0":
         raise AtcSimError("E10001: the simulated atc supports --mode=0 (model conversion) only")
     if opts.get("log", "null") not in ("debug", "info", "warning", "error", "null"):
         raise AtcSimError("E10001: Value [{}] for parameter [--log] is invalid.".format(opts["log"]))
     fmt = opts.get("input_format", "NCHW")
     if fmt not in ("NCHW", "NHWC", "ND"):
-        raise AtcSimError("E10001: Value [{}] for parameter [--input_format] is invalid.".format(fmt))
+        raise AtcSimError(f"E10001: Value [{fmt}] for parameter [--input_format] is invalid.")
     model = Path(_require(opts, "model"))
     if not model.is_file():
-        raise AtcSimError("E10001: Value [{}] for parameter [--model] is invalid: file not found".format(model))
+        raise AtcSimError(f"E10001: Value [{model}] for parameter [--model] is invalid: file not found")
     _require(opts, "output")
     if "weight" in opts:
         raise AtcSimError("E10001: --weight applies to Caffe models only")
@@ -114,7 +169,7 @@ def _shapes(text):
         try:
             shapes[name.strip()] = [int(d) for d in dims.split(",")]
         except ValueError:
-            raise AtcSimError("E10002: Value [{}] for parameter [--input_shape] is invalid.".format(part)) from None
+            raise AtcSimError(f"E10002: Value [{part}] for parameter [--input_shape] is invalid.") from None
     return shapes
 
 
@@ -122,12 +177,16 @@ def _gears(opts, shapes):
     text = opts.get("dynamic_batch_size")
     if not text:
         if any(d < 0 for dims in shapes.values() for d in dims):
-            raise AtcSimError("E10001: --input_shape has -1 but no --dynamic_batch_size (or other dynamic option)")
+            raise AtcSimError(
+                "E10001: --input_shape has -1 but no --dynamic_batch_size (or other dynamic option)"
+            )
         return None
     try:
         gears = sorted({int(g) for g in text.split(",")})
     except ValueError:
-        raise AtcSimError("E10001: Value [{}] for parameter [--dynamic_batch_size] is invalid.".format(text)) from None
+        raise AtcSimError(
+            f"E10001: Value [{text}] for parameter [--dynamic_batch_size] is invalid."
+        ) from None
     if not gears or gears[0] < 1 or len(gears) > 100:
         raise AtcSimError("E10001: --dynamic_batch_size needs 1..100 positive gears")
     if not any(dims and dims[0] == -1 for dims in shapes.values()):
@@ -154,10 +213,17 @@ def _inputs(graph, opts, shapes, gears):
         elem = value.type.tensor_type.elem_type
         acl_name, np_name = _ONNX_TYPES.get(elem, (None, None))
         if acl_name is None:
-            raise AtcSimError("E10001: input {} has an unsupported ONNX type {}".format(value.name, elem))
+            raise AtcSimError(f"E10001: input {value.name} has an unsupported ONNX type {elem}")
         dims = shapes.get(value.name) or _static_dims(value)
-        spec = {"name": value.name, "onnx_name": value.name, "dtype": acl_name, "onnx_dtype": np_name,
-                "format": opts.get("input_format", "NCHW"), "dims": dims, "aipp": None}
+        spec = {
+            "name": value.name,
+            "onnx_name": value.name,
+            "dtype": acl_name,
+            "onnx_dtype": np_name,
+            "format": opts.get("input_format", "NCHW"),
+            "dims": dims,
+            "aipp": None,
+        }
         if value.name in fp16:
             spec["dtype"] = "FLOAT16"
         if aipp is not None and not specs:
@@ -165,10 +231,20 @@ def _inputs(graph, opts, shapes, gears):
         specs.append(spec)
     unknown = set(shapes) - {s["name"] for s in specs} | set(fp16) - {s["name"] for s in specs}
     if unknown:
-        raise AtcSimError("E10016: input name(s) {} do not exist in the model".format(", ".join(sorted(unknown))))
+        raise AtcSimError(
+            "E10016: input name(s) {} do not exist in the model".format(", ".join(sorted(unknown)))
+        )
     if gears:
-        specs.append({"name": simom.MBATCH_INPUT, "onnx_name": None, "dtype": "INT64", "format": "ND", "dims": [1],
-                      "aipp": None})
+        specs.append(
+            {
+                "name": simom.MBATCH_INPUT,
+                "onnx_name": None,
+                "dtype": "INT64",
+                "format": "ND",
+                "dims": [1],
+                "aipp": None,
+            }
+        )
     return specs
 
 
@@ -176,28 +252,33 @@ def _static_dims(value):
     dims = []
     for d in value.type.tensor_type.shape.dim:
         if not d.HasField("dim_value") or d.dim_value <= 0:
-            raise AtcSimError("E10001: input {} has a dynamic dimension: give it in --input_shape".format(value.name))
+            raise AtcSimError(f"E10001: input {value.name} has a dynamic dimension: give it in --input_shape")
         dims.append(d.dim_value)
     return dims
 
 
 def _attach_aipp(spec, aipp, fp16):
     if spec["name"] in fp16:
-        raise AtcSimError("E10001: --input_fp16_nodes and --insert_op_conf cannot both apply to {}".format(spec["name"]))
+        raise AtcSimError(
+            "E10001: --input_fp16_nodes and --insert_op_conf cannot both apply to {}".format(spec["name"])
+        )
     dims = spec["dims"]
     if len(dims) != 4 or spec["format"] != "NCHW" or dims[1] != 3:
-        raise AtcSimError("E10001: AIPP needs a 4-D NCHW 3-channel first input, {} is {}".format(spec["name"], dims))
+        raise AtcSimError(
+            "E10001: AIPP needs a 4-D NCHW 3-channel first input, {} is {}".format(spec["name"], dims)
+        )
     fmt = aipp.get("input_format", "")
     if fmt not in ("RGB888_U8", "YUV420SP_U8"):
-        raise AtcSimError("E10001: AIPP input_format {!r} is not simulated (RGB888_U8, YUV420SP_U8)".format(fmt))
+        raise AtcSimError(f"E10001: AIPP input_format {fmt!r} is not simulated (RGB888_U8, YUV420SP_U8)")
     src = (int(aipp.get("src_image_size_w", dims[3])), int(aipp.get("src_image_size_h", dims[2])))
     aipp.setdefault("src_image_size_w", str(src[0]))
     aipp.setdefault("src_image_size_h", str(src[1]))
     crop = str(aipp.get("crop", "false")).lower() == "true"
     out = (int(aipp.get("crop_size_w", src[0])), int(aipp.get("crop_size_h", src[1]))) if crop else src
     if out != (dims[3], dims[2]):
-        raise AtcSimError("E10001: AIPP output {}x{} does not match the model input {}x{}".format(
-            out[0], out[1], dims[3], dims[2]))
+        raise AtcSimError(
+            f"E10001: AIPP output {out[0]}x{out[1]} does not match the model input {dims[3]}x{dims[2]}"
+        )
     if fmt == "YUV420SP_U8" and (src[0] % 2 or src[1] % 2):
         raise AtcSimError("E10001: YUV420SP_U8 needs an even source width and height")
     spec["aipp"] = aipp
@@ -213,16 +294,16 @@ def _output_types(opts, names):
     allowed = ("FP32", "FP16")
     if ":" not in text:
         if text not in allowed + ("UINT8", "INT8"):
-            raise AtcSimError("E10001: Value [{}] for parameter [--output_type] is invalid.".format(text))
+            raise AtcSimError(f"E10001: Value [{text}] for parameter [--output_type] is invalid.")
         if text not in allowed:
-            raise AtcSimError("E10001: --output_type={} (quantised outputs) is not simulated".format(text))
+            raise AtcSimError(f"E10001: --output_type={text} (quantised outputs) is not simulated")
         return {n: ("FLOAT" if text == "FP32" else "FLOAT16") for n in names}
     if not opts.get("out_nodes"):
         raise AtcSimError("E10001: a per-node --output_type needs --out_nodes")
     for entry in text.split(";"):
         node, _, kind = entry.rpartition(":")
         if kind not in allowed or node not in opts["out_nodes"].split(";"):
-            raise AtcSimError("E10001: Value [{}] for parameter [--output_type] is invalid.".format(entry))
+            raise AtcSimError(f"E10001: Value [{entry}] for parameter [--output_type] is invalid.")
         types[node] = "FLOAT" if kind == "FP32" else "FLOAT16"
     return types
 
@@ -242,7 +323,7 @@ def _outputs(proto, opts, inputs, gears):
             node, _, index = entry.rpartition(":")
             outs = producers.get(node, [])
             if not index.isdigit() or int(index) >= len(outs) or outs[int(index)] not in graph_outputs:
-                raise AtcSimError("E10016: --out_nodes {} is not a graph output of the model".format(entry))
+                raise AtcSimError(f"E10016: --out_nodes {entry} is not a graph output of the model")
             selected.append(outs[int(index)])
             by_node[outs[int(index)]] = entry
     batch = max(gears) if gears else None
@@ -255,7 +336,7 @@ def _outputs(proto, opts, inputs, gears):
     values = session.run(selected, feed)
     types = _output_types(opts, selected)
     specs = []
-    for name, value in zip(selected, values):
+    for name, value in zip(selected, values, strict=True):
         acl_name = next((a for a, n in _ONNX_TYPES.values() if n == str(value.dtype)), None)
         dims = list(value.shape)
         if gears and dims and dims[0] == batch:
@@ -276,11 +357,17 @@ def convert(argv):
     try:
         proto = onnx.load(str(model))
     except Exception as exc:
-        raise AtcSimError("E19999: cannot parse ONNX model {}: {}".format(model, exc)) from None
+        raise AtcSimError(f"E19999: cannot parse ONNX model {model}: {exc}") from None
     inputs = _inputs(proto.graph, opts, shapes, gears)
     outputs = _outputs(proto, opts, inputs, gears)
-    header = {"soc_version": opts["soc_version"], "atc_argv": ["atc"] + list(argv), "inputs": inputs,
-              "outputs": outputs, "dynamic_batch": gears, "framework": 5}
+    header = {
+        "soc_version": opts["soc_version"],
+        "atc_argv": ["atc"] + list(argv),
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_batch": gears,
+        "framework": 5,
+    }
     out = opts["output"] if opts["output"].endswith(".om") else opts["output"] + ".om"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = out + ".tmp"
@@ -303,9 +390,12 @@ def main(argv=None):
         out = convert(argv)
     except AtcSimError as exc:
         print(str(exc), file=sys.stderr)
-        print("ATC run failed, Please check the detail log, Try 'atc --help' for more information", file=sys.stderr)
+        print(
+            "ATC run failed, Please check the detail log, Try 'atc --help' for more information",
+            file=sys.stderr,
+        )
         return 1
-    print("ATC run success, welcome to the next use. (simulated model: {})".format(out))
+    print(f"ATC run success, welcome to the next use. (simulated model: {out})")
     return 0
 
 

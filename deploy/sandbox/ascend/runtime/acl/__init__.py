@@ -42,7 +42,7 @@ def init(config_path=None):
             with open(config_path, encoding="utf-8") as f:
                 json.load(f)
         except (OSError, ValueError) as exc:
-            return _core.fail(_core.ACL_ERROR_INVALID_FILE, "acl.init: bad config {}: {}".format(config_path, exc))
+            return _core.fail(_core.ACL_ERROR_INVALID_FILE, f"acl.init: bad config {config_path}: {exc}")
     STATE.initialised = True
     return _core.ACL_SUCCESS
 
@@ -50,7 +50,9 @@ def init(config_path=None):
 def finalize():
     """Ends the runtime for the whole process: every later call returns ACL_ERROR_UNINITIALIZE."""
     if not STATE.initialised:
-        return _core.fail(_core.ACL_ERROR_REPEAT_FINALIZE, "acl.finalize: not initialised, or finalized already")
+        return _core.fail(
+            _core.ACL_ERROR_REPEAT_FINALIZE, "acl.finalize: not initialised, or finalized already"
+        )
     STATE.initialised = False
     STATE.finalized = True
     return _core.ACL_SUCCESS
@@ -68,7 +70,7 @@ def get_soc_name():
 def app_log(level, message):
     """acllite's logger calls this; the simulator writes errors (level 3) to stderr only with ACL_SIM_LOG."""
     if os.environ.get("ACL_SIM_LOG") and level >= 3:
-        sys.stderr.write("[APP] {}\n".format(message))
+        sys.stderr.write(f"[APP] {message}\n")
     return _core.ACL_SUCCESS
 
 

@@ -29,14 +29,14 @@ def input_dims(aipp, batch):
 
 def _nv12_to_yuv(raw, batch, h, w):
     y = raw[: batch * h * w].reshape(batch, h, w).astype(np.float32)
-    uv = raw[batch * h * w:].reshape(batch, h // 2, w // 2, 2).astype(np.float32)
+    uv = raw[batch * h * w :].reshape(batch, h // 2, w // 2, 2).astype(np.float32)
     uv = uv.repeat(2, axis=1).repeat(2, axis=2)
     return np.concatenate([y[..., None], uv], axis=3)  # N,H,W,3 (Y, U, V)
 
 
 def _matrix(aipp):
     if any("matrix_r0c0" == k for k in aipp):
-        return np.array([[float(aipp.get("matrix_r{}c{}".format(r, c), 0)) for c in range(3)] for r in range(3)])
+        return np.array([[float(aipp.get(f"matrix_r{r}c{c}", 0)) for c in range(3)] for r in range(3)])
     return np.array(_DEFAULT_MATRIX, dtype=np.float64)
 
 
@@ -54,14 +54,18 @@ def apply(aipp, raw, batch):
     if _on(aipp, "crop"):
         y0, x0 = int(aipp.get("load_start_pos_h", 0)), int(aipp.get("load_start_pos_w", 0))
         ch, cw = int(aipp.get("crop_size_h", h)), int(aipp.get("crop_size_w", w))
-        img = img[:, y0:y0 + ch, x0:x0 + cw, :]
+        img = img[:, y0 : y0 + ch, x0 : x0 + cw, :]
     if _on(aipp, "csc_switch"):
-        bias = np.array([float(aipp.get("input_bias_{}".format(i), _DEFAULT_BIAS[i] if yuv else 0)) for i in range(3)])
-        out_bias = np.array([float(aipp.get("output_bias_{}".format(i), 0)) for i in range(3)])
+        bias = np.array(
+            [float(aipp.get(f"input_bias_{i}", _DEFAULT_BIAS[i] if yuv else 0)) for i in range(3)]
+        )
+        out_bias = np.array([float(aipp.get(f"output_bias_{i}", 0)) for i in range(3)])
         img = np.clip((img - bias) @ _matrix(aipp).T / 256.0 + out_bias, 0, 255)
-    mean = np.array([float(aipp.get("mean_chn_{}".format(i), 0)) + float(aipp.get("min_chn_{}".format(i), 0))
-                     for i in range(3)], dtype=np.float32)
-    var = np.array([float(aipp.get("var_reci_chn_{}".format(i), 1.0)) for i in range(3)], dtype=np.float32)
+    mean = np.array(
+        [float(aipp.get(f"mean_chn_{i}", 0)) + float(aipp.get(f"min_chn_{i}", 0)) for i in range(3)],
+        dtype=np.float32,
+    )
+    var = np.array([float(aipp.get(f"var_reci_chn_{i}", 1.0)) for i in range(3)], dtype=np.float32)
     img = (img.astype(np.float32) - mean) * var
     return np.ascontiguousarray(img.transpose(0, 3, 1, 2), dtype=np.float32)
 
@@ -74,14 +78,14 @@ def parse(text):
     """The ``aipp_op { key : value ... }`` config (what --insert_op_conf names) as a dict of strings."""
     body = text
     if "{" in text:
-        body = text[text.index("{") + 1: text.rindex("}")]
+        body = text[text.index("{") + 1 : text.rindex("}")]
     out = {}
     for line in body.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         if ":" not in line:
-            raise ValueError("AIPP config line without ':': {!r}".format(line))
+            raise ValueError(f"AIPP config line without ':': {line!r}")
         key, value = (s.strip() for s in line.split(":", 1))
         out[key] = value.strip('"')
     return out

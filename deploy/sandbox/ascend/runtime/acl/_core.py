@@ -17,7 +17,6 @@ and 2nd execute (counted per process) return their code (the default below, or t
 without doing anything. Python 3.7.
 """
 
-import ctypes
 import os
 import sys
 import threading
@@ -109,11 +108,11 @@ def set_error(message):
     when ACL_SIM_LOG is set (the real runtime writes plog files)."""
     STATE.local.err = message
     if os.environ.get("ACL_SIM_LOG"):
-        sys.stderr.write("[ACL-SIM ERROR] {}\n".format(message))
+        sys.stderr.write(f"[ACL-SIM ERROR] {message}\n")
 
 
 def fail(code, message):
-    set_error("{} (ret={})".format(message, code))
+    set_error(f"{message} (ret={code})")
     return code
 
 
@@ -124,7 +123,7 @@ def fault(name):
         STATE.counts[name] = n
         code = STATE.faults.get(name, {}).get(n)
     if code is not None:
-        set_error("injected fault: {} call {} fails".format(name, n))
+        set_error(f"injected fault: {name} call {n} fails")
     return code
 
 

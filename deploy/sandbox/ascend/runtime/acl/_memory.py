@@ -85,13 +85,13 @@ def locate(ptr, count):
 def read(place, count):
     """The ``count`` bytes at a located place, as bytes (a copy)."""
     if place[0] == "device":
-        return bytes(place[1][place[2]:place[2] + count])
+        return bytes(place[1][place[2] : place[2] + count])
     return ctypes.string_at(place[1], count)
 
 
 def write(place, data):
     if place[0] == "device":
-        place[1][place[2]:place[2] + len(data)] = data
+        place[1][place[2] : place[2] + len(data)] = data
     else:
         ctypes.memmove(place[1], data, len(data))
 
@@ -101,7 +101,7 @@ def device_view(ptr, count):
     place = locate(ptr, count)
     if place is None or place[0] != "device":
         return None
-    return memoryview(place[1])[place[2]:place[2] + count]
+    return memoryview(place[1])[place[2] : place[2] + count]
 
 
 def copy(dst, dest_max, src, count):
@@ -110,18 +110,22 @@ def copy(dst, dest_max, src, count):
     if count < 0 or dest_max < 0:
         return C.fail(C.ACL_ERROR_INVALID_PARAM, "memcpy: negative size")
     if count > dest_max:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "memcpy: count {} exceeds dest_max {}".format(count, dest_max))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"memcpy: count {count} exceeds dest_max {dest_max}")
     if count == 0:
         return C.ACL_SUCCESS
     src_place, dst_place = locate(src, count), locate(dst, count)
     if src_place is None:
-        return C.fail(C.ACL_ERROR_RT_PARAM_INVALID, "memcpy: source {:#x}+{} is not allocated memory".format(
-            src if isinstance(src, int) else 0, count))
+        return C.fail(
+            C.ACL_ERROR_RT_PARAM_INVALID,
+            f"memcpy: source {src if isinstance(src, int) else 0:#x}+{count} is not allocated memory",
+        )
     if dst_place is None:
-        return C.fail(C.ACL_ERROR_RT_PARAM_INVALID, "memcpy: destination {:#x}+{} is not allocated memory".format(
-            dst if isinstance(dst, int) else 0, count))
+        return C.fail(
+            C.ACL_ERROR_RT_PARAM_INVALID,
+            f"memcpy: destination {dst if isinstance(dst, int) else 0:#x}+{count} is not allocated memory",
+        )
     if src_place[0] == "device" and dst_place[0] == "device":
-        dst_place[1][dst_place[2]:dst_place[2] + count] = src_place[1][src_place[2]:src_place[2] + count]
+        dst_place[1][dst_place[2] : dst_place[2] + count] = src_place[1][src_place[2] : src_place[2] + count]
     elif src_place[0] == "device":
         view = (ctypes.c_char * count).from_buffer(src_place[1], src_place[2])
         ctypes.memmove(dst_place[1], view, count)

@@ -17,15 +17,23 @@ import time
 
 import numpy as np
 
-from . import _aipp
+from . import _aipp, simom
 from . import _core as C
 from . import _memory as M
-from . import simom
 
 DTYPES = {  # ACL data type name -> (aclDataType, numpy dtype)
-    "FLOAT": (0, "float32"), "FLOAT16": (1, "float16"), "INT8": (2, "int8"), "INT32": (3, "int32"),
-    "UINT8": (4, "uint8"), "INT16": (6, "int16"), "UINT16": (7, "uint16"), "UINT32": (8, "uint32"),
-    "INT64": (9, "int64"), "UINT64": (10, "uint64"), "DOUBLE": (11, "float64"), "BOOL": (12, "bool"),
+    "FLOAT": (0, "float32"),
+    "FLOAT16": (1, "float16"),
+    "INT8": (2, "int8"),
+    "INT32": (3, "int32"),
+    "UINT8": (4, "uint8"),
+    "INT16": (6, "int16"),
+    "UINT16": (7, "uint16"),
+    "UINT32": (8, "uint32"),
+    "INT64": (9, "int64"),
+    "UINT64": (10, "uint64"),
+    "DOUBLE": (11, "float64"),
+    "BOOL": (12, "bool"),
 }
 FORMATS = {"NCHW": 0, "NHWC": 1, "ND": 2}
 _DEVICE = threading.Lock()  # timing mode: one execution at a time, like one NPU
@@ -69,8 +77,11 @@ class Model:
         view = M.device_view(in_bufs[index][0], 8)
         batch = int(np.frombuffer(view, dtype=np.int64)[0]) if view is not None else 0
         if batch not in self.gears:
-            return None, C.fail(C.ACL_ERROR_INVALID_PARAM, "execute: dynamic-batch model without a valid "
-                                "set_dynamic_batch_size (batch {}, gears {})".format(batch, self.gears))
+            return None, C.fail(
+                C.ACL_ERROR_INVALID_PARAM,
+                "execute: dynamic-batch model without a valid "
+                f"set_dynamic_batch_size (batch {batch}, gears {self.gears})",
+            )
         return batch, 0
 
     def execute(self, in_bufs, out_bufs):
@@ -80,12 +91,20 @@ class Model:
             return code
         for spec, (ptr, size) in zip(self.inputs, in_bufs):
             if size < self.size(spec, batch) or M.device_view(ptr, self.size(spec, batch)) is None:
-                return C.fail(C.ACL_ERROR_MODEL_INPUT_NOT_MATCH, "execute: input {} buffer ({} bytes at {:#x}) is not "
-                              "{} bytes of device memory".format(spec["name"], size, ptr or 0, self.size(spec, batch)))
+                return C.fail(
+                    C.ACL_ERROR_MODEL_INPUT_NOT_MATCH,
+                    "execute: input {} buffer ({} bytes at {:#x}) is not {} bytes of device memory".format(
+                        spec["name"], size, ptr or 0, self.size(spec, batch)
+                    ),
+                )
         for spec, (ptr, size) in zip(self.outputs, out_bufs):
             if size < self.size(spec, batch) or M.device_view(ptr, self.size(spec, batch)) is None:
-                return C.fail(C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH, "execute: output {} buffer ({} bytes) is not {} bytes "
-                              "of device memory".format(spec["name"], size, self.size(spec, batch)))
+                return C.fail(
+                    C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
+                    "execute: output {} buffer ({} bytes) is not {} bytes of device memory".format(
+                        spec["name"], size, self.size(spec, batch)
+                    ),
+                )
         ms = os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE")
         if ms:
             with _DEVICE:
@@ -113,8 +132,10 @@ class Model:
             out = np.ascontiguousarray(value, dtype=DTYPES[spec["dtype"]][1])
             n = self.size(spec, batch)
             if out.nbytes != n:
-                return C.fail(C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH, "execute: output {} is {} bytes, expected {}".format(
-                    spec["name"], out.nbytes, n))
+                return C.fail(
+                    C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
+                    "execute: output {} is {} bytes, expected {}".format(spec["name"], out.nbytes, n),
+                )
             M.device_view(ptr, n)[:] = out.tobytes()
         return 0
 

@@ -95,7 +95,7 @@ def callback_task(stream, fn, data, block):
 
 
 def _take(tid):
-    for handle, (kind, obj) in list(STATE.handles.items()):
+    for kind, obj in list(STATE.handles.values()):
         if kind == "stream" and obj.subscriber == tid and obj.callbacks:
             return obj.callbacks.popleft()
     return None
@@ -121,7 +121,9 @@ def process_report(timeout_ms):
             item = _take(tid)
     if item is None:
         if not _subscribed(tid):
-            return C.fail(C.ACL_ERROR_THREAD_NOT_SUBSCRIBE, "process_report: no stream is subscribed to this thread")
+            return C.fail(
+                C.ACL_ERROR_THREAD_NOT_SUBSCRIBE, "process_report: no stream is subscribed to this thread"
+            )
         return C.fail(C.ACL_ERROR_WAIT_CALLBACK_TIMEOUT, "process_report: no callback within the timeout")
     fn, data, done = item
     try:

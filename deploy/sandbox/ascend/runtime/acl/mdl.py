@@ -9,23 +9,25 @@ import numpy as np
 
 from . import _core as C
 from . import _memory as M
-from ._model import DTYPES, FORMATS, Model
 from . import simom
+from ._model import DTYPES, FORMATS, Model
 
 
 def _load(data, what):
     try:
         header, onnx_bytes = simom.loads(data)
     except simom.SimOmError as exc:
-        return None, C.fail(C.ACL_ERROR_PARSE_MODEL, "{}: {}".format(what, exc))
+        return 0, C.fail(C.ACL_ERROR_PARSE_MODEL, f"{what}: {exc}")
     soc = header.get("soc_version")
     if soc != C.STATE.soc_version:
-        return None, C.fail(C.ACL_ERROR_PARSE_MODEL, "ModelCheckCompatibility failed, supported socVersion={}, "
-                            "but the model socVersion={}".format(C.STATE.soc_version, soc))
+        return 0, C.fail(
+            C.ACL_ERROR_PARSE_MODEL,
+            f"ModelCheckCompatibility failed, supported socVersion={C.STATE.soc_version}, but the model socVersion={soc}",
+        )
     try:
         model = Model(header, onnx_bytes)
     except Exception as exc:  # onnxruntime refused the graph
-        return None, C.fail(C.ACL_ERROR_PARSE_MODEL, "{}: graph does not load: {}".format(what, exc))
+        return 0, C.fail(C.ACL_ERROR_PARSE_MODEL, f"{what}: graph does not load: {exc}")
     return C.new_handle("model", model), C.ACL_SUCCESS
 
 
@@ -39,7 +41,7 @@ def load_from_file(model_path):
         with open(model_path, "rb") as f:
             data = f.read()
     except (OSError, TypeError) as exc:
-        return 0, C.fail(C.ACL_ERROR_INVALID_FILE, "load_from_file: cannot read {!r}: {}".format(model_path, exc))
+        return 0, C.fail(C.ACL_ERROR_INVALID_FILE, f"load_from_file: cannot read {model_path!r}: {exc}")
     return _load(data, model_path)
 
 
@@ -49,7 +51,7 @@ def load_from_mem(model, model_size):
         return 0, ret
     place = M.locate(model, model_size)
     if place is None:
-        return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, "load_from_mem: not {} bytes of known memory".format(model_size))
+        return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, f"load_from_mem: not {model_size} bytes of known memory")
     return _load(M.read(place, model_size), "load_from_mem")
 
 
@@ -58,7 +60,7 @@ def unload(model_id):
     if ret:
         return ret
     if not C.drop("model", model_id):
-        return C.fail(C.ACL_ERROR_INVALID_MODEL_ID, "unload: no model {!r}".format(model_id))
+        return C.fail(C.ACL_ERROR_INVALID_MODEL_ID, f"unload: no model {model_id!r}")
     return C.ACL_SUCCESS
 
 
@@ -67,7 +69,11 @@ def create_desc():
 
 
 def destroy_desc(model_desc):
-    return C.ACL_SUCCESS if C.drop("desc", model_desc) else C.fail(C.ACL_ERROR_INVALID_PARAM, "destroy_desc: bad desc")
+    return (
+        C.ACL_SUCCESS
+        if C.drop("desc", model_desc)
+        else C.fail(C.ACL_ERROR_INVALID_PARAM, "destroy_desc: bad desc")
+    )
 
 
 def get_desc(model_desc, model_id):
@@ -75,7 +81,7 @@ def get_desc(model_desc, model_id):
     if desc is None:
         return C.fail(C.ACL_ERROR_INVALID_PARAM, "get_desc: bad desc")
     if model is None:
-        return C.fail(C.ACL_ERROR_INVALID_MODEL_ID, "get_desc: no model {!r}".format(model_id))
+        return C.fail(C.ACL_ERROR_INVALID_MODEL_ID, f"get_desc: no model {model_id!r}")
     desc["model"] = model
     return C.ACL_SUCCESS
 
@@ -114,7 +120,7 @@ def get_output_size_by_index(model_desc, index):
 def _dims(model_desc, index, kind, current=False):
     model, spec = _spec(model_desc, index, kind)
     if spec is None:
-        return {}, C.fail(C.ACL_ERROR_INVALID_PARAM, "get dims: bad desc or index {!r}".format(index))
+        return {}, C.fail(C.ACL_ERROR_INVALID_PARAM, f"get dims: bad desc or index {index!r}")
     batch = None
     if model.gears:
         batch = (model.batch or max(model.gears)) if (current or kind == "out") else None
@@ -175,7 +181,7 @@ def _index_by_name(model_desc, name, kind):
     for i, spec in enumerate(specs):
         if spec["name"] == name:
             return i, C.ACL_SUCCESS
-    return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, "the model has no {}put named {!r}".format(kind, name))
+    return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, f"the model has no {kind}put named {name!r}")
 
 
 def get_input_index_by_name(model_desc, name):
@@ -206,13 +212,17 @@ def set_dynamic_batch_size(model_id, dataset, index, batch_size):
     if not model.gears:
         return C.fail(C.ACL_ERROR_MODEL_NOT_DYNAMIC, "set_dynamic_batch_size: the model has no dynamic batch")
     if batch_size not in model.gears or not isinstance(index, int) or not 0 <= index < len(buffers):
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "set_dynamic_batch_size: batch {} not in {} or bad index".format(
-            batch_size, model.gears))
+        return C.fail(
+            C.ACL_ERROR_INVALID_PARAM,
+            f"set_dynamic_batch_size: batch {batch_size} not in {model.gears} or bad index",
+        )
     buf = C.lookup("databuf", buffers[index])
     view = M.device_view(buf[0], 8) if buf and buf[1] >= 8 else None
     if view is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "set_dynamic_batch_size: input {} is not 8 bytes of device memory"
-                      .format(index))
+        return C.fail(
+            C.ACL_ERROR_INVALID_PARAM,
+            f"set_dynamic_batch_size: input {index} is not 8 bytes of device memory",
+        )
     view[:] = np.array([batch_size], dtype=np.int64).tobytes()
     model.batch = batch_size
     return C.ACL_SUCCESS
@@ -225,12 +235,15 @@ def create_dataset():
 def destroy_dataset(dataset):
     """Destroys the dataset only: its data buffers (and their memory) stay the caller's."""
     if not C.drop("dataset", dataset):
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "destroy_dataset: bad dataset {!r}".format(dataset))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"destroy_dataset: bad dataset {dataset!r}")
     return C.ACL_SUCCESS
 
 
 def add_dataset_buffer(dataset, data_buffer):
     """(dataset, ret)."""
+    ret = C.fault("add_dataset_buffer")
+    if ret:
+        return dataset, ret
     buffers = C.lookup("dataset", dataset)
     if buffers is None or C.lookup("databuf", data_buffer) is None:
         return dataset, C.fail(C.ACL_ERROR_INVALID_PARAM, "add_dataset_buffer: bad dataset or data buffer")
@@ -269,16 +282,35 @@ def _prepare(model_id, input_, output):
     """(model, in_bufs, out_bufs, 0) or (.., code)."""
     model = C.lookup("model", model_id)
     if model is None:
-        return None, None, None, C.fail(C.ACL_ERROR_INVALID_MODEL_ID, "execute: no model {!r}".format(model_id))
+        return (
+            None,
+            None,
+            None,
+            C.fail(C.ACL_ERROR_INVALID_MODEL_ID, f"execute: no model {model_id!r}"),
+        )
     ins, outs = _buffers(input_), _buffers(output)
     if ins is None or outs is None:
         return None, None, None, C.fail(C.ACL_ERROR_INVALID_PARAM, "execute: bad input or output dataset")
     if len(ins) != len(model.inputs):
-        return None, None, None, C.fail(C.ACL_ERROR_MODEL_INPUT_NOT_MATCH, "execute: the model has {} inputs, the "
-                                        "dataset {}".format(len(model.inputs), len(ins)))
+        return (
+            None,
+            None,
+            None,
+            C.fail(
+                C.ACL_ERROR_MODEL_INPUT_NOT_MATCH,
+                f"execute: the model has {len(model.inputs)} inputs, the dataset {len(ins)}",
+            ),
+        )
     if len(outs) != len(model.outputs):
-        return None, None, None, C.fail(C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH, "execute: the model has {} outputs, the "
-                                        "dataset {}".format(len(model.outputs), len(outs)))
+        return (
+            None,
+            None,
+            None,
+            C.fail(
+                C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
+                f"execute: the model has {len(model.outputs)} outputs, the dataset {len(outs)}",
+            ),
+        )
     return model, ins, outs, 0
 
 
@@ -300,7 +332,7 @@ def execute_async(model_id, input_, output, stream):
         return ret
     stream_obj = C.lookup("stream", stream)
     if stream_obj is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "execute_async: bad stream {!r}".format(stream))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"execute_async: bad stream {stream!r}")
     model, ins, outs, ret = _prepare(model_id, input_, output)
     if ret:
         return ret
@@ -318,7 +350,7 @@ def create_data_buffer(data, size):
 
 def destroy_data_buffer(data_buffer):
     if not C.drop("databuf", data_buffer):
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "destroy_data_buffer: bad data buffer {!r}".format(data_buffer))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"destroy_data_buffer: bad data buffer {data_buffer!r}")
     return C.ACL_SUCCESS
 
 

@@ -10,7 +10,13 @@ from . import _memory as M
 from . import _streams as S
 from ._core import STATE
 
-ACL_MEMCPY_KINDS = (0, 1, 2, 3, 4)  # HOST_TO_HOST .. DEVICE_TO_DEVICE, DEFAULT (all inferred from the pointers)
+ACL_MEMCPY_KINDS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+)  # HOST_TO_HOST .. DEVICE_TO_DEVICE, DEFAULT (all inferred from the pointers)
 
 
 def get_run_mode():
@@ -28,7 +34,7 @@ def set_device(device_id):
     if ret:
         return ret
     if not isinstance(device_id, int) or not 0 <= device_id < STATE.device_count:
-        return C.fail(C.ACL_ERROR_RT_INVALID_DEVICEID, "set_device: no device {}".format(device_id))
+        return C.fail(C.ACL_ERROR_RT_INVALID_DEVICEID, f"set_device: no device {device_id}")
     with STATE.lock:
         ctx = STATE.devices.get(device_id)
         if ctx is None:
@@ -45,7 +51,7 @@ def reset_device(device_id):
     with STATE.lock:
         ctx = STATE.devices.pop(device_id, None)
     if ctx is None:
-        return C.fail(C.ACL_ERROR_RT_INVALID_DEVICEID, "reset_device: device {} is not set".format(device_id))
+        return C.fail(C.ACL_ERROR_RT_INVALID_DEVICEID, f"reset_device: device {device_id} is not set")
     C.drop("context", ctx)
     return C.ACL_SUCCESS
 
@@ -55,18 +61,18 @@ def create_context(device_id):
     if ret:
         return None, ret
     if device_id not in STATE.devices:
-        return None, C.fail(C.ACL_ERROR_RT_INVALID_DEVICEID, "create_context: set_device({}) first".format(device_id))
+        return None, C.fail(C.ACL_ERROR_RT_INVALID_DEVICEID, f"create_context: set_device({device_id}) first")
     ctx = C.new_handle("context", {"device": device_id, "default": False})
     STATE.local.context = ctx
     return ctx, C.ACL_SUCCESS
 
 
 def set_context(context):
-    ret = C.check_ready(need_context=False)
+    ret = C.check_ready(need_context=False) or C.fault("set_context")
     if ret:
         return ret
     if C.lookup("context", context) is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "set_context: {!r} is not a live context".format(context))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"set_context: {context!r} is not a live context")
     STATE.local.context = context
     return C.ACL_SUCCESS
 
@@ -84,8 +90,10 @@ def destroy_context(context):
         return ret
     obj = C.lookup("context", context)
     if obj is None or obj["default"]:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "destroy_context: {!r} is not a context made by create_context".format(
-            context))
+        return C.fail(
+            C.ACL_ERROR_INVALID_PARAM,
+            f"destroy_context: {context!r} is not a context made by create_context",
+        )
     C.drop("context", context)
     if getattr(STATE.local, "context", None) == context:
         STATE.local.context = None
@@ -105,7 +113,7 @@ def destroy_stream(stream):
         return ret
     obj = C.lookup("stream", stream)
     if obj is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "destroy_stream: {!r} is not a live stream".format(stream))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"destroy_stream: {stream!r} is not a live stream")
     obj.synchronize()
     obj.close()
     C.drop("stream", stream)
@@ -118,7 +126,7 @@ def synchronize_stream(stream):
         return ret
     obj = C.lookup("stream", stream)
     if obj is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "synchronize_stream: {!r} is not a live stream".format(stream))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"synchronize_stream: {stream!r} is not a live stream")
     return obj.synchronize()
 
 
@@ -128,7 +136,7 @@ def malloc(size, policy):
     if ret:
         return 0, ret
     if not isinstance(size, int) or size <= 0 or policy not in (0, 1, 2):
-        return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, "malloc: bad size {!r} or policy {!r}".format(size, policy))
+        return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, f"malloc: bad size {size!r} or policy {policy!r}")
     return M.device_alloc(size), C.ACL_SUCCESS
 
 
@@ -137,7 +145,7 @@ def free(ptr):
     if ret:
         return ret
     if not M.device_free(ptr):
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "free: {!r} is not device memory from malloc".format(ptr))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"free: {ptr!r} is not device memory from malloc")
     return C.ACL_SUCCESS
 
 
@@ -146,7 +154,7 @@ def malloc_host(size):
     if ret:
         return 0, ret
     if not isinstance(size, int) or size <= 0:
-        return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, "malloc_host: bad size {!r}".format(size))
+        return 0, C.fail(C.ACL_ERROR_INVALID_PARAM, f"malloc_host: bad size {size!r}")
     return M.host_alloc(size), C.ACL_SUCCESS
 
 
@@ -155,7 +163,7 @@ def free_host(ptr):
     if ret:
         return ret
     if not M.host_free(ptr):
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "free_host: {!r} is not host memory from malloc_host".format(ptr))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"free_host: {ptr!r} is not host memory from malloc_host")
     return C.ACL_SUCCESS
 
 
@@ -166,7 +174,7 @@ def memcpy(dst, dest_max, src, count, kind):
     if ret:
         return ret
     if kind not in ACL_MEMCPY_KINDS:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "memcpy: unknown kind {!r}".format(kind))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"memcpy: unknown kind {kind!r}")
     return M.copy(dst, dest_max, src, count)
 
 
@@ -176,10 +184,12 @@ def subscribe_report(thread_id, stream):
         return ret
     obj = C.lookup("stream", stream)
     if obj is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "subscribe_report: {!r} is not a live stream".format(stream))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"subscribe_report: {stream!r} is not a live stream")
     with S.REPORTS:
         if obj.subscriber is not None:
-            return C.fail(C.ACL_ERROR_REPEAT_SUBSCRIBE, "subscribe_report: the stream already has a report thread")
+            return C.fail(
+                C.ACL_ERROR_REPEAT_SUBSCRIBE, "subscribe_report: the stream already has a report thread"
+            )
         obj.subscriber = thread_id
         S.REPORTS.notify_all()
     return C.ACL_SUCCESS
@@ -192,7 +202,9 @@ def unsubscribe_report(thread_id, stream):
     obj = C.lookup("stream", stream)
     with S.REPORTS:
         if obj is None or obj.subscriber != thread_id:
-            return C.fail(C.ACL_ERROR_STREAM_NOT_SUBSCRIBE, "unsubscribe_report: thread is not subscribed to it")
+            return C.fail(
+                C.ACL_ERROR_STREAM_NOT_SUBSCRIBE, "unsubscribe_report: thread is not subscribed to it"
+            )
         obj.subscriber = None
         S.REPORTS.notify_all()
     return C.ACL_SUCCESS
@@ -210,7 +222,9 @@ def launch_callback(fn, user_data, block_type, stream):
     if block_type != 1:
         return C.fail(C.ACL_ERROR_INVALID_PARAM, "launch_callback: only ACL_CALLBACK_BLOCK (1) on Ascend310")
     if obj.subscriber is None:
-        return C.fail(C.ACL_ERROR_STREAM_NOT_SUBSCRIBE, "launch_callback: no report thread subscribed to the stream")
+        return C.fail(
+            C.ACL_ERROR_STREAM_NOT_SUBSCRIBE, "launch_callback: no report thread subscribed to the stream"
+        )
     obj.put(S.callback_task(obj, fn, user_data, block_type))
     return C.ACL_SUCCESS
 
@@ -220,4 +234,3 @@ def process_report(timeout):
     if ret:
         return ret
     return S.process_report(timeout)
-

@@ -58,24 +58,28 @@ def loads(data):
     """(header, onnx_bytes) from the bytes of a simulated model; SimOmError says what is wrong."""
     data = memoryview(data)
     if len(data) < _PREFIX.size:
-        raise SimOmError("file too short for a model header ({} bytes)".format(len(data)))
+        raise SimOmError(f"file too short for a model header ({len(data)} bytes)")
     magic, version, size = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
-        raise SimOmError("not a simulated model (magic {!r}); a real .om needs a real Ascend runtime".format(
-            bytes(magic)))
+        raise SimOmError(
+            f"not a simulated model (magic {bytes(magic)!r}); a real .om needs a real Ascend runtime"
+        )
     if version != FORMAT_VERSION:
-        raise SimOmError("simulated model format {} is not supported (expected {})".format(version, FORMAT_VERSION))
+        raise SimOmError(f"simulated model format {version} is not supported (expected {FORMAT_VERSION})")
     end = _PREFIX.size + size
     if len(data) < end:
         raise SimOmError("truncated model: header cut off")
     try:
-        header = json.loads(bytes(data[_PREFIX.size:end]).decode("utf-8"))
+        header = json.loads(bytes(data[_PREFIX.size : end]).decode("utf-8"))
     except ValueError as exc:
-        raise SimOmError("corrupt model header: {}".format(exc))
+        raise SimOmError(f"corrupt model header: {exc}") from None
     onnx_bytes = bytes(data[end:])
     if len(onnx_bytes) != header.get("onnx_size"):
-        raise SimOmError("truncated model: graph is {} bytes, header says {}".format(
-            len(onnx_bytes), header.get("onnx_size")))
+        raise SimOmError(
+            "truncated model: graph is {} bytes, header says {}".format(
+                len(onnx_bytes), header.get("onnx_size")
+            )
+        )
     if hashlib.sha256(onnx_bytes).hexdigest() != header.get("onnx_sha256"):
         raise SimOmError("corrupt model: graph checksum mismatch")
     return header, onnx_bytes

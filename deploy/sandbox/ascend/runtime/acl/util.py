@@ -17,15 +17,29 @@ import numpy as np
 from . import _core as C
 from . import _memory as M
 
-_NPY = {0: "bool", 1: "int8", 2: "uint8", 3: "int16", 4: "uint16", 5: "int32", 6: "uint32", 7: "int64",
-        8: "uint64", 9: "int64", 10: "uint64", 11: "float32", 12: "float64", 23: "float16"}
+_NPY = {
+    0: "bool",
+    1: "int8",
+    2: "uint8",
+    3: "int16",
+    4: "uint16",
+    5: "int32",
+    6: "uint32",
+    7: "int64",
+    8: "uint64",
+    9: "int64",
+    10: "uint64",
+    11: "float32",
+    12: "float64",
+    23: "float16",
+}
 _THREADS = {}
 
 
 def bytes_to_ptr(data):
     """The address of a bytes object's buffer (kept alive by the runtime for a while)."""
     if not isinstance(data, bytes):
-        raise TypeError("bytes_to_ptr needs bytes, not {}".format(type(data).__name__))
+        raise TypeError(f"bytes_to_ptr needs bytes, not {type(data).__name__}")
     ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
     M.register_view(ptr, len(data), data)
     return ptr
@@ -48,10 +62,13 @@ def numpy_contiguous_to_ptr(array):
 def _place(ptr, size):
     place = M.locate(ptr, size)
     if place is None:
-        raise RuntimeError("pointer {!r} (+{} bytes) is not allocated memory: a real board would crash".format(
-            ptr, size))
+        raise RuntimeError(
+            f"pointer {ptr!r} (+{size} bytes) is not allocated memory: a real board would crash"
+        )
     if place[0] == "device" and C.STATE.run_mode != C.ACL_DEVICE:
-        raise RuntimeError("device memory is not addressable from the host (ACL_HOST run mode): memcpy it first")
+        raise RuntimeError(
+            "device memory is not addressable from the host (ACL_HOST run mode): memcpy it first"
+        )
     return place
 
 
@@ -83,6 +100,6 @@ def stop_thread(thread_id):
     """Wait for a start_thread thread to return (it must leave its loop by itself)."""
     thread = _THREADS.pop(thread_id, None)
     if thread is None:
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, "stop_thread: unknown thread {!r}".format(thread_id))
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"stop_thread: unknown thread {thread_id!r}")
     thread.join()
     return C.ACL_SUCCESS
