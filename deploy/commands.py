@@ -83,28 +83,34 @@ def cmd_sandbox(args) -> int:
 # ---------------------------------------------------------------- per-board commands
 
 
-def _each_board(args, action) -> list[dict]:
+def _each_board(args, action, prepare=None) -> list[dict]:
     """Run ``action(inv, board, conn) -> row`` on every selected board, one connection each.
 
-    A board that fails gives an error row and the others go on; rows go to stdout as JSON
-    with ``--json`` (the action renders for people otherwise). Every row has "board" and "ok".
+    ``prepare(inv, board)`` runs first, before the board is contacted (local checks: a missing
+    model fails without touching the board). A board that fails gives an error row and the
+    others go on; rows go to stdout as JSON with ``--json`` (the action renders for people
+    otherwise). Every row has "board" and "ok"; a failed one has "error" and "exit_code".
     """
     inv = _inv(args)
     rows = []
     for board in inv.select(args.target):
         try:
+            if prepare is not None:
+                prepare(inv, board)
             with _connect(inv, board, args) as conn:
                 rows.append({"board": board.name, **action(inv, board, conn)})
         except DeployError as exc:
-            rows.append({"board": board.name, "ok": False, "error": str(exc)})
-            ui.err().print(f"[red]error[/] {ui.escape(str(exc))}")
+            rows.append({"board": board.name, "ok": False, "error": str(exc), "exit_code": exc.exit_code})
+            ui.error_line(str(exc), prefix="error ")
     if args.json:
         _emit_json(rows)
     return rows
 
 
 def _exit(rows: list[dict]) -> int:
-    return 0 if all(r["ok"] for r in rows) else 1
+    """0 if every board succeeded, else the highest documented code among the failed boards (1 at least)."""
+    failed = [r for r in rows if not r["ok"]]
+    return max((r.get("exit_code") or 1 for r in failed), default=0)
 
 
 def cmd_check(args) -> int:
@@ -147,7 +153,13 @@ def cmd_push(args) -> int:
             report.print_push(ui.out(), res)
         return report.push_json(res)
 
-    return _exit(_each_board(args, action))
+    def prepare(inv, board):  # plan before acting: the model variant this board needs must exist
+        from .bundle import model_for
+        from .targets import get as get_target
+
+        model_for(inv.app, get_target(board.target), board)
+
+    return _exit(_each_board(args, action, prepare))
 
 
 def cmd_releases(args) -> int:
@@ -210,7 +222,7 @@ def cmd_run(args) -> int:
         return 0
     # partial: every board that failed finished its run with some images classified
     partial = all(r["ok"] or (r.get("ended") and r.get("images_ok")) for r in rows)
-    return EXIT_PARTIAL if partial else 1
+    return EXIT_PARTIAL if partial else _exit(rows)
 
 
 def cmd_stop(args) -> int:
@@ -362,7 +374,7 @@ def _convert(args) -> int:
                       "is installed (source its set_env.sh first)")
         return exc.exit_code
     except atc.ConversionError as exc:
-        ui.err().print(f"[red]error:[/] {ui.escape(str(exc))}")
+        ui.error_line(str(exc))
         return exc.exit_code
     if args.json:
         _emit_json({"converted": True, "output": str(result), "command": plan.command})

@@ -265,6 +265,9 @@ def _emulated_rootfs(board: Board, log) -> Path:
         return emulation.ensure_rootfs(progress=(lambda line: log(f"{board.name}: {line}")) if log else None)
     except emulation.EmulationError as exc:
         raise SandboxError(f"{board.name}: {exc}") from None
+    except OSError as exc:  # an unusable cache path (a file in the way, no permission, disk full)
+        where = exc.filename or emulation.default_rootfs_path()
+        raise SandboxError(f"{board.name}: cannot use the aarch64 rootfs cache at {where}: {exc.strerror or exc}") from None
 
 
 def _prepare_login(inv: Inventory, name: str, d: Path, rootfs: Path | None) -> _Login:
