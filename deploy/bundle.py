@@ -129,26 +129,47 @@ def build(
     *,
     site: Path | None = None,
 ) -> Bundle:
-    """Plan one release for ``board``. ``python`` is the board's CPython version ("3.7")."""
-    files: list[tuple[str, Path]] = []
+    """Plan one release for ``board``: every file with its digest, ``app.json``, and the release id.
 
-    def add_tree(prefix: str, root: Path, suffixes: tuple[str, ...] | None = None) -> None:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-            for fn in sorted(filenames):
-                if fn.startswith(".") or (suffixes and not fn.endswith(suffixes)):
-                    continue
-                p = Path(dirpath, fn)
-                rel = p.relative_to(root).as_posix()
-                files.append((f"{prefix}/{rel}", p))
-
-    add_tree("agent", agent_source(), (".py",))
+    ``python`` is the board's CPython version ("3.7"). ``site`` is the unpacked wheel tree to ship
+    (default: ``wheelhouse.site_for``, which downloads and caches the target's wheels on first use).
+    Nothing is copied; digests come from ``cache``, which is saved. Raises BuildError when the
+    target's model, the labels file or the images folder is missing.
+    """
+    files = _tree_files("agent", agent_source(), (".py",))
     if site is None:
         site = wheelhouse.site_for(target, python)
-    add_tree("site", site)
+    files += _tree_files("site", site)
     model = model_for(app, target, board)
     files.append((f"models/{model.name}", model))
-    config = {
+    config = _app_config(app, target, python, model)
+    files += _app_data(app)
+    entries = _entries(files, cache)
+    data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    entries.append(Entry("app.json", len(data), hashlib.sha256(data).hexdigest(), 0o644, data=data))
+    entries.sort(key=lambda e: e.path)
+    cache.save()
+    rid = hashlib.sha256(json.dumps([e.row() for e in entries]).encode()).hexdigest()[:12]
+    return Bundle(release_id=rid, target=target, python=python, entries=tuple(entries), app_config=config)
+
+
+def _tree_files(prefix: str, root: Path, suffixes: tuple[str, ...] | None = None) -> list[tuple[str, Path]]:
+    """(release path under ``prefix``, local file) for a tree, in sorted order; no dotfiles or __pycache__."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        for fn in sorted(filenames):
+            if fn.startswith(".") or (suffixes and not fn.endswith(suffixes)):
+                continue
+            p = Path(dirpath, fn)
+            rel = p.relative_to(root).as_posix()
+            files.append((f"{prefix}/{rel}", p))
+    return files
+
+
+def _app_config(app: App, target: Target, python: str, model: Path) -> dict:
+    """``app.json``: what the agent on the board runs, with paths relative to the release."""
+    return {
         "format": RELEASE_FORMAT,
         "name": app.name,
         "target": target.name,
@@ -158,20 +179,27 @@ def build(
         "preprocess": app.preprocess,
         "topk": app.topk,
         "batch": app.batch,
-        "labels": None,
-        "images": None,
+        "labels": f"labels/{app.labels.name}" if app.labels is not None else None,
+        "images": "images" if app.images is not None else None,
     }
+
+
+def _app_data(app: App) -> list[tuple[str, Path]]:
+    """The app's labels file and images folder, when it names them; BuildError when they are missing."""
+    files = []
     if app.labels is not None:
         if not app.labels.is_file():
             raise BuildError(f"labels file not found: {app.labels}")
         files.append((f"labels/{app.labels.name}", app.labels))
-        config["labels"] = f"labels/{app.labels.name}"
     if app.images is not None:
         if not app.images.is_dir():
             raise BuildError(f"images folder not found: {app.images} (run `deploy model demo` for the demo photos)")
-        add_tree("images", app.images)
-        config["images"] = "images"
+        files += _tree_files("images", app.images)
+    return files
 
+
+def _entries(files: list[tuple[str, Path]], cache: HashCache) -> list[Entry]:
+    """One Entry per regular file (others are skipped); executables keep 0o755, the rest get 0o644."""
     entries = []
     for rel, src in files:
         st = src.stat()
@@ -179,9 +207,4 @@ def build(
             continue
         mode = 0o755 if st.st_mode & 0o111 else 0o644
         entries.append(Entry(rel, st.st_size, cache.digest(src, st), mode, src=src))
-    data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-    entries.append(Entry("app.json", len(data), hashlib.sha256(data).hexdigest(), 0o644, data=data))
-    entries.sort(key=lambda e: e.path)
-    cache.save()
-    rid = hashlib.sha256(json.dumps([e.row() for e in entries]).encode()).hexdigest()[:12]
-    return Bundle(release_id=rid, target=target, python=python, entries=tuple(entries), app_config=config)
+    return entries
