@@ -175,32 +175,66 @@ def input_geometry(shape, layout=None):
 
 
 def resolve(spec, input_shape=None, input_dtype=None, input_layout=None):
-    """Build a Config from job.preprocess plus the model's input (shape, dtype, layout)."""
+    """Build a Config from job.preprocess plus the model's input (shape, dtype, layout).
+
+    The model's input fills in what the job leaves open: its layout and dtype, and a fixed H x W,
+    around which the preset's resize/crop ratio is kept unless the job sets ``resize`` or ``crop``.
+    Raises PreprocessError for the first bad option, or when the result does not fit the model.
+    """
     spec = dict(spec or {})
     name = spec.pop("preset", "imagenet")
+    base = _preset(name, spec)
+    layout, model_size = _layout(spec.get("layout"), input_shape, input_layout)
+    dtype = spec.get("dtype") or input_dtype or ("uint8" if name == "raw-u8" else "float32")
+    if dtype not in DTYPES:
+        raise PreprocessError("dtype must be one of {}, not {!r}".format(", ".join(DTYPES), dtype))
+    resize, crop = _resize_crop(spec, base, model_size)
+    cfg = Config(
+        preset=name,
+        resize=resize,
+        crop=crop,
+        layout=layout,
+        dtype=dtype,
+        fast=bool(spec.get("fast", True)),
+        max_pixels=spec.get("max_pixels"),
+        **_pixel_values(spec, base)
+    )
+    if model_size and cfg.out_size != model_size:
+        raise PreprocessError(
+            f"preprocess produces {cfg.out_size[0]}x{cfg.out_size[1]} but the model wants {model_size[0]}x{model_size[1]}"
+        )
+    _check_geometry(cfg)
+    return cfg
+
+
+def _preset(name, overrides):
+    """The preset's settings; PreprocessError for an unknown preset or override name."""
     if name not in PRESETS:
         raise PreprocessError(
             "unknown preprocess preset {!r} (known: {})".format(name, ", ".join(sorted(PRESETS)))
         )
-    unknown = set(spec) - set(_OVERRIDES)
+    unknown = set(overrides) - set(_OVERRIDES)
     if unknown:
         raise PreprocessError("unknown preprocess option(s): {}".format(", ".join(sorted(unknown))))
-    base = dict(PRESETS[name])
+    return dict(PRESETS[name])
 
-    layout = spec.get("layout")
+
+def _layout(layout, input_shape, input_layout):
+    """(layout, model (w, h) or None when not fixed) from the job's layout and the model's input."""
     model_h = model_w = None
     if input_shape is not None:
         layout, model_h, model_w = input_geometry(tuple(input_shape), layout or input_layout)
     layout = layout or input_layout or "NCHW"
     if layout not in LAYOUTS:
         raise PreprocessError(f"layout must be NCHW or NHWC, not {layout!r}")
-    dtype = spec.get("dtype") or input_dtype or ("uint8" if name == "raw-u8" else "float32")
-    if dtype not in DTYPES:
-        raise PreprocessError("dtype must be one of {}, not {!r}".format(", ".join(DTYPES), dtype))
+    model_size = (model_w, model_h) if isinstance(model_w, int) and isinstance(model_h, int) else None
+    return layout, model_size
 
+
+def _resize_crop(spec, base, model_size):
+    """(resize: int short side or (w, h), crop: (w, h) or None), fitted to a fixed model input size."""
     resize = spec.get("resize", base["resize"])
     crop = spec.get("crop", base["crop"])
-    model_size = (model_w, model_h) if isinstance(model_w, int) and isinstance(model_h, int) else None
     if model_size and "crop" not in spec and "resize" not in spec and crop is not None:
         # The model fixes its input size: keep the preset's resize/crop ratio (256/224) around it.
         if (crop, crop) != model_size:
@@ -214,7 +248,11 @@ def resolve(spec, input_shape=None, input_dtype=None, input_layout=None):
         raise PreprocessError(f"resize must be an int (short side) or [w, h], not {resize!r}")
     resize = int(resize) if isinstance(resize, (int, float)) else _pair(resize, "resize")
     crop = None if crop is None else _pair(crop, "crop")
+    return resize, crop
 
+
+def _pixel_values(spec, base):
+    """Config's colour, resampling and normalisation fields: the job's overrides, else the preset's."""
     color = str(spec.get("color", base["color"])).upper()
     if color not in ("RGB", "BGR"):
         raise PreprocessError(f"color must be RGB or BGR, not {color!r}")
@@ -229,27 +267,14 @@ def resolve(spec, input_shape=None, input_dtype=None, input_layout=None):
     if any(s == 0 for s in std):
         raise PreprocessError("std must not contain 0")
     normalize = bool(spec.get("normalize", base["normalize"] or "mean" in spec or "std" in spec))
-    cfg = Config(
-        preset=name,
-        resize=resize,
-        crop=crop,
-        color=color,
-        scale=float(scale),
-        mean=mean,
-        std=std,
-        normalize=normalize,
-        layout=layout,
-        dtype=dtype,
-        fast=bool(spec.get("fast", True)),
-        max_pixels=spec.get("max_pixels"),
-        resample=resample,
-    )
-    if model_size and cfg.out_size != model_size:
-        raise PreprocessError(
-            f"preprocess produces {cfg.out_size[0]}x{cfg.out_size[1]} but the model wants {model_size[0]}x{model_size[1]}"
-        )
-    _check_geometry(cfg)
-    return cfg
+    return {
+        "color": color,
+        "scale": float(scale),
+        "mean": mean,
+        "std": std,
+        "normalize": normalize,
+        "resample": resample,
+    }
 
 
 def _check_geometry(cfg):
