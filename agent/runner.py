@@ -128,24 +128,22 @@ def _install_signals(stop):
     return restore
 
 
-def _classify(job, rundir, backend, stop):
+def _stages(job, backend):
+    """The preprocessing, postprocessing and (eval mode) ground truth for this job and model."""
     spec = backend.inputs[0]
     cfg = preprocess.resolve(job.preprocess, spec.shape, spec.dtype, spec.layout)
-    pre = preprocess.Preprocessor(cfg)
     labels = postprocess.Labels.load(job.path(job.labels))
     k = max(job.topk, evaluate.TOPN) if job.mode == "eval" else job.topk
-    post = postprocess.Postprocessor(labels, k)
     truth = None
     if job.mode == "eval":
         label_file = (job.eval or {}).get("label_file")
         if not label_file:
             raise JobError("eval mode needs eval.label_file")
         truth = evaluate.load_ground_truth(job.path(label_file))
+    return cfg, preprocess.Preprocessor(cfg), postprocess.Postprocessor(labels, k), truth
 
-    root, items, missing = collect([job.path(p) for p in job.inputs])
-    done = rundir.done_images()
-    todo = [it for it in items if it.id not in done]
-    batch, fixed = batch_plan(backend, job.batch)
+
+def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
     rundir.emit(
         "start",
         run_id=job.run_id,
@@ -163,6 +161,15 @@ def _classify(job, rundir, backend, stop):
     if fixed and batch != job.batch:
         rundir.emit("log", message=f"model has a fixed batch of {batch}; using it instead of {job.batch}")
 
+
+def _classify(job, rundir, backend, stop):
+    """Classify the job's images not yet done in ``rundir``; returns the run's summary (summary.json)."""
+    cfg, pre, post, truth = _stages(job, backend)
+    root, items, missing = collect([job.path(p) for p in job.inputs])
+    done = rundir.done_images()
+    todo = [it for it in items if it.id not in done]
+    batch, fixed = batch_plan(backend, job.batch)
+    _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed)
     progress = Progress(rundir, len(todo))
     labelled = job.out_dir if job.labelled else None
     # Streams mode writes labelled copies in the worker that classified the image (no extra thread).
@@ -178,14 +185,26 @@ def _classify(job, rundir, backend, stop):
         pipe.run(todo)
     finally:
         sink.close()
-    elapsed = time.monotonic() - t0
-    cpu = time.process_time() - cpu0  # all threads: decode, inference, writing
+    clock = (time.monotonic() - t0, time.process_time() - cpu0)  # cpu: all threads (decode, inference, writing)
+    summary = _summary(done, items, missing, todo, sink, pipe, stop, batch, clock)
+    if truth is not None:
+        records = list(rundir.done_images().values())
+        classes = post.classes if getattr(post, "classes", None) else _classes(backend)
+        metrics = evaluate.evaluate(records, truth, classes)
+        rundir.write_json("result.json", evaluate.result_json(metrics))
+        summary["eval"] = metrics
+    return summary
+
+
+def _summary(done, items, missing, todo, sink, pipe, stop, batch, clock):
+    """summary.json: totals over every run of this run id (a resumed run counts what it skipped)."""
+    elapsed, cpu = clock
     processed = sink.ok + sink.failed
     interrupted = stop.is_set() and processed < len(todo)
     prev_ok = sum(1 for r in done.values() if r.get("ok"))
     ok = prev_ok + sink.ok
     failed = (len(done) - prev_ok) + sink.failed
-    summary = {
+    return {
         "ok": ok,
         "failed": failed,
         "total": len(items) + len(missing),
@@ -203,13 +222,6 @@ def _classify(job, rundir, backend, stop):
         "interrupted": interrupted,
         "status": status_of(ok, failed, interrupted),
     }
-    if truth is not None:
-        records = list(rundir.done_images().values())
-        classes = post.classes if getattr(post, "classes", None) else _classes(backend)
-        metrics = evaluate.evaluate(records, truth, classes)
-        rundir.write_json("result.json", evaluate.result_json(metrics))
-        summary["eval"] = metrics
-    return summary
 
 
 def _classes(backend):
