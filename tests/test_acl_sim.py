@@ -338,3 +338,21 @@ def test_atc_takes_the_planners_command_and_refuses_what_atc_would(tiny, tmp_pat
     ]:
         with pytest.raises(atc.AtcSimError, match=message):
             atc.convert(argv)
+
+
+def test_set_env_makes_acl_importable_and_npu_smi_reports_the_chip():
+    import os
+    import subprocess
+    import sys
+
+    from deploy.facts import npu_name
+
+    probe = "import acl; print(acl.SIMULATED, acl.rt.get_run_mode())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    without = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd="/")
+    assert without.returncode != 0 and "No module named 'acl'" in without.stderr
+    with_env = subprocess.run(["bash", "-c", f". {aclsim.ASCEND}/set_env.sh && {sys.executable} -c '{probe}'"],
+                              capture_output=True, text=True, env=env, cwd="/")  # fmt: skip
+    assert with_env.stdout.strip() == "True (0, 0)", with_env.stderr
+    smi = subprocess.run([str(aclsim.ASCEND / "bin" / "npu-smi"), "info"], capture_output=True, text=True)
+    assert smi.returncode == 0 and npu_name(smi.stdout) == "310"
