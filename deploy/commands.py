@@ -304,32 +304,29 @@ def cmd_exec(args) -> int:
 def cmd_model(args) -> int:
     from . import models
 
-    try:
-        if args.action == "demo":
-            inv_path = Path(args.inventory)
-            root = Path(args.dest) if args.dest else inv_path.resolve().parent / "demo"
-            with ui.status("building demo model, labels and photos (cached)"):
-                assets = models.build_demo(root, force=args.force)
-            info = {k: str(v) for k, v in vars(assets).items()} if not hasattr(assets, "__dataclass_fields__") else {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in assets.__dict__.items()}
-            if args.json:
-                _emit_json(info)
-            else:
-                ui.out().print(f"demo assets in {root} ({'built' if getattr(assets, 'rebuilt', False) else 'cached'})")
-            return 0
-        if args.action == "export":
-            res = models.export_torch(args.torch, Path(args.output), models.parse_shape(args.input_shape),
-                                      weights=Path(args.weights) if args.weights else None, opset=args.opset)
-            info = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
-            if args.json:
-                _emit_json(info)
-            else:
-                ui.out().print(f"exported {res.path} (max |onnx - torch| = {res.max_abs_diff:.2e})")
-            return 0
-        if args.action == "convert":
-            return _convert(args)
-    except models.ModelError as exc:
-        raise DeployError(str(exc)) from None
+    if args.action == "demo":
+        inv_path = Path(args.inventory)
+        root = Path(args.dest) if args.dest else inv_path.resolve().parent / "demo"
+        with ui.status("building demo model, labels and photos (cached)"):
+            assets = models.build_demo(root, force=args.force)
+        info = {k: str(v) for k, v in vars(assets).items()} if not hasattr(assets, "__dataclass_fields__") else {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in assets.__dict__.items()}
+        if args.json:
+            _emit_json(info)
+        else:
+            ui.out().print(f"demo assets in {root} ({'built' if getattr(assets, 'rebuilt', False) else 'cached'})")
+        return 0
+    if args.action == "export":
+        res = models.export_torch(args.torch, Path(args.output), models.parse_shape(args.input_shape),
+                                  weights=Path(args.weights) if args.weights else None, opset=args.opset)
+        info = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
+        if args.json:
+            _emit_json(info)
+        else:
+            ui.out().print(f"exported {res.path} (max |onnx - torch| = {res.max_abs_diff:.2e})")
+        return 0
+    if args.action == "convert":
+        return _convert(args)
     return 2
 
 

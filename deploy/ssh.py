@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import shlex
 import socket
 import sys
@@ -60,6 +61,9 @@ def _import_paramiko():
 
 
 paramiko = _import_paramiko()
+# paramiko logs a lost handshake (e.g. "Error reading SSH protocol banner") with a traceback from its
+# transport thread; with no handler configured Python prints that to stderr above our one-line error
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 10.0
 WINDOW = 16 * 1024 * 1024

@@ -91,6 +91,14 @@ def test_yaml_syntax_and_duplicates(tmp_path):
         parse("app:\n  name: x\n  models: {onnx: a.onnx}\n", path)
 
 
+def test_an_empty_field_is_named_not_a_yaml_traceback(tmp_path):
+    path = tmp_path / "inventory.yaml"
+    with pytest.raises(InventoryError, match=r"inventory.yaml:12: boards.atlas1.user: "):
+        parse(GOOD.replace("user: HwHiAiUser", "user:"), path)
+    with pytest.raises(InventoryError, match=r"inventory.yaml:2: app.name: "):
+        parse(GOOD.replace("name: classify", "name:"), path)
+
+
 def test_cli_prints_one_line_without_traceback(tmp_path):
     path = tmp_path / "inventory.yaml"
     path.write_text(GOOD.replace("    user: HwHiAiUser\n", "    user: HwHiAiUser\n    port: 70000\n"))
