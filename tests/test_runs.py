@@ -60,7 +60,7 @@ def test_run_survives_the_host_side_going_away_and_can_be_attached(many):
     assert len(results_in(run_dir)) < N + 3
     att = many.deploy_json("run", "board1", "--attach", run_id, "-q")[0]
     assert att["ended"] and att["summary"]["ok"] == N + 3, att  # the app's 3 photos + N cats
-    assert not pid_alive(agent_pid)
+    wait_for(lambda: not pid_alive(agent_pid))  # the end event is written just before the agent exits
     recs = results_in(run_dir)
     assert len(recs) == N + 3 and all(r["ok"] for r in recs)
 
