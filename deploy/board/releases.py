@@ -1,10 +1,8 @@
 """Releases on the board: list them, switch ``current``, roll back, verify.
 
-Python 3.7 + stdlib only. Every step leaves the board consistent if the connection drops
-at any instant: a release is assembled in a staging directory, renamed into place, and
-``current`` is switched by renaming a fresh symlink over it. The per-app lock serialises
-pushes, so a staging directory found while holding the lock is debris of an interrupted
-push and is removed.
+Python 3.7 + stdlib only. ``current`` only ever changes by renaming a fresh symlink over it
+(``switch_current``), so a reader sees the old or the new release, never none; receiving a
+new release is ``push.py``.
 """
 
 import json
