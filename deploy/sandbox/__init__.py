@@ -459,7 +459,7 @@ def _record_host_key(path: Path, port: int, pub: Path) -> None:
     os.replace(tmp, path)
 
 
-def _running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     """The process exists and is not a zombie waiting for its parent (or init) to reap it."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
@@ -472,7 +472,7 @@ def _is_our_sshd(pid: int, config: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    if not _running(pid):
+    if not pid_running(pid):
         return False
     text = b" ".join(cmdline)
     return b"sshd" in text and (str(config).encode() in text or config.parent.name.encode() in text)
@@ -491,7 +491,7 @@ def _terminate(pid: int) -> None:
                 return
         except ChildProcessError:
             pass
-        if not _running(pid):
+        if not pid_running(pid):
             return
         time.sleep(0.05)
     try:

@@ -31,6 +31,7 @@ from deploy.models import (
     DEMO_STAMP,
     DemoAssets,
 )
+from deploy.sandbox import pid_running
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "demo"  # where `deploy model demo` builds for the repository's own inventory.yaml
@@ -55,13 +56,7 @@ def top1(rec: dict) -> int:
     return rec["topk"][0][0]
 
 
-def pid_alive(pid: int) -> bool:
-    """True while the process runs; a zombie waiting for its parent to reap it has ended."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+pid_alive = pid_running  # True while the process runs; a zombie waiting to be reaped has ended
 
 
 def wait_gone(pids, timeout: float = 10.0) -> bool:
