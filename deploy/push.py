@@ -97,13 +97,17 @@ def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, 
 
 
 class _Stale(Exception):
-    """The cached Python fact went stale (the board's Python changed): rebuild once."""
+    """The cached Python fact went stale (the board's Python changed): rebuild once with these facts."""
+
+    def __init__(self, facts: protocol.Facts):
+        super().__init__(facts.python)
+        self.facts = facts
 
 
 def _check_board(board: Board, bundle: Bundle, facts: protocol.Facts) -> None:
     if facts.python_mm != bundle.python:
         if bundle.target.python is None:
-            raise _Stale()
+            raise _Stale(facts)
         raise PushError(
             f"{board.name}: target {bundle.target.name} expects Python {bundle.python} but the board runs "
             f"{facts.python} ({facts.python_exe}); fix boards.{board.name}.target or .python"
@@ -178,8 +182,8 @@ def push(
     bundle = build_for(inv, board, conn, cache)
     try:
         return _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes)
-    except _Stale:
-        remember_facts(inv, board, call(conn, "facts", protocol.FactsRequest()))
+    except _Stale as stale:  # the plan reply already carried the board's facts: no extra round trip
+        remember_facts(inv, board, stale.facts)
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache)
 
 
