@@ -2,7 +2,7 @@
 
 How the board code travels (Ansible's module transport, cached): the command line carries only
 ``boot.py`` (about 2 KB) plus the code archive's sha256 and the op; the archive itself (the
-``deploy/board`` package, zipped, about 15 KB) goes on stdin only when the board does not have
+``deploy/board`` package, zipped, about 19 KB) goes on stdin only when the board does not have
 that version yet, and is kept there in ``~/.cache/atlas-deploy/board/<sha256>/``. So a board op
 is one round trip, and the code's size is not capped by the kernel's argv limit.
 
@@ -84,7 +84,7 @@ class Call:
         chan.settimeout(REPLY_TIMEOUT)
 
     def send(self, message: protocol.Message) -> None:
-        self.chan.sendall((json.dumps(message.to_json()) + "\n").encode())
+        self.chan.sendall(_line(message))
 
     def readline(self, timeout: float | None = None) -> bytes:
         """One raw line (b"" at the end); raises RemoteError if nothing arrives within the timeout."""
@@ -138,6 +138,11 @@ class Call:
             close_quietly(self.chan)
 
 
+def _line(message: protocol.Message) -> bytes:
+    """A message as it travels: one JSON line."""
+    return (json.dumps(message.to_json()) + "\n").encode()
+
+
 def close_quietly(chan) -> None:
     """Close a channel whose link may already be gone (cleanup must not replace the real error)."""
     try:
@@ -156,7 +161,7 @@ def _start(conn, op: str, request: protocol.Message, app: str | None, with_code:
             head = b"code %d\n" % len(archive) + archive
         else:
             head = b"cached\n"
-        chan.sendall(head + (json.dumps(request.to_json()) + "\n").encode())
+        chan.sendall(head + _line(request))
         boot = call.read_obj()
     except BaseException:
         close_quietly(chan)
