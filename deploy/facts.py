@@ -14,7 +14,7 @@ from .board import protocol
 from .inventory import Board, Inventory
 from .remote import call
 from .ssh import Connection
-from .targets import Target
+from .targets import Target, for_board
 from .targets import get as get_target
 
 MIN_FREE_BYTES = 512 * 1024 * 1024  # a release with its site/ is ~150-250 MB; two must fit during a push
@@ -29,9 +29,35 @@ class Finding:
 
 
 def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> protocol.Facts:
-    """The board's facts with the app's env.sh sourced, probing ``import acl`` for acl targets."""
+    """The board's facts with the app's env.sh sourced, probing ``import acl`` for acl targets
+    and every interpreter candidate (so `check` can say which exist and which one runs)."""
     probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
-    return call(conn, "facts", protocol.FactsRequest(probe=probes), app=inv.app.name)
+    req = protocol.FactsRequest(probe=probes, pythons=list(conn.endpoint.pythons))
+    return call(conn, "facts", req, app=inv.app.name)
+
+
+def _python_findings(board: Board, facts: protocol.Facts) -> list[Finding]:
+    """Which interpreter runs our code and why; its version against the profile's.
+
+    A candidate below 3.7 never gets here: the board code refuses it in one line before
+    answering. A sandbox board may stand in with another version (it says which); a real
+    board must match the profile, whose wheels are built for that version.
+    """
+    profile = get_target(board.target)
+    how = f"set by boards.{board.name}.python" if board.python else "first found of the target's candidates"
+    seen = [f"{n} -> {p} ({v or '?'})" for n, p, v in facts.pythons if p and p != facts.python_exe]
+    others = f"; also on the board, not used: {', '.join(seen)}" if seen else ""
+    new_enough = tuple(int(x) for x in facts.python_mm.split(".")) >= (3, 7)
+    out = [Finding("interpreter", new_enough, f"{facts.python_exe} (Python {facts.python}), {how}{others}")]
+    if not profile.python or facts.python_mm == profile.python:
+        return out
+    if board.sandbox:
+        detail = (f"simulated board: Python {facts.python} stands in for the {profile.name}'s {profile.python} "
+                  f"(no CPython {profile.python} on this machine); releases are built for {facts.python_mm}")
+        return [*out, Finding("python version", True, detail, "warning")]
+    detail = (f"board runs Python {facts.python}, target {profile.name} builds for {profile.python} "
+              f"(set boards.{board.name}.python to a {profile.python} interpreter, or change target)")
+    return [*out, Finding("python version", False, detail)]
 
 
 def npu_name(npu_smi_output: str) -> str | None:
@@ -48,18 +74,7 @@ def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Findin
             f"board is {facts.arch}, target {target.name} needs {target.arch}",
         )
     ]
-    py = tuple(int(x) for x in facts.python.split(".")[:2])
-    out.append(Finding("python>=3.7", py >= (3, 7), f"board python3 is {facts.python} ({facts.python_exe})"))
-    if target.python:
-        want = tuple(int(x) for x in target.python.split("."))
-        out.append(
-            Finding(
-                "python version",
-                py == want,
-                f"board runs Python {facts.python}, target {target.name} builds for {target.python}"
-                + ("" if py == want else f" (set boards.{board.name}.python to a {target.python} interpreter, or change target)"),
-            )
-        )
+    out += _python_findings(board, facts)
     free = facts.free_bytes
     out.append(Finding("free disk", free >= MIN_FREE_BYTES, f"{free / 2**20:.0f} MiB free in {facts.home}"))
     if target.backend == "acl":
@@ -83,6 +98,6 @@ def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Findin
 
 
 def check(inv: Inventory, board: Board, conn: Connection) -> tuple[protocol.Facts, list[Finding]]:
-    target = get_target(board.target)
+    target = for_board(board)
     facts = gather(inv, board, conn, target)
     return facts, evaluate(board, target, facts)

@@ -49,7 +49,7 @@ class Board:
     port: int = 22
     user: str | None = None
     key: Path | None = None
-    python: str = "python3"
+    python: str | None = None  # the interpreter to use; None: the target's candidates (targets.Target.pythons)
     arch: str = "x86_64"  # sandbox boards only: x86_64 (native) or aarch64 (qemu-user rootfs)
     line: int = 0
 
@@ -377,7 +377,7 @@ def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> B
         port=get("port", doc.integer, 1, 65535, default=22),
         user=get("user", doc.string),
         key=key,
-        python=get("python", doc.string, default="python3"),
+        python=get("python", doc.string),
         arch=arch,
         line=knode.start_mark.line + 1,
     )

@@ -32,8 +32,7 @@ from .errors import PushError, RemoteError
 from .inventory import Board, Inventory
 from .remote import Call, call, session
 from .ssh import Connection
-from .targets import Target
-from .targets import get as get_target
+from .targets import Target, for_board
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def remember_facts(inv: Inventory, board: Board, facts: protocol.Facts) -> str:
 
 
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None) -> Bundle:
-    target = get_target(board.target)
+    target = for_board(board)
     python = board_python(inv, board, conn, target)
     return bundle_mod.build(inv.app, board, target, python, cache, site=site)
 

@@ -62,11 +62,25 @@ def env_prefix(app: str | None) -> str:
     return f'cd "$HOME" && {{ if [ -r {env} ]; then . {env}; fi; }} && '
 
 
-def helper_command(op: str, python: str, app: str | None) -> str:
-    """The shell line that runs board operation ``op`` (every word quoted)."""
+def helper_command(op: str, pythons: tuple[str, ...], app: str | None) -> str:
+    """The shell line that runs board operation ``op`` (every word quoted).
+
+    With several interpreter candidates, the board's shell takes the first that exists
+    (``command -v``: a builtin, no process per candidate) after the app's env.sh is sourced,
+    so an interpreter that env.sh puts on PATH counts; the boot code then checks its version.
+    """
     digest, _ = code_archive()
-    words = (python, "-I", "-c", _boot_source(), digest, op)
-    return env_prefix(app) + " ".join(shlex.quote(w) for w in words)
+    args = " ".join(shlex.quote(w) for w in ("-I", "-c", _boot_source(), digest, op))
+    if len(pythons) == 1:
+        return env_prefix(app) + f"{shlex.quote(pythons[0])} {args}"
+    tried = ", ".join(pythons)
+    missing = json.dumps({"error": f"no Python interpreter on the board (tried {tried}); set python: for this board"})
+    loop = " ".join(shlex.quote(p) for p in pythons)
+    return (
+        env_prefix(app)
+        + f'for p in {loop}; do if command -v "$p" >/dev/null 2>&1; then exec "$p" {args}; fi; done; '
+        + f"echo {shlex.quote(missing)}; exit 127"
+    )
 
 
 class Call:
@@ -123,7 +137,7 @@ class Call:
         code = self.chan.recv_exit_status()
         err = self.chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip().splitlines()
         if code == 127:
-            return "python3 not found on the board (set boards.<name>.python in the inventory)"
+            return "the board's Python interpreter was not found (set python: for this board in the inventory)"
         return (err[-1] if err else f"exit status {code}")[:500]
 
     def writer(self, counter=None) -> ChannelWriter:
@@ -153,7 +167,7 @@ def close_quietly(chan) -> None:
 
 def _start(conn, op: str, request: protocol.Message, app: str | None, with_code: bool) -> Call | None:
     """Open the channel, send boot header + request; None when the board asks for the code archive."""
-    chan = conn.channel(helper_command(op, conn.endpoint.python, app))
+    chan = conn.channel(helper_command(op, conn.endpoint.pythons, app))
     call = Call(chan, conn.endpoint.name, op)
     try:
         if with_code:

@@ -90,7 +90,7 @@ class Endpoint:
     user: str
     key: Path | None
     known_hosts: Path
-    python: str = "python3"
+    pythons: tuple[str, ...] = ("python3",)  # interpreter candidates, first found on the board wins
     only_key: bool = False  # sandbox boards: use exactly this key, never the agent or ~/.ssh keys
     sandbox: bool = False
 
@@ -260,6 +260,13 @@ def _ssh_config(path: Path, name: str) -> dict:
     return cfg.lookup(name)
 
 
+def _pythons(board) -> tuple[str, ...]:
+    """The interpreter to run board code with: the inventory's ``python:``, else the target's candidates."""
+    from .targets import get as get_target
+
+    return (board.python,) if board.python else get_target(board.target).pythons
+
+
 def endpoint_for(inv, board) -> Endpoint:
     """How to reach ``board``: the project's sandbox ssh_config for sandbox boards, else inventory + ``~/.ssh/config``.
 
@@ -274,7 +281,7 @@ def endpoint_for(inv, board) -> Endpoint:
         if not cfg.get("port"):
             raise SandboxError(f"sandbox board {board.name} is not running: deploy sandbox up {board.name}")
         return Endpoint(board.name, cfg["hostname"], int(cfg["port"]), cfg["user"], Path(cfg["identityfile"][0]), kh,
-                        python=board.python, only_key=True, sandbox=True)
+                        pythons=_pythons(board), only_key=True, sandbox=True)
     host, user, port, key = board.host, board.user, board.port, board.key
     cfg = _ssh_config(Path.home() / ".ssh" / "config", board.host)
     host = cfg.get("hostname", host)
@@ -285,4 +292,4 @@ def endpoint_for(inv, board) -> Endpoint:
         key = Path(cfg["identityfile"][0]).expanduser()
     import getpass
 
-    return Endpoint(board.name, host, port, user or getpass.getuser(), key, kh, python=board.python)
+    return Endpoint(board.name, host, port, user or getpass.getuser(), key, kh, pythons=_pythons(board))

@@ -11,7 +11,7 @@ machine's own system Python, so the version is read off the board before buildin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Target:
     platforms: tuple[str, ...]  # pip --platform tags, most specific first
     soc_version: str | None = None  # atc --soc_version for Ascend targets
     cann_env: tuple[str, ...] = ()  # set_env.sh candidates sourced by env.sh, first found wins
+    pythons: tuple[str, ...] = ("python3",)  # interpreter candidates on the board, first found wins
     description: str = ""
 
     @property
@@ -50,6 +51,17 @@ def manylinux(arch: str, glibc_minor: int) -> tuple[str, ...]:
 
 _AARCH64 = manylinux("aarch64", 31)  # Debian bullseye
 _X86_64 = manylinux("x86_64", 28)  # what current wheels need; Debian 10+ / Ubuntu 18.10+ have it
+# Where the Atlas 200 DK keeps CANN's Python 3.7.5 beside Ubuntu 18.04's python3 (3.6.9): legacy
+# samples call `python3.7.5`, CANN's environment guide installs it in /usr/local/python3.7.5 (whose
+# bin/ is on PATH only in interactive shells), Huawei's sample_run.sh calls `python3.7`.
+# python3 comes last: where it is 3.6 the board code refuses it in one line.
+_DK_PYTHONS = (
+    "python3.7.5",
+    "/usr/local/python3.7.5/bin/python3.7",
+    "/usr/local/python3.7.5/bin/python3",
+    "python3.7",
+    "python3",
+)
 _CANN = ("$HOME/Ascend/nnrt/set_env.sh", "$HOME/Ascend/ascend-toolkit/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
 
 PROFILES: dict[str, Target] = {
@@ -64,6 +76,7 @@ PROFILES: dict[str, Target] = {
             platforms=manylinux("aarch64", 27),
             soc_version="Ascend310",
             cann_env=_CANN,
+            pythons=_DK_PYTHONS,
             description="Atlas 200 DK: Ascend 310, Ubuntu 18.04 aarch64, Python 3.7, CANN <= 6.0 under ~/Ascend",
         ),
         Target(
@@ -74,6 +87,8 @@ PROFILES: dict[str, Target] = {
             platforms=manylinux("aarch64", 35),  # Ubuntu 22.04 image
             soc_version="Ascend310B4",
             cann_env=("/usr/local/Ascend/ascend-toolkit/set_env.sh", "/etc/profile.d/ascend_devkit.sh", *_CANN[:2]),
+            # openEuler image: system 3.9.9; Ubuntu image: miniconda in /usr/local (23.0.RC2 on)
+            pythons=("python3.9", "/usr/local/miniconda3/bin/python3", "python3"),
             description="Atlas 200I DK A2: Ascend 310B4, aarch64, Python 3.9",
         ),
         Target(
@@ -94,6 +109,22 @@ PROFILES: dict[str, Target] = {
         ),
     )
 }
+
+
+def for_board(board) -> Target:
+    """The profile as ``board`` runs it.
+
+    A sandbox board's interpreter may be a stand-in (a simulated Atlas 200 DK on a machine with
+    no CPython 3.7 uses what it has, and says so), so its Python is read off the board
+    (``python=None``); a sandbox board of another arch than its profile (the fast x86_64
+    stand-in of an aarch64 Atlas) gets that arch's wheels. Real boards get the profile as is.
+    """
+    target = get(board.target)
+    if not board.sandbox:
+        return target
+    if board.arch != target.arch:
+        return replace(target, python=None, arch=board.arch, platforms=_X86_64 if board.arch == "x86_64" else _AARCH64)
+    return replace(target, python=None)
 
 
 def get(name: str) -> Target:

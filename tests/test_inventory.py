@@ -139,7 +139,7 @@ def test_group_settings_between_defaults_and_board(tmp_path):
     dk1, dk2, a2 = inv.boards["dk1"], inv.boards["dk2"], inv.boards["a2"]
     assert (dk1.target, dk1.python, dk1.user) == ("atlas200dk", "/usr/local/python3.7.5/bin/python3.7", "HwHiAiUser")
     assert dk2.target == "aarch64-cpu"  # the board's own setting wins over its group's
-    assert a2.target == "atlas200i-a2" and a2.python == "python3"
+    assert a2.target == "atlas200i-a2" and a2.python is None  # None: the target's interpreter candidates
     assert inv.groups == {"dks": ("dk1", "dk2"), "a2s": ("a2",), "lab": ("dk1", "a2")}
 
 

@@ -49,12 +49,29 @@ def probe_npu_smi():
     return protocol.CommandProbe(ok=r.returncode == 0, output=r.stdout[-4000:])
 
 
+def probe_pythons(candidates):
+    """Each candidate interpreter: [name, path, version] as found on PATH (or at its absolute path)."""
+    import shutil
+
+    out = []
+    for name in candidates:
+        exe = shutil.which(name) or ""
+        version = ""
+        if exe:
+            r = _run([exe, "--version"], merge=True)  # 3.6 prints to stdout, 2.x to stderr
+            version = r.stdout.strip().replace("Python ", "") if r.returncode == 0 else ""
+        out.append([name, exe, version])
+    return out
+
+
 def op_facts(wire, req):
     out = gather(wire.home)
     if "acl" in req.probe:
         out.acl = probe_acl()
     if "npu-smi" in req.probe:
         out.npu_smi = probe_npu_smi()
+    if req.pythons:
+        out.pythons = probe_pythons(req.pythons)
     for mod in req.modules:
         out.modules[mod] = _run([sys.executable, "-c", "import " + mod]).returncode == 0
     wire.reply(out)

@@ -116,6 +116,7 @@ class Facts(Message):
     acl: ImportProbe | None = None
     npu_smi: CommandProbe | None = None
     modules: dict[str, bool] = {}
+    pythons: list[list[str]] = []  # per interpreter candidate asked for: [name, path or "", version or ""]
     NESTED = {"acl": ImportProbe, "npu_smi": CommandProbe}
 
     @property
@@ -126,6 +127,7 @@ class Facts(Message):
 class FactsRequest(Message):
     probe: list[str] = []
     modules: list[str] = []
+    pythons: list[str] = []  # interpreter candidates to locate and ask for their version
 
 
 # ---------------------------------------------------------------- releases
