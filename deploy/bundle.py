@@ -24,6 +24,7 @@ import agent
 from . import wheelhouse
 from .errors import BuildError
 from .inventory import App, Board
+from .omfile import check_om, is_simulated
 from .targets import Target
 
 RELEASE_FORMAT = 1
@@ -105,9 +106,34 @@ def agent_source() -> Path:
     return Path(agent.__file__).resolve().parent
 
 
-def model_for(app: App, target: Target, board: Board) -> Path:
+class SimulatedModelNeeded(BuildError):
+    """A sandbox Atlas board needs the simulated .om of ``onnx`` at ``path``, which is not built yet
+    (or is out of date): ``deploy.models.simulated.ensure_simulated_om`` builds it."""
+
+    def __init__(self, board: Board, target: Target, onnx: Path, path: Path | None):
+        super().__init__(
+            f"board {board.name} (sandbox, target {target.name}) runs a simulated .om of {onnx}, not built yet "
+            "(or out of date): "
+            f"set app.models.om to the output of `deploy model convert {onnx} --target {target.name} "
+            "--aipp app --simulate`"
+        )
+        self.board, self.target, self.onnx, self.path = board, target, onnx, path
+
+
+def model_for(app: App, target: Target, board: Board, state_dir: Path | None = None) -> Path:
+    """The model file ``board`` runs: ``app.models.onnx`` or ``.om`` by its target's backend, checked.
+
+    A sandbox board with an Ascend target runs the simulated runtime, which loads only simulated
+    models: app.models.om when it is one, else the simulated conversion of app.models.onnx kept under
+    ``state_dir`` (:func:`simulated_om_path`). When that is missing or out of date (or no ``state_dir``
+    is given), SimulatedModelNeeded tells the caller to build it. BuildError (one line) for a missing
+    model, a simulated model for a real board, or an .om that is corrupt or truncated.
+    """
     kind = target.model_kind
     model = app.models.get(kind)
+    onnx = app.models.get("onnx")
+    if kind == "om" and board.sandbox and not is_simulated(model) and onnx is not None and onnx.is_file():
+        return _simulated_om(app, target, board, onnx, state_dir)
     if model is None:
         hint = " (convert one with `deploy model convert`)" if kind == "om" else ""
         raise BuildError(
@@ -117,7 +143,46 @@ def model_for(app: App, target: Target, board: Board) -> Path:
     if not model.is_file():
         hint = " (run `deploy model demo` to build the demo model)" if kind == "onnx" else ""
         raise BuildError(f"model for board {board.name} not found: {model}{hint}")
+    if kind == "om":
+        check_om(model, board)
     return model
+
+
+def simulated_om_path(state_dir: Path, onnx: Path, target: Target) -> Path:
+    """Where the simulated .om of ``onnx`` for ``target``'s chip is kept: ``.deploy/models/<stem>.<soc>.om``."""
+    return state_dir / "models" / f"{onnx.stem}.{target.soc_version}.om"
+
+
+def simulated_om_stamp(path: Path) -> Path:
+    """The JSON beside a cached simulated .om saying what it was built from (``<name>.om.json``)."""
+    return path.with_name(path.name + ".json")
+
+
+def simulated_om_source(app: App) -> dict:
+    """What a cached simulated .om depends on that the core can see without hashing: the onnx file
+    (path, size, mtime) and the app's preprocess (its AIPP) and batch. Stored in the stamp as "source"."""
+    onnx = app.models["onnx"]
+    st = onnx.stat()
+    source = {"onnx": str(onnx), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+              "preprocess": app.preprocess, "batch": app.batch}  # fmt: skip
+    return json.loads(json.dumps(source))  # as it reads back from the stamp (tuples become lists)
+
+
+def _simulated_om(app: App, target: Target, board: Board, onnx: Path, state_dir: Path | None) -> Path:
+    """The cached simulated .om of ``onnx`` when its stamp matches the app; else SimulatedModelNeeded."""
+    path = simulated_om_path(state_dir, onnx, target) if state_dir is not None else None
+    if path is None or not path.is_file() or _stamped_source(path) != simulated_om_source(app):
+        raise SimulatedModelNeeded(board, target, onnx, path)
+    check_om(path, board)
+    return path
+
+
+def _stamped_source(path: Path) -> dict | None:
+    try:
+        stamp = json.loads(simulated_om_stamp(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp.get("source") if isinstance(stamp, dict) else None
 
 
 def build(
@@ -128,11 +193,14 @@ def build(
     cache: HashCache,
     *,
     site: Path | None = None,
+    state_dir: Path | None = None,
 ) -> Bundle:
     """Plan one release for ``board``: every file with its digest, ``app.json``, and the release id.
 
     ``python`` is the board's CPython version ("3.7"). ``site`` is the unpacked wheel tree to ship
     (default: ``wheelhouse.site_for``, which downloads and caches the target's wheels on first use).
+    ``state_dir`` (the project's ``.deploy``) is where a sandbox Atlas board's simulated .om is kept
+    (see :func:`model_for`).
     Nothing is copied; digests come from ``cache``, which is saved. Raises BuildError when the
     target's model, the labels file or the images folder is missing.
     """
@@ -140,7 +208,7 @@ def build(
     if site is None:
         site = wheelhouse.site_for(target, python)
     files += _tree_files("site", site)
-    model = model_for(app, target, board)
+    model = model_for(app, target, board, state_dir)
     files.append((f"models/{model.name}", model))
     config = _app_config(app, target, python, model)
     files += _app_data(app)
@@ -181,6 +249,8 @@ def _app_config(app: App, target: Target, python: str, model: Path) -> dict:
         "batch": app.batch,
         "labels": f"labels/{app.labels.name}" if app.labels is not None else None,
         "images": "images" if app.images is not None else None,
+        # the acl backend's options (async mode...); other backends take none
+        "backend_options": app.backend_options if target.backend == "acl" else {},
     }
 
 

@@ -32,7 +32,7 @@ def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> pr
     """The board's facts with the app's env.sh sourced, probing ``import acl`` for acl targets
     and every interpreter candidate (so `check` can say which exist and which one runs)."""
     probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
-    req = protocol.FactsRequest(probe=probes, pythons=list(conn.endpoint.pythons))
+    req = protocol.FactsRequest(probe=probes, pythons=list(conn.endpoint.pythons), cann_env=list(target.cann_env))
     return call(conn, "facts", req, app=inv.app.name)
 
 
@@ -80,7 +80,8 @@ def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Findin
     if target.backend == "acl":
         acl = facts.acl or protocol.ImportProbe()
         detail = "; ".join(acl.detail) or "no output"
-        out.append(Finding("import acl", acl.ok, f"with env.sh sourced: {detail}"))
+        env = {"env.sh": "the app's env.sh", "": "no release yet and no CANN set_env.sh found"}.get(acl.sourced, acl.sourced)
+        out.append(Finding("import acl", acl.ok, f"with {env} sourced: {detail}" if acl.sourced else f"{env}: {detail}"))
         smi = facts.npu_smi
         if smi is None:
             out.append(Finding("npu-smi", True, "npu-smi not on PATH (the original Atlas 200 DK often lacks it)", "warning"))

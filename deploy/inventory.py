@@ -38,6 +38,7 @@ class App:
     batch: int = 1
     keep_releases: int = 5
     env: dict[str, str] = field(default_factory=dict)
+    backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,11 @@ def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dic
     return members_node.value, where_members, settings
 
 
-_APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env"}
+_APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
+             "backend_options"}
+# app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
+_ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
+                "device": (int, (0, 63))}
 _BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch"}
 _SHARED_KEYS = _BOARD_KEYS - {"sandbox", "host"}  # what defaults: and groups: may set for their boards
 
@@ -336,7 +341,26 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
         batch=doc.integer(m["batch"][1], "app.batch", 1, 1024) if "batch" in m else 1,
         keep_releases=doc.integer(m["keep_releases"][1], "app.keep_releases", 1, 100) if "keep_releases" in m else 5,
         env=env,
+        backend_options=_backend_options(doc, m["backend_options"][1]) if "backend_options" in m else {},
     )
+
+
+def _backend_options(doc: _Doc, node: yaml.Node) -> dict[str, Any]:
+    """app.backend_options, each checked: ``{async: true, callback_interval: 8, buffers: 4}``."""
+    out: dict[str, Any] = {}
+    for key, (knode, vnode) in doc.mapping(node, "app.backend_options").items():
+        if key not in _ACL_OPTIONS:
+            raise doc.fail(knode, f"app.backend_options.{key}", f"unknown option (known: {', '.join(_ACL_OPTIONS)})")
+        kind, bounds = _ACL_OPTIONS[key]
+        where = f"app.backend_options.{key}"
+        if kind is bool:
+            value = doc.plain(vnode, where)
+            if not isinstance(value, bool):
+                raise doc.fail(vnode, where, "must be true or false")
+            out[key] = value
+        else:
+            out[key] = doc.integer(vnode, where, *bounds)
+    return out
 
 
 def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> Board:
@@ -365,7 +389,8 @@ def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> B
         target = "x86_64-cpu" if sandbox else "atlas200dk"
     if target not in PROFILES:
         raise doc.fail(*merged["target"], f"unknown target {target!r} (known: {', '.join(PROFILES)})")
-    arch = get("arch", doc.string, default="x86_64")
+    # a sandbox board is its target's arch (an Atlas under qemu-user) unless `arch: x86_64` asks for the fast one
+    arch = get("arch", doc.string, default=PROFILES[target].arch if sandbox else "x86_64")
     if arch not in ("x86_64", "aarch64"):
         raise doc.fail(*merged["arch"], f"must be x86_64 or aarch64, not {arch!r}")
     key = get("key", _path_conv(doc, base))

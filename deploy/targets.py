@@ -50,7 +50,9 @@ def manylinux(arch: str, glibc_minor: int) -> tuple[str, ...]:
 
 
 _AARCH64 = manylinux("aarch64", 31)  # Debian bullseye
-_X86_64 = manylinux("x86_64", 28)  # what current wheels need; Debian 10+ / Ubuntu 18.10+ have it
+# what current wheels need (Debian 10+ / Ubuntu 18.10+ have it), and the older tags that cp37-era
+# wheels carry (numpy 1.21.6 for cp37 is manylinux_2_12 only)
+_X86_64 = (*manylinux("x86_64", 28), "manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64")
 # Where the Atlas 200 DK keeps CANN's Python 3.7.5 beside Ubuntu 18.04's python3 (3.6.9): legacy
 # samples call `python3.7.5`, CANN's environment guide installs it in /usr/local/python3.7.5 (whose
 # bin/ is on PATH only in interactive shells), Huawei's sample_run.sh calls `python3.7`.

@@ -32,10 +32,20 @@ def _run(argv, merge=False):
                           text=True)
 
 
-def probe_acl():
-    """``import acl`` in a child, with this process's environment (env.sh sourced by the caller)."""
-    r = _run([sys.executable, "-c", "import acl; print(getattr(acl, '__file__', ''))"])
-    return protocol.ImportProbe(ok=r.returncode == 0, detail=(r.stdout or r.stderr).strip().splitlines()[-1:])
+def probe_acl(cann_env=()):
+    """``import acl`` in a child, in the environment the agent will get: the app's env.sh (sourced
+    by the caller), or before the first push the first CANN ``set_env.sh`` of ``cann_env`` found."""
+    code = "import acl; print(getattr(acl, '__file__', ''))"
+    argv, sourced = [sys.executable, "-c", code], "env.sh"
+    if not os.environ.get("HIAI_APP"):
+        found = [p for p in (os.path.expandvars(c) for c in cann_env) if os.path.isfile(p)]
+        sourced = found[0] if found else ""
+        if found:
+            # bash: set_env.sh finds its own folder through BASH_SOURCE, as CANN's does
+            argv = ["bash", "-c", '. "$1" && exec "$2" -c "$3"', "bash", found[0], sys.executable, code]
+    r = _run(argv)
+    return protocol.ImportProbe(ok=r.returncode == 0, detail=(r.stdout or r.stderr).strip().splitlines()[-1:],
+                                sourced=sourced)
 
 
 def probe_npu_smi():
@@ -67,7 +77,7 @@ def probe_pythons(candidates):
 def op_facts(wire, req):
     out = gather(wire.home)
     if "acl" in req.probe:
-        out.acl = probe_acl()
+        out.acl = probe_acl(req.cann_env)
     if "npu-smi" in req.probe:
         out.npu_smi = probe_npu_smi()
     if req.pythons:

@@ -96,6 +96,7 @@ class ImportProbe(Message):
 
     ok: bool = False
     detail: list[str] = []
+    sourced: str = ""  # what set up the environment: "env.sh" (the app's), a CANN set_env.sh, or ""
 
 
 class CommandProbe(Message):
@@ -128,6 +129,7 @@ class FactsRequest(Message):
     probe: list[str] = []
     modules: list[str] = []
     pythons: list[str] = []  # interpreter candidates to locate and ask for their version
+    cann_env: list[str] = []  # set_env.sh candidates to source for the acl probe when no env.sh is yet
 
 
 # ---------------------------------------------------------------- releases

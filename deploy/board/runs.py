@@ -72,6 +72,8 @@ def new_job(base, run_dir, req):
         "topk": app.get("topk", 5),
         "labelled": True,
     }
+    if app.get("backend_options"):
+        job["backend_options"] = app["backend_options"]
     job.update(req.overrides or {})
     if req.upload:
         job["inputs"] = [os.path.join(run_dir, "inputs")]

@@ -33,11 +33,13 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import SandboxError
 from ..inventory import Board, Inventory
+from ..targets import get as get_target
+from . import atlas
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -55,6 +57,7 @@ class Sandbox:
     key: str
     known_hosts: str
     rootfs: str | None = None
+    shape: tuple[str, ...] = ()  # an Atlas-shaped board: what stands in for what (see atlas.py)
 
     @property
     def running(self) -> bool:
@@ -204,6 +207,8 @@ class _Login:
     home: str  # as the board sees it: inside the rootfs for an emulated board
     home_on_host: Path  # the same directory, seen from this host
     dedicated: bool  # run as root: a Unix user of its own (AllowUsers); else ours, with SetEnv HOME=
+    shared: bool = False  # HwHiAiUser, shared by simulated Atlas boards: HOME by SetEnv, keys by absolute path
+    env: tuple[tuple[str, str], ...] = ()  # more SetEnv (an Atlas board's PATH)
 
 
 def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> Sandbox:
@@ -213,7 +218,11 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> 
     key = client_key(inv)
     hostkey = _host_key(d, board.name)
     rootfs = _emulated_rootfs(board, log) if board.arch == "aarch64" else None
-    login = _prepare_login(inv, board.name, d, rootfs)
+    target = get_target(board.target)
+    login = _prepare_login(inv, board.name, d, rootfs, atlas.is_atlas(target))
+    shape: list[str] = []
+    if atlas.is_atlas(target):
+        login, shape = _shape_atlas(board, target, login, rootfs, log)
     port = _free_port(previous.port if previous else None)
     auth = _authorize(login, key, rootfs)
     log_path = d / "sshd.log"
@@ -238,9 +247,25 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> 
         key=str(key),
         known_hosts=str(known_hosts(inv)),
         rootfs=str(rootfs) if rootfs else None,
+        shape=tuple(shape),
     )
     _save(inv, sb)
     return sb
+
+
+def _shape_atlas(board: Board, target, login: _Login, rootfs: Path | None, log) -> tuple[_Login, list[str]]:
+    """Give the board an Atlas's Pythons, npu-smi and CANN (``atlas.py``); returns the login with its PATH."""
+    sys_on_host = login.home_on_host.parent / "sys"
+    sys_on_board = str(Path(login.home).parent / "sys")
+    layout = atlas.build_overlay(sys_on_host, target, rootfs)
+    cann_python = layout[-1][1]  # the interpreter at the CANN Python's place
+    mm = atlas.interpreter_version(cann_python, rootfs)
+    if log:
+        log(f"{board.name}: simulated CANN for Python {mm} ({board.arch})")
+    atlas.install_cann(login.home_on_host, target, mm, board.arch)
+    env = (*login.env, ("PATH", atlas.board_path(sys_on_board)))
+    return replace(login, env=env), [f"/{rel}: {what}" for rel, _, what in layout]
+
 
 
 def _host_key(d: Path, name: str) -> Path:
@@ -270,13 +295,19 @@ def _emulated_rootfs(board: Board, log) -> Path:
         raise SandboxError(f"{board.name}: cannot use the aarch64 rootfs cache at {where}: {exc.strerror or exc}") from None
 
 
-def _prepare_login(inv: Inventory, name: str, d: Path, rootfs: Path | None) -> _Login:
-    """The board's login user and a seeded home: inside the rootfs, a host user of its own, or ours."""
+def _prepare_login(inv: Inventory, name: str, d: Path, rootfs: Path | None, atlas_shaped: bool = False) -> _Login:
+    """The board's login user and a seeded home: inside the rootfs, a host user of its own, or ours.
+
+    An Atlas-shaped board run as root logs in as the shared ``HwHiAiUser`` (see atlas.py).
+    """
     if os.geteuid() != 0:
         home_on_host = d / "home"
         _seed_home(home_on_host, None)
-        return _Login(pwd.getpwuid(os.getuid()).pw_name, str(home_on_host), home_on_host, dedicated=False)
+        return _Login(pwd.getpwuid(os.getuid()).pw_name, str(home_on_host), home_on_host, dedicated=False,
+                      env=(("HOME", str(home_on_host)),))
     user = _user_name(inv, name)
+    if atlas_shaped and atlas.dk_user():
+        return _dk_login(user, d, rootfs)
     if rootfs is not None:
         from . import emulation
 
@@ -286,6 +317,26 @@ def _prepare_login(inv: Inventory, name: str, d: Path, rootfs: Path | None) -> _
     home_on_host = d / "home" if _world_traversable(d) else Path("/var/lib/atlas-deploy") / user / "home"
     _ensure_user(user, home_on_host)
     return _Login(user, str(home_on_host), home_on_host, dedicated=True)
+
+
+def _dk_login(unique: str, d: Path, rootfs: Path | None) -> _Login:
+    """HwHiAiUser with this board's own home (a stock Ubuntu one), in the rootfs or on this machine."""
+    user = atlas.DK_USER
+    if rootfs is not None:
+        from . import emulation
+
+        emulation.add_board_user(rootfs, user, f"/home/{user}")
+        home = f"/var/lib/atlas-deploy/{unique}/home"
+        home_on_host = rootfs / home.lstrip("/")
+        _seed_home(home_on_host, None)
+        uid, gid = emulation.user_ids(rootfs, user)
+        os.chown(home_on_host, uid, gid)
+    else:
+        atlas.ensure_dk_user()
+        home_on_host = d / "home" if _world_traversable(d) else Path("/var/lib/atlas-deploy") / unique / "home"
+        _seed_home(home_on_host, user)
+        home = str(home_on_host)
+    return _Login(user, home, home_on_host, dedicated=True, shared=True, env=(("HOME", home),))
 
 
 def _authorize(login: _Login, key: Path, rootfs: Path | None) -> Path:
@@ -314,7 +365,7 @@ def _sshd_config(port: int, hostkey: str, pid_file: str, auth: Path, login: _Log
         "ListenAddress 127.0.0.1",
         f"HostKey {hostkey}",
         f"PidFile {pid_file}",
-        f"AuthorizedKeysFile {auth if not login.dedicated else '.ssh/authorized_keys'}",
+        f"AuthorizedKeysFile {_keys_file(auth, login)}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -332,9 +383,16 @@ def _sshd_config(port: int, hostkey: str, pid_file: str, auth: Path, login: _Log
     ]
     if login.dedicated:
         lines.append(f"AllowUsers {login.user}")
-    else:
-        lines.append(f"SetEnv HOME={login.home}")
+    if login.env:  # one line: sshd takes the first of repeated keywords
+        lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in login.env))
     return "\n".join(lines) + "\n"
+
+
+def _keys_file(auth: Path, login: _Login) -> str:
+    """Where sshd finds the board's authorized_keys: in the passwd home, or by this board's own home."""
+    if not login.dedicated:
+        return str(auth)
+    return f"{login.home}/.ssh/authorized_keys" if login.shared else ".ssh/authorized_keys"
 
 
 def _launch_native(config: Path, text: str, log_path: Path, as_root: bool) -> subprocess.Popen:
@@ -504,10 +562,13 @@ def _purge(inv: Inventory, sb: Sandbox) -> None:
     if sb.rootfs:
         from . import emulation
 
-        try:
-            emulation.chroot_run(Path(sb.rootfs), ["/usr/sbin/userdel", "--remove", sb.user])
-        except emulation.EmulationError:
-            pass
+        if sb.user.startswith("hiai-"):
+            try:
+                emulation.chroot_run(Path(sb.rootfs), ["/usr/sbin/userdel", "--remove", sb.user])
+            except emulation.EmulationError:
+                pass
+        elif Path(sb.home).parent.parent.name == "atlas-deploy":  # HwHiAiUser's home for this board, and its /usr
+            shutil.rmtree(Path(sb.home).parent, ignore_errors=True)
         shutil.rmtree(Path(sb.rootfs) / "etc" / "atlas-deploy" / sb.name, ignore_errors=True)
     elif os.geteuid() == 0 and sb.user.startswith("hiai-"):
         try:
