@@ -109,10 +109,12 @@ def demo_assets(root: Path = DEMO) -> DemoAssets:
 
 
 def demo_inventory(demo: Path, *, app: str = "classify", images: str | Path = "images", topk: int = 5,
-                   keep: int = 5, env: dict[str, str] | None = None, boards: dict[str, dict] | None = None) -> str:
+                   keep: int = 5, env: dict[str, str] | None = None, boards: dict[str, dict] | None = None,
+                   app_extra: dict[str, Any] | None = None) -> str:
     """inventory.yaml text for the demo app: its model and labels from ``demo``, ``images`` (relative to the
     project), the demo's own preprocessing (``deploy.models.DEMO_PREPROCESS``, the one the demo was
-    measured with), and ``boards`` (default: sandbox board ``board1`` on this machine)."""
+    measured with), and ``boards`` (default: sandbox board ``board1`` on this machine); ``app_extra`` adds to
+    or replaces app settings (``{"models": {...}, "backend_options": {...}}``)."""
     doc = {
         "app": {
             "name": app,
@@ -126,6 +128,7 @@ def demo_inventory(demo: Path, *, app: str = "classify", images: str | Path = "i
         },
         "boards": boards if boards is not None else {"board1": dict(SANDBOX_BOARD)},
     }
+    doc["app"].update(app_extra or {})
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
 
 
@@ -155,6 +158,7 @@ class Project:
         self.app = app
         self.env = dict(TEST_ENV if env is None else env)
         self.boards = boards if boards is not None else {"board1": dict(SANDBOX_BOARD)}
+        self.app_extra: dict[str, Any] = {}
         self.inventory = self.root / "inventory.yaml"
         self.images = self.root / "images"
         self.environ = deploy_environ()
@@ -167,7 +171,7 @@ class Project:
     def configure(self, topk: int = 5, keep: int = 5, *, app: str | None = None, images: Path | None = None) -> None:
         """Rewrite inventory.yaml; ``app`` and ``images`` override this project's for this inventory only."""
         text = demo_inventory(self.demo, app=app or self.app, images=images or "images", topk=topk, keep=keep,
-                              env=self.env, boards=self.boards)
+                              env=self.env, boards=self.boards, app_extra=self.app_extra)
         self.inventory.write_text(text)
 
     def argv(self, *args: str) -> list[str]:
