@@ -248,6 +248,30 @@ def _cfg_dict(cfg):
     }
 
 
+def _modes(backend):
+    """The ways this backend can be driven: the acl backend sync and async (seed 000), others one."""
+    return ("sync", "async") if hasattr(backend, "async_mode") else (None,)
+
+
+def _bench_modes(backend, batch, loop, warmup, progress):
+    """One result per mode at ``batch``: sync first (no report thread yet), then async."""
+    out = []
+    configured = getattr(backend, "async_mode", None)
+    try:
+        for mode in _modes(backend):
+            if mode is not None:
+                backend.async_mode = mode == "async"
+            fn = bench.run_async if mode == "async" else bench.run_one
+            r = fn(backend, batch, loop, warmup, on_iteration=lambda i: progress.step())
+            if mode is not None:
+                r["mode"] = mode
+            out.append(r)
+    finally:
+        if configured is not None:
+            backend.async_mode = configured
+    return out
+
+
 def _bench(job, rundir, backend, stop):
     opts = job.bench or {}
     loop = int(opts.get("loop", 100))
@@ -258,7 +282,7 @@ def _bench(job, rundir, backend, stop):
         if any(b != fixed for b in sizes):
             rundir.emit("log", message=f"model has a fixed batch of {fixed}; benchmarking that only")
         sizes = [fixed]
-    total = loop * len(sizes)
+    total = loop * len(sizes) * len(_modes(backend))
     rundir.emit(
         "start",
         run_id=job.run_id,
@@ -279,10 +303,10 @@ def _bench(job, rundir, backend, stop):
     for b in sizes:
         if stop.is_set():
             break
-        r = bench.run_one(backend, b, loop, warmup, on_iteration=lambda i: progress.step())
-        results.append(r)
-        for line in bench.summary_lines(r):
-            rundir.emit("log", message=line)
+        for r in _bench_modes(backend, b, loop, warmup, progress):
+            results.append(r)
+            for line in bench.summary_lines(r):
+                rundir.emit("log", message=line)
     elapsed = time.monotonic() - t0
     done = sum(r["loop"] for r in results)
     best = max(results, key=lambda r: r["throughput"]) if results else None

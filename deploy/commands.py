@@ -195,12 +195,16 @@ def cmd_run(args) -> int:
     def action(inv, board, conn):
         with ui.count_progress(args.json) as prog:
             task = prog.add_task(f"{board.name}: starting", total=None, rate="")
+            bench = []
 
             def on_event(ev):
                 kind = ev["event"]
                 if kind == "start":
+                    bench.append(ev.get("mode") == "bench")
                     prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
                                 completed=ev.get("skipped", 0))
+                elif kind == "progress" and bench and bench[0]:  # a bench counts loops, not images
+                    prog.update(task, completed=ev.get("done", 0), rate=f"{ev.get('ips', 0):.1f} it/s")
                 elif kind in ("result", "error"):
                     prog.advance(task)
                     if not args.json and not args.quiet:

@@ -124,6 +124,9 @@ def run_json(res) -> dict:
 
 
 def print_run(con: Console, res) -> None:
+    if res.summary.get("bench"):
+        print_bench(con, res)
+        return
     colour = "green" if res.success else ("yellow" if res.ok else "red")
     ips = res.summary.get("ips")
     rate = f", {ips:.1f} img/s" if isinstance(ips, (int, float)) else ""
@@ -131,6 +134,21 @@ def print_run(con: Console, res) -> None:
         f"[{colour}]run {res.run_id}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
         f"{rate} (release {res.release or '?'}); pull with: deploy pull {escape(res.board)} --run {res.run_id}"
     )
+
+
+def print_bench(con: Console, res) -> None:
+    """Pure inference per batch size (and, on the acl backend, sync and async side by side)."""
+    t = Table("batch", "mode", "img/s", "mean ms", "p50", "p90", "p99", title=f"{res.board} bench {res.run_id}")
+    for r in res.summary["bench"]:
+        lat = r.get("latency_ms", {})
+        t.add_row(str(r.get("batch")), escape(str(r.get("mode", "-"))), f"{r.get('throughput', 0):.1f}",
+                  *(f"{lat.get(k, 0):.2f}" for k in ("mean", "median", "p90", "p99")))
+    con.print(t)
+    colour = "green" if res.success else "red"
+    backend = res.summary.get("backend")
+    name = backend.get("backend", "?") if isinstance(backend, dict) else "?"
+    con.print(f"[{colour}]bench {res.run_id}[/] on [bold]{escape(res.board)}[/]: {escape(name)} backend, release "
+              f"{res.release or '?'} (warm-up excluded; latency per call, async: from submit to callback)")
 
 
 # ---------------------------------------------------------------- pull
