@@ -78,7 +78,7 @@ def _app(tmp_path, **models):
 
 def test_model_variant_per_backend(tmp_path):
     (tmp_path / "net.onnx").write_bytes(b"onnx")
-    (tmp_path / "net.om").write_bytes(b"om")
+    (tmp_path / "net.om").write_bytes(b"IMOD" + bytes(252))  # a real .om's header (bundle checks it), no payload
     board = Board(name="atlas1", target="atlas200dk", host="192.168.1.2")
     both = _app(tmp_path, onnx="net.onnx", om="net.om")
     assert bundle.model_for(both, PROFILES["atlas200dk"], board).name == "net.om"
