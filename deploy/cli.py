@@ -115,6 +115,8 @@ def _add_model(sub) -> None:
                     "(imagenet, caffe, cifar) or 'app' for the inventory's app.preprocess")
     sp.add_argument("--fp16-input", action="append", help="convert: input node fed as fp16 (repeatable)")
     sp.add_argument("--output-type", default="FP32")
+    sp.add_argument("--simulate", action="store_true", help="convert: run the simulated atc instead of the CANN "
+                    "one; the .om it writes runs only on sandbox boards")
     _common(sp, target=False)
     sp.set_defaults(func="cmd_model")
 

@@ -334,22 +334,13 @@ def cmd_model(args) -> int:
     return 2
 
 
-def _aipp_from_app(pre: dict) -> dict | str:
-    """app.preprocess (value = (pixel * scale - mean) / std) as AIPP's fractions-of-1 mean/std."""
-    if "mean" not in pre and "std" not in pre:
-        return pre.get("preset", "imagenet")
-    scale = float(pre.get("scale", 1 / 255))
-    mean = [float(m) / (255 * scale) for m in pre.get("mean", [0.485, 0.456, 0.406])]
-    std = [float(v) / (255 * scale) for v in pre.get("std", [0.229, 0.224, 0.225])]
-    bgr = pre.get("color", "BGR" if pre.get("preset") in ("caffe", "cifar") else "RGB") == "BGR"
-    return {"mean": mean, "std": std, "bgr": bgr}
-
-
 def _convert(args) -> int:
     """``deploy model convert``: build the atc command; run it when the CANN toolkit is here.
 
     Without ``atc`` on PATH the exact command is printed (and the AIPP file written next to
-    the output) so it can be run on a machine with the toolkit; that exits 3, not 0.
+    the output) so it can be run on a machine with the toolkit; that exits 3, not 0. With
+    ``--simulate`` the simulated atc runs that same command and writes a simulated model, which
+    only sandbox boards load.
     """
     from .models import atc
 
@@ -357,15 +348,18 @@ def _convert(args) -> int:
         raise DeployError("deploy model convert MODEL --target TARGET: name the model file")
     aipp = args.aipp
     if aipp == "app":  # the inventory's own preprocessing, so the .om normalises like the CPU path
-        aipp = _aipp_from_app(_inv(args).app.preprocess)
+        aipp = atc.aipp_from_preprocess(_inv(args).app.preprocess)
+        if aipp is None and not args.json:
+            ui.err().print("no AIPP: app.preprocess does not normalise (the model does it itself)")
+    progress = None if args.json else (lambda line: ui.err().print(ui.escape(line)))
     try:
         plan = atc.plan_conversion(
             args.model, args.target, weight=args.weight, input_shape=args.input_shape, aipp=aipp,
             output=args.output, fp16_inputs=tuple(args.fp16_input or ()), output_type=args.output_type,
-        )
+        )  # fmt: skip
         if plan.aipp_config and not args.json:
             ui.err().print(f"AIPP config (static, {ui.escape(str(args.aipp))}): {plan.aipp_path}")
-        result = atc.run_conversion(plan, progress=None if args.json else (lambda line: ui.err().print(ui.escape(line))))
+        result = atc.run_conversion(plan, progress=progress, simulate=args.simulate)
     except atc.AtcNotFound as exc:
         if args.json:
             _emit_json({"converted": False, "command": exc.command, "aipp": str(plan.aipp_path or "") or None})
@@ -378,7 +372,10 @@ def _convert(args) -> int:
         ui.error_line(str(exc))
         return exc.exit_code
     if args.json:
-        _emit_json({"converted": True, "output": str(result), "command": plan.command})
+        _emit_json({"converted": True, "output": str(result), "command": plan.command, "simulated": args.simulate})
+    elif args.simulate:
+        ui.out().print(f"converted: {ui.escape(str(result))} is a SIMULATED model: it runs only on sandbox boards "
+                       "(the simulated Ascend runtime); `deploy push` refuses it for a real board", soft_wrap=True)
     else:
         ui.out().print(f"converted: {ui.escape(str(result))}")
     return 0

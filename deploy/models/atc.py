@@ -6,6 +6,11 @@ exact argv (and the AIPP config text) from a model spec without touching anythin
 `run_conversion` executes a plan. When `atc` is missing the plan is still useful: the CLI prints
 the command for the user to run on a machine that has the toolkit.
 
+`run_conversion(plan, simulate=True)` runs the same argv through the simulated atc of the sandbox
+(`deploy/sandbox/ascend/atc_sim.py`), which writes a simulated model that only the simulated
+runtime of sandbox Atlas boards loads. It runs as a program, like the real atc: this package
+never imports the sandbox (docs/ARCHITECTURE.md).
+
 Option meanings follow Ascend/samples `growthpath/junior-level/3_model_conversion` and the
 hiascend ATC parameter pages (see shared notes, section 3). Flag spelling is `--name=value`, the
 form every documented example uses.
@@ -13,10 +18,12 @@ form every documented example uses.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +63,12 @@ _DEFAULT_INPUT_FORMAT = {
 _INPUT_FORMATS = ("NCHW", "NHWC", "ND", "NCDHW", "NDHWC")
 _OUTPUT_TYPES = ("FP32", "FP16", "UINT8", "INT8")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "null")
+
+# The simulated atc (a script; run, never imported) and what it needs on this host.
+SIMULATED_ATC = Path(__file__).resolve().parents[1] / "sandbox" / "ascend" / "atc_sim.py"
+_SIMULATED_ATC_NEEDS = ("numpy", "onnx", "onnxruntime")
+# atc prints the reason of a failure as an error-coded line (E10001: ...) among generic ones.
+_ATC_REASON = re.compile(r"^\s*(E[0-9A-Z]\d{4}:|ERROR)")
 
 # Exit codes the CLI uses for these failures (documented here so the CLI owner and the README
 # agree): a bad model spec is a usage error; "atc is not installed, here is the command" did not
@@ -209,6 +222,27 @@ def _aipp_text(
         lines.append(f"    var_reci_chn_{i} : {_num(v)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def aipp_from_preprocess(preprocess: Mapping[str, object]) -> dict | None:
+    """AIPP that normalises exactly as the agent's ``job.preprocess`` would on the CPU, or None when that
+    preprocessing does not normalise (``raw-u8``: the model does it itself).
+
+    Only the normalisation moves to the chip: with a uint8 model input the agent still resizes, crops
+    and orders the channels (BGR for caffe/cifar) itself and feeds the model-sized image, so the AIPP
+    neither crops nor swaps. value = (pixel * scale - mean) / std = (pixel - mean/scale) * scale/std,
+    i.e. torchvision-style mean/std (fractions of 1) of mean/(255*scale) and std/(255*scale).
+    """
+    from agent.preprocess import PreprocessError, resolve
+
+    try:
+        cfg = resolve(dict(preprocess))
+    except PreprocessError as exc:
+        raise ModelSpecError(f"app.preprocess cannot become AIPP: {exc}") from None
+    if not cfg.normalize:
+        return None
+    unit = 255 * cfg.scale
+    return {"mean": [m / unit for m in cfg.mean], "std": [v / unit for v in cfg.std], "bgr": False}
 
 
 @dataclass(frozen=True)
@@ -507,24 +541,50 @@ def write_aipp(plan: AtcPlan) -> Path | None:
     return plan.aipp_path
 
 
-def run_conversion(plan: AtcPlan, progress: Callable[[str], None] | None = None) -> Path:
+def run_conversion(
+    plan: AtcPlan, progress: Callable[[str], None] | None = None, *, simulate: bool = False
+) -> Path:
     """Run atc for `plan`, streaming each output line to `progress`; return the .om path.
 
     atc is slow (minutes for a ResNet) and chatty; its last lines hold the reason of a failure
     (e.g. "E10001: Value ... for parameter --soc_version is invalid"), so they travel in AtcError.
     Raises AtcNotFound (with the command) when the CANN toolkit is not on PATH.
+
+    With `simulate`, the simulated atc gets exactly `plan.argv[1:]` instead (whether or not a real
+    atc is installed) and the .om it writes is a simulated model: sandbox boards only.
     """
-    atc = shutil.which(plan.argv[0])
     write_aipp(plan)
-    if atc is None:
-        raise AtcNotFound(plan.command)
+    if simulate:
+        program = list(_simulated_atc())
+    else:
+        atc = shutil.which(plan.argv[0])
+        if atc is None:
+            raise AtcNotFound(plan.command)
+        program = [atc]
     plan.output.parent.mkdir(parents=True, exist_ok=True)
-    code, tail = proc.stream([atc, *plan.argv[1:]], progress)
+    what = "the simulated atc" if simulate else "atc"
+    code, tail = proc.stream([*program, *plan.argv[1:]], progress)
     if code != 0:
-        raise AtcError(f"atc exited with status {code}: {proc.last_line(tail, 'no output')}", tail)
+        raise AtcError(f"{what} exited with status {code}: {_reason(tail)}", tail)
     if not plan.output.is_file():
-        raise AtcError(f"atc reported success but {plan.output} was not written", tail)
+        raise AtcError(f"{what} reported success but {plan.output} was not written", tail)
     return plan.output
+
+
+def _simulated_atc() -> tuple[str, str]:
+    """This interpreter and the simulated atc script; AtcError when the sandbox or a package is missing."""
+    if not SIMULATED_ATC.is_file():
+        raise AtcError(f"the simulated atc is not installed with this deploy ({SIMULATED_ATC} is missing)")
+    missing = [name for name in _SIMULATED_ATC_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AtcError(f"the simulated atc needs {', '.join(missing)} on this host: pip install '.[models]'")
+    return sys.executable, str(SIMULATED_ATC)
+
+
+def _reason(tail: Sequence[str]) -> str:
+    """The last error-coded line of atc's output (E10001: ..., ERROR ...), else its last line."""
+    coded = [ln.strip() for ln in tail if _ATC_REASON.match(ln)]
+    return coded[-1] if coded else proc.last_line(tail, "no output")
 
 
 __all__ = [
@@ -537,6 +597,7 @@ __all__ = [
     "ConversionError",
     "ModelSpecError",
     "aipp_config",
+    "aipp_from_preprocess",
     "onnx_input_shapes",
     "parse_input_shape",
     "plan_conversion",
