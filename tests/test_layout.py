@@ -50,6 +50,11 @@ def test_the_core_never_imports_a_tool_folder():
         assert not bad, (path.name, bad)
 
 
+def test_model_tooling_runs_the_simulated_atc_but_never_imports_the_sandbox():
+    for path in sources("deploy/models"):
+        assert not [m for m in imports(path) if m.startswith(("deploy.sandbox", "deploy.testing"))], path
+
+
 def test_nothing_in_deploy_imports_the_test_support():
     for path in sources("deploy"):
         if "testing" not in path.relative_to(REPO).parts:
