@@ -68,7 +68,7 @@ _MOUNTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dev/shm", ("--bind", "--make-private", "/dev/shm")),
 )
 _BASHRC_GUARD = re.compile(r"case \$- in\s*\n\s*\*i\*\)\s*;;\s*\n\s*\*\)\s*return\s*;;\s*\n\s*esac")
-_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")  # HwHiAiUser, as on Atlas boards
 
 
 # --- prerequisites ------------------------------------------------------------------------------
