@@ -154,10 +154,10 @@ def cmd_push(args) -> int:
         return report.push_json(res)
 
     def prepare(inv, board):  # plan before acting: the model variant this board needs must exist
-        from .bundle import model_for
-        from .targets import get as get_target
+        from .models.simulated import prepare_model  # a sandbox Atlas board's simulated .om, built once
+        from .targets import for_board
 
-        model_for(inv.app, get_target(board.target), board)
+        prepare_model(inv.app, for_board(board), board, inv.state_dir)
 
     return _exit(_each_board(args, action, prepare))
 
