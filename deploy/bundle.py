@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +68,38 @@ class Bundle:
 
 
 class HashCache:
-    """sha256 digests of local files keyed by (path, size, mtime_ns); stale entries are recomputed."""
+    """sha256 digests of local files keyed by (path, size, mtime_ns); stale entries are recomputed.
+
+    One per command, shared by the boards a fleet command works on at once (thread-safe); it also
+    keeps each release built in this command (:meth:`once`), so eight boards of one target cost
+    one build.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.dirty = False
+        self._lock = threading.Lock()
+        self._built: dict = {}
+        self._building: dict = {}
         try:
             self.data: dict[str, list] = json.loads(path.read_text())
         except (OSError, ValueError):
             self.data = {}
+
+    def once(self, key, build):
+        """``build()``'s result for ``key``, built by the first caller while the others wait; a failure is not kept."""
+        with self._lock:
+            if key in self._built:
+                return self._built[key]
+            gate = self._building.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._built:
+                    return self._built[key]
+            value = build()
+            with self._lock:
+                self._built[key] = value
+            return value
 
     def digest(self, file: Path, st: os.stat_result) -> str:
         key = str(file)
@@ -87,18 +111,20 @@ class HashCache:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         digest = h.hexdigest()
-        self.data[key] = [st.st_size, st.st_mtime_ns, digest]
-        self.dirty = True
+        with self._lock:
+            self.data[key] = [st.st_size, st.st_mtime_ns, digest]
+            self.dirty = True
         return digest
 
     def save(self) -> None:
-        if not self.dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, separators=(",", ":")))
-        os.replace(tmp, self.path)
-        self.dirty = False
+        with self._lock:
+            if not self.dirty:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp-{threading.get_ident()}")
+            tmp.write_text(json.dumps(self.data, separators=(",", ":")))
+            os.replace(tmp, self.path)
+            self.dirty = False
 
 
 def agent_source() -> Path:

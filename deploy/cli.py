@@ -20,6 +20,8 @@ def _common(sp, target: bool = True) -> None:
     sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     sp.add_argument("--accept-new-host-key", action="store_true",
                     help="trust and record an unknown host key (a changed key is always refused)")
+    if target:
+        sp.add_argument("--forks", type=int, metavar="N", help="boards worked on at once (default 8)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,11 @@ def _add_release_commands(sub) -> None:
     sp = sub.add_parser("push", help="push the app to boards (only what changed travels)")
     _common(sp)
     sp.add_argument("--dry-run", action="store_true", help="show what would be sent and changed; touch nothing")
+    sp.add_argument("--canary", type=int, metavar="N", help="push N boards first, then the rest")
+    sp.add_argument("--batch", metavar="N|P%%", help="then push N boards (or P%% of them) at a time")
+    sp.add_argument("--serial", metavar="1,5,25%%", help="a ramp of batch sizes, the last one repeated (Ansible's serial)")
+    sp.add_argument("--max-fail", metavar="N|P%%", help="start no new board once more than N (P%%) failed "
+                    "(default with stages: 0)")
     sp.set_defaults(func="cmd_push")
 
     sp = sub.add_parser("releases", help="list releases on boards")

@@ -10,6 +10,7 @@ failed). User mistakes print one line, never a traceback.
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,28 +84,59 @@ def cmd_sandbox(args) -> int:
 # ---------------------------------------------------------------- per-board commands
 
 
-def _each_board(args, action, prepare=None) -> list[dict]:
-    """Run ``action(inv, board, conn) -> row`` on every selected board, one connection each.
+def _each_board(args, action, prepare=None, view=None, rollout=None) -> list[dict]:
+    """Run ``action(inv, board, conn, prog) -> row`` on every selected board, in parallel (``fleet.py``).
 
-    ``prepare(inv, board)`` runs first, before the board is contacted (local checks: a missing
-    model fails without touching the board). A board that fails gives an error row and the
-    others go on; rows go to stdout as JSON with ``--json`` (the action renders for people
-    otherwise). Every row has "board" and "ok"; a failed one has "error" and "exit_code".
+    ``prepare(inv, board)`` runs for every board first, one after another, before any board is
+    contacted (plan, then act: a missing model fails without touching a board). ``view()`` makes
+    the one live display the boards share, a row each (``prog``; silent without ``view`` or
+    with ``--json``). A board that fails gives an error row and the others go on; rows go to
+    stdout as JSON with ``--json``, else a recap table follows when there was more than one
+    board. Every row has "board" and "ok"; a failed one has "error" and "exit_code".
     """
+    from . import fleet
+
     inv = _inv(args)
-    rows = []
-    for board in inv.select(args.target):
-        try:
-            if prepare is not None:
-                prepare(inv, board)
-            with _connect(inv, board, args) as conn:
-                rows.append({"board": board.name, **action(inv, board, conn)})
-        except DeployError as exc:
-            rows.append({"board": board.name, "ok": False, "error": str(exc), "exit_code": exc.exit_code})
-            ui.error_line(str(exc), prefix="error ")
+    boards = inv.select(args.target)
+    rollout = rollout or fleet.Rollout(forks=getattr(args, "forks", None) or fleet.DEFAULT_FORKS)
+    fleet.validate(len(boards), rollout)
+    early = _prepare_all(inv, boards, prepare)
+    with (view() if view and not args.json else ui.no_progress()) as prog:
+
+        def work(board) -> dict:
+            if board.name in early:
+                return early[board.name]
+            t0 = time.monotonic()
+            try:
+                with _connect(inv, board, args) as conn:
+                    row = {"board": board.name, **action(inv, board, conn, prog)}
+            except DeployError as exc:
+                row = _error_row(board, exc)
+            row.setdefault("seconds", round(time.monotonic() - t0, 3))
+            return row
+
+        rows = fleet.run(boards, work, rollout)
     if args.json:
         _emit_json(rows)
+    elif len(boards) > 1:
+        report.print_recap(ui.out(), rows, args.cmd)
     return rows
+
+
+def _prepare_all(inv, boards, prepare) -> dict[str, dict]:
+    """Local checks for every board before any is touched; the error rows of those that failed."""
+    early: dict[str, dict] = {}
+    for board in boards if prepare else ():
+        try:
+            prepare(inv, board)
+        except DeployError as exc:
+            early[board.name] = _error_row(board, exc)
+    return early
+
+
+def _error_row(board, exc: DeployError) -> dict:
+    ui.error_line(str(exc), prefix="error ")
+    return {"board": board.name, "ok": False, "error": str(exc), "exit_code": exc.exit_code}
 
 
 def _exit(rows: list[dict]) -> int:
@@ -116,7 +148,7 @@ def _exit(rows: list[dict]) -> int:
 def cmd_check(args) -> int:
     from . import facts as facts_mod
 
-    def action(inv, board, conn):
+    def action(inv, board, conn, prog):
         facts, findings = facts_mod.check(inv, board, conn)
         bad = [f for f in findings if not f.ok and f.severity == "error"]
         if not args.json:
@@ -131,24 +163,25 @@ def cmd_check(args) -> int:
 
 
 def cmd_push(args) -> int:
+    from . import fleet
     from . import push as push_mod
     from .bundle import HashCache
 
-    cache: list[HashCache] = []
+    cache = HashCache(_inv(args).state_dir / "hashcache.json")  # shared by the boards (thread-safe)
 
-    def action(inv, board, conn):
-        if not cache:
-            cache.append(HashCache(inv.state_dir / "hashcache.json"))
-        with ui.transfer_progress(args.json) as prog:
-            task = prog.add_task(f"{board.name}: planning", total=None)
+    def action(inv, board, conn, prog):
+        task = prog.add_task(f"{board.name}: planning", total=None)
 
-            def on_plan(plan):
-                prog.update(task, description=f"{board.name}: sending {plan.send_files} files", total=plan.send_bytes)
-                if args.dry_run and not args.json:
-                    report.print_plan(ui.err(), plan)
+        def on_plan(plan):
+            prog.update(task, description=f"{board.name}: sending {plan.send_files} files", total=plan.send_bytes)
+            if args.dry_run and not args.json:
+                report.print_plan(ui.err(), plan)
 
+        try:
             res = push_mod.push(inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
-                                on_bytes=lambda n: prog.advance(task, n), cache=cache[0])
+                                on_bytes=lambda n: prog.advance(task, n), cache=cache)
+        finally:
+            prog.remove_task(task)
         if not args.json:
             report.print_push(ui.out(), res)
         return report.push_json(res)
@@ -159,13 +192,15 @@ def cmd_push(args) -> int:
 
         prepare_model(inv.app, for_board(board), board, inv.state_dir)
 
-    return _exit(_each_board(args, action, prepare))
+    rollout = fleet.Rollout(forks=args.forks or fleet.DEFAULT_FORKS, canary=args.canary or 0, batch=args.batch,
+                            serial=args.serial, max_fail=args.max_fail)
+    return _exit(_each_board(args, action, prepare, view=lambda: ui.transfer_progress(False), rollout=rollout))
 
 
 def cmd_releases(args) -> int:
     from . import push as push_mod
 
-    def action(inv, board, conn):
+    def action(inv, board, conn, prog):
         info = push_mod.releases(inv, conn)
         if not args.json:
             report.print_releases(ui.out(), board.name, info)
@@ -177,7 +212,7 @@ def cmd_releases(args) -> int:
 def cmd_rollback(args) -> int:
     from . import push as push_mod
 
-    def action(inv, board, conn):
+    def action(inv, board, conn, prog):
         info = push_mod.rollback(inv, conn, args.to)
         if not args.json:
             ui.out().print(f"{board.name}: current {info.previous} -> [bold]{info.current}[/]")
@@ -192,36 +227,21 @@ def cmd_run(args) -> int:
     images = Path(args.images).resolve() if args.images else None
     overrides = {k: v for k, v in (("batch", args.batch), ("topk", args.topk)) if v}
 
-    def action(inv, board, conn):
-        with ui.count_progress(args.json) as prog:
-            task = prog.add_task(f"{board.name}: starting", total=None, rate="")
-            bench = []
+    single = len(_inv(args).select(args.target)) == 1  # per-image lines only for one board
 
-            def on_event(ev):
-                kind = ev["event"]
-                if kind == "start":
-                    bench.append(ev.get("mode") == "bench")
-                    prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
-                                completed=ev.get("skipped", 0))
-                elif kind == "progress" and bench and bench[0]:  # a bench counts loops, not images
-                    prog.update(task, completed=ev.get("done", 0), rate=f"{ev.get('ips', 0):.1f} it/s")
-                elif kind in ("result", "error"):
-                    prog.advance(task)
-                    if not args.json and not args.quiet:
-                        prog.console.print(report.event_line(ev))
-                elif kind == "progress" and ev.get("ips"):
-                    prog.update(task, rate=f"{ev['ips']:.1f} img/s")
-
-            if args.attach:
-                res = jobs.attach(inv, board, conn, args.attach, on_event=on_event)
-            else:
-                res = jobs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
-                               resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
+    def action(inv, board, conn, prog):
+        task = prog.add_task(f"{board.name}: starting", total=None, rate="")
+        on_event = _run_events(prog, task, board, echo=single and not args.json and not args.quiet)
+        if args.attach:
+            res = jobs.attach(inv, board, conn, args.attach, on_event=on_event)
+        else:
+            res = jobs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
+                           resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
         if not args.json:
             report.print_run(ui.out(), res)
         return report.run_json(res)
 
-    rows = _each_board(args, action)
+    rows = _each_board(args, action, view=lambda: ui.count_progress(False))
     if all(r["ok"] for r in rows):
         return 0
     # partial: every board that failed finished its run with some images classified
@@ -229,10 +249,32 @@ def cmd_run(args) -> int:
     return EXIT_PARTIAL if partial else _exit(rows)
 
 
+def _run_events(prog, task, board, echo: bool):
+    """The live row of one board's run, from the agent's events."""
+    bench = []
+
+    def on_event(ev):
+        kind = ev["event"]
+        if kind == "start":
+            bench.append(ev.get("mode") == "bench")
+            prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
+                        completed=ev.get("skipped", 0))
+        elif kind == "progress" and bench and bench[0]:  # a bench counts loops, not images
+            prog.update(task, completed=ev.get("done", 0), rate=f"{ev.get('ips', 0):.1f} it/s")
+        elif kind in ("result", "error"):
+            prog.advance(task)
+            if echo:
+                prog.console.print(report.event_line(ev))
+        elif kind == "progress" and ev.get("ips"):
+            prog.update(task, rate=f"{ev['ips']:.1f} img/s")
+
+    return on_event
+
+
 def cmd_stop(args) -> int:
     from . import jobs
 
-    def action(inv, board, conn):
+    def action(inv, board, conn, prog):
         info = jobs.stop(inv, conn, args.run)
         if not args.json:
             what = f"stopped (pid {info.pid})" if info.stopped else "was not running"
@@ -245,22 +287,21 @@ def cmd_stop(args) -> int:
 def cmd_pull(args) -> int:
     from . import jobs
 
-    def action(inv, board, conn):
-        with ui.transfer_progress(args.json) as prog:
-            task = prog.add_task(f"{board.name}: pulling", total=None)
-            res = jobs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
-                            include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
+    def action(inv, board, conn, prog):
+        task = prog.add_task(f"{board.name}: pulling", total=None)
+        res = jobs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
+                        include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
         if not args.json:
             report.print_pull(ui.out(), res)
         return report.pull_json(res)
 
-    return _exit(_each_board(args, action))
+    return _exit(_each_board(args, action, view=lambda: ui.transfer_progress(False, transient=False)))
 
 
 def cmd_status(args) -> int:
     from . import jobs
 
-    def action(inv, board, conn):
+    def action(inv, board, conn, prog):
         info = jobs.status(inv, conn)
         if not args.json:
             report.print_status(ui.out(), board.name, info)
@@ -282,7 +323,7 @@ def cmd_exec(args) -> int:
     if not argv:
         raise DeployError("nothing to run: deploy exec BOARD -- CMD [ARGS...]")
 
-    def action(inv, board, conn):
+    def action(inv, board, conn, prog):
         chan = conn.channel(user_command(inv.app.name, argv))
         chan.shutdown_write()
         stdout, stderr = chan.makefile("rb"), chan.makefile_stderr("rb")
@@ -291,13 +332,21 @@ def cmd_exec(args) -> int:
             code = chan.recv_exit_status()
             return {"ok": code == 0, "exit_code": code, "stdout": o.decode("utf-8", "replace"),
                     "stderr": e.decode("utf-8", "replace")}
+        tag = f"{board.name}: ".encode() if many else b""  # several boards at once: each line says whose
         for line in stdout:
-            sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
-        sys.stderr.buffer.write(stderr.read())
+            with out_lock:
+                sys.stdout.buffer.write(tag + line)
+                sys.stdout.buffer.flush()
+        err = stderr.read()
+        with out_lock:
+            sys.stderr.buffer.write(b"".join(tag + ln for ln in err.splitlines(keepends=True)))
         code = chan.recv_exit_status()
         return {"ok": code == 0, "exit_code": code}
 
+    import threading
+
+    out_lock = threading.Lock()
+    many = len(_inv(args).select(args.target)) > 1
     rows = _each_board(args, action)
     return max((r.get("exit_code", 1) if not r["ok"] else 0) for r in rows)
 

@@ -36,6 +36,12 @@ class InventoryError(DeployError):
     exit_code = 2
 
 
+class UsageError(DeployError):
+    """A command line that cannot be carried out (a --batch 0, an empty selection); nothing was touched."""
+
+    exit_code = 2
+
+
 class HostKeyError(DeployError):
     """A board's host key is unknown (and not accepted) or does not match known_hosts."""
 

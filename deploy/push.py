@@ -92,7 +92,9 @@ def remember_facts(inv: Inventory, board: Board, facts: protocol.Facts) -> str:
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None) -> Bundle:
     target = for_board(board)
     python = board_python(inv, board, conn, target)
-    return bundle_mod.build(inv.app, board, target, python, cache, site=site, state_dir=inv.state_dir)
+    key = (target, python, board.sandbox, site)  # what a release depends on besides the app
+    return cache.once(key, lambda: bundle_mod.build(inv.app, board, target, python, cache, site=site,
+                                                    state_dir=inv.state_dir))
 
 
 class _Stale(Exception):

@@ -75,6 +75,35 @@ def push_json(res) -> dict:
     return out
 
 
+def _result(row: dict, cmd: str) -> str:
+    if row.get("skipped"):
+        return "[yellow]skipped[/]"
+    if not row.get("ok"):
+        return "[red]failed[/]"
+    if cmd == "push" and not row.get("dry_run"):
+        return "[green]applied[/]" if row.get("switched") else "[green]unchanged[/]"
+    return "[green]ok[/]"
+
+
+def print_recap(con: Console, rows: list[dict], cmd: str) -> None:
+    """One row per board (result, release, bytes sent, seconds, error in one line) and the counts."""
+    t = Table("board", "result", "release", "sent", "seconds", "detail", title=f"{cmd}: recap")
+    for r in rows:
+        sent = r.get("payload_bytes", r.get("bytes"))
+        detail = r.get("error") or ""
+        t.add_row(escape(r["board"]), _result(r, cmd), escape(str(r.get("release") or r.get("current") or "")),
+                  _size(sent) if isinstance(sent, int) else "", f"{r['seconds']:.2f}" if "seconds" in r else "",
+                  escape(detail.splitlines()[0][:120] if detail else ""))
+    con.print(t)
+    ok = sum(1 for r in rows if r.get("ok"))
+    skipped = sum(1 for r in rows if r.get("skipped"))
+    counts = f"targeted {len(rows)}, ok {ok}, failed {len(rows) - ok - skipped}, skipped {skipped}"
+    if cmd == "push":
+        applied = sum(1 for r in rows if r.get("ok") and r.get("switched"))
+        counts += f" (applied {applied}, unchanged {ok - applied})"
+    con.print(counts)
+
+
 def print_push(con: Console, res) -> None:
     if res.dry_run:
         con.print(f"[bold]{escape(res.board)}[/]: dry run, nothing changed")

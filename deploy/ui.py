@@ -72,9 +72,17 @@ class _Silent:
     def advance(self, *args, **kwargs) -> None:
         pass
 
+    def remove_task(self, *args, **kwargs) -> None:
+        pass
+
     @property
     def console(self):
         return err()
+
+
+def no_progress() -> _Silent:
+    """The display of a command that shows none (or of ``--json``)."""
+    return _Silent()
 
 
 def transfer_progress(silent: bool, transient: bool = True):

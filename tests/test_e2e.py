@@ -164,6 +164,7 @@ def test_exec_json_and_exit_status(project):
     r = project.deploy("exec", "board1", "--json", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
     assert r.returncode == 3
     rows = json.loads(r.stdout)
+    assert rows[0].pop("seconds") >= 0  # every fleet row says how long its board took
     assert rows == [{"board": "board1", "ok": False, "exit_code": 3, "stdout": "out\n", "stderr": "err\n"}]
     r = project.deploy("exec", "board1", "--", "sh", "-c", "exit 4", check=False)
     assert r.returncode == 4

@@ -1,0 +1,156 @@
+"""The fan-out engine: one piece of work per board, on a bounded pool, in rollout stages.
+
+Commands say only what happens on one board (``work(board) -> row``); this module decides
+when each board starts: stages in order (``--canary N``, then ``--batch N|P%`` or a
+``--serial 1,5,25%`` ramp, else one stage of everything), up to ``forks`` boards at a time
+within a stage, and no new board once the failures exceed ``--max-fail N|P%`` (exceeded, not
+equalled, as Ansible's ``max_fail_percentage``). A board never started gets a ``skipped``
+row. Rendering stays with the caller: ``on_skip(board)`` is the only callback.
+
+With stages and no ``--max-fail``, the threshold is 0: a failed stage (the canary above all)
+stops the rollout, which is what a canary is for. Without stages there is no threshold:
+every board is tried, as ``deploy push all`` always did.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+DEFAULT_FORKS = 8
+
+
+@dataclass(frozen=True)
+class Rollout:
+    forks: int = DEFAULT_FORKS
+    canary: int = 0
+    batch: str | None = None  # "N" or "P%"
+    serial: str | None = None  # "1,5,25%": successive batch sizes, the last one repeated
+    max_fail: str | None = None  # "N" or "P%"
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.canary or self.batch or self.serial)
+
+
+def amount(text: str, total: int, what: str, *, zero_ok: bool = False) -> int:
+    """``"3"`` or ``"25%"`` of ``total`` boards (a percentage rounds up, at least 1); UsageError otherwise."""
+    text = str(text).strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return max(1, math.ceil(total * pct / 100))
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"{what}: expected a number of boards or a percentage (1-100%), not {text!r}") from None
+    if n < 0 or (n == 0 and not zero_ok):
+        raise UsageError(f"{what}: must be {'0 or more' if zero_ok else 'at least 1'}, not {text!r}")
+    return n
+
+
+def stages(total: int, r: Rollout) -> list[int]:
+    """The sizes of the successive stages for ``total`` boards."""
+    out: list[int] = []
+    left = total
+    if r.canary:
+        out.append(min(r.canary, left))
+        left -= out[-1]
+    ramp = [amount(s, total, "--serial") for s in r.serial.split(",") if s.strip()] if r.serial else []
+    if r.batch:
+        ramp = [amount(r.batch, total, "--batch")]
+    while left > 0:
+        size = ramp.pop(0) if len(ramp) > 1 else (ramp[0] if ramp else left)
+        out.append(min(size, left))
+        left -= out[-1]
+    return out
+
+
+def allowed_failures(total: int, r: Rollout) -> float | None:
+    """How many failed boards are tolerated (the rollout stops once exceeded); None: no limit."""
+    if r.max_fail is None:
+        return 0 if r.staged else None
+    text = str(r.max_fail).strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            pct = -1
+        if not 0 <= pct <= 100:
+            raise UsageError(f"--max-fail: a percentage must be 0-100%, not {text!r}")
+        return total * pct / 100
+    return amount(text, total, "--max-fail", zero_ok=True)
+
+
+def validate(total: int, r: Rollout) -> None:
+    """Every flag checked before any board is touched."""
+    if r.forks < 1:
+        raise UsageError(f"--forks: must be at least 1, not {r.forks}")
+    if r.canary < 0:
+        raise UsageError(f"--canary: must be 0 or more, not {r.canary}")
+    if r.batch and r.serial:
+        raise UsageError("--batch and --serial are two ways of saying the same thing: give one")
+    stages(total, r)
+    allowed_failures(total, r)
+
+
+def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
+        on_skip: Callable[[object], dict] | None = None) -> list[dict]:
+    """``work(board)`` for every board (rows in the boards' order); never raises for one board's failure.
+
+    ``work`` returns a row with "ok"; an exception escaping it is a bug and is re-raised after
+    the pool drains. Boards not started because the threshold was exceeded get ``on_skip(board)``
+    (default: ``{"board", "ok": False, "skipped": True, "exit_code": 1}``).
+    """
+    validate(len(boards), rollout)
+    limit = allowed_failures(len(boards), rollout)
+    rows: dict[int, dict] = {}
+    failed = [0]
+    lock = threading.Lock()
+
+    def over() -> bool:
+        with lock:
+            return limit is not None and failed[0] > limit
+
+    def one(i: int, board) -> None:
+        row = work(board)
+        with lock:
+            rows[i] = row
+            if not row.get("ok"):
+                failed[0] += 1
+
+    start = 0
+    with ThreadPoolExecutor(max_workers=rollout.forks, thread_name_prefix="board") as pool:
+        for size in stages(len(boards), rollout):
+            _stage(pool, list(enumerate(boards))[start:start + size], one, over, rollout.forks)
+            start += size
+            if over():
+                break
+    skip = on_skip or _skipped
+    return [rows[i] if i in rows else skip(b) for i, b in enumerate(boards)]
+
+
+def _stage(pool: ThreadPoolExecutor, items: list, one, over: Callable[[], bool], forks: int) -> None:
+    """Run one stage, at most ``forks`` at a time, starting no board once ``over()``."""
+    running: set[Future] = set()
+    queue = list(items)
+    while queue or running:
+        while queue and len(running) < forks and not over():
+            i, board = queue.pop(0)
+            running.add(pool.submit(one, i, board))
+        if not running:
+            break
+        done, running = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            fut.result()  # a bug in work() surfaces here, not as a silent missing row
+
+
+def _skipped(board) -> dict:
+    return {"board": board.name, "ok": False, "skipped": True, "exit_code": 1,
+            "error": "not started: the failure threshold was exceeded"}
