@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConnectError, HostKeyError, SandboxError
+from .errors import ConnectError, HostKeyError
 from .remote import env_prefix
 
 
@@ -279,7 +279,7 @@ def endpoint_for(inv, board) -> Endpoint:
     if board.sandbox:
         cfg = _ssh_config(inv.state_dir / "sandbox" / "ssh_config", board.name)
         if not cfg.get("port"):
-            raise SandboxError(f"sandbox board {board.name} is not running: deploy sandbox up {board.name}")
+            raise ConnectError(f"sandbox board {board.name} is not running (unreachable): deploy sandbox up {board.name}")
         return Endpoint(board.name, cfg["hostname"], int(cfg["port"]), cfg["user"], Path(cfg["identityfile"][0]), kh,
                         pythons=_pythons(board), only_key=True, sandbox=True)
     host, user, port, key = board.host, board.user, board.port, board.key

@@ -81,7 +81,7 @@ def test_a_dead_board_is_unreachable(tmp_path, args):
 @pytest.mark.parametrize("args", BOARD_COMMANDS, ids=lambda a: a[0])
 def test_a_sandbox_board_that_is_not_up(tmp_path, args):
     root = project(tmp_path, "{sandbox: true, target: x86_64-cpu}")
-    assert_one_line(deploy(root, *args), 1, "sandbox board board1 is not running: deploy sandbox up board1")
+    assert_one_line(deploy(root, *args), 4, "sandbox board board1 is not running (unreachable): deploy sandbox up board1")
 
 
 def test_a_missing_model_is_named(tmp_path):
