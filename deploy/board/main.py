@@ -23,6 +23,7 @@ HANDLERS = {
     "stop": "runs",
     "pull": "outputs",
     "status": "outputs",
+    "health": "health",
 }
 
 

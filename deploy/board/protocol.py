@@ -148,6 +148,7 @@ class PushRequest(Message):
     release: str = ""
     manifest: list[list] = []
     keep: int = 5
+    health: bool = False  # a health check follows a switch: the push leaves pruning to it
 
 
 class PushState(Message):
@@ -184,6 +185,7 @@ class PushDone(Message):
     bashrc_changed: bool = False
     debris_removed: list[str] = []
     aborted: bool = False
+    checked: bool = False  # the release now current has passed a health check on this board (and was not just switched to)
 
 
 class AppRequest(Message):
@@ -218,6 +220,31 @@ class VerifyReply(Message):
     release: str = ""
     files: int = 0
     bad: list[str] = []
+
+
+class HealthRequest(Message):
+    """Prove the current release works: the agent classifies the release's probe (``health/health.json``)."""
+
+    app: str = ""
+    release: str = ""  # the release the host just made current; anything else current is refused
+    timeout: float = 60.0  # seconds the agent may take (start, model load, one image)
+    keep: int = 5  # prune to this many releases once the check passed
+
+
+class HealthReply(Message):
+    """The verdict. On "failed" the board has already switched back (or removed ``current``)."""
+
+    status: str = "skipped"  # passed | failed | skipped
+    reason: str = ""  # why it was skipped
+    release: str = ""
+    probe: str = ""  # the probe's path in the release
+    source: str = ""  # where the host took it from
+    expected: list | None = None  # [index, label] the host's reference top-1; None: no reference
+    got: list | None = None  # [index, label, score] the board's top-1; None: the agent classified nothing
+    agent_error: str | None = None  # the agent's error line (not "error": that key ends an operation)
+    seconds: float = 0.0  # the agent's wall time on the board
+    current: str | None = None  # what is current afterwards
+    pruned: list[str] = []
 
 
 # ---------------------------------------------------------------- runs
@@ -328,4 +355,5 @@ OPERATIONS = {
     "stop": (StopRequest, StopReply),
     "pull": (PullRequest, PullHead),
     "status": (StatusRequest, StatusReply),
+    "health": (HealthRequest, HealthReply),
 }

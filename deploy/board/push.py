@@ -18,6 +18,7 @@ import time
 from . import protocol
 from .facts import gather
 from .files import Lock, pid_alive, read_text, sha_text, write_atomic
+from .health import passed
 from .layout import current_release, list_runs, read_pid, releases_dir, runs_dir
 from .releases import content_index, list_releases, switch_current
 from .wire import SHA_RE, Fail, check_id, safe_rel
@@ -209,10 +210,14 @@ class PushSession:
         switched = self.cur != self.rid
         if switched:
             switch_current(self.base, self.rid, "push")
+        checked = not switched and passed(self.base, self.rid)
+        # a health check follows unless the release was already current and checked: it prunes once it
+        # passed, so the release to switch back to is still here if it fails
+        pruned = prune(self.base, int(self.req.keep)) if checked or not self.req.health else []
         return protocol.PushDone(
             ok=True, release=self.rid, previous=self.cur, switched=switched, received_objects=len(received),
-            received_bytes=sum(received.values()), linked=linked, pruned=prune(self.base, int(self.req.keep)),
-            bashrc_changed=bashrc_changed, debris_removed=[],
+            received_bytes=sum(received.values()), linked=linked, pruned=pruned,
+            bashrc_changed=bashrc_changed, debris_removed=[], checked=checked,
         )
 
 

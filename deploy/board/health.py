@@ -1,0 +1,190 @@
+"""The health check on the board: the agent classifies the release's probe; a failure switches back by itself.
+
+Python 3.7 + stdlib only. Run right after a push made a release current (``op_health``), under the
+app lock. The release carries everything the check needs (``health/health.json``: the probe image and
+the host's own top-1 for it), so the board decides alone: the agent runs as a run does (the job built
+from the release's ``app.json``, ``env.sh`` sourced, ``PYTHONPATH`` pinned to the release) on the probe,
+with a timeout, in a scratch directory under the app that is removed afterwards.
+
+On a failure the board switches ``current`` back to the release that was current before (one rename,
+as any switch) and only then answers, and SIGHUP is ignored while it works, so a link lost after the
+failure still leaves the previous release current. The failed release is removed (renamed out of the
+way first, like pruning's debris), so ``deploy rollback`` can never land on it. With no earlier
+release (a first push) ``current`` is removed: nothing is deployed, as before the push.
+
+Every verdict is appended to ``health.log`` ("<time> <release> pass|fail"); a push of the release
+that is already current skips the check when the log says it passed (``passed``).
+"""
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+from . import protocol
+from .files import Lock, read_text
+from .layout import current_release, releases_dir
+from .releases import list_releases, previous_current, switch_current
+from .wire import Fail, check_id, safe_rel
+
+SPEC = "health/health.json"
+SCRATCH = ".health-"  # scratch directories under the app dir; any found under the lock is debris
+
+
+def passed(base, rid):
+    """Whether the last verdict ``health.log`` has for ``rid`` is a pass."""
+    verdict = None
+    for line in (read_text(os.path.join(base, "health.log")) or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == rid:
+            verdict = parts[2]
+    return verdict == "pass"
+
+
+def record(base, rid, ok):
+    with open(os.path.join(base, "health.log"), "a") as f:
+        f.write("{:.3f} {} {}\n".format(time.time(), rid, "pass" if ok else "fail"))
+
+
+def read_spec(release):
+    """The release's ``health/health.json`` (probe path checked), or None when it has none."""
+    text = read_text(os.path.join(release, SPEC))
+    if text is None:
+        return None
+    try:
+        spec = json.loads(text)
+        safe_rel(spec["probe"])
+    except (ValueError, KeyError, TypeError):
+        raise Fail(f"{SPEC} of release {os.path.basename(release)} is malformed") from None
+    return spec
+
+
+def clean_scratch(base):
+    for name in os.listdir(base):
+        if name.startswith(SCRATCH):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def run_agent(base, probe, timeout):
+    """Classify ``probe`` (a path in the current release) as a run would; returns
+    (top-1 [index, label, score] or None, error line or None)."""
+    from .runs import new_job
+
+    scratch = os.path.join(base, f"{SCRATCH}{os.getpid()}")
+    os.makedirs(scratch)
+    try:
+        req = protocol.RunRequest(run_id="health-check", mode="run",
+                                  overrides={"inputs": [probe], "labelled": False, "topk": 2})
+        job = new_job(base, scratch, req)  # from the release's app.json: what is deployed
+        job["inputs"] = [os.path.join(job["release"], probe)]
+        with open(os.path.join(scratch, "job.json"), "w") as f:
+            json.dump(job, f)
+        error = _agent(job["release"], scratch, timeout)
+        got, agent_error = _verdict(scratch, job["release"])
+        return got, agent_error or error
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _agent(release, scratch, timeout):
+    """Run the agent to completion (its own session, killed as a group on timeout); an error line or None."""
+    import subprocess
+
+    from .runs import pinned_env
+
+    with open(os.path.join(scratch, "agent.log"), "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--job", os.path.join(scratch, "job.json")],
+            cwd=release, env=pinned_env(release, os.environ), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return f"the agent did not finish within {timeout:g}s"
+    if code in (0, 2):
+        return None
+    tail = [ln for ln in (read_text(os.path.join(scratch, "agent.log")) or "").splitlines() if ln.strip()]
+    last = tail[-1] if tail else ""
+    return f"the agent exited with status {code}" + (f": {last}" if last and not last.startswith("{") else "")
+
+
+def _verdict(scratch, release):
+    """(top-1 of the probe or None, the agent's own error line or None) from its run directory."""
+    text = read_text(os.path.join(scratch, "results.jsonl")) or ""
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("ok") and rec.get("topk"):
+            return rec["topk"][0], None
+        return None, "{}: {}".format(rec.get("kind", "error"), rec.get("message", ""))
+    try:
+        with open(os.path.join(scratch, "summary.json")) as f:
+            error = json.load(f).get("error")
+    except (OSError, ValueError, AttributeError):
+        error = None
+    return None, error and str(error).replace(release + "/", "")
+
+
+def revert(base, rid):
+    """Switch back to the release current before ``rid`` (or remove ``current``), then remove ``rid``."""
+    from .push import releases_in_use
+
+    back = previous_current(base, rid, list_releases(base))
+    if back is not None:
+        switch_current(base, back, "health")
+    else:
+        os.unlink(os.path.join(base, "current"))  # one unlink: a reader sees the release or none
+    if rid not in releases_in_use(base):
+        doomed = os.path.join(releases_dir(base), f".staging-failed-{rid}-{os.getpid()}")
+        os.rename(os.path.join(releases_dir(base), rid), doomed)  # never half a release under its id
+        shutil.rmtree(doomed, ignore_errors=True)
+    return back
+
+
+def matches(expected, got):
+    """A pass: the agent classified the probe and, when the host gave a reference, agrees on the top-1 index."""
+    return got is not None and (expected is None or int(got[0]) == int(expected[0]))
+
+
+def check(base, rid, req):
+    """Run the check on the current release ``rid``; the reply, after any switch back."""
+    release = os.path.join(releases_dir(base), rid)
+    spec = read_spec(release)
+    if spec is None:
+        return protocol.HealthReply(status="skipped", reason="the release ships no probe", release=rid, current=rid)
+    t0 = time.monotonic()
+    got, error = run_agent(base, spec["probe"], float(req.timeout))
+    reply = protocol.HealthReply(release=rid, probe=spec["probe"], source=spec.get("source", ""),
+                                 expected=spec.get("expected"), got=got, agent_error=error,
+                                 seconds=round(time.monotonic() - t0, 3))
+    ok = matches(reply.expected, got)
+    record(base, rid, ok)
+    if ok:
+        from .push import prune
+
+        reply.status, reply.current = "passed", rid
+        reply.pruned = prune(base, int(req.keep))
+    else:
+        reply.status, reply.current = "failed", revert(base, rid)
+    return reply
+
+
+def op_health(wire, req):
+    base = wire.app_dir(req.app)
+    rid = check_id(req.release, "release id")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped link must not stop a switch back half-way
+    with Lock(base):
+        clean_scratch(base)
+        cur = current_release(base)
+        if cur != rid:
+            raise Fail(f"current is {cur or 'none'}, not {rid}: another push or rollback came between; "
+                       "nothing was checked or switched")
+        reply = check(base, rid, req)
+    wire.reply(reply)
