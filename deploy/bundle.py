@@ -22,8 +22,9 @@ from pathlib import Path
 
 import agent
 
-from . import wheelhouse
+from . import health, wheelhouse
 from .errors import BuildError
+from .health import Probe
 from .inventory import App, Board
 from .omfile import check_om, is_simulated
 from .targets import Target
@@ -58,6 +59,7 @@ class Bundle:
     python: str
     entries: tuple[Entry, ...]
     app_config: dict
+    probe: Probe | None = None  # the health check's image (None: the app has none to offer)
 
     @property
     def total_bytes(self) -> int:
@@ -227,8 +229,9 @@ def build(
     (default: ``wheelhouse.site_for``, which downloads and caches the target's wheels on first use).
     ``state_dir`` (the project's ``.deploy``) is where a sandbox Atlas board's simulated .om is kept
     (see :func:`model_for`).
+    The health check's probe and ``health/health.json`` come from :func:`deploy.health.probe_for`.
     Nothing is copied; digests come from ``cache``, which is saved. Raises BuildError when the
-    target's model, the labels file or the images folder is missing.
+    target's model, the labels file, the images folder or app.health.probe is missing.
     """
     files = _tree_files("agent", agent_source(), (".py",))
     if site is None:
@@ -238,13 +241,20 @@ def build(
     files.append((f"models/{model.name}", model))
     config = _app_config(app, target, python, model)
     files += _app_data(app)
+    probe = health.probe_for(app, cache, state_dir)  # with the host's own top-1 for it, cached
+    if probe is not None:
+        files.append((probe.path, probe.image))
     entries = _entries(files, cache)
-    data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-    entries.append(Entry("app.json", len(data), hashlib.sha256(data).hexdigest(), 0o644, data=data))
+    generated = {"app.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
+    if probe is not None:
+        generated[health.SPEC] = probe.spec()
+    for path, data in generated.items():
+        entries.append(Entry(path, len(data), hashlib.sha256(data).hexdigest(), 0o644, data=data))
     entries.sort(key=lambda e: e.path)
     cache.save()
     rid = hashlib.sha256(json.dumps([e.row() for e in entries]).encode()).hexdigest()[:12]
-    return Bundle(release_id=rid, target=target, python=python, entries=tuple(entries), app_config=config)
+    return Bundle(release_id=rid, target=target, python=python, entries=tuple(entries), app_config=config,
+                  probe=probe)
 
 
 def _tree_files(prefix: str, root: Path, suffixes: tuple[str, ...] | None = None) -> list[tuple[str, Path]]:

@@ -53,6 +53,7 @@ def _add_release_commands(sub) -> None:
     sp = sub.add_parser("push", help="push the app to boards (only what changed travels)")
     _common(sp)
     sp.add_argument("--dry-run", action="store_true", help="show what would be sent and changed; touch nothing")
+    sp.add_argument("--no-health-check", action="store_true", help="do not check the release on the board after the switch")
     sp.add_argument("--canary", type=int, metavar="N", help="push N boards first, then the rest")
     sp.add_argument("--batch", metavar="N|P%%", help="then push N boards (or P%% of them) at a time")
     sp.add_argument("--serial", metavar="1,5,25%%", help="a ramp of batch sizes, the last one repeated (Ansible's serial)")

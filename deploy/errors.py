@@ -12,6 +12,7 @@ tools re-export theirs under their old names). Exit code 1 unless noted::
     ├── SandboxError
     │   └── EmulationError
     ├── BuildError, PushError, RemoteError, RunError
+    │                └── HealthCheckFailed
     └── ModelError
         └── ConversionError
             ├── ModelSpecError (2)
@@ -64,6 +65,15 @@ class BuildError(DeployError):
 
 class PushError(DeployError):
     """A push failed; the previous release is still current."""
+
+
+class HealthCheckFailed(PushError):
+    """A pushed release failed its health check on a board, which has switched back by itself; ``result``
+    is the verdict (a ``deploy.health.HealthResult``) when the board gave one."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
 
 
 class RemoteError(DeployError):

@@ -39,6 +39,8 @@ class App:
     keep_releases: int = 5
     env: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device
+    probe: Path | None = None  # app.health.probe: the health check's image (None: chosen from app.images)
+    health_timeout: int = 60  # app.health.timeout: seconds the board's agent may take for the check
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dic
 
 
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
-             "backend_options"}
+             "backend_options", "health"}
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
                 "device": (int, (0, 63))}
@@ -342,7 +344,20 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
         keep_releases=doc.integer(m["keep_releases"][1], "app.keep_releases", 1, 100) if "keep_releases" in m else 5,
         env=env,
         backend_options=_backend_options(doc, m["backend_options"][1]) if "backend_options" in m else {},
+        **(_health(doc, m["health"][1], base) if "health" in m else {}),
     )
+
+
+def _health(doc: _Doc, node: yaml.Node, base: Path) -> dict[str, Any]:
+    """app.health: ``{probe: images/cat.jpg, timeout: 60}`` (both optional) as App fields."""
+    hm = doc.mapping(node, "app.health")
+    doc.check_keys(hm, {"probe", "timeout"}, "app.health")
+    out: dict[str, Any] = {}
+    if "probe" in hm:
+        out["probe"] = _path(doc, hm["probe"][1], "app.health.probe", base)
+    if "timeout" in hm:
+        out["health_timeout"] = doc.integer(hm["timeout"][1], "app.health.timeout", 1, 3600)
+    return out
 
 
 def _backend_options(doc: _Doc, node: yaml.Node) -> dict[str, Any]:

@@ -9,10 +9,14 @@ Plan, then act, over a single SSH channel (one round trip for the plan):
    objects named by sha256;
 3. the board verifies every digest, hard-links unchanged files from older releases, renames
    the staged release into place, switches ``current`` by renaming a fresh symlink over it,
-   and prunes to ``keep_releases``.
+   and prunes to ``keep_releases``;
+4. the health check (``health.py``): the board's agent classifies the release's probe; on a
+   failure the board switches back by itself. Pruning waits for the check to pass, so the
+   release to switch back to is still there.
 
-An interruption at any point leaves the previous release current; the next push removes
-the debris under the app lock. The payload counted here is file content actually sent.
+An interruption at any point leaves the previous release current (or, between 3 and 4, the new
+one current and unchecked: the next push checks it); the next push removes the debris under the
+app lock. The payload counted here is file content actually sent.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import json
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import bundle as bundle_mod
 from . import envblock
+from . import health as health_mod
 from .board import protocol
 from .bundle import Bundle, HashCache
 from .errors import PushError, RemoteError
@@ -68,6 +73,8 @@ class PushResult:
     python: str = ""
     target: str = ""
     extra: dict = field(default_factory=dict)
+    checked: bool = False  # the release was already current and had passed a health check on this board
+    health: health_mod.HealthResult | None = None
 
 
 def board_python(inv: Inventory, board: Board, conn: Connection, target: Target) -> str:
@@ -172,26 +179,53 @@ def push(
     on_plan: Callable[[PushPlan], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
     cache: HashCache | None = None,
+    health_check: bool = True,
 ) -> PushResult:
     """Push the app's release for ``board``'s target; the previous release stays current on any failure.
 
     ``on_plan(plan)`` is called once the board has said what it lacks (before anything is sent);
-    ``on_bytes(n)`` as content goes out. With ``dry_run`` nothing on the board changes.
+    ``on_bytes(n)`` as content goes out. With ``dry_run`` nothing on the board changes. Unless
+    ``health_check`` is False, a release made current is health-checked (:func:`health_step`);
+    HealthCheckFailed when it fails, the board back on its previous release.
     """
     t0 = time.perf_counter()
     cache = cache or HashCache(inv.state_dir / "hashcache.json")
     bundle = build_for(inv, board, conn, cache)
+    check = health_check and bundle.probe is not None
     try:
-        return _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes)
+        res = _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, check=check)
     except _Stale as stale:  # the plan reply already carried the board's facts: no extra round trip
         remember_facts(inv, board, stale.facts)
-        return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache)
+        return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
+                    health_check=health_check)
+    health = health_step(inv, board, conn, bundle, res, health_check)
+    return replace(res, health=health, pruned=res.pruned + health.pruned, seconds=time.perf_counter() - t0)
 
 
-def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes) -> PushResult:
+def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool) -> health_mod.HealthResult:
+    """The health check after a push: run when the push made a release current, or left one current that
+    never passed a check on this board (a lost link after an earlier switch, a --no-health-check push).
+    A push that switched nothing to an already checked release changes nothing, so it is not checked again.
+    """
+    if res.dry_run:
+        return health_mod.skipped("dry run")
+    if not enabled:
+        return health_mod.skipped("--no-health-check")
+    if bundle.probe is None:
+        return health_mod.skipped("no probe image: the app has no images (set app.health.probe)")
+    if res.checked:
+        probe = bundle.probe
+        return health_mod.HealthResult(status="passed", probe=probe.path, source=probe.source,
+                                       expected=list(probe.expected) if probe.expected else None,
+                                       reason="already current and checked on this board")
+    result = health_mod.check(conn, inv.app, board.name, res.release, inv.app.keep_releases)
+    return replace(result, reason=bundle.probe.note or result.reason)
+
+
+def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check) -> PushResult:
     app = inv.app
     req = protocol.PushRequest(app=app.name, release=bundle.release_id, manifest=bundle.manifest(),
-                               keep=app.keep_releases)
+                               keep=app.keep_releases, health=check)
     with session(conn, "push", req, app=app.name) as c:
         state = c.read(protocol.PushState)
         try:
@@ -235,6 +269,7 @@ def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_
         plan=plan,
         python=bundle.python,
         target=bundle.target.name,
+        checked=done.checked,
     )
 
 

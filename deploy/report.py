@@ -61,6 +61,7 @@ def push_json(res) -> dict:
         "seconds": round(res.seconds, 3),
         "target": res.target,
         "python": res.python,
+        "health": res.health.to_json() if res.health is not None else None,
     }
     if res.plan is not None:
         out["plan"] = {
@@ -114,7 +115,16 @@ def print_push(con: Console, res) -> None:
         f"(sent {res.objects} files, {_size(res.payload_bytes)}; {res.linked} hard-linked; "
         f"target {res.target}, Python {res.python}; {res.seconds:.2f}s)"
         + (f"; pruned {', '.join(res.pruned)}" if res.pruned else "")
+        + _health_note(res.health)
     )
+
+
+def _health_note(h) -> str:
+    if h is None or h.status == "skipped":
+        return f"; [yellow]no health check[/] ({escape(h.reason)})" if h is not None and h.reason else ""
+    if not h.ran:
+        return "; health check passed on an earlier push"
+    return f"; health check [green]passed[/] ({escape(h.source or h.probe)}, {h.seconds:.2f}s)"
 
 
 def print_releases(con: Console, board: str, info) -> None:
