@@ -82,6 +82,8 @@ def _result(row: dict, cmd: str) -> str:
     if not row.get("ok"):
         return "[red]failed[/]"
     if cmd == "push" and not row.get("dry_run"):
+        if (row.get("health") or {}).get("status") == "passed":
+            return "[green]healthy[/]"
         return "[green]applied[/]" if row.get("switched") else "[green]unchanged[/]"
     return "[green]ok[/]"
 
@@ -101,7 +103,8 @@ def print_recap(con: Console, rows: list[dict], cmd: str) -> None:
     counts = f"targeted {len(rows)}, ok {ok}, failed {len(rows) - ok - skipped}, skipped {skipped}"
     if cmd == "push":
         applied = sum(1 for r in rows if r.get("ok") and r.get("switched"))
-        counts += f" (applied {applied}, unchanged {ok - applied})"
+        healthy = sum(1 for r in rows if r.get("ok") and (r.get("health") or {}).get("status") == "passed")
+        counts += f" (applied {applied}, healthy {healthy}, unchanged {ok - applied})"
     con.print(counts)
 
 
