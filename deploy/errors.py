@@ -7,6 +7,7 @@ tools re-export theirs under their old names). Exit code 1 unless noted::
 
     DeployError
     ├── InventoryError (2)
+    ├── UsageError (2)
     ├── HostKeyError (3)
     ├── ConnectError (4)
     ├── SandboxError
