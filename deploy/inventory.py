@@ -23,6 +23,9 @@ from .targets import PROFILES
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# a jump host: [user@]host[:port]; an IPv6 address in brackets ([fe80::1]:22)
+JUMP_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+                     r"(?P<host>\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?$")
 BACKENDS = ("onnx", "om")
 PRESETS = ("imagenet", "caffe", "cifar", "raw-u8")
 
@@ -55,6 +58,26 @@ class Board:
     python: str | None = None  # the interpreter to use; None: the target's candidates (targets.Target.pythons)
     arch: str = "x86_64"  # sandbox boards only: x86_64 (native) or aarch64 (qemu-user rootfs)
     line: int = 0
+    # reach the board through this SSH host: another board's name or [user@]host[:port] (see Jump);
+    # None: ~/.ssh/config decides (ProxyJump/ProxyCommand); "none": never through a jump host
+    jump: str | None = None
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A ``jump:`` that is not a board name: ``[user@]host[:port]``, as OpenSSH's ``-J`` writes a hop."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None  # None: ~/.ssh/config's Port for host, else 22
+
+    @classmethod
+    def parse(cls, spec: str) -> Jump | None:
+        """The hop ``spec`` names, or None when it is not ``[user@]host[:port]`` (port 1-65535)."""
+        m = JUMP_RE.match(spec)
+        if not m or (m["port"] is not None and not 0 < int(m["port"]) < 65536):
+            return None
+        return cls(m["host"].strip("[]"), m["user"], int(m["port"]) if m["port"] else None)
 
 
 @dataclass(frozen=True)
@@ -184,7 +207,40 @@ def parse(text: str, path: Path) -> Inventory:
     boards = {
         name: _board(doc, name, knode, vnode, inherited[name], base) for name, (knode, vnode) in boards_m.items()
     }
+    _check_jumps(doc, boards, {name: _source(vnode, name, "jump", inherited[name]) for name, (_, vnode) in boards_m.items()})
     return Inventory(path=path, app=app, boards=boards, groups=groups)
+
+
+def _source(vnode: yaml.Node, name: str, key: str, inherited: dict) -> tuple[yaml.Node | None, str]:
+    """Where a board's ``key`` setting was written: (its value node, dotted field); the board's own first."""
+    if isinstance(vnode, yaml.MappingNode):
+        for k, v in vnode.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v, f"boards.{name}.{key}"
+    return inherited.get(key, (None, f"boards.{name}.{key}"))
+
+
+def _check_jumps(doc: _Doc, boards: dict[str, Board], sources: dict[str, tuple[yaml.Node | None, str]]) -> None:
+    """Every ``jump:`` names a board or a ``[user@]host[:port]``, and no chain of jumps leads back to the
+    board it starts from, so such an inventory fails at load, before any board is touched. A loop among
+    other boards is reported for those boards."""
+    for name, board in boards.items():
+        if board.jump in (None, "none"):
+            continue
+        node, where = sources[name]
+        if board.jump not in boards and Jump.parse(board.jump) is None:
+            raise doc.fail(node, where, f"not a board of this inventory nor [user@]host[:port]: {board.jump!r}")
+        chain = [name]
+        while boards[chain[-1]].jump in boards and boards[chain[-1]].jump not in chain:
+            chain.append(boards[chain[-1]].jump)
+        end = boards[chain[-1]].jump
+        if end == name:  # a board in its own group (or defaults:) that names it as the jump host
+            hint = f"; set jump: none on {name}" if len(chain) == 1 and where != f"boards.{name}.jump" else ""
+            raise doc.fail(node, where, f"jump hosts loop back to {name} ({' -> '.join([*chain, name])}){hint}")
+        hop = Jump.parse(end) if end not in boards and end not in (None, "none") else None
+        # the chain ends at an address: the board itself is no jump host for its own way in
+        if hop is not None and board.host == hop.host and (hop.port or 22) == board.port:
+            raise doc.fail(node, where, f"jump hosts loop back to {name} ({' -> '.join([*chain, end])})")
 
 
 def _compose(text: str, path: Path) -> yaml.Node:
@@ -285,7 +341,7 @@ _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch"
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
                 "device": (int, (0, 63))}
-_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch"}
+_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch", "jump"}
 _SHARED_KEYS = _BOARD_KEYS - {"sandbox", "host"}  # what defaults: and groups: may set for their boards
 
 
@@ -420,6 +476,7 @@ def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> B
         python=get("python", doc.string),
         arch=arch,
         line=knode.start_mark.line + 1,
+        jump=get("jump", doc.string),
     )
 
 
