@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_release_commands(sub)
     _add_run_commands(sub)
     _add_model(sub)
+    _add_trust(sub)
     return p
 
 
@@ -127,6 +128,20 @@ def _add_model(sub) -> None:
                     "one; the .om it writes runs only on sandbox boards")
     _common(sp, target=False)
     sp.set_defaults(func="cmd_model")
+
+
+def _add_trust(sub) -> None:
+    sp = sub.add_parser("trust", help="install your SSH public key on a board that takes only a password "
+                        "(a fresh Atlas 200 DK), like ssh-copy-id")
+    sp.add_argument("board", help="a board of the inventory")
+    sp.add_argument("--key", help="public key to install (default: the board's key:, else ~/.ssh/id_ed25519.pub, "
+                    "id_ecdsa.pub, id_rsa.pub)")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of stdin (scripts); it is never stored")
+    sp.add_argument("-y", "--yes", action="store_true",
+                    help="trust an unknown host key without asking (its fingerprint is still shown)")
+    _common(sp, target=False)
+    sp.set_defaults(func="cmd_trust")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -429,3 +429,34 @@ def _convert(args) -> int:
     else:
         ui.out().print(f"converted: {ui.escape(str(result))}")
     return 0
+
+
+# ---------------------------------------------------------------- trust
+
+
+def cmd_trust(args) -> int:
+    """``deploy trust BOARD``: put your public key on a password-only board (``trust.py``), then say what
+    was installed and which host keys were recorded. The password is asked at most once and never kept."""
+    from . import trust
+    from .errors import InventoryError
+
+    inv = _inv(args)
+    if args.board not in inv.boards:
+        inv.select(args.board)  # the usual one-line error for an unknown name
+        raise InventoryError(f"{inv.path}: deploy trust takes one board, not {args.board!r}")
+    board = inv.boards[args.board]
+    if board.sandbox:
+        ui.err().print(f"{board.name} is a sandbox board: `deploy sandbox up` installed the project's key already")
+        return 0
+    res = trust.trust(inv, board, password=trust.password_prompt(args.password_stdin), key=args.key,
+                      accept_new=args.accept_new_host_key or args.yes, confirm=None if args.yes else trust.tty_confirm)
+    if args.json:
+        _emit_json({"board": board.name, **res.to_json()})
+        return 0
+    for who, fp in res.host_keys:
+        ui.err().print(f"recorded host key {fp} of {ui.escape(who)} in .deploy/known_hosts")
+    what = "installed" if res.added else "already there:"
+    proof = "; key login verified" if res.verified else " (its private key is not here: login not tried)"
+    ui.out().print(f"{board.name}: {what} {res.key.kind} {res.key.fingerprint} ({ui.escape(str(res.key.path))}) "
+                   f"in {ui.escape(res.login)}:~/.ssh/authorized_keys{proof}")
+    return 0
