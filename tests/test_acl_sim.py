@@ -209,6 +209,36 @@ def test_execute_async_returns_at_once_and_completes_in_order(monkeypatch, tiny_
     acl.util.stop_thread(tid)
 
 
+def test_timing_mode_device_keeps_its_own_timeline(monkeypatch):
+    """Queued work runs back to back on the device's clock, however late the Python thread that
+    simulates the device gets to it (a busy host must not slow a simulated NPU down)."""
+    acl = aclsim.fresh_acl(monkeypatch)
+    npu = acl._model.Npu()
+    queued = time.monotonic() - 1.0  # two executions queued a second ago, picked up only now
+    first = npu.occupy(0.004, ready_at=queued)
+    second = npu.occupy(0.004, ready_at=queued)
+    assert first == pytest.approx(queued + 0.004) and second == pytest.approx(queued + 0.008)
+    before = time.monotonic()
+    third = npu.occupy(0.004)  # ready now: ends 4 ms from now, and occupy returns only then
+    assert before + 0.004 <= third <= time.monotonic()
+
+
+def test_fp16_rounding_is_numpys_casts_bit_for_bit(monkeypatch):
+    acl = aclsim.fresh_acl(monkeypatch)
+    # around zero, float32 and float16 subnormals, 2**-14, 1, float16's max, overflow, inf, nan
+    edges = [0, 0x00000001, 0x33000000, 0x387FC000, 0x38800000, 0x3F800000, 0x477FE000, 0x477FF000]
+    edges += [0x7F7FFFFF, 0x7F800000, 0x7FC00000, 0x7FFFFFFF]
+    bits = np.concatenate([np.arange(e - 4096, e + 4096, dtype=np.int64) for e in edges])
+    bits = np.concatenate([bits, np.random.RandomState(0).randint(0, 2**32, 1 << 16, dtype=np.int64)])
+    bits = (bits % 2**32).astype(np.uint32)
+    x = np.concatenate([bits, bits | np.uint32(0x80000000)]).view(np.float32).reshape(4, -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = x.astype(np.float16).astype(np.float32)
+    got = acl._model.fp16_rounded(x)
+    assert got.shape == x.shape and got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
 def _run(acl, model_id, desc, x, batch=None):
     """Execute once with ``x`` as input 0 (and the dynamic batch input when the model has one)."""
     data = np.ascontiguousarray(x)

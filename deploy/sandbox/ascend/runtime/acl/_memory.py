@@ -56,15 +56,20 @@ def _device_region(ptr):
         return STATE.device_mem[base], ptr - base
 
 
-def _host_size(ptr):
-    """Bytes available from ``ptr`` in a known host region, or -1."""
+def _host_fits(ptr, count):
+    """Whether [ptr, ptr+count) lies in one known host region. A pointer is nearly always the
+    start of one (what malloc_host / *_to_ptr returned): that is one dict lookup, not a scan of
+    the up to _HOST_KEEP regions."""
     with STATE.lock:
+        view = STATE.host_views.get(ptr)
+        if view is not None and view[0] >= count:
+            return True
+        buf = STATE.host_mem.get(ptr)
+        if buf is not None and ctypes.sizeof(buf) >= count:
+            return True
         regions = [(p, ctypes.sizeof(b)) for p, b in STATE.host_mem.items()]
         regions += [(p, s) for p, (s, _) in STATE.host_views.items()]
-    for base, size in regions:
-        if base <= ptr < base + size:
-            return base + size - ptr
-    return -1
+    return any(base <= ptr and ptr + count <= base + size for base, size in regions)
 
 
 def locate(ptr, count):
@@ -77,7 +82,7 @@ def locate(ptr, count):
         if region is None or offset + count > len(region):
             return None
         return ("device", region, offset)
-    if _host_size(ptr) < count:
+    if not _host_fits(ptr, count):
         return None
     return ("host", ptr, 0)
 

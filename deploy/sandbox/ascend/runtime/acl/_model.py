@@ -8,7 +8,14 @@ outputs, cast to their baked-in type, back to device memory.
 Timing mode (``ACL_SIM_DEVICE_MS_PER_IMAGE=3``): an execution instead takes ``batch x 3`` ms of
 wall time without using the CPU (a sleep, one execution at a time per process, like one NPU),
 and leaves the output buffers as they were; ``ACL_SIM_TIMING_COMPUTE=1`` also runs the graph
-(correct outputs, but CPU time). Python 3.7.
+(correct outputs, but CPU time). The device keeps its own timeline (:class:`Npu`): work queued
+on a stream starts when the work before it ended on the device, not when the Python thread
+that simulates the device next gets the GIL, so a busy host does not slow the simulated NPU
+down (a real one needs no host CPU between the executions of its queue).
+
+The simulator must not distort benchmarks of the acl path (``benchmarks/agent.py --backend
+acl``): the fp16 rounding of float inputs is done with integer operations (exactly numpy's
+float32 -> float16 -> float32 casts, ~6x faster), and sizes are computed once. Python 3.7.
 """
 
 import os
@@ -36,7 +43,28 @@ DTYPES = {  # ACL data type name -> (aclDataType, numpy dtype)
     "BOOL": (12, "bool"),
 }
 FORMATS = {"NCHW": 0, "NHWC": 1, "ND": 2}
-_DEVICE = threading.Lock()  # timing mode: one execution at a time, like one NPU
+
+
+class Npu:
+    """Timing mode's device: one execution at a time, each on the device's own timeline."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.free_at = 0.0  # time.monotonic() when the last execution accepted ends
+
+    def occupy(self, seconds, ready_at=None):
+        """Run ``seconds`` of device work that may start at ``ready_at`` (default: now) and once
+        the work before it is done; sleeps until it ends (no CPU) and returns that end time."""
+        with self.lock:
+            start = max(self.free_at, time.monotonic() if ready_at is None else ready_at)
+            self.free_at = end = start + seconds
+        delay = end - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return end
+
+
+NPU = Npu()
 
 
 class Model:
@@ -47,6 +75,7 @@ class Model:
         self.gears = header.get("dynamic_batch") or None
         self.batch = None  # current gear (set_dynamic_batch_size)
         self.session = None
+        self._sizes = {}  # (input/output name, batch) -> bytes
         if not os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE") or os.environ.get("ACL_SIM_TIMING_COMPUTE"):
             self.session = _session(onnx_bytes)
 
@@ -61,6 +90,13 @@ class Model:
 
     def size(self, spec, batch=None):
         """Buffer bytes for ``batch`` images (default: the fixed batch, or the largest gear)."""
+        key = (spec["name"], batch)
+        size = self._sizes.get(key)
+        if size is None:
+            size = self._sizes[key] = self._size(spec, batch)
+        return size
+
+    def _size(self, spec, batch):
         if spec["name"] == simom.MBATCH_INPUT:
             return 8
         batch = batch or (max(self.gears) if self.gears else spec["dims"][0])
@@ -86,9 +122,26 @@ class Model:
 
     def execute(self, in_bufs, out_bufs):
         """Run on (ptr, size) buffers; 0 or an error code. Checks sizes before touching anything."""
+        return self.execute_at(in_bufs, out_bufs)[0]
+
+    def execute_at(self, in_bufs, out_bufs, ready_at=None):
+        """:meth:`execute` as a stream runs it: (code, the time it ended on the device). In timing
+        mode it starts at ``ready_at`` (when its stream got to it) or later, never earlier."""
         batch, code = self.batch_for(in_bufs)
         if code:
-            return code
+            return code, time.monotonic()
+        code = self._check_buffers(in_bufs, out_bufs, batch)
+        if code:
+            return code, time.monotonic()
+        ms = os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE")
+        if ms:
+            end = NPU.occupy(float(ms) * batch / 1000.0, ready_at)
+            if self.session is None:
+                return 0, end
+        self.batch = batch
+        return self._compute(in_bufs, out_bufs, batch), time.monotonic()
+
+    def _check_buffers(self, in_bufs, out_bufs, batch):
         for spec, (ptr, size) in zip(self.inputs, in_bufs):
             if size < self.size(spec, batch) or M.device_view(ptr, self.size(spec, batch)) is None:
                 return C.fail(
@@ -105,14 +158,7 @@ class Model:
                         spec["name"], size, self.size(spec, batch)
                     ),
                 )
-        ms = os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE")
-        if ms:
-            with _DEVICE:
-                time.sleep(float(ms) * batch / 1000.0)
-            if self.session is None:
-                return 0
-        self.batch = batch
-        return self._compute(in_bufs, out_bufs, batch)
+        return 0
 
     def _compute(self, in_bufs, out_bufs, batch):
         feed = {}
@@ -142,9 +188,38 @@ class Model:
 
 def _to_onnx(x, onnx_dtype):
     """What the graph gets: floats rounded through fp16 (the 310's precision), in the graph's dtype."""
+    if x.dtype == np.float32 and onnx_dtype == "float32":
+        return fp16_rounded(x)
     if x.dtype.kind == "f":
         x = x.astype(np.float16)
     return np.ascontiguousarray(x, dtype=onnx_dtype)
+
+
+def fp16_rounded(x):
+    """A new float32 array equal, bit for bit, to ``x.astype(float16).astype(float32)``.
+
+    Where the result is a normal float16 number, rounding to float16 is rounding the float32
+    mantissa to its top 10 bits, to nearest, ties to even: add 0xFFF plus the lowest kept bit
+    and clear the 13 dropped bits. What lands outside that range (zeros, subnormals, overflow to
+    inf, inf, nan) goes through numpy's casts. Checked against them on all 2**32 float32 values.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x.view(np.uint32)
+    out = np.right_shift(bits, 13)
+    out &= 1
+    out += 0xFFF
+    out += bits
+    out &= 0xFFFFE000
+    # float16 normals have float32 exponents 113..142: |out| in [0x38800000, 0x47800000)
+    offset = out & 0x7FFFFFFF
+    offset -= 0x38800000
+    rest = np.flatnonzero(offset >= 0x0F000000)
+    result = out.view(np.float32)
+    if rest.size:
+        flat = result.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            flat[rest] = x.reshape(-1)[rest].astype(np.float16).astype(np.float32)
+    return result
 
 
 def _session(onnx_bytes):

@@ -3,7 +3,11 @@
 ``mdl.execute_async`` and ``rt.launch_callback`` only enqueue and return. The device thread runs
 each model execution in order; a callback task is handed to the thread subscribed to the stream
 (``rt.subscribe_report``) and runs only inside that thread's ``rt.process_report``; with
-ACL_CALLBACK_BLOCK the stream waits for it before the next task. Python 3.7.
+ACL_CALLBACK_BLOCK the stream waits for it before the next task.
+
+A task is ``task(ready_at) -> (code, ended_at)``: ``ready_at`` is when the device could start it
+(it was queued and the task before it had ended), so in timing mode the device's timeline does
+not depend on when this Python thread next gets the GIL. Python 3.7.
 """
 
 import collections
@@ -27,15 +31,16 @@ class Stream:
         self.pending = 0  # queued + running
         self.error = 0  # first device-side failure, reported by synchronize_stream
         self.subscriber = None  # thread id of the report thread
-        self.callbacks = collections.deque()  # (fn, data, done event) waiting for process_report
+        self.callbacks = collections.deque()  # _Report entries waiting for process_report
+        self.ended_at = 0.0  # when the last task ended, on the device's timeline
         self.closed = False
         self.thread = threading.Thread(target=self._device_loop, name="acl-sim-stream", daemon=True)
         self.thread.start()
 
     def put(self, task):
-        """Queue ``task`` (a callable returning a code, run on the device thread)."""
+        """Queue ``task`` (``task(ready_at) -> (code, ended_at)``, run on the device thread)."""
         with self.cv:
-            self.tasks.append(task)
+            self.tasks.append((task, time.monotonic()))
             self.pending += 1
             self.cv.notify_all()
 
@@ -46,12 +51,12 @@ class Stream:
                     self.cv.wait()
                 if not self.tasks:
                     return
-                task = self.tasks.popleft()
+                task, queued_at = self.tasks.popleft()
             try:
-                code = task()
+                code, self.ended_at = task(max(queued_at, self.ended_at))
             except Exception:  # a simulator bug: report it as a device failure, keep the stream alive
                 traceback.print_exc(file=sys.stderr)
-                code = C.ACL_ERROR_RT_INTERNAL_ERROR
+                code, self.ended_at = C.ACL_ERROR_RT_INTERNAL_ERROR, time.monotonic()
             with self.cv:
                 if code and not self.error:
                     self.error = code
@@ -78,18 +83,30 @@ class Stream:
             self.cv.notify_all()
 
 
+class _Report:
+    """One callback on its way to process_report."""
+
+    __slots__ = ("fn", "data", "done", "ended_at")
+
+    def __init__(self, fn, data):
+        self.fn, self.data = fn, data
+        self.done = threading.Event()
+        self.ended_at = None  # when process_report finished running it
+
+
 def callback_task(stream, fn, data, block):
     """The device-side half of launch_callback: hand the call to the report thread, and with
     ACL_CALLBACK_BLOCK wait until process_report has run it."""
 
-    def task():
-        done = threading.Event()
+    def task(ready_at):
+        report = _Report(fn, data)
         with REPORTS:
-            stream.callbacks.append((fn, data, done))
+            stream.callbacks.append(report)
             REPORTS.notify_all()
-        if block:
-            done.wait()
-        return 0
+        if not block:
+            return 0, ready_at
+        report.done.wait()
+        return 0, report.ended_at
 
     return task
 
@@ -125,11 +142,11 @@ def process_report(timeout_ms):
                 C.ACL_ERROR_THREAD_NOT_SUBSCRIBE, "process_report: no stream is subscribed to this thread"
             )
         return C.fail(C.ACL_ERROR_WAIT_CALLBACK_TIMEOUT, "process_report: no callback within the timeout")
-    fn, data, done = item
     try:
-        fn(data)
+        item.fn(item.data)
     except Exception:  # pyACL prints the exception of a Python callback and carries on
         traceback.print_exc(file=sys.stderr)
     finally:
-        done.set()
+        item.ended_at = time.monotonic()
+        item.done.set()
     return C.ACL_SUCCESS

@@ -336,7 +336,7 @@ def execute_async(model_id, input_, output, stream):
     model, ins, outs, ret = _prepare(model_id, input_, output)
     if ret:
         return ret
-    stream_obj.put(lambda: model.execute(ins, outs))
+    stream_obj.put(lambda ready_at: model.execute_at(ins, outs, ready_at))
     return C.ACL_SUCCESS
 
 
