@@ -145,11 +145,13 @@ def hosts(tmp_path_factory, demo):
         f"Host b1\n  HostName 127.0.0.1\n  Port {b1['port']}\n  User {b1['user']}\n  {common}"
         f"Host b2\n  HostName 127.0.0.1\n  Port {b2['port']}\n  User {b2['user']}\n  ProxyJump b1\n  {common}"
         f"Host b2cmd\n  HostName 127.0.0.1\n  Port {b2['port']}\n  User {b2['user']}\n  ProxyCommand {proxy} %h %p\n  {common}"
+        f"Host b1alias\n  HostName 127.0.0.1\n  Port {b1['port']}\n  User {b1['user']}\n  HostKeyAlias lab-dk1\n  {common}"
         f"Host hung\n  HostName 127.0.0.1\n  Port {listener.getsockname()[1]}\n  ConnectTimeout 1\n"
     )
     target = SANDBOX_BOARD["target"]
     proj.boards.update({name: {"host": alias, "target": target}
-                        for name, alias in (("real1", "b1"), ("real2", "b2"), ("real3", "b2cmd"), ("hung", "hung"))})
+                        for name, alias in (("real1", "b1"), ("real2", "b2"), ("real3", "b2cmd"), ("hung", "hung"),
+                                                          ("aliased", "b1alias"))})
     proj.configure()
     proj.environ = {**proj.environ, "HOME": str(home)}
     proj.proxy_log = proxy_log
@@ -184,3 +186,13 @@ def test_connect_timeout_from_ssh_config(hosts):
     assert r.returncode == 4 and "hung: SSH to" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert took < 6, took  # ConnectTimeout 1, not the default 10 s
 
+
+
+def test_host_key_alias_names_the_key_in_known_hosts(hosts):
+    """Two DKs behind two PCs share 192.168.1.2: HostKeyAlias keeps their keys apart."""
+    kh = hosts.root / ".deploy" / "known_hosts"
+    r = hosts.deploy("status", "aliased", check=False)
+    assert r.returncode == 3 and "aliased (lab-dk1): unknown host key" in r.stderr, r.stderr
+    hosts.deploy("status", "aliased", "--accept-new-host-key")
+    assert [ln.split()[0] for ln in kh.read_text().splitlines()].count("lab-dk1") == 1
+    hosts.deploy("status", "aliased")
