@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import io
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -194,8 +196,8 @@ def password_prompt(from_stdin: bool) -> Callable[[str], str]:
 def tty_confirm(label: str, host_id: str, kind: str, fingerprint: str) -> bool:
     """Show an unknown host key and ask on the terminal (not stdin: it may carry the password).
     No terminal: False, so the key is refused with the hint to check it and pass --accept-new-host-key."""
-    try:
-        tty = open("/dev/tty", "r+")
+    try:  # as getpass opens it: open("/dev/tty", "r+") fails, a terminal cannot seek
+        tty = io.TextIOWrapper(io.FileIO(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY), "w+"))
     except OSError:
         return False
     with tty:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import pwd
 import secrets
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -224,3 +227,48 @@ def test_the_host_key_is_confirmed_before_a_password_is_asked(dk, tmp_path):
         assert res.host_keys == (("dk", host_fingerprint(dk)),) and "ssh-ed25519" in kh.read_text()
     finally:
         kh.write_text(saved)
+
+
+def _until(fd: int, marker: bytes | None, timeout: float = 30) -> bytes:
+    """What the terminal shows until ``marker`` (None: until the program closes it)."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (marker is None or marker not in out):
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the program ended
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_on_a_terminal_it_asks_for_the_host_key_then_the_password(dk, tmp_path):
+    """The interactive path, on a real pty: the fingerprint and [y/N] first, then one password prompt
+    (not echoed), then the key is in."""
+    kh = dk.root / ".deploy" / "known_hosts"
+    saved = kh.read_text()
+    kh.write_text("")
+    key = _keygen(tmp_path / "fourth", "fourth@workstation")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: deploy on the pty as its controlling terminal
+        os.chdir(dk.root)
+        os.execve(sys.executable, dk.argv("trust", "dk", "--key", str(key)), dk.environ)
+    try:
+        shown = _until(fd, b"[y/N] ")
+        assert f"has host key ssh-ed25519 {host_fingerprint(dk)}".encode() in shown, shown
+        os.write(fd, b"y\n")
+        shown = _until(fd, b"password: ")
+        assert f"{dk.user}@[127.0.0.1]:{dk.boards['dk']['port']}'s password: ".encode() in shown, shown
+        os.write(fd, dk.password.encode() + b"\n")
+        rest = _until(fd, None)
+        assert b"dk: installed ssh-ed25519" in rest and b"key login verified" in rest, rest
+        assert dk.password.encode() not in shown + rest  # not echoed
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        kh.write_text(saved)
+    assert os.waitstatus_to_exitcode(status) == 0
