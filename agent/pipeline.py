@@ -4,11 +4,19 @@
 
     items ──► decode pool (N threads, Pillow releases the GIL) ──► producer thread:
               normalise into a free batch buffer ──► bounded queue ──► main thread:
-              backend.submit ──► done(): top-k, results.jsonl, events ──► labelled writer thread
+              backend.submit ──► done() ──► bounded queue ──► results thread: top-k,
+              results.jsonl, events, labelled copies
 
-The queue and the buffer pool are bounded, so memory stays flat however many images there
+The queues and the buffer pool are bounded, so memory stays flat however many images there
 are, and decoding of the next batches overlaps inference of the current one. A bad image only
 produces an ``error`` record; the loop goes on. Python 3.7 compatible.
+
+``done()`` only hands the outputs over: it runs where the backend delivers them, i.e. between
+two device executions (acl sync mode: the main thread, between execute calls; async mode: the
+ACL report thread, inside a blocking callback that holds the device's stream). Top-k, records
+and events used to run there, delaying the next execution by their time (~0.4 CPU-ms an image,
+plus waits for the GIL); on the results thread they, and the labelled copies (~1 CPU-ms, no
+separate writer thread any more: one hand-off fewer), overlap the device's work.
 
 Streams mode, for a backend that runs several batches at once on the CPU (``backend.streams``
 > 1: onnxruntime with one intra-op thread per run, one stream per core)::
@@ -116,8 +124,8 @@ class Sink:
     """Where results go: results.jsonl, events, progress and labelled copies."""
 
     def __init__(self, rundir, progress=None, labelled_dir=None, writer_threads=1):
-        """writer_threads: threads that write labelled copies; 0 = write them in the caller's
-        thread (streams mode: each worker already has a core to itself)."""
+        """writer_threads: threads that write labelled copies; 0 = write them in the thread that
+        delivers the result (the runner's choice: a streams-mode worker, or the results thread)."""
         self.rundir = rundir
         self.progress = progress
         self.labelled_dir = labelled_dir
@@ -196,6 +204,7 @@ class Pipeline:
         self.infer_s = 0.0
         self.decode_s = 0.0
         self._acc = threading.Lock()
+        self._results = None  # queue mode: (slots, infer_ms, outs, err) for the results thread
 
     # --- producer side (runs in its own thread) -----------------------------------------
     def _decode(self, item):
@@ -256,11 +265,21 @@ class Pipeline:
 
     # --- consumer side (caller's thread) ------------------------------------------------
     def _done(self, tag, outs, err):
+        """The backend's ``done``: hand the outputs to the results thread (queue mode) or
+        deliver them here (streams mode: each worker delivers its own)."""
         slots, t0 = tag
-        n = len(slots)
         infer_ms = (time.perf_counter() - t0) * 1000.0
-        with self._acc:
+        with self._acc:  # held while queueing: once run() has queued _END, nothing follows it
             self.infer_s += infer_ms / 1000.0
+            results = self._results
+            if results is not None:
+                results.put((slots, infer_ms, outs, err))
+        if results is None:
+            self._deliver(slots, infer_ms, outs, err)
+
+    def _deliver(self, slots, infer_ms, outs, err):
+        """Top-k of each image of a batch, into the sink (records, events, labelled copies)."""
+        n = len(slots)
         if err is not None:
             for item, _, _ in slots:
                 self.sink.error(item, "inference", str(err))
@@ -348,10 +367,41 @@ class Pipeline:
         if errors:
             raise errors[0]
 
+    # --- queue mode: results thread ------------------------------------------------------
+    def _deliver_all(self, pending, errors):
+        try:
+            while True:
+                entry = pending.get()
+                if entry is _END:
+                    return
+                self._deliver(*entry)
+        except BaseException as exc:  # surfaces in run(); keep taking entries so done() never blocks
+            errors.append(exc)
+            while pending.get() is not _END:
+                pass
+
     def run(self, items):
         """Classify ``items`` (a list of Item); returns when every one has a record."""
         if self.streams > 1:
             return self._run_streams(items)
+        self._results = queue.Queue(maxsize=8 * self.queue_depth)  # previews: a few MB at most
+        errors = []
+        results = threading.Thread(
+            target=self._deliver_all, args=(self._results, errors), name="agent-results"
+        )
+        results.daemon = True
+        results.start()
+        try:
+            self._run_queue(items)
+        finally:
+            with self._acc:  # a batch still delivered after this (an interrupted run) is delivered inline
+                pending, self._results = self._results, None
+            pending.put(_END)
+            results.join()
+        if errors:
+            raise errors[0]
+
+    def _run_queue(self, items):
         norm = self.pre.normalizer
         nbuf = self.queue_depth + 2
         free = queue.Queue()

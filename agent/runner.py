@@ -172,9 +172,9 @@ def _classify(job, rundir, backend, stop):
     _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed)
     progress = Progress(rundir, len(todo))
     labelled = job.out_dir if job.labelled else None
-    # Streams mode writes labelled copies in the worker that classified the image (no extra thread).
-    streams = getattr(backend, "streams", 1) or 1
-    sink = Sink(rundir, progress, labelled_dir=labelled, writer_threads=0 if streams > 1 else 1)
+    # Labelled copies are written by the thread that delivers the image's result (no extra
+    # thread): a streams-mode worker, or the pipeline's results thread, off the device's path.
+    sink = Sink(rundir, progress, labelled_dir=labelled, writer_threads=0)
     for raw in missing:
         item = Item(raw, raw)
         if item.id not in done:

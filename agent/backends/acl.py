@@ -156,6 +156,7 @@ class AclBackend(Backend):
         self._callback_error = None
         self.launch_failures = []  # launch_callback failures recovered from (batches delivered inline)
         self._closed = False
+        self._use_bytes = None  # pointer API probe (_bytes_api)
 
     # --- loading -----------------------------------------------------------------------------
     def _module(self):
@@ -318,9 +319,15 @@ class AclBackend(Backend):
         self._free.put(len(self._slots) - 1)
 
     # --- data movement -----------------------------------------------------------------------
+    def _bytes_api(self):
+        """Whether pyACL has bytes_to_ptr (CANN >= 6.0), by the samples' probe, made once."""
+        if self._use_bytes is None:
+            self._use_bytes = "bytes_to_ptr" in dir(self.acl.util)
+        return self._use_bytes
+
     def _host_ptr(self, arr):
         """(pointer, keep-alive object) of a C-contiguous array's bytes, with the samples' probe."""
-        if "bytes_to_ptr" in dir(self.acl.util):
+        if self._bytes_api():
             data = arr.tobytes()
             return self.acl.util.bytes_to_ptr(data), data
         return self.acl.util.numpy_to_ptr(arr), arr
@@ -357,7 +364,7 @@ class AclBackend(Backend):
         """Each output copied once, from device memory into a new host array."""
         slot = self._slots[index]
         kind = ACL_MEMCPY_DEVICE_TO_HOST if self.run_mode == ACL_HOST else ACL_MEMCPY_DEVICE_TO_DEVICE
-        use_bytes = "bytes_to_ptr" in dir(self.acl.util)
+        use_bytes = self._bytes_api()
         outs = []
         for i, spec in enumerate(self.outputs):
             size = self._out_sizes[i]
