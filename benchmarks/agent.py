@@ -1,6 +1,10 @@
 """Agent throughput: pure inference vs the agent's end-to-end fast path vs a naive sample-style loop.
 
     python benchmarks/agent.py [--json] [--demo DIR] [--batch 1] [--copies 4] [--repeat 3]
+    python benchmarks/agent.py --backend acl [--json] [--device-ms 3] [--sweep 6,5,4,3,2,1.5,1,0.75,0.5]
+
+The first measures the ONNX Runtime path (below); ``--backend acl`` the Ascend path through the
+simulated pyACL of ``deploy/sandbox/ascend`` (section "--backend acl" at the end).
 
 * ``pure_ips``  the best pure-inference throughput of the model on ready tensors at this batch:
                 the best of one ORT stream with intra-op threads = cores (busy-wait on and off)
@@ -49,9 +53,30 @@ Batch 4 (``--batch 4``): pure ~212 for every configuration; e2e ~140 (vs ~130 at
 Images: the demo photos re-encoded at several scales and JPEG qualities into a temp dir, so the
 mix has varied sizes (about 450 to 2200 px on the long side). Each figure is the best of
 ``--repeat`` runs (the machine is shared; the best run is the least disturbed).
+
+--backend acl
+-------------
+The demo model is converted as ``deploy model convert --target atlas200dk --simulate`` does
+(fixed batch ``--batch``); every measurement imports a fresh simulated ``acl`` (its state is per
+process). Rounds are interleaved, each figure is the best of ``--repeat``.
+
+* ``acl_sim_over_onnx``  pure img/s of ``AclBackend.run`` (copy in, execute, copy out) on a ready
+                         tensor, the simulator computing with ONNX Runtime inside (compute mode),
+                         over the onnx backend's best single-stream pure img/s on the same model and
+                         batch (intra-op threads = cores, busy-wait on and off): the simulator's own
+                         cost. Single stream because the acl backend runs one batch at a time.
+* ``npu_e2e_over_pure``  ``agent.runner.execute`` with the acl backend (decode -> preprocess ->
+                         device -> top-k -> results.jsonl, events, labelled copies, the same image
+                         mix, replicated to ``--min-images``) against a simulated NPU in timing mode
+                         (``ACL_SIM_DEVICE_MS_PER_IMAGE``: a batch takes batch x ms of device time and
+                         no CPU), over the device's pure img/s, 1000 / ms; sync and async
+                         (``backend_options`` {async, callback_interval, buffers}) at ``--device-ms``
+                         and over ``--sweep``; ``npu_below_0.9_at_ms`` is the first device time of the
+                         sweep (slow to fast) where the ratio is under 0.9.
 """
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -72,8 +97,11 @@ sys.path.insert(0, str(ROOT))
 from agent import bench as agent_bench  # noqa: E402
 from agent import job as jobmod  # noqa: E402
 from agent.backends import get_backend  # noqa: E402
-from agent.runner import execute  # noqa: E402
+from agent.runner import execute, make_backend  # noqa: E402
 from deploy.testing import DEMO, demo_assets, demo_built  # noqa: E402
+
+ACL_RUNTIME = ROOT / "deploy" / "sandbox" / "ascend" / "runtime"  # the simulated pyACL (`import acl`)
+SWEEP_MS = (6, 5, 4, 3, 2, 1.5, 1, 0.75, 0.5)
 
 SCALES = (1.0, 1.75, 2.5, 3.5)
 QUALITIES = (80, 85, 90, 95)
@@ -264,6 +292,203 @@ def naive(model, labels, images, preprocess, threads, work, repeat):
     return best, tops
 
 
+# --- --backend acl: the simulated pyACL (compute mode) and a simulated NPU (timing mode) ---------
+
+
+def fresh_acl(**env):
+    """A newly imported simulated ``acl`` (its process state is per import: acl.init is once per
+    process) with exactly the ``ACL_SIM_*`` settings given."""
+    for key in [k for k in os.environ if k.startswith("ACL_SIM_")]:
+        del os.environ[key]
+    os.environ.update({k: str(v) for k, v in env.items()})
+    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
+        del sys.modules[name]
+    if str(ACL_RUNTIME) not in sys.path:
+        sys.path.insert(0, str(ACL_RUNTIME))
+    module = importlib.import_module("acl")
+    if not getattr(module, "SIMULATED", False):
+        sys.exit(f"`import acl` found a real pyACL ({module.__file__}), not the simulator")
+    return module
+
+
+def build_om(model, batch, work):
+    """The simulated .om that `deploy model convert --target atlas200dk --simulate` makes (fixed batch)."""
+    from deploy.models import atc
+
+    plan = atc.plan_conversion(model, "atlas200dk", output=work / f"{model.stem}_b{batch}", batch=batch)
+    return atc.run_conversion(plan, simulate=True)
+
+
+def acl_pure(om, batch, loop):
+    """img/s of AclBackend.run (sync: copy in, execute, copy out) on a ready tensor, the simulator
+    computing through ONNX Runtime."""
+    backend = get_backend("acl", acl_module=fresh_acl()).load(str(om))
+    try:
+        return _timed_streams(backend, batch, loop, 1)
+    finally:
+        backend.close()
+
+
+def onnx_single_stream(model, batch, loop, threads, best):
+    """The onnx backend's single-stream configurations (the acl backend also runs one batch at a time)."""
+    for name, (options, streams) in pure_configs(threads).items():
+        if streams == 1:
+            backend = get_backend("onnx", **options).load(str(model))
+            try:
+                best[name] = max(best.get(name, 0.0), _timed_streams(backend, batch, loop, 1))
+            finally:
+                backend.close()
+
+
+def npu_e2e(om, demo, image_dir, out, ms, options, batch=1):
+    """One agent run (agent.runner.execute, labelled copies on) on the acl backend against a
+    simulated NPU taking ``ms`` per image; returns its summary.json."""
+    acl = fresh_acl(ACL_SIM_DEVICE_MS_PER_IMAGE=ms)
+    job = jobmod.from_dict(
+        {
+            "run_id": "bench-acl",
+            "mode": "run",
+            "release": str(out.parent),
+            "out_dir": str(out),
+            "model": str(om),
+            "backend": "acl",
+            "labels": str(demo.labels),
+            "inputs": [str(image_dir)],
+            "preprocess": demo.preprocess,
+            "batch": batch,
+            "labelled": True,
+            "backend_options": options,
+        }
+    )
+    rc = execute(job, echo=False, handle_signals=False, backend=make_backend(job, acl_module=acl))
+    summary = json.loads((out / "summary.json").read_text())
+    if rc != 0:
+        sys.exit(f"agent run on the simulated NPU failed ({rc}): {summary}")
+    shutil.rmtree(out)
+    return summary
+
+
+def acl_modes(args):
+    """The acl backend's modes as job.backend_options."""
+    return {
+        "sync": {"async": False},
+        "async": {"async": True, "callback_interval": args.callback_interval, "buffers": args.buffers},
+    }
+
+
+@dataclass
+class AclBest:
+    onnx: dict = field(default_factory=dict)  # onnx single-stream configuration -> img/s
+    sim: float = 0.0  # AclBackend.run through the simulated runtime, compute mode
+    e2e: dict = field(default_factory=dict)  # (ms, mode) -> best summary.json
+
+
+def acl_rounds(args, demo, image_dir, work):
+    """Interleaved rounds (a slow spell of the shared machine hits every figure alike), best of each."""
+    om = build_om(demo.model, args.batch, work)
+    best = AclBest()
+    sweep = sorted(set(args.sweep) | {args.device_ms}, reverse=True)
+    for r in range(args.repeat):
+        onnx_single_stream(demo.model, args.batch, args.loop, args.threads, best.onnx)
+        best.sim = max(best.sim, acl_pure(om, args.batch, args.loop))
+        for ms in sweep:
+            for mode, options in acl_modes(args).items():
+                s = npu_e2e(om, demo, image_dir, work / f"npu{r}", ms, options, args.batch)
+                if s["ips"] > best.e2e.get((ms, mode), {}).get("ips", 0.0):
+                    best.e2e[ms, mode] = s
+    return best
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if b else 0.0
+
+
+def acl_summary(args, demo, best, images):
+    onnx = max(best.onnx.values())
+    sweep, below = [], {}
+    for ms in sorted({ms for ms, _ in best.e2e}, reverse=True):
+        row = {"ms": ms, "pure_ips": round(1000.0 / ms, 2)}
+        for mode in acl_modes(args):
+            s = best.e2e[ms, mode]
+            row[f"{mode}_ips"] = round(s["ips"], 2)
+            row[mode] = _ratio(s["ips"], 1000.0 / ms)
+            row[f"{mode}_cpu_ms"] = round(1000.0 * s["timings_s"]["process_cpu"] / s["this_run"]["ok"], 2)
+            if row[mode] < 0.9:
+                below.setdefault(mode, ms)
+        sweep.append(row)
+    at = next(row for row in sweep if row["ms"] == args.device_ms)
+    return {
+        "acl_sim_over_onnx": _ratio(best.sim, onnx),
+        "acl_sim_pure_ips": round(best.sim, 2),
+        "onnx_pure_ips": round(onnx, 2),
+        "onnx_pure_configs": {k: round(v, 2) for k, v in best.onnx.items()},
+        "npu_ms_per_image": args.device_ms,
+        "npu_pure_ips": at["pure_ips"],
+        "npu_e2e_over_pure": {mode: at[mode] for mode in acl_modes(args)},
+        "npu_e2e_ips": {mode: at[f"{mode}_ips"] for mode in acl_modes(args)},
+        "npu_e2e_cpu_ms_per_image": {mode: at[f"{mode}_cpu_ms"] for mode in acl_modes(args)},
+        "npu_below_0.9_at_ms": {mode: below.get(mode) for mode in acl_modes(args)},
+        "npu_sweep": sweep,
+        "async_options": acl_modes(args)["async"],
+        "batch": args.batch,
+        "images": len(images),
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "model": str(demo_rel(demo.model)),
+    }
+
+
+def acl_text(r):
+    """The acl figures for a person: each ratio with the absolute figures it divides."""
+    ms = r["npu_ms_per_image"]
+    lines = [
+        f"acl_sim_over_onnx        {r['acl_sim_over_onnx']:<6}  simulated pyACL {r['acl_sim_pure_ips']} img/s"
+        f" / ONNX Runtime {r['onnx_pure_ips']} img/s (batch {r['batch']}, best single stream)",
+    ]
+    for mode, ratio in r["npu_e2e_over_pure"].items():
+        lines.append(
+            f"npu_e2e_over_pure {mode:6} {ratio:<6}  agent e2e {r['npu_e2e_ips'][mode]} img/s"
+            f" / device {r['npu_pure_ips']} img/s at {ms} ms/image"
+            f" ({r['npu_e2e_cpu_ms_per_image'][mode]} CPU-ms/image)"
+        )
+    lines.append(f"ratio < 0.9 first at (ms/image): {r['npu_below_0.9_at_ms']}")
+    lines.append("   ms   device  sync img/s  ratio  cpu-ms   async img/s  ratio  cpu-ms")
+    for row in r["npu_sweep"]:
+        lines.append(
+            f"{row['ms']:5} {row['pure_ips']:8}  {row['sync_ips']:10} {row['sync']:6} {row['sync_cpu_ms']:7}"
+            f"   {row['async_ips']:11} {row['async']:6} {row['async_cpu_ms']:7}"
+        )
+    lines.append(
+        f"images {r['images']}, repeat {r['repeat']}, cpus {r['cpus']}, async options {r['async_options']}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def acl_main(args, demo, work):
+    image_dir = work / "images"
+    make_images(demo.images, image_dir, args.copies, [float(x) for x in args.scales.split(",")])
+    images = replicate(sorted(image_dir.glob("*.jpg")), args.min_images)
+    best = acl_rounds(args, demo, image_dir, work)
+    return acl_summary(args, demo, best, images)
+
+
+def replicate(images, at_least):
+    """Hard links to the image set until there are ``at_least`` images (a run at device speed
+    should last long enough to be measured); returns every image."""
+    out, k = list(images), 1
+    while len(out) < at_least:
+        for path in images[: at_least - len(out)]:
+            link = path.with_name(f"{path.stem}_{k}{path.suffix}")
+            os.link(path, link)
+            out.append(link)
+        k += 1
+    return out
+
+
+def demo_rel(path):
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -273,7 +498,26 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="0 = one per core")
     p.add_argument("--scales", default=",".join(str(s) for s in SCALES), help="photo scale factors")
+    p.add_argument("--backend", choices=("onnx", "acl"), default="onnx", help="acl: the simulated pyACL/NPU")
+    acl = p.add_argument_group("--backend acl")
+    acl.add_argument("--loop", type=int, default=200, help="batches per pure-inference measurement")
+    acl.add_argument("--device-ms", type=_number, default=3, help="NPU time per image for npu_e2e_over_pure")
+    acl.add_argument(
+        "--sweep", type=_numbers, default=SWEEP_MS, help="device ms/image to sweep (comma-separated)"
+    )
+    acl.add_argument("--min-images", type=int, default=384, help="replicate the images up to this many")
+    acl.add_argument("--callback-interval", type=int, default=4, help="async: executions per callback")
+    acl.add_argument("--buffers", type=int, default=0, help="async: device buffer sets (0 = the backend's)")
     return p.parse_args(argv)
+
+
+def _number(text):
+    x = float(text)
+    return int(x) if x == int(x) else x
+
+
+def _numbers(text):
+    return tuple(_number(x) for x in text.split(",") if x.strip())
 
 
 @dataclass
@@ -334,7 +578,7 @@ def summarise(args, model, best, images, agree):
         "top1_agreement_fast_vs_naive": round(agree, 3),
         "e2e_timings_s": summary["timings_s"],
         "e2e_cpu_ms_per_image": round(1000.0 * summary["timings_s"]["process_cpu"] / len(images), 2),
-        "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+        "model": str(demo_rel(model)),
     }
 
 
@@ -344,6 +588,13 @@ def main(argv=None):
         sys.exit(f"no demo model/photos in {args.demo}: run `deploy model demo` first (or pass --demo DIR)")
     demo = demo_assets(args.demo)
     work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    if args.backend == "acl":
+        try:
+            result = acl_main(args, demo, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        sys.stdout.write(json.dumps(result) + "\n" if args.json else acl_text(result))
+        return 0
     try:
         image_dir = work / "images"
         make_images(demo.images, image_dir, args.copies, [float(x) for x in args.scales.split(",")])
