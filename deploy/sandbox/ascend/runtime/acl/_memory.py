@@ -132,11 +132,16 @@ def copy(dst, dest_max, src, count):
     if src_place[0] == "device" and dst_place[0] == "device":
         dst_place[1][dst_place[2] : dst_place[2] + count] = src_place[1][src_place[2] : src_place[2] + count]
     elif src_place[0] == "device":
-        view = (ctypes.c_char * count).from_buffer(src_place[1], src_place[2])
-        ctypes.memmove(dst_place[1], view, count)
+        _host_view(dst_place[1], count)[:] = memoryview(src_place[1])[src_place[2] : src_place[2] + count]
     elif dst_place[0] == "device":
-        view = (ctypes.c_char * count).from_buffer(dst_place[1], dst_place[2])
-        ctypes.memmove(view, src_place[1], count)
+        dst_place[1][dst_place[2] : dst_place[2] + count] = _host_view(src_place[1], count)
     else:
         ctypes.memmove(dst_place[1], src_place[1], count)
     return C.ACL_SUCCESS
+
+
+def _host_view(address, count):
+    """A writable byte view of ``count`` bytes of host memory at ``address``. Copies through it
+    keep the GIL (ctypes.memmove would release it: a copy of a few KB then costs the calling
+    thread a wait for the GIL, which a runtime call that copies memory does not have)."""
+    return memoryview((ctypes.c_ubyte * count).from_address(address)).cast("B")
