@@ -210,3 +210,28 @@ def test_11_async_mode_from_the_job(monkeypatch, tmp_path):
     assert len(calls) == 3  # 6 photos, batch 2, all through execute_async
     with pytest.raises(jobmod.JobError, match="unknown backend option"):
         jobmod.from_dict({**json.loads(job.to_json()), "backend_options": {"asynch": True}})
+
+
+def test_async_callbacks_keep_their_interval_when_every_buffer_is_in_flight(monkeypatch, tiny):
+    """A callback holds the device's stream while it runs (ACL_CALLBACK_BLOCK): with one already
+    on its way to free buffers, submit waits for it rather than launching one for fewer
+    executions (which left a simulated NPU idle more often)."""
+    acl = aclsim.fresh_acl(monkeypatch, ACL_SIM_DEVICE_MS_PER_IMAGE="2")  # 4 ms per batch of 2
+    sizes = []
+    real = acl.rt.launch_callback
+    monkeypatch.setattr(
+        acl.rt, "launch_callback", lambda fn, data, *a: sizes.append(len(data)) or real(fn, data, *a)
+    )
+    b = AclBackend(acl_module=acl, async_mode=True, callback_interval=3).load(str(tiny[3]))  # 7 buffers
+    got = []
+
+    def feed():
+        for i in range(12):
+            b.submit(_x(i, i), i, lambda tag, outs, err: got.append((tag, err)))
+        b.drain()
+
+    _, err = _in_thread(feed)
+    assert err is None, err
+    assert sorted(tag for tag, _ in got) == list(range(12)) and all(e is None for _, e in got)
+    assert sizes == [3, 3, 3, 3]
+    b.close()

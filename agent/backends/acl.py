@@ -430,13 +430,19 @@ class AclBackend(Backend):
         return None
 
     def _take_slot(self):
-        """A free pool slot. When every slot is in flight, first launch the callback of the
-        executions still waiting for one (else nothing would ever free a slot)."""
+        """A free pool slot. When every slot is in flight and no launched callback is on its way
+        to free some, first launch the callback of the executions still waiting for one (else
+        nothing would ever free a slot). With one on its way, wait for it instead: a callback
+        holds the device's stream while it runs (ACL_CALLBACK_BLOCK), so callbacks of fewer than
+        callback_interval executions would leave the device idle more often."""
         try:
             return self._free.get_nowait()
         except queue.Empty:
             pass
-        self._launch()
+        with self._cond:
+            launched = self._inflight - len(self._pending)  # delivered by callbacks already queued
+        if launched <= 0:
+            self._launch()
         deadline = time.monotonic() + self.drain_timeout_s
         while True:
             self._raise_report_error()
