@@ -277,6 +277,29 @@ def test_model_file_errors_are_codes_with_a_reason(monkeypatch, tiny_om, tmp_pat
     assert "socVersion=Ascend310" in acl.get_recent_err_msg()
 
 
+def test_float_inputs_are_rounded_through_fp16_by_the_graph_or_by_the_runtime(monkeypatch, tiny, tiny_om):
+    """The 310 computes in fp16: 1 + 2**-12 reaches the model as 1.0. The simulated atc puts the
+    rounding into the graph (two Casts, marked fp16_in_graph); a model without the mark (made by
+    an older simulated atc) gets it from the runtime. Logits are then exactly (k + 1) * 1.0."""
+    import onnx
+
+    onnx_path, _, d = tiny
+    simom = aclsim.atc().simom
+    header, graph = simom.loads(tiny_om.read_bytes())
+    assert header["inputs"][0]["fp16_in_graph"] is True
+    assert [n.op_type for n in onnx.load_from_string(graph).graph.node[:2]] == ["Cast", "Cast"]
+    del header["inputs"][0]["fp16_in_graph"]
+    old = d / "older.om"
+    old.write_bytes(simom.dumps(header, onnx_path.read_bytes()))
+    x = np.full((2, 3, 8, 8), 1 + 2**-12, np.float32)
+    for om in (tiny_om, old):
+        acl = aclsim.fresh_acl(monkeypatch)
+        _ready(acl)
+        model_id, desc = _load(acl, om)
+        code, out = _run(acl, model_id, desc, x)
+        assert code == 0 and out.tolist() == [1.0, 2.0, 3.0, 4.0] * 2, (om.name, out)
+
+
 def test_fp16_input_and_dynamic_batch_gears(monkeypatch, tiny):
     onnx_path, weights, d = tiny
     om = aclsim.build(

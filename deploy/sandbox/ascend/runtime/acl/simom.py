@@ -12,7 +12,8 @@ The header carries what atc bakes into a real .om::
 
     {"soc_version": "Ascend310", "atc_argv": [...],
      "inputs":  [{"name", "onnx_name", "dtype" (ACL data type name: FLOAT, FLOAT16, UINT8...),
-                  "format" (NCHW|NHWC|ND), "dims" (-1 = dynamic batch), "aipp": {...} | null}],
+                  "format" (NCHW|NHWC|ND), "dims" (-1 = dynamic batch), "aipp": {...} | null,
+                  "fp16_in_graph": true when the graph itself rounds this input through fp16}],
      "outputs": [{"name", "onnx_name", "dtype", "dims"}],
      "dynamic_batch": [1, 2, 4] | null,
      "onnx_size": int, "onnx_sha256": hex}
