@@ -20,10 +20,12 @@ What it does:
   ``callback_interval`` executions one ``rt.launch_callback`` (ACL_CALLBACK_BLOCK) is queued, and
   the callback, run by a report thread (``util.start_thread`` + ``rt.subscribe_report`` + a
   ``rt.process_report`` loop), reads those outputs, hands them to their ``done`` functions and
-  frees the slots. When every slot is in flight, the pending executions' callback is launched at
-  once, so any pool size works. If ``launch_callback`` fails, the stream is synchronised and
-  those batches are delivered from the calling thread (nothing is dropped). ``drain`` waits with
-  a deadline and fails at once if the report thread died.
+  frees the slots. When every slot is in flight, submit waits for a launched callback to free
+  some, or, when none is on its way, launches the pending executions' callback at once, so any
+  pool size works (a callback holds the stream while it runs: each should carry
+  ``callback_interval`` executions, not fewer). If ``launch_callback`` fails, the stream is
+  synchronised and those batches are delivered from the calling thread (nothing is dropped).
+  ``drain`` waits with a deadline and fails at once if the report thread died.
 * Outputs are copied once, device -> a fresh host buffer (``bytes_to_ptr`` when
   ``dir(acl.util)`` has it, CANN >= 6.0; else ``numpy_to_ptr``, the probe the samples use), with
   DEVICE_TO_DEVICE on the board (ACL_DEVICE, as acllite does) and DEVICE_TO_HOST on a host.
