@@ -24,6 +24,7 @@ lint:
 
 bench: setup
 	$(PY) benchmarks/agent.py
+	$(PY) benchmarks/agent.py --backend acl
 	$(PY) benchmarks/push.py
 
 clean-sandbox:
