@@ -180,6 +180,7 @@ def push(
     on_bytes: Callable[[int], None] | None = None,
     cache: HashCache | None = None,
     health_check: bool = True,
+    on_phase: Callable[[str], None] | None = None,
 ) -> PushResult:
     """Push the app's release for ``board``'s target; the previous release stays current on any failure.
 
@@ -197,12 +198,13 @@ def push(
     except _Stale as stale:  # the plan reply already carried the board's facts: no extra round trip
         remember_facts(inv, board, stale.facts)
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
-                    health_check=health_check)
-    health = health_step(inv, board, conn, bundle, res, health_check)
+                    health_check=health_check, on_phase=on_phase)
+    health = health_step(inv, board, conn, bundle, res, health_check, on_phase)
     return replace(res, health=health, pruned=res.pruned + health.pruned, seconds=time.perf_counter() - t0)
 
 
-def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool) -> health_mod.HealthResult:
+def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool,
+                on_phase: Callable[[str], None] | None = None) -> health_mod.HealthResult:
     """The health check after a push: run when the push made a release current, or left one current that
     never passed a check on this board (a lost link after an earlier switch, a --no-health-check push).
     A push that switched nothing to an already checked release changes nothing, so it is not checked again.
@@ -218,6 +220,8 @@ def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool
         return health_mod.HealthResult(status="passed", probe=probe.path, source=probe.source,
                                        expected=list(probe.expected) if probe.expected else None,
                                        reason="already current and checked on this board")
+    if on_phase:
+        on_phase("health check")
     result = health_mod.check(conn, inv.app, board.name, res.release, inv.app.keep_releases)
     return replace(result, reason=bundle.probe.note or result.reason)
 
