@@ -1,0 +1,722 @@
+"""Fleet push: ``deploy push all`` on eight boards behind shaped links vs one board, Ansible and pyinfra, same run.
+
+    python benchmarks/fleet.py [--json] [--repeat 3] [--boards 8] [--mbit 100] [--rtt-ms 2]
+                               [--tools ansible,pyinfra] [--no-install] [--tiny] [--keep-tmp]
+
+Starts ``--boards`` sandbox boards (real OpenSSH sshd processes on 127.0.0.1) in a throwaway project
+(``deploy sandbox up``), and in front of each one a relay of its own (``deploy.testing.relay``, one
+process per board) that shapes that board's link: ``--mbit`` each way, shared by every connection to
+the board, and ``--rtt-ms`` of round-trip time. Every tool reaches every board only through its
+relay, with the host key checked against the project's ``.deploy/known_hosts`` (the relay's port is
+recorded there as well: ``Project.relay_board``) and the sandbox client key. At the end it stops
+exactly what it started: the relays by their PIDs, the boards with ``deploy sandbox down --purge``.
+
+Figures (every wall time is the best of ``--repeat`` rounds; in each round every method runs once,
+the order rotated round by round so drift favours none; ratios compare figures of this one run):
+
+* ``single_first_s``   ``python -m deploy push link1 --no-health-check --json`` onto a board without
+                       the app (a fresh app name per round), as a subprocess; ``single_redeploy_s``
+                       the same again, nothing changed.
+* ``fleet_first_s``    ``python -m deploy push all --no-health-check --json`` onto all boards at once
+                       (default ``--forks 8``); ``fleet_redeploy_s`` the same again.
+  ``fleet_over_single`` = fleet_first_s / single_first_s (target <= 1.5).
+* ``health_check_s``   the health check's own cost on the fleet: ``deploy push all --json`` right after
+                       the no-change redeploy (nothing to send; the unchecked current release is checked
+                       on every board) minus ``fleet_redeploy_s``.
+* ``ansible_*_s``      ``ansible-playbook`` with one ``ansible.posix.synchronize`` task (forks 8), the
+                       staged release tree into a fresh directory per round on every board, then again
+                       unchanged (redeploy).
+* ``pyinfra_*_s``      ``pyinfra --parallel 8`` running one ``files.sync`` of the same tree, likewise.
+  ``first_over_ansible`` etc. = our fleet figure / theirs (targets <= 1.0 first push, <= 0.5 redeploy).
+
+The staged tree is the release our push sends, materialised locally from the bundle's entries (the
+app code, app.json, env, the model, labels, images, health probe and the ``site/`` wheel tree): the
+same paths, bytes and modes. ``wire_bytes`` is what crossed the relays (both directions, all boards,
+SSH framing and compression included) per push, from the relays' own counters.
+
+Diagnostics for a missed target: ``cpu`` is the machine's busy share over each figure's best run (from
+/proc/stat: 1.0 = both cores busy the whole time) and the relays' own CPU seconds; ``link_use`` is how
+much of each board's link the first push used (bytes it carried / (wall time x rate)).
+
+Human-readable progress goes to stderr; ``--json`` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploy import bundle as bundle_mod  # noqa: E402
+from deploy import inventory as inventory_mod  # noqa: E402
+from deploy import push as push_mod  # noqa: E402
+from deploy import ssh as ssh_mod  # noqa: E402
+from deploy.targets import PROFILES, abi_tag  # noqa: E402
+from deploy.testing import DEMO, SANDBOX_BOARD, CommandFailed, Project, build_demo, demo_built, ssh_argv  # noqa: E402
+from deploy.testing import relay as relay_mod  # noqa: E402
+
+TOOLS_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atlas-deploy" / "bench-tools"
+TOOL_PACKAGES = {"ansible": "ansible", "pyinfra": "pyinfra"}  # tool -> PyPI package
+TOOL_BINARY = {"ansible": "ansible-playbook", "pyinfra": "pyinfra"}
+
+TARGETS = {
+    "fleet_over_single<=1.5": ("fleet_over_single", 1.5),
+    "first_over_ansible<=1.0": ("first_over_ansible", 1.0),
+    "redeploy_over_ansible<=0.5": ("redeploy_over_ansible", 0.5),
+    "first_over_pyinfra<=1.0": ("first_over_pyinfra", 1.0),
+    "redeploy_over_pyinfra<=0.5": ("redeploy_over_pyinfra", 0.5),
+}
+
+# Ansible's own default ssh_args are "-C -o ControlMaster=auto -o ControlPersist=60s"; -C is left out:
+# synchronize already has rsync compress (its default), and compressing twice only costs CPU.
+ANSIBLE_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=60s"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    total = sum(v[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except OSError:
+        return "?"
+    return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr).strip() else "?"
+
+
+class Fleet:
+    def __init__(self, root: Path, args: argparse.Namespace):
+        self.root = root
+        self.n = args.boards
+        self.repeat = max(1, args.repeat)
+        self.mbit = args.mbit
+        self.mbit_down = args.mbit_down or args.mbit
+        self.rtt_ms = args.rtt_ms
+        self.buffer_ms = args.buffer_ms
+        self.tiny = args.tiny
+        self.health = not (args.no_health_check_figure or args.tiny)  # a tiny site/ has no numpy for the agent
+        self.tools: dict[str, Path] = {}  # tool -> its binary
+        self.wanted_tools = [t for t in args.tools.split(",") if t.strip()] if args.tools else []
+        self.install = not args.no_install
+        self.samples: dict[str, list[float]] = {}
+        self.diag: dict[str, list[dict]] = {}  # key -> per-sample {busy, relay_cpu, wire}
+        self.facts: dict = {"skipped": {}}
+        self.relays: list[relay_mod.RelayProcess] = []
+        self.sandbox_rows: dict[str, dict] = {}
+        self.names = [f"board{i + 1}" for i in range(self.n)]
+        self.links = [f"link{i + 1}" for i in range(self.n)]
+        env = {"CLASSIFY_MODE": "bench"}
+        photos = ("coffee.jpg",) if self.tiny else None
+        self.project = Project(root, DEMO, app="fleet", photos=photos, env=env,
+                               boards={name: dict(SANDBOX_BOARD) for name in self.names})
+        self.sandbox_boards = dict(self.project.boards)
+        if self.tiny:
+            self._tiny_wheels()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _tiny_wheels(self) -> None:
+        """A wheel cache whose site/ tree is three small files, for every CPython a board may have (--tiny: a
+        small release, so the test is quick; the agent then imports the board's own packages, if any)."""
+        cache = self.root / "wheels"
+        target = PROFILES[SANDBOX_BOARD["target"]]
+        reqs = sorted(target.requirements)
+        digest = hashlib.sha256(json.dumps([reqs, list(target.platforms)]).encode()).hexdigest()[:12]
+        for minor in range(7, 16):
+            base = cache / f"{target.platforms[0]}-{abi_tag(f'3.{minor}')}"
+            site = base / f"site-{digest}"
+            (site / "tiny").mkdir(parents=True, exist_ok=True)
+            for k in range(3):
+                (site / "tiny" / f"f{k}.py").write_text(f"# tiny site file {k}\n")
+            (base / f"site-{digest}.json").write_text(json.dumps({"python": f"3.{minor}", "wheels": []}))
+        self.project.environ["DEPLOY_WHEEL_CACHE"] = str(cache)
+        os.environ["DEPLOY_WHEEL_CACHE"] = str(cache)  # for the in-process bundle (materialise)
+
+    def use(self, boards: str, app: str) -> None:
+        """Rewrite the inventory: the sandbox boards themselves ("sandbox") or the relayed links ("links")."""
+        self.project.boards = self.sandbox_boards if boards == "sandbox" else self.link_boards
+        self.project.configure(keep=3, app=app)
+
+    def record(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
+
+    def best(self, key: str) -> float | None:
+        return min(self.samples[key]) if self.samples.get(key) else None
+
+    def wire(self) -> dict[str, int]:
+        up = down = 0
+        for r in self.relays:
+            s = r.stats()
+            up, down = up + s["up"], down + s["down"]
+        return {"up": up, "down": down}
+
+    def timed(self, key: str, argv: list[str], *, cwd: Path | None = None, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+        """Run ``argv`` to completion (raises CommandFailed), recording its wall time under ``key`` with the
+        machine's busy share, the relays' CPU seconds and the bytes that crossed the relays."""
+        w0 = self.wire()
+        r0 = sum(proc_cpu(r.pid) for r in self.relays)
+        b0, t0j = cpu_jiffies()
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
+        dt = time.perf_counter() - t0
+        b1, t1j = cpu_jiffies()
+        if r.returncode != 0:
+            raise CommandFailed(f"{key}: {shlex.join(argv)} exited {r.returncode}\nstdout: {r.stdout[-3000:]}\n"
+                                f"stderr: {r.stderr[-3000:]}")
+        w1 = self.wire()
+        self.record(key, dt)
+        self.diag.setdefault(key, []).append({
+            "s": dt,
+            "busy": (b1 - b0) / max(1, t1j - t0j),
+            "relay_cpu_s": sum(proc_cpu(r.pid) for r in self.relays) - r0,
+            "wire_up": w1["up"] - w0["up"],
+            "wire_down": w1["down"] - w0["down"],
+        })
+        return r
+
+    def deploy(self, key: str, *args: str) -> list[dict]:
+        r = self.timed(key, self.project.argv(*args), cwd=self.root, env=self.project.environ)
+        return json.loads(r.stdout)
+
+    def forget(self, rel: str, boards: list[str] | None = None) -> None:
+        """Remove a directory from boards' homes (untimed), then flush dirty pages so each run starts alike."""
+        for name in boards or self.names:
+            shutil.rmtree(Path(self.sandbox_rows[name]["home"]) / rel, ignore_errors=True)
+        os.sync()
+
+    # ------------------------------------------------------------ set-up
+
+    def find_tools(self) -> None:
+        """Each wanted tool from the benchmark's venv or PATH; missing ones pip-installed into the venv
+        (unless --no-install, then skipped)."""
+        def where(tool: str) -> Path | None:
+            venv_bin = TOOLS_VENV / "bin" / TOOL_BINARY[tool]
+            if venv_bin.is_file():
+                return venv_bin
+            found = shutil.which(TOOL_BINARY[tool])
+            return Path(found) if found else None
+
+        missing = [t for t in self.wanted_tools if where(t) is None]
+        if missing and self.install:
+            log(f"installing {', '.join(TOOL_PACKAGES[t] for t in missing)} into {TOOLS_VENV} (pip, once)")
+            if not (TOOLS_VENV / "bin" / "python").exists():
+                subprocess.run([sys.executable, "-m", "venv", str(TOOLS_VENV)], check=True)
+            subprocess.run([str(TOOLS_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
+                            "--disable-pip-version-check", *(TOOL_PACKAGES[t] for t in missing)], check=True)
+        for t in self.wanted_tools:
+            path = where(t)
+            if path is None:
+                self.facts["skipped"][t] = "not installed (--no-install)"
+                log(f"skipping {t}: {TOOL_BINARY[t]} not found")
+            else:
+                self.tools[t] = path
+        if "ansible" in self.tools:
+            b = self.tools["ansible"].parent
+            self.facts["ansible"] = tool_version([str(b / "ansible"), "--version"])
+            py = b / "python"
+            self.facts["ansible_package"] = tool_version([str(py if py.exists() else sys.executable), "-c",
+                                                          "import importlib.metadata as m; print(m.version('ansible'))"])
+            self.facts["ansible_posix"] = tool_version([str(b / "ansible-galaxy"), "collection", "list",
+                                                        "ansible.posix", "--format", "json"])
+            try:
+                cols = json.loads(self.facts["ansible_posix"]) if self.facts["ansible_posix"].startswith("{") else {}
+            except ValueError:
+                cols = {}
+            self.facts["ansible_posix"] = next((v["ansible.posix"]["version"] for v in cols.values()
+                                                if "ansible.posix" in v), self.facts["ansible_posix"])
+        if "pyinfra" in self.tools:
+            self.facts["pyinfra"] = tool_version([str(self.tools["pyinfra"]), "--version"])
+            b = self.tools["pyinfra"].parent
+            py = b / "python"
+            self.facts["pyinfra_paramiko"] = tool_version([str(py if py.exists() else sys.executable), "-c",
+                                                           "import paramiko; print(paramiko.__version__)"])
+        self.facts["rsync"] = tool_version(["rsync", "--version"])
+        self.facts["openssh"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+
+    def setup(self) -> None:
+        self.find_tools()
+        log(f"project {self.root}: starting {self.n} sandbox boards")
+        self.use("sandbox", "fleet")
+        rows = self.project.deploy_json("sandbox", "up", *self.names, timeout=600)
+        self.sandbox_rows = {row["name"]: row for row in rows}
+        self.link_boards = {}
+        for name, link in zip(self.names, self.links, strict=True):
+            relay = relay_mod.spawn(self.sandbox_rows[name]["port"], rtt_ms=self.rtt_ms, mbit=self.mbit,
+                                    mbit_down=self.mbit_down, buffer_ms=self.buffer_ms,
+                                    stats=self.root / f"relay-{link}.json")
+            self.relays.append(relay)
+            self.link_boards[link] = self.project.relay_board(relay.port, name)
+        for name in self.names:  # the tools' destination parent, owned by the board's user (rsync makes one level)
+            subprocess.run([*ssh_argv(self.sandbox_rows[name]), "mkdir -p bench"], check=True, capture_output=True)
+        self.known_hosts = Path(self.sandbox_rows[self.names[0]]["known_hosts"])
+        self.key = self.link_boards[self.links[0]]["key"]
+        self.use("links", "fleet")
+        # warm what a user's machine has warm: the wheel cache, the hash cache, each board's facts
+        self.project.deploy("push", "all", "--dry-run", "--json", timeout=900)
+        self.stage()
+
+    def stage(self) -> None:
+        """The release tree exactly as our push sends it (paths, bytes, modes), as a local directory: what
+        Ansible and pyinfra push."""
+        tree = self.root / "release"
+        inv = inventory_mod.load(self.project.inventory)
+        board = inv.boards[self.links[0]]
+        with ssh_mod.Connection(ssh_mod.endpoint_for(inv, board)) as conn:
+            b = push_mod.build_for(inv, board, conn, bundle_mod.HashCache(inv.state_dir / "hashcache.json"))
+        tops: dict[str, list[int]] = {}
+        for e in b.entries:
+            out = tree / e.path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if e.data is not None:
+                out.write_bytes(e.data)
+            else:
+                shutil.copyfile(e.src, out)
+            os.chmod(out, e.mode)
+            top = tops.setdefault(e.path.split("/", 1)[0] if "/" in e.path else "(top-level files)", [0, 0])
+            top[0] += 1
+            top[1] += e.size
+        self.tree = tree
+        self.facts["release"] = {"files": len(b.entries), "bytes": b.total_bytes,
+                                 "by_top_dir": {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(tops.items())}}
+        log(f"release: {len(b.entries)} files, {b.total_bytes / 1e6:.1f} MB; staged at {tree}")
+        if self.tiny and b.total_bytes > 50e6:
+            raise SystemExit(f"--tiny: the release is {b.total_bytes / 1e6:.0f} MB; the tiny wheel cache was not used")
+        self.write_ansible()
+        self.write_pyinfra()
+
+    def write_ansible(self) -> None:
+        d = self.root / "ansible"
+        d.mkdir(exist_ok=True)
+        (d / "ansible.cfg").write_text(
+            "[defaults]\n"
+            "inventory = hosts.ini\n"
+            "forks = 8\n"
+            "host_key_checking = True\n"
+            "retry_files_enabled = False\n"
+            "interpreter_python = auto_silent\n"
+            f"local_tmp = {d / 'tmp'}\n"
+            "[ssh_connection]\n"
+            f"ssh_args = {ANSIBLE_SSH_ARGS}\n"
+            f"control_path_dir = {d / 'cp'}\n"
+        )
+        common = f"-o UserKnownHostsFile={self.known_hosts} -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"
+        lines = ["[boards]"]
+        for name, link in zip(self.names, self.links, strict=True):
+            lb = self.link_boards[link]
+            lines.append(f"{link} ansible_host={lb['host']} ansible_port={lb['port']} ansible_user={lb['user']} "
+                         f"ansible_ssh_private_key_file={lb['key']} board_home={self.sandbox_rows[name]['home']}")
+        lines += ["", "[boards:vars]", f"ansible_ssh_common_args='{common}'", ""]
+        (d / "hosts.ini").write_text("\n".join(lines))
+        (d / "push.yml").write_text(
+            "- hosts: boards\n"
+            "  gather_facts: false\n"
+            "  tasks:\n"
+            "    - name: release\n"
+            "      ansible.posix.synchronize:\n"
+            f"        src: {self.tree}/\n"
+            "        dest: \"{{ board_home }}/bench/{{ dest }}/\"\n"
+            "        verify_host: true\n"
+            "        use_ssh_args: true\n"
+        )
+        self.ansible_dir = d
+
+    def write_pyinfra(self) -> None:
+        d = self.root / "pyinfra"
+        d.mkdir(exist_ok=True)
+        hosts = []
+        for name, link in zip(self.names, self.links, strict=True):
+            lb = self.link_boards[link]
+            hosts.append((link, {
+                "ssh_hostname": lb["host"], "ssh_port": lb["port"], "ssh_user": lb["user"], "ssh_key": lb["key"],
+                "ssh_known_hosts_file": str(self.known_hosts), "ssh_strict_host_key_checking": "yes",
+                "board_home": self.sandbox_rows[name]["home"],
+            }))
+        (d / "inventory.py").write_text(f"boards = {hosts!r}\n")
+        (d / "push.py").write_text(
+            "import os\n"
+            "from pyinfra import host\n"
+            "from pyinfra.operations import files\n\n"
+            f"files.sync(name='release', src={str(self.tree)!r},\n"
+            "           dest=host.data.board_home + '/bench/' + os.environ['BENCH_DEST'])\n"
+        )
+        self.pyinfra_dir = d
+
+    # ------------------------------------------------------------ methods
+
+    def run_single(self, i: int) -> None:
+        app = f"s{i}"
+        self.use("links", app)
+        rows = self.deploy("single_first_s", "push", self.links[0], "--no-health-check", "--json")
+        assert rows[0]["ok"] and rows[0]["payload_bytes"] > 0, rows
+        self.record("single_first_payload_bytes", rows[0]["payload_bytes"])
+        os.sync()
+        rows = self.deploy("single_redeploy_s", "push", self.links[0], "--no-health-check", "--json")
+        assert rows[0]["ok"] and rows[0]["payload_bytes"] == 0, rows
+        self.forget(f"HIAI_PROJECTS/{app}", self.names[:1])
+
+    def run_fleet(self, i: int) -> None:
+        app = f"f{i}"
+        self.use("links", app)
+        rows = self.deploy("fleet_first_s", "push", "all", "--no-health-check", "--json")
+        assert len(rows) == self.n and all(r["ok"] for r in rows), rows
+        self.record("fleet_first_payload_bytes", sum(r["payload_bytes"] for r in rows))
+        os.sync()
+        rows = self.deploy("fleet_redeploy_s", "push", "all", "--no-health-check", "--json")
+        assert all(r["ok"] and r["payload_bytes"] == 0 for r in rows), rows
+        self.record("fleet_redeploy_payload_bytes", sum(r["payload_bytes"] for r in rows))
+        if self.health:
+            rows = self.deploy("fleet_redeploy_checked_s", "push", "all", "--json")
+            assert all(r["ok"] and r["payload_bytes"] == 0 for r in rows), rows
+            self.facts.setdefault("health_rows", rows[0].get("health"))
+            statuses = [(r.get("health") or {}).get("status") for r in rows]
+            if any(s != "passed" for s in statuses):
+                raise CommandFailed(f"health check did not pass on every board: {statuses}")
+            for r in rows:
+                secs = (r.get("health") or {}).get("seconds")
+                if secs is not None:
+                    self.record("health_board_s", secs)
+        self.forget(f"HIAI_PROJECTS/{app}")
+
+    def run_ansible(self, i: int) -> None:
+        dest = f"ansible{i}"
+        argv = [str(self.tools["ansible"]), "push.yml", "-e", f"dest={dest}"]
+        env = {**os.environ, "ANSIBLE_CONFIG": str(self.ansible_dir / "ansible.cfg"),
+               "ANSIBLE_HOME": str(self.ansible_dir / "home"), "ANSIBLE_NOCOLOR": "1"}
+        r = self.timed("ansible_first_s", argv, cwd=self.ansible_dir, env=env)
+        self.facts.setdefault("ansible_recap_first", r.stdout.strip().splitlines()[-self.n:])
+        os.sync()
+        r = self.timed("ansible_redeploy_s", argv, cwd=self.ansible_dir, env=env)
+        self.facts.setdefault("ansible_recap_redeploy", r.stdout.strip().splitlines()[-self.n:])
+        self.forget(f"bench/{dest}")
+
+    def run_pyinfra(self, i: int) -> None:
+        dest = f"pyinfra{i}"
+        argv = [str(self.tools["pyinfra"]), "-y", "--parallel", "8", "inventory.py", "push.py"]
+        env = {**os.environ, "BENCH_DEST": dest, "PYINFRA_PROGRESS": "off", "TERM": "dumb"}
+        r = self.timed("pyinfra_first_s", argv, cwd=self.pyinfra_dir, env=env)
+        self.facts.setdefault("pyinfra_out_first", r.stdout.strip().splitlines()[-12:])
+        os.sync()
+        r = self.timed("pyinfra_redeploy_s", argv, cwd=self.pyinfra_dir, env=env)
+        self.facts.setdefault("pyinfra_out_redeploy", r.stdout.strip().splitlines()[-12:])
+        self.forget(f"bench/{dest}")
+
+    def check_trees(self) -> None:
+        """Once: what Ansible and pyinfra left on a board is the staged tree, byte for byte (and modes)."""
+        for tool in self.tools:
+            dest = f"check-{tool}"
+            if tool == "ansible":
+                env = {**os.environ, "ANSIBLE_CONFIG": str(self.ansible_dir / "ansible.cfg"),
+                       "ANSIBLE_HOME": str(self.ansible_dir / "home"), "ANSIBLE_NOCOLOR": "1"}
+                argv = [str(self.tools["ansible"]), "push.yml", "-e", f"dest={dest}", "--limit", self.links[0]]
+                cwd = self.ansible_dir
+            else:
+                env = {**os.environ, "BENCH_DEST": dest}
+                argv = [str(self.tools["pyinfra"]), "-y", "--limit", self.links[0], "inventory.py", "push.py"]
+                cwd = self.pyinfra_dir
+            r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CommandFailed(f"{tool}: {shlex.join(argv)} exited {r.returncode}\nstdout: {r.stdout[-3000:]}\n"
+                                    f"stderr: {r.stderr[-3000:]}")
+            there = Path(self.sandbox_rows[self.names[0]]["home"]) / "bench" / dest
+            diff = compare_trees(self.tree, there)
+            self.facts[f"{tool}_tree_matches"] = diff or "identical (paths, bytes, modes)"
+            if diff:
+                log(f"warning: {tool}'s copy differs from the staged tree: {diff}")
+            self.forget(f"bench/{dest}", self.names[:1])
+
+    def rounds(self) -> None:
+        methods = ["single", "fleet", *self.tools]
+        run = {"single": self.run_single, "fleet": self.run_fleet, "ansible": self.run_ansible,
+               "pyinfra": self.run_pyinfra}
+        for i in range(self.repeat):
+            k = i % len(methods)
+            for m in methods[k:] + methods[:k]:  # rotated so drift favours no method
+                run[m](i)
+            last = {key: v[-1] for key, v in self.samples.items() if key.endswith("_s")}
+            log(f"round {i + 1}/{self.repeat}: " + ", ".join(f"{key.removesuffix('_s')} {v:.2f}" for key, v in last.items())
+                + f" s (load {os.getloadavg()[0]:.2f})")
+
+    # ------------------------------------------------------------ report
+
+    def best_diag(self, key: str) -> dict | None:
+        """The diagnostics of the best (fastest) sample of ``key``."""
+        if not self.diag.get(key):
+            return None
+        return min(self.diag[key], key=lambda d: d["s"])
+
+    def result(self) -> dict:
+        b = self.best
+        r: dict = {
+            "boards": self.n,
+            "link": {
+                "per_board": "one relay process per board (deploy.testing.relay); all of a board's connections "
+                             "share its link",
+                "mbit_up": self.mbit, "mbit_down": self.mbit_down, "rtt_ms": self.rtt_ms,
+                "buffer_ms": self.buffer_ms,
+                "seconds_to_carry_release": self.facts["release"]["bytes"] * 8 / (self.mbit * 1e6),
+            },
+            "release": self.facts["release"],
+            "single_first_s": b("single_first_s"),
+            "single_redeploy_s": b("single_redeploy_s"),
+            "fleet_first_s": b("fleet_first_s"),
+            "fleet_redeploy_s": b("fleet_redeploy_s"),
+        }
+        r["fleet_over_single"] = r["fleet_first_s"] / r["single_first_s"]
+        r["fleet_redeploy_over_single"] = r["fleet_redeploy_s"] / r["single_redeploy_s"]
+        if self.health:
+            r["fleet_redeploy_checked_s"] = b("fleet_redeploy_checked_s")
+            r["health_check_s"] = b("fleet_redeploy_checked_s") - b("fleet_redeploy_s")
+            r["health_check_board_s"] = sorted(self.samples.get("health_board_s", []))[
+                len(self.samples.get("health_board_s", [])) // 2] if self.samples.get("health_board_s") else None
+        else:
+            r["health_check_s"] = None
+        for tool in ("ansible", "pyinfra"):
+            if tool in self.tools:
+                r[f"{tool}_first_s"] = b(f"{tool}_first_s")
+                r[f"{tool}_redeploy_s"] = b(f"{tool}_redeploy_s")
+                r[f"first_over_{tool}"] = r["fleet_first_s"] / r[f"{tool}_first_s"]
+                r[f"redeploy_over_{tool}"] = r["fleet_redeploy_s"] / r[f"{tool}_redeploy_s"]
+            else:
+                for k in (f"{tool}_first_s", f"{tool}_redeploy_s", f"first_over_{tool}", f"redeploy_over_{tool}"):
+                    r[k] = None
+        r["payload_bytes"] = {
+            "single_first": int(max(self.samples["single_first_payload_bytes"])),
+            "fleet_first": int(max(self.samples["fleet_first_payload_bytes"])),
+            "fleet_redeploy": int(max(self.samples["fleet_redeploy_payload_bytes"])),
+        }
+        r["wire_bytes"] = {}
+        r["cpu"] = {}
+        r["link_use"] = {}
+        rate = self.mbit * 1e6 / 8
+        for key in self.samples:
+            d = self.best_diag(key)
+            if d is None:
+                continue
+            name = key.removesuffix("_s")
+            r["wire_bytes"][name] = {"up": d["wire_up"], "down": d["wire_down"]}
+            r["cpu"][name] = {"machine_busy": d["busy"], "relays_cpu_s": d["relay_cpu_s"]}
+            if name.endswith("_first"):
+                boards = 1 if name.startswith("single") else self.n
+                r["link_use"][name] = d["wire_up"] / boards / (d["s"] * rate)
+        r["targets"] = {}
+        r["misses"] = {}
+        for name, (key, limit) in TARGETS.items():
+            if r.get(key) is None:
+                r["targets"][name] = None
+                continue
+            ok = r[key] <= limit
+            r["targets"][name] = ok
+            if not ok:
+                r["misses"][name] = self.reason(key, r)
+        r["tools"] = self.tool_settings()
+        r["versions"] = {k: self.facts[k] for k in ("ansible", "ansible_package", "ansible_posix", "pyinfra",
+                                                    "pyinfra_paramiko", "rsync", "openssh") if k in self.facts}
+        r["versions"]["python"] = platform.python_version()
+        r["versions"]["paramiko"] = __import__("paramiko").__version__
+        r["checks"] = {k: self.facts[k] for k in ("ansible_tree_matches", "pyinfra_tree_matches") if k in self.facts}
+        r["skipped"] = self.facts["skipped"]
+        r["statistic"] = (f"wall times: best of {self.repeat} rounds, methods interleaved (order rotated per round); "
+                          "wire_bytes, cpu: of the best run; ratios within this run")
+        r["samples"] = {k: [round(x, 4) for x in v] for k, v in self.samples.items() if k.endswith("_s")}
+        return r
+
+    def reason(self, key: str, r: dict) -> str:
+        """A measured account of a missed target: CPU, link and bytes of the two runs compared."""
+        ours = "fleet_first" if key in ("fleet_over_single", "first_over_ansible", "first_over_pyinfra") else "fleet_redeploy"
+        other = {"fleet_over_single": "single_first"}.get(key) or (
+            f"{key.split('_over_')[1]}_{'first' if key.startswith('first') else 'redeploy'}")
+        parts = []
+        for name in (ours, other):
+            d = self.best_diag(name + "_s")
+            if d:
+                parts.append(f"{name} {d['s']:.2f} s: machine {d['busy'] * 100:.0f}% busy, relays {d['relay_cpu_s']:.1f} "
+                             f"CPU-s, {(d['wire_up'] + d['wire_down']) / 1e6:.1f} MB on the wires"
+                             + (f", link use {r['link_use'][name] * 100:.0f}%" if name in r["link_use"] else ""))
+        return "; ".join(parts)
+
+    def tool_settings(self) -> dict:
+        out = {
+            "deploy": {
+                "first": "python -m deploy push all --no-health-check --json (forks 8): the release into "
+                         "HIAI_PROJECTS/<app>/releases/<id>/ with current switched, a fresh app name per round",
+                "single": "python -m deploy push link1 --no-health-check --json",
+                "redeploy": "the same command again, nothing changed (0 payload bytes)",
+                "health_check": "python -m deploy push all --json right after the no-change redeploy: checks the "
+                                "unchecked current release on every board, sends nothing",
+                "transferred": "the objects of the release the board lacks (all on a first push) as one tar stream "
+                               "per board over paramiko, AES-GCM; no compression",
+            },
+        }
+        if "ansible" in self.tools:
+            out["ansible"] = {
+                "command": "ansible-playbook push.yml -e dest=ansible<round> (ANSIBLE_CONFIG: forks = 8, "
+                           f"host_key_checking = True, [ssh_connection] ssh_args = {ANSIBLE_SSH_ARGS})",
+                "task": "ansible.posix.synchronize src=<staged release>/ dest=<board home>/bench/ansible<round>/ "
+                        "verify_host=true use_ssh_args=true (other options default: archive, compress, "
+                        "delay_updates); gather_facts: false",
+                "host_keys": "ansible_ssh_common_args: -o UserKnownHostsFile=.deploy/known_hosts "
+                             "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes; the sandbox client key",
+                "transferred": "rsync -a --compress --delay-updates of the staged release tree (every file of what "
+                               "our push ships) into a fresh directory; redeploy: the same rsync again (quick check: "
+                               "size + mtime, nothing sent)",
+            }
+        if "pyinfra" in self.tools:
+            out["pyinfra"] = {
+                "command": "pyinfra -y --parallel 8 inventory.py push.py",
+                "task": "files.sync(src=<staged release>, dest=<board home>/bench/pyinfra<round>) with defaults",
+                "host_keys": "host data ssh_known_hosts_file=.deploy/known_hosts, ssh_strict_host_key_checking=yes, "
+                             "ssh_key=the sandbox client key",
+                "transferred": "per file: a remote stat (and sha1sum when present), then an SFTP put and chmod when "
+                               "missing or different; directories created with mkdir; redeploy: every file's sha1 "
+                               "compared, nothing put",
+            }
+        return out
+
+    # ------------------------------------------------------------ teardown
+
+    def teardown(self) -> bool:
+        for relay in self.relays:
+            relay.stop()  # the relay process this benchmark started, by its own handle (PID)
+        self.relays = []
+        ok = True
+        try:
+            self.use("sandbox", "fleet")
+            ok = self.project.down(timeout=15)
+        except CommandFailed as exc:
+            log(f"warning: {exc}")
+            ok = False
+        if not ok:
+            log(f"warning: sandbox sshd still running; project kept at {self.root} "
+                f"(stop it with: deploy -i {self.project.inventory} sandbox down --purge)")
+        return ok
+
+
+def compare_trees(a: Path, b: Path) -> str:
+    """'' when ``b`` has exactly ``a``'s files with the same bytes and permission bits; else the first difference."""
+    def listing(root: Path) -> dict[str, Path]:
+        return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
+
+    la, lb = listing(a), listing(b)
+    if set(la) != set(lb):
+        only_a, only_b = sorted(set(la) - set(lb)), sorted(set(lb) - set(la))
+        return f"{len(only_a)} files missing (e.g. {only_a[:2]}), {len(only_b)} extra (e.g. {only_b[:2]})"
+    for rel, p in la.items():
+        q = lb[rel]
+        if p.stat().st_mode & 0o7777 != q.stat().st_mode & 0o7777:
+            return f"{rel}: mode {oct(p.stat().st_mode & 0o7777)} vs {oct(q.stat().st_mode & 0o7777)}"
+        if p.stat().st_size != q.stat().st_size or p.read_bytes() != q.read_bytes():
+            return f"{rel}: content differs"
+    return ""
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def table(r: dict) -> str:
+    def f(v):
+        return f"{v:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"
+
+    ln = r["link"]
+    lines = [f"{r['boards']} boards, each behind its own link: {ln['mbit_up']:g}/{ln['mbit_down']:g} Mbit/s, "
+             f"RTT {ln['rtt_ms']:g} ms; release {r['release']['files']} files, {r['release']['bytes'] / 1e6:.1f} MB "
+             f"({ln['seconds_to_carry_release']:.1f} s on one link)",
+             f"{'':24} {'first':>8} {'redeploy':>8}",
+             f"{'deploy, 1 board':24} {f(r['single_first_s'])} {f(r['single_redeploy_s'])}",
+             f"{'deploy, all boards':24} {f(r['fleet_first_s'])} {f(r['fleet_redeploy_s'])}",
+             f"{'ansible synchronize':24} {f(r['ansible_first_s'])} {f(r['ansible_redeploy_s'])}",
+             f"{'pyinfra files.sync':24} {f(r['pyinfra_first_s'])} {f(r['pyinfra_redeploy_s'])}"]
+    lines.append(f"health check (fleet): {f(r['health_check_s']).strip()} s")
+    for k in ("fleet_over_single", "first_over_ansible", "redeploy_over_ansible", "first_over_pyinfra",
+              "redeploy_over_pyinfra"):
+        lines.append(f"  {k} = {f(r[k]).strip()}")
+    for name, ok in r["targets"].items():
+        lines.append(f"  {'PASS' if ok else ('SKIP' if ok is None else 'FAIL')}  {name}"
+                     + (f": {r['misses'][name]}" if name in r["misses"] else ""))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; every figure is the best of them (default 3)")
+    ap.add_argument("--boards", type=int, default=8, help="sandbox boards (default 8)")
+    ap.add_argument("--mbit", type=float, default=100.0, help="each board's link, megabits per second each way (default 100)")
+    ap.add_argument("--mbit-down", type=float, default=None, help="board-to-host rate if not --mbit")
+    ap.add_argument("--rtt-ms", type=float, default=2.0, help="each board's link round-trip time (default 2)")
+    ap.add_argument("--buffer-ms", type=float, default=50.0, help="link time a relay buffers per connection (default 50)")
+    ap.add_argument("--tools", default="ansible,pyinfra", help="comparison tools, comma-separated ('' for none)")
+    ap.add_argument("--no-install", action="store_true", help="skip a missing tool instead of pip-installing it")
+    ap.add_argument("--no-health-check-figure", action="store_true", help="do not measure health_check_s")
+    ap.add_argument("--tiny", action="store_true", help="a tiny release (one photo, a three-file site/; no health_check_s): for tests")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the throwaway project (the boards are stopped anyway)")
+    args = ap.parse_args()
+    if not demo_built(DEMO):
+        log("building the demo model and photos once (deploy model demo)")
+        build_demo(DEMO)
+    for tool in ("ssh", "rsync"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: Ansible's synchronize needs OpenSSH's ssh and rsync")
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    root = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    bench = Fleet(root, args)
+    try:
+        bench.setup()
+        bench.check_trees()
+        bench.rounds()
+        result = bench.result()
+    finally:
+        if bench.teardown() and not args.keep_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+    result["load"] = {"loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "cpus": os.cpu_count()}
+    result["wall_s"] = time.perf_counter() - t_start
+    result = _rounded(result)
+    log(f"done in {result['wall_s']:.0f} s")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
