@@ -454,6 +454,7 @@ def _write_ssh_config(inv: Inventory) -> None:
             "  IdentitiesOnly yes",
             f"  UserKnownHostsFile {sb.known_hosts}",
             "  StrictHostKeyChecking yes",
+            *_proxy_jump(inv, sb.name),
             "",
         ]
     path = ssh_config_path(inv)
@@ -461,6 +462,14 @@ def _write_ssh_config(inv: Inventory) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
+
+
+def _proxy_jump(inv: Inventory, name: str) -> list[str]:
+    """A board behind ``jump:`` (another board of this file, or ``[user@]host[:port]``) is reached the same way
+    by ``ssh -F``: OpenSSH resolves a hop named after another ``Host`` entry of the file from the file."""
+    board = inv.boards.get(name)
+    jump = board.jump if board else None
+    return [f"  ProxyJump {jump}"] if jump and jump != "none" else []
 
 
 def _seed_home(home: Path, owner: str | None) -> None:
