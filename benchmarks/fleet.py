@@ -67,6 +67,7 @@ from deploy.targets import PROFILES, abi_tag  # noqa: E402
 from deploy.testing import DEMO, SANDBOX_BOARD, CommandFailed, Project, build_demo, demo_built, ssh_argv  # noqa: E402
 from deploy.testing import relay as relay_mod  # noqa: E402
 
+STAGED_APP = "classify-staged"  # the app name in the staged tree's app.json (ours: a fresh name per round)
 TOOLS_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atlas-deploy" / "bench-tools"
 TOOL_PACKAGES = {"ansible": "ansible", "pyinfra": "pyinfra"}  # tool -> PyPI package
 TOOL_BINARY = {"ansible": "ansible-playbook", "pyinfra": "pyinfra"}
@@ -129,16 +130,18 @@ class Fleet:
         self.tools: dict[str, Path] = {}  # tool -> its binary
         self.wanted_tools = [t for t in args.tools.split(",") if t.strip()] if args.tools else []
         self.install = not args.no_install
+        self.slow_s = args.slow_s
+        self.slow: dict[str, float] = {}  # tool -> seconds of its first round, when over slow_s
         self.samples: dict[str, list[float]] = {}
         self.diag: dict[str, list[dict]] = {}  # key -> per-sample {busy, relay_cpu, wire}
-        self.facts: dict = {"skipped": {}}
+        self.facts: dict = {"skipped": {}, "checks": {}}
         self.relays: list[relay_mod.RelayProcess] = []
         self.sandbox_rows: dict[str, dict] = {}
         self.names = [f"board{i + 1}" for i in range(self.n)]
         self.links = [f"link{i + 1}" for i in range(self.n)]
         env = {"CLASSIFY_MODE": "bench"}
         photos = ("coffee.jpg",) if self.tiny else None
-        self.project = Project(root, DEMO, app="fleet", photos=photos, env=env,
+        self.project = Project(root, DEMO, app=STAGED_APP, photos=photos, env=env,
                                boards={name: dict(SANDBOX_BOARD) for name in self.names})
         self.sandbox_boards = dict(self.project.boards)
         if self.tiny:
@@ -268,7 +271,7 @@ class Fleet:
     def setup(self) -> None:
         self.find_tools()
         log(f"project {self.root}: starting {self.n} sandbox boards")
-        self.use("sandbox", "fleet")
+        self.use("sandbox", STAGED_APP)
         rows = self.project.deploy_json("sandbox", "up", *self.names, timeout=600)
         self.sandbox_rows = {row["name"]: row for row in rows}
         self.link_boards = {}
@@ -282,7 +285,7 @@ class Fleet:
             subprocess.run([*ssh_argv(self.sandbox_rows[name]), "mkdir -p bench"], check=True, capture_output=True)
         self.known_hosts = Path(self.sandbox_rows[self.names[0]]["known_hosts"])
         self.key = self.link_boards[self.links[0]]["key"]
-        self.use("links", "fleet")
+        self.use("links", STAGED_APP)
         # warm what a user's machine has warm: the wheel cache, the hash cache, each board's facts
         self.project.deploy("push", "all", "--dry-run", "--json", timeout=900)
         self.stage()
@@ -376,7 +379,7 @@ class Fleet:
     # ------------------------------------------------------------ methods
 
     def run_single(self, i: int) -> None:
-        app = f"s{i}"
+        app = f"classify-single{i}"
         self.use("links", app)
         rows = self.deploy("single_first_s", "push", self.links[0], "--no-health-check", "--json")
         assert rows[0]["ok"] and rows[0]["payload_bytes"] > 0, rows
@@ -387,10 +390,13 @@ class Fleet:
         self.forget(f"HIAI_PROJECTS/{app}", self.names[:1])
 
     def run_fleet(self, i: int) -> None:
-        app = f"f{i}"
+        app = f"classify-fleet{i}"
         self.use("links", app)
         rows = self.deploy("fleet_first_s", "push", "all", "--no-health-check", "--json")
         assert len(rows) == self.n and all(r["ok"] for r in rows), rows
+        home = Path(self.sandbox_rows[self.names[0]]["home"])
+        self.check_tree("deploy", home / "HIAI_PROJECTS" / app / "releases" / rows[0]["release"], ("MANIFEST.json",),
+                        {"app.json": (json.dumps(app), json.dumps(STAGED_APP))})
         self.record("fleet_first_payload_bytes", sum(r["payload_bytes"] for r in rows))
         os.sync()
         rows = self.deploy("fleet_redeploy_s", "push", "all", "--no-health-check", "--json")
@@ -416,6 +422,7 @@ class Fleet:
                "ANSIBLE_HOME": str(self.ansible_dir / "home"), "ANSIBLE_NOCOLOR": "1"}
         r = self.timed("ansible_first_s", argv, cwd=self.ansible_dir, env=env)
         self.facts.setdefault("ansible_recap_first", r.stdout.strip().splitlines()[-self.n:])
+        self.check_tree("ansible", Path(self.sandbox_rows[self.names[0]]["home"]) / "bench" / dest)
         os.sync()
         r = self.timed("ansible_redeploy_s", argv, cwd=self.ansible_dir, env=env)
         self.facts.setdefault("ansible_recap_redeploy", r.stdout.strip().splitlines()[-self.n:])
@@ -427,34 +434,38 @@ class Fleet:
         env = {**os.environ, "BENCH_DEST": dest, "PYINFRA_PROGRESS": "off", "TERM": "dumb"}
         r = self.timed("pyinfra_first_s", argv, cwd=self.pyinfra_dir, env=env)
         self.facts.setdefault("pyinfra_out_first", r.stdout.strip().splitlines()[-12:])
+        self.check_tree("pyinfra", Path(self.sandbox_rows[self.names[0]]["home"]) / "bench" / dest)
         os.sync()
         r = self.timed("pyinfra_redeploy_s", argv, cwd=self.pyinfra_dir, env=env)
         self.facts.setdefault("pyinfra_out_redeploy", r.stdout.strip().splitlines()[-12:])
         self.forget(f"bench/{dest}")
 
-    def check_trees(self) -> None:
-        """Once: what Ansible and pyinfra left on a board is the staged tree, byte for byte (and modes)."""
-        for tool in self.tools:
-            dest = f"check-{tool}"
-            if tool == "ansible":
-                env = {**os.environ, "ANSIBLE_CONFIG": str(self.ansible_dir / "ansible.cfg"),
-                       "ANSIBLE_HOME": str(self.ansible_dir / "home"), "ANSIBLE_NOCOLOR": "1"}
-                argv = [str(self.tools["ansible"]), "push.yml", "-e", f"dest={dest}", "--limit", self.links[0]]
-                cwd = self.ansible_dir
-            else:
-                env = {**os.environ, "BENCH_DEST": dest}
-                argv = [str(self.tools["pyinfra"]), "-y", "--limit", self.links[0], "inventory.py", "push.py"]
-                cwd = self.pyinfra_dir
-            r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise CommandFailed(f"{tool}: {shlex.join(argv)} exited {r.returncode}\nstdout: {r.stdout[-3000:]}\n"
-                                    f"stderr: {r.stderr[-3000:]}")
-            there = Path(self.sandbox_rows[self.names[0]]["home"]) / "bench" / dest
-            diff = compare_trees(self.tree, there)
-            self.facts[f"{tool}_tree_matches"] = diff or "identical (paths, bytes, modes)"
-            if diff:
-                log(f"warning: {tool}'s copy differs from the staged tree: {diff}")
-            self.forget(f"bench/{dest}", self.names[:1])
+    def check_tree(self, who: str, there: Path, board_adds: tuple[str, ...] = (),
+                   renamed: dict[str, tuple[str, str]] | None = None) -> None:
+        """Once per method (round 1, untimed): what it left on board1 is the staged tree, byte for byte and mode for mode."""
+        if f"{who}_tree" in self.facts["checks"]:
+            return
+        diff = compare_trees(self.tree, there, board_adds, renamed)
+        same = "identical to the staged release (paths, bytes, modes)"
+        if renamed:
+            same += "; " + ", ".join(f"{k} but for the app name ({a} for {b}: a fresh app per round)"
+                                     for k, (a, b) in renamed.items())
+        if board_adds:
+            same += f"; plus what the board writes itself: {', '.join(board_adds)}"
+        self.facts["checks"][f"{who}_tree"] = diff or same
+        if diff:
+            log(f"warning: {who}'s copy on {self.names[0]} differs from the staged release: {diff}")
+
+    def probe(self) -> None:
+        """Once, untimed for the figures: the same fleet push straight to the boards' sshd (no relay, no link
+        limit), so the machine's CPU alone bounds it: how many MB/s this machine can push in all, against
+        what the shaped links ask for."""
+        self.use("sandbox", "probe")
+        self.project.deploy("push", "all", "--dry-run", "--json", timeout=900)  # facts for the board names
+        rows = self.deploy("probe_unshaped_fleet_first_s", "push", "all", "--no-health-check", "--json")
+        assert all(r["ok"] for r in rows), rows
+        self.forget("HIAI_PROJECTS/probe")
+        self.use("links", STAGED_APP)
 
     def rounds(self) -> None:
         methods = ["single", "fleet", *self.tools]
@@ -463,8 +474,14 @@ class Fleet:
         for i in range(self.repeat):
             k = i % len(methods)
             for m in methods[k:] + methods[:k]:  # rotated so drift favours no method
+                if m in self.slow:
+                    continue
+                t0 = time.perf_counter()
                 run[m](i)
-            last = {key: v[-1] for key, v in self.samples.items() if key.endswith("_s")}
+                if m in self.tools and time.perf_counter() - t0 > self.slow_s:
+                    self.slow[m] = time.perf_counter() - t0
+                    log(f"{m} took {self.slow[m]:.0f} s (> --slow-s {self.slow_s:g}): measured once, not repeated")
+            last = {key: v[-1] for key, v in self.samples.items() if key.endswith("_s") and not key.startswith("probe_")}
             log(f"round {i + 1}/{self.repeat}: " + ", ".join(f"{key.removesuffix('_s')} {v:.2f}" for key, v in last.items())
                 + f" s (load {os.getloadavg()[0]:.2f})")
 
@@ -511,6 +528,21 @@ class Fleet:
             else:
                 for k in (f"{tool}_first_s", f"{tool}_redeploy_s", f"first_over_{tool}", f"redeploy_over_{tool}"):
                     r[k] = None
+        if self.samples.get("probe_unshaped_fleet_first_s"):
+            t = b("probe_unshaped_fleet_first_s")
+            cap = self.facts["release"]["bytes"] * self.n / t / 1e6
+            demand = self.n * min(self.mbit, self.mbit_down) / 8
+            r["machine_limit"] = {
+                "unshaped_fleet_first_s": t,
+                "mb_s": cap,
+                "links_mb_s": demand,
+                "links_share": demand / cap,
+                "what": f"deploy push all straight to the {self.n} boards' sshd (no relay, no limit), once: the "
+                        "release bytes of all boards / wall time is what this machine's CPU can push in all; "
+                        "links_mb_s is what the shaped links can carry in all. links_share well below 1: the links, "
+                        "not the CPU, bound the fleet push",
+                "machine_busy": self.best_diag("probe_unshaped_fleet_first_s")["busy"],
+            }
         r["payload_bytes"] = {
             "single_first": int(max(self.samples["single_first_payload_bytes"])),
             "fleet_first": int(max(self.samples["fleet_first_payload_bytes"])),
@@ -522,7 +554,7 @@ class Fleet:
         rate = self.mbit * 1e6 / 8
         for key in self.samples:
             d = self.best_diag(key)
-            if d is None:
+            if d is None or key.startswith("probe_"):
                 continue
             name = key.removesuffix("_s")
             r["wire_bytes"][name] = {"up": d["wire_up"], "down": d["wire_down"]}
@@ -545,7 +577,10 @@ class Fleet:
                                                     "pyinfra_paramiko", "rsync", "openssh") if k in self.facts}
         r["versions"]["python"] = platform.python_version()
         r["versions"]["paramiko"] = __import__("paramiko").__version__
-        r["checks"] = {k: self.facts[k] for k in ("ansible_tree_matches", "pyinfra_tree_matches") if k in self.facts}
+        r["checks"] = self.facts["checks"]
+        r["runs"] = {k: len(v) for k, v in self.samples.items() if k.endswith("_s")}
+        r["measured_once"] = {t: f"its first round took {v:.0f} s (> --slow-s {self.slow_s:g}): not repeated"
+                              for t, v in self.slow.items()}
         r["skipped"] = self.facts["skipped"]
         r["statistic"] = (f"wall times: best of {self.repeat} rounds, methods interleaved (order rotated per round); "
                           "wire_bytes, cpu: of the best run; ratios within this run")
@@ -612,7 +647,7 @@ class Fleet:
         self.relays = []
         ok = True
         try:
-            self.use("sandbox", "fleet")
+            self.use("sandbox", STAGED_APP)
             ok = self.project.down(timeout=15)
         except CommandFailed as exc:
             log(f"warning: {exc}")
@@ -623,12 +658,16 @@ class Fleet:
         return ok
 
 
-def compare_trees(a: Path, b: Path) -> str:
-    """'' when ``b`` has exactly ``a``'s files with the same bytes and permission bits; else the first difference."""
+def compare_trees(a: Path, b: Path, b_adds: tuple[str, ...] = (), renamed: dict[str, tuple[str, str]] | None = None
+                  ) -> str:
+    """'' when ``b`` has exactly ``a``'s files (and ``b_adds``) with the same bytes and permission bits (in the files of
+    ``renamed``, once its text ``old`` is replaced by ``new``); else the first difference."""
     def listing(root: Path) -> dict[str, Path]:
         return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
 
     la, lb = listing(a), listing(b)
+    for extra in b_adds:
+        lb.pop(extra, None)
     if set(la) != set(lb):
         only_a, only_b = sorted(set(la) - set(lb)), sorted(set(lb) - set(la))
         return f"{len(only_a)} files missing (e.g. {only_a[:2]}), {len(only_b)} extra (e.g. {only_b[:2]})"
@@ -636,7 +675,11 @@ def compare_trees(a: Path, b: Path) -> str:
         q = lb[rel]
         if p.stat().st_mode & 0o7777 != q.stat().st_mode & 0o7777:
             return f"{rel}: mode {oct(p.stat().st_mode & 0o7777)} vs {oct(q.stat().st_mode & 0o7777)}"
-        if p.stat().st_size != q.stat().st_size or p.read_bytes() != q.read_bytes():
+        theirs = q.read_bytes()
+        if rel in (renamed or {}):
+            old, new = renamed[rel]
+            theirs = theirs.replace(old.encode(), new.encode())
+        if p.read_bytes() != theirs:
             return f"{rel}: content differs"
     return ""
 
@@ -687,6 +730,9 @@ def main() -> int:
     ap.add_argument("--no-install", action="store_true", help="skip a missing tool instead of pip-installing it")
     ap.add_argument("--no-health-check-figure", action="store_true", help="do not measure health_check_s")
     ap.add_argument("--tiny", action="store_true", help="a tiny release (one photo, a three-file site/; no health_check_s): for tests")
+    ap.add_argument("--slow-s", type=float, default=60.0,
+                    help="a comparison tool whose first round (first push + redeploy) takes longer is not repeated")
+    ap.add_argument("--no-probe", action="store_true", help="skip the unshaped fleet push (the machine's own limit)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the throwaway project (the boards are stopped anyway)")
     args = ap.parse_args()
     if not demo_built(DEMO):
@@ -701,7 +747,8 @@ def main() -> int:
     bench = Fleet(root, args)
     try:
         bench.setup()
-        bench.check_trees()
+        if not args.no_probe:
+            bench.probe()
         bench.rounds()
         result = bench.result()
     finally:

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 _CHUNK = 1 << 20  # bytes read at once without a bandwidth limit
-_PACED_CHUNK = 64 << 10  # with one: at most this, about 5 ms of the link, so pacing stays smooth
+_PACED_CHUNK = 128 << 10  # with one: at most this, and about 10 ms of the link, so pacing stays smooth
 _PACED_MIN = 4 << 10
 
 
@@ -221,7 +221,7 @@ class _Direction:
 
     def _read(self) -> None:
         rate = self.link.bytes_per_s
-        size = min(_PACED_CHUNK, max(_PACED_MIN, int(rate * 0.005))) if rate else _CHUNK
+        size = min(_PACED_CHUNK, max(_PACED_MIN, int(rate * 0.01))) if rate else _CHUNK
         while True:
             if self.limit is not None:
                 with self.ready:
