@@ -1,7 +1,7 @@
 """Fleet push: ``deploy push all`` on eight boards behind shaped links vs one board, Ansible and pyinfra, same run.
 
-    python benchmarks/fleet.py [--json] [--repeat 3] [--boards 8] [--mbit 100] [--rtt-ms 2]
-                               [--tools ansible,pyinfra] [--no-install] [--tiny] [--keep-tmp]
+    python benchmarks/fleet.py [--json] [--repeat 3] [--boards 8] [--mbit 50] [--rtt-ms 2]
+                               [--tools ansible,pyinfra] [--no-install] [--slow-s 60] [--tiny] [--keep-tmp]
 
 Starts ``--boards`` sandbox boards (real OpenSSH sshd processes on 127.0.0.1) in a throwaway project
 (``deploy sandbox up``), and in front of each one a relay of its own (``deploy.testing.relay``, one
@@ -10,6 +10,15 @@ the board, and ``--rtt-ms`` of round-trip time. Every tool reaches every board o
 relay, with the host key checked against the project's ``.deploy/known_hosts`` (the relay's port is
 recorded there as well: ``Project.relay_board``) and the sandbox client key. At the end it stops
 exactly what it started: the relays by their PIDs, the boards with ``deploy sandbox down --purge``.
+Ansible and pyinfra come from the benchmark's own venv (``~/.cache/atlas-deploy/bench-tools``, pip-installed
+there on first use unless ``--no-install``; pyinfra pins paramiko < 5, so not into this environment) or PATH.
+
+**The link.** 50 Mbit/s and 2 ms by default, so the link and not this 2-core machine's CPU bounds the
+push, as on a lab network: the run first pushes the release to all boards straight to their sshd (no
+relay, no limit) and reports what the machine can push in all (``machine_limit.mb_s``, ~107 MB/s here)
+against what the links carry in all (8 x 50 Mbit/s = 50 MB/s, ``links_share`` ~0.47). At 100 Mbit/s the
+eight links would ask for ~100 MB/s, about all the CPU can give, and the fleet figure would measure the
+CPU. The relays' own CPU is reported (``cpu.*.relays_cpu_s``).
 
 Figures (every wall time is the best of ``--repeat`` rounds; in each round every method runs once,
 the order rotated round by round so drift favours none; ratios compare figures of this one run):
@@ -18,25 +27,30 @@ the order rotated round by round so drift favours none; ratios compare figures o
                        the app (a fresh app name per round), as a subprocess; ``single_redeploy_s``
                        the same again, nothing changed.
 * ``fleet_first_s``    ``python -m deploy push all --no-health-check --json`` onto all boards at once
-                       (default ``--forks 8``); ``fleet_redeploy_s`` the same again.
+                       (default ``--forks 8``); ``fleet_redeploy_s`` the same again (0 payload bytes).
   ``fleet_over_single`` = fleet_first_s / single_first_s (target <= 1.5).
 * ``health_check_s``   the health check's own cost on the fleet: ``deploy push all --json`` right after
                        the no-change redeploy (nothing to send; the unchecked current release is checked
-                       on every board) minus ``fleet_redeploy_s``.
-* ``ansible_*_s``      ``ansible-playbook`` with one ``ansible.posix.synchronize`` task (forks 8), the
-                       staged release tree into a fresh directory per round on every board, then again
-                       unchanged (redeploy).
+                       on every board) minus ``fleet_redeploy_s``; ``health_check_board_s`` the median
+                       board's own check (its row's ``health.seconds``).
+* ``ansible_*_s``      ``ansible-playbook`` (forks 8) with one ``ansible.posix.synchronize`` task: the
+                       staged release into a fresh directory per round on every board, then the same
+                       again, unchanged (redeploy).
 * ``pyinfra_*_s``      ``pyinfra --parallel 8`` running one ``files.sync`` of the same tree, likewise.
   ``first_over_ansible`` etc. = our fleet figure / theirs (targets <= 1.0 first push, <= 0.5 redeploy).
+  A tool whose first round (first push + redeploy) takes longer than ``--slow-s`` is not repeated
+  (``measured_once``; pyinfra takes ~300 s here): ``runs`` gives the sample count of every figure.
 
 The staged tree is the release our push sends, materialised locally from the bundle's entries (the
-app code, app.json, env, the model, labels, images, health probe and the ``site/`` wheel tree): the
-same paths, bytes and modes. ``wire_bytes`` is what crossed the relays (both directions, all boards,
-SSH framing and compression included) per push, from the relays' own counters.
+app code, app.json, the model, labels, images, health probe and the ``site/`` wheel tree): the same
+paths, bytes and modes. In round 1 every method's copy on board1 is compared with it (``checks``).
+``wire_bytes`` is what crossed the relays per push (all boards, SSH framing and any compression
+included), from the relays' own counters; ``payload_bytes`` what our push counted as file content.
 
-Diagnostics for a missed target: ``cpu`` is the machine's busy share over each figure's best run (from
-/proc/stat: 1.0 = both cores busy the whole time) and the relays' own CPU seconds; ``link_use`` is how
-much of each board's link the first push used (bytes it carried / (wall time x rate)).
+Diagnostics for a missed target (``misses``): ``cpu`` is the machine's busy share over each figure's
+best run (from /proc/stat: 1.0 = both cores busy throughout; other sessions' load included) and the
+relays' CPU seconds; ``link_use`` is how much of each board's link a first push used (bytes up per board
+/ (wall time x rate)).
 
 Human-readable progress goes to stderr; ``--json`` prints one JSON object on stdout.
 """
@@ -599,6 +613,15 @@ class Fleet:
                 parts.append(f"{name} {d['s']:.2f} s: machine {d['busy'] * 100:.0f}% busy, relays {d['relay_cpu_s']:.1f} "
                              f"CPU-s, {(d['wire_up'] + d['wire_down']) / 1e6:.1f} MB on the wires"
                              + (f", link use {r['link_use'][name] * 100:.0f}%" if name in r["link_use"] else ""))
+        a, o = self.best_diag(ours + "_s"), self.best_diag(other + "_s")
+        if a and o:
+            wa, wo = a["wire_up"] + a["wire_down"], o["wire_up"] + o["wire_down"]
+            if r["link_use"].get(ours, 0) >= 0.85:
+                parts.append(f"{ours} is link-bound ({r['link_use'][ours] * 100:.0f}% of the links)")
+            elif a["busy"] >= 0.9:
+                parts.append(f"{ours} is CPU-bound (machine {a['busy'] * 100:.0f}% busy)")
+            if other != "single_first" and wo < 0.8 * wa:
+                parts.append(f"{other.split('_')[0]} put {wo / wa * 100:.0f}% of our bytes on the wire")
         return "; ".join(parts)
 
     def tool_settings(self) -> dict:
@@ -722,7 +745,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; every figure is the best of them (default 3)")
     ap.add_argument("--boards", type=int, default=8, help="sandbox boards (default 8)")
-    ap.add_argument("--mbit", type=float, default=100.0, help="each board's link, megabits per second each way (default 100)")
+    ap.add_argument("--mbit", type=float, default=50.0, help="each board's link, megabits per second each way (default 50)")
     ap.add_argument("--mbit-down", type=float, default=None, help="board-to-host rate if not --mbit")
     ap.add_argument("--rtt-ms", type=float, default=2.0, help="each board's link round-trip time (default 2)")
     ap.add_argument("--buffer-ms", type=float, default=50.0, help="link time a relay buffers per connection (default 50)")
