@@ -69,6 +69,15 @@ class Bundle:
         return [e.row() for e in self.entries]
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class HashCache:
     """sha256 digests of local files keyed by (path, size, mtime_ns); stale entries are recomputed.
 
@@ -108,11 +117,7 @@ class HashCache:
         hit = self.data.get(key)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        h = hashlib.sha256()
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
+        digest = file_sha256(file)
         with self._lock:
             self.data[key] = [st.st_size, st.st_mtime_ns, digest]
             self.dirty = True

