@@ -78,7 +78,16 @@ from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import push as push_mod  # noqa: E402
 from deploy import ssh as ssh_mod  # noqa: E402
 from deploy.targets import PROFILES, abi_tag  # noqa: E402
-from deploy.testing import DEMO, SANDBOX_BOARD, CommandFailed, Project, build_demo, demo_built, ssh_argv  # noqa: E402
+from deploy.testing import (  # noqa: E402
+    DEMO,
+    SANDBOX_BOARD,
+    CommandFailed,
+    Project,
+    build_demo,
+    demo_built,
+    rounded,
+    ssh_argv,
+)
 from deploy.testing import relay as relay_mod  # noqa: E402
 
 STAGED_APP = "classify-staged"  # the app name in the staged tree's app.json (ours: a fresh name per round)
@@ -707,16 +716,6 @@ def compare_trees(a: Path, b: Path, b_adds: tuple[str, ...] = (), renamed: dict[
     return ""
 
 
-def _rounded(obj):
-    if isinstance(obj, float):
-        return round(obj, 4)
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    return obj
-
-
 def table(r: dict) -> str:
     def f(v):
         return f"{v:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"
@@ -779,7 +778,7 @@ def main() -> int:
             shutil.rmtree(root, ignore_errors=True)
     result["load"] = {"loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "cpus": os.cpu_count()}
     result["wall_s"] = time.perf_counter() - t_start
-    result = _rounded(result)
+    result = rounded(result)
     log(f"done in {result['wall_s']:.0f} s")
     if args.json:
         print(json.dumps(result, indent=1))

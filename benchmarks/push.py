@@ -69,7 +69,7 @@ from deploy import bundle as bundle_mod  # noqa: E402
 from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import push as push_mod  # noqa: E402
 from deploy import ssh as ssh_mod  # noqa: E402
-from deploy.testing import DEMO, CommandFailed, Project, build_demo, demo_built, ssh_argv  # noqa: E402
+from deploy.testing import DEMO, CommandFailed, Project, build_demo, demo_built, rounded, ssh_argv  # noqa: E402
 from deploy.testing import relay as relay_mod  # noqa: E402
 
 BOARD = "board1"
@@ -528,7 +528,7 @@ class Bench:
         r["machine"] = self._machine()
         r["samples"] = {k: [round(x, 4) for x in v] for k, v in self.samples.items()
                         if not k.startswith(("cpu_", "phase:"))}
-        return _rounded(r)
+        return rounded(r)
 
     def _headline(self) -> dict:
         """The flat figures: first push, small files, redeploy, one change, CLI start-up, sizes."""
@@ -630,16 +630,6 @@ INCLUDED = {
     "rtt": "through a local relay (deploy.testing.relay, its own process) adding rtt_ms round-trip latency (no "
     "bandwidth limit); CLI push to an inventory board pointing at the relay, scp/rsync with -P/-p to the relay",
 }
-
-
-def _rounded(obj):
-    if isinstance(obj, float):
-        return round(obj, 4)
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    return obj
 
 
 def table(r: dict) -> str:

@@ -59,6 +59,17 @@ def top1(rec: dict) -> int:
 pid_alive = pid_running  # True while the process runs; a zombie waiting to be reaped has ended
 
 
+def rounded(obj, places: int = 4):
+    """A benchmark's result with every float rounded to ``places`` (dicts and lists walked), for its JSON."""
+    if isinstance(obj, float):
+        return round(obj, places)
+    if isinstance(obj, dict):
+        return {k: rounded(v, places) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, places) for v in obj]
+    return obj
+
+
 def wait_gone(pids, timeout: float = 10.0) -> bool:
     """Wait until none of ``pids`` runs; True when they all ended within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
