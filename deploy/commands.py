@@ -23,7 +23,11 @@ EXIT_PARTIAL = 5
 
 
 def _inv(args) -> inventory_mod.Inventory:
-    return inventory_mod.load(args.inventory)
+    """The inventory, read once per command (a command may ask for it before and inside the fan-out)."""
+    inv = getattr(args, "_inventory", None)
+    if inv is None:
+        inv = args._inventory = inventory_mod.load(args.inventory)
+    return inv
 
 
 @contextmanager

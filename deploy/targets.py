@@ -113,6 +113,11 @@ PROFILES: dict[str, Target] = {
 }
 
 
+def platforms_for(arch: str) -> tuple[str, ...]:
+    """The wheel platforms of a generic board of ``arch`` (the CPU profiles' lists)."""
+    return _X86_64 if arch == "x86_64" else _AARCH64
+
+
 def for_board(board) -> Target:
     """The profile as ``board`` runs it.
 
@@ -125,7 +130,7 @@ def for_board(board) -> Target:
     if not board.sandbox:
         return target
     if board.arch != target.arch:
-        return replace(target, python=None, arch=board.arch, platforms=_X86_64 if board.arch == "x86_64" else _AARCH64)
+        return replace(target, python=None, arch=board.arch, platforms=platforms_for(board.arch))
     return replace(target, python=None)
 
 

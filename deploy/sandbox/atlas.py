@@ -101,6 +101,8 @@ def shareable(python: Path) -> Path:
     once to /var/lib/atlas-deploy/python/ and its RUNPATH (pyenv links libpython with an
     absolute one) rewritten in place to ``$ORIGIN/../lib``, so the copy loads its own library.
     """
+    from . import _world_traversable  # the sandbox's own check (this module is imported by it)
+
     if os.geteuid() != 0 or _world_traversable(python.parent):
         return python
     prefix = python.parents[1]
@@ -125,10 +127,6 @@ def _relative_runpath(exe: Path, old: str) -> None:
     if needle not in data or len(new) > len(old):
         return  # a static build, or an unexpected layout: leave it as built
     exe.write_bytes(data.replace(needle, new + b"\0" * (len(needle) - len(new)), 1))
-
-
-def _world_traversable(path: Path) -> bool:
-    return all(not p.exists() or os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
 def interpreters(target: Target, rootfs: Path | None) -> list[tuple[str, str, str]]:
@@ -179,14 +177,14 @@ def board_path(sysroot_on_board: str) -> str:
 def install_cann(home: Path, target: Target, python: str, arch: str) -> None:
     """~/Ascend/nnrt: set_env.sh and the simulated pyACL, with ONNX Runtime for CPython ``python`` on ``arch``."""
     from .. import wheelhouse
-    from ..targets import _AARCH64, _X86_64
+    from ..targets import platforms_for
 
     nnrt = home / "Ascend" / "nnrt"
     if nnrt.exists():
         shutil.rmtree(nnrt)
     shutil.copytree(ASCEND / "runtime", nnrt / "runtime", ignore=shutil.ignore_patterns("__pycache__", ".ruff_cache",
                                                                                         "ruff.toml"))
-    cpu = replace(target, backend="onnx", arch=arch, platforms=_X86_64 if arch == "x86_64" else _AARCH64)
+    cpu = replace(target, backend="onnx", arch=arch, platforms=platforms_for(arch))
     try:
         site = wheelhouse.site_for(cpu, python)
     except Exception as exc:  # BuildError: no network and no cache
@@ -222,6 +220,6 @@ def interpreter_version(link: str, rootfs: Path | None) -> str:
 
 
 def _run(argv: list[str]) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SandboxError(f"{' '.join(argv[:3])} failed: {(r.stderr or r.stdout).strip()[:300]}")
+    from . import _run as run  # the sandbox's: a missing tool or a failure is one SandboxError line
+
+    run(argv)
