@@ -147,11 +147,15 @@ def _add_trust(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the command, and turn every ``DeployError`` into one line and its exit code."""
     args = build_parser().parse_args(argv)
-    from . import commands, ui
+    import importlib
+
+    from . import ui
     from .errors import DeployError
 
+    # ``func`` is ``NAME`` (in commands.py) or ``MODULE:NAME`` for a command family with its own module
+    module, _, name = args.func.rpartition(":")
     try:
-        return getattr(commands, args.func)(args)
+        return getattr(importlib.import_module(f".{module or 'commands'}", __package__), name)(args)
     except DeployError as exc:
         ui.error_line(str(exc))
         return exc.exit_code
