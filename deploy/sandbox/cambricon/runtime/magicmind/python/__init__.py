@@ -1,0 +1,1 @@
+"""Simulated MagicMind: the ``magicmind.python`` package level (``runtime`` is the API)."""
