@@ -31,7 +31,7 @@ def _parser():
         s = sub.add_parser(mode)
         s.add_argument("--job", help="job.json written by the host (other flags are then ignored)")
         s.add_argument("--model", help="model file (.onnx or .om)")
-        s.add_argument("--backend", choices=jobmod.BACKENDS, help="default: acl for .om, else onnx")
+        s.add_argument("--backend", choices=jobmod.BACKENDS, help="default: acl for .om, magicmind for .mm, else onnx")
         s.add_argument("--threads", type=int, default=0, help="CPU threads (0 = one per core)")
         if mode == "info":
             continue
@@ -54,11 +54,16 @@ def _parser():
     return p
 
 
+def _default_backend(model):
+    """acl for an .om, magicmind for an .mm (a MagicMind model file), else onnx."""
+    return "acl" if model.endswith(".om") else "magicmind" if model.endswith(".mm") else "onnx"
+
+
 def job_from_args(args):
     """A Job from direct flags (relative paths are taken from the current directory)."""
     if not args.model:
         raise jobmod.JobError("--model (or --job) is required")
-    backend = args.backend or ("acl" if args.model.endswith(".om") else "onnx")
+    backend = args.backend or _default_backend(args.model)
     data = {
         "run_id": getattr(args, "run_id", None) or time.strftime("%Y%m%d-%H%M%S-local"),
         "mode": args.mode,
@@ -106,7 +111,7 @@ def info(job_or_model, backend_name, threads=0):
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-    for mod in ("numpy", "PIL", "onnxruntime", "acl"):
+    for mod in ("numpy", "PIL", "onnxruntime", "acl", "magicmind"):
         try:
             m = __import__(mod)
             out[mod] = getattr(m, "__version__", "present")
@@ -154,7 +159,7 @@ def main(argv=None):
             model, backend, threads = job.path(job.model), job.backend, job.threads
         else:
             model = args.model
-            backend = args.backend or ("acl" if model and model.endswith(".om") else "onnx")
+            backend = args.backend or _default_backend(model or "")
             threads = args.threads
         sys.stdout.write(json.dumps(info(model, backend, threads), indent=2) + "\n")
         return 0

@@ -12,7 +12,7 @@ Example::
       "release": "/home/u/HIAI_PROJECTS/classify/releases/3f2a...",
       "out_dir": "/home/u/HIAI_PROJECTS/classify/runs/20261121-223000-ab12",
       "model": "models/efficientnet_lite0.onnx",
-      "backend": "onnx",                      # onnx | acl
+      "backend": "onnx",                      # onnx | acl | magicmind
       "backend_options": {"async": true, "callback_interval": 8, "buffers": 4},  # acl only (see below)
       "preprocess": {"preset": "imagenet"},   # preset name plus optional overrides (see agent.preprocess)
       "labels": "labels/imagenet_classes.txt",
@@ -32,10 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 MODES = ("run", "bench", "eval")
-BACKENDS = ("onnx", "acl")
+BACKENDS = ("onnx", "acl", "magicmind")
 # backend_options the acl backend takes: async mode (seed 000's execute_async + callbacks),
 # executions per launched callback, device buffer sets in flight, device id.
 ACL_OPTIONS = {"async": bool, "callback_interval": int, "buffers": int, "device": int}
+# the magicmind backend's: the MLU device id (mm.Device().id)
+MAGICMIND_OPTIONS = {"device": int}
+OPTIONS = {"acl": ACL_OPTIONS, "magicmind": MAGICMIND_OPTIONS}
 
 
 class JobError(ValueError):
@@ -104,12 +107,13 @@ def _check_backend_options(job):
     opts = job.backend_options
     if not isinstance(opts, dict):
         raise JobError("backend_options must be a JSON object")
-    if opts and job.backend != "acl":
-        raise JobError(f"backend_options apply to the acl backend only, not {job.backend}")
+    known = OPTIONS.get(job.backend, {})
+    if opts and not known:
+        raise JobError(f"backend_options apply to the acl and magicmind backends only, not {job.backend}")
     for key, value in opts.items():
-        kind = ACL_OPTIONS.get(key)
+        kind = known.get(key)
         if kind is None:
-            raise JobError("unknown backend option {!r} (known: {})".format(key, ", ".join(ACL_OPTIONS)))
+            raise JobError("unknown backend option {!r} (known: {})".format(key, ", ".join(known)))
         if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
             raise JobError(
                 f"backend option {key} must be a {'boolean' if kind is bool else 'non-negative integer'}"

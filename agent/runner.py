@@ -57,6 +57,8 @@ def make_backend(job, **options):
         options.setdefault("pool_size", opts.get("buffers") or None)
         options.setdefault("device_id", opts.get("device", 0))
         options.setdefault("batch", job.batch)  # the gear of a dynamic-batch model
+    elif job.backend == "magicmind":
+        options.setdefault("device_id", (job.backend_options or {}).get("device", 0))
     return get_backend(job.backend, **options)
 
 

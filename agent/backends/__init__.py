@@ -10,13 +10,13 @@ A backend is created by :func:`get_backend`, then::
     backend.close()                   # idempotent
 
 Backends import their runtime lazily, so ``import agent.backends`` works on a board that has
-only one of onnxruntime / pyACL. Python 3.7 compatible.
+only one of onnxruntime / pyACL / MagicMind. Python 3.7 compatible.
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-NAMES = ("onnx", "acl")
+NAMES = ("onnx", "acl", "magicmind")
 
 
 class BackendError(RuntimeError):
@@ -106,4 +106,8 @@ def get_backend(name, **options):
         from .acl import AclBackend
 
         return AclBackend(**options)
+    if name == "magicmind":
+        from .magicmind import MagicMindBackend
+
+        return MagicMindBackend(**options)
     raise BackendError("unknown backend {!r} (known: {})".format(name, ", ".join(NAMES)))

@@ -57,11 +57,11 @@ def _floats(text, what):
     try:
         vals = [float(x) for x in text.split(",")]
     except ValueError:
-        raise BuildError("--{} must be numbers separated by commas, not {!r}".format(what, text)) from None
+        raise BuildError(f"--{what} must be numbers separated by commas, not {text!r}") from None
     if len(vals) == 1:
         vals *= 3
     if len(vals) != 3:
-        raise BuildError("--{} needs 1 or 3 values".format(what))
+        raise BuildError(f"--{what} needs 1 or 3 values")
     return vals
 
 
@@ -75,41 +75,48 @@ def build(args):
     from onnx import TensorProto, helper, numpy_helper
 
     if args.caffe_model or args.prototxt:
-        raise BuildError("the simulated builder parses ONNX networks only (Caffe parsing is not simulated): "
-                         "export the network to ONNX and pass --onnx_model")
+        raise BuildError(
+            "the simulated builder parses ONNX networks only (Caffe parsing is not simulated): "
+            "export the network to ONNX and pass --onnx_model"
+        )
     if not args.onnx_model:
         raise BuildError("no network: pass --onnx_model")
     if args.precision not in PRECISIONS:
-        raise BuildError("precision [{}] not supported (known: {})".format(args.precision, ", ".join(PRECISIONS)))
+        raise BuildError(
+            "precision [{}] not supported (known: {})".format(args.precision, ", ".join(PRECISIONS))
+        )
     if args.precision.startswith("qint"):
-        raise BuildError("precision {} needs calibration over images (mm.Calibrator), which the simulated builder "
-                         "does not reproduce: build force_float32 or force_float16".format(args.precision))
+        raise BuildError(
+            f"precision {args.precision} needs calibration over images (mm.Calibrator), which the simulated builder "
+            "does not reproduce: build force_float32 or force_float16"
+        )
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     bad = [a for a in archs if a not in ARCHS]
     if bad or not archs:
         raise BuildError("unknown arch {} (known: {})".format(",".join(bad) or "''", ", ".join(ARCHS)))
     mutable = args.shape_mutable.lower() == "true"
     if not mutable and not 1 <= args.batch_size <= MAX_BATCH:
-        raise BuildError("--batch_size must be 1..{}".format(MAX_BATCH))
+        raise BuildError(f"--batch_size must be 1..{MAX_BATCH}")
     if (args.mean is None) != (args.std is None):
         raise BuildError("--mean and --std go together")
     try:
         model = onnx.load(args.onnx_model)
     except Exception as exc:
-        raise BuildError("cannot parse {}: {}".format(args.onnx_model, exc)) from None
+        raise BuildError(f"cannot parse {args.onnx_model}: {exc}") from None
     g = model.graph
     inits = {i.name for i in g.initializer}
     real_inputs = [i for i in g.input if i.name not in inits]
     if len(real_inputs) != 1:
-        raise BuildError("the network has {} inputs; the simulated builder takes one image input".format(len(real_inputs)))
+        raise BuildError(
+            f"the network has {len(real_inputs)} inputs; the simulated builder takes one image input"
+        )
     src = real_inputs[0]
     dims = _dims(src)
     if len(dims) != 4 or dims[1] not in (3, -1):
-        raise BuildError("input {} is {}, not an NCHW image with 3 channels".format(src.name, dims))
+        raise BuildError(f"input {src.name} is {dims}, not an NCHW image with 3 channels")
     h, w = args.input_height, args.input_width
     if (dims[2] > 0 and dims[2] != h) or (dims[3] > 0 and dims[3] != w):
-        raise BuildError("input {} is {}x{}, --input_height/--input_width say {}x{}".format(
-            src.name, dims[2], dims[3], h, w))
+        raise BuildError(f"input {src.name} is {dims[2]}x{dims[3]}, --input_height/--input_width say {h}x{w}")
     bn = None
     if args.mean is not None:
         mean, std = _floats(args.mean, "mean"), _floats(args.std, "std")
@@ -175,18 +182,23 @@ def build(args):
         "precision": args.precision,
         "shape_mutable": mutable,
         "builder_argv": sys.argv[1:],
-        "inputs": [{
-            "name": src.name, "onnx_name": src.name, "dtype": "UINT8" if bn is not None else "FLOAT",
-            "layout": "NHWC", "dims": [batch, h, w, 3],
-            "dim_range": {"min": [1, h, w, 3], "max": [MAX_BATCH, h, w, 3]} if mutable else None,
-            "insert_bn": bn,
-        }],  # fmt: skip
+        "inputs": [
+            {
+                "name": src.name,
+                "onnx_name": src.name,
+                "dtype": "UINT8" if bn is not None else "FLOAT",
+                "layout": "NHWC",
+                "dims": [batch, h, w, 3],
+                "dim_range": {"min": [1, h, w, 3], "max": [MAX_BATCH, h, w, 3]} if mutable else None,
+                "insert_bn": bn,
+            }
+        ],  # fmt: skip
         "outputs": outputs,
     }
     data = simmm.dumps(header, model.SerializeToString())
     out_dir = os.path.dirname(os.path.abspath(args.output_model))
     os.makedirs(out_dir, exist_ok=True)
-    tmp = args.output_model + ".tmp-{}".format(os.getpid())
+    tmp = args.output_model + f".tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, args.output_model)
@@ -195,14 +207,18 @@ def build(args):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    print("build model... (simulated MagicMind builder: {} for {})".format(args.precision, args.archs))
+    print(f"build model... (simulated MagicMind builder: {args.precision} for {args.archs})")
     try:
         header = build(args)
     except BuildError as exc:
-        print("ERROR {}".format(exc))
+        print(f"ERROR {exc}")
         return 1
-    print("input_dtype of this model: DataType.{}".format(header["inputs"][0]["dtype"].replace("FLOAT", "FLOAT32")))
-    print("Generate model done, model save to {}".format(args.output_model))
+    print(
+        "input_dtype of this model: DataType.{}".format(
+            header["inputs"][0]["dtype"].replace("FLOAT", "FLOAT32")
+        )
+    )
+    print(f"Generate model done, model save to {args.output_model}")
     return 0
 
 

@@ -44,7 +44,7 @@ __version__ = "1.7.0+sim"
 # ----------------------------------------------------------------------------- status
 
 
-class Code(object):
+class Code:
     """Status codes (the abseil-style set MagicMind's C++ ``magicmind::error::Code`` uses)."""
 
     OK = 0
@@ -68,7 +68,7 @@ class Code(object):
 _CODE_NAMES = {v: k for k, v in vars(Code).items() if k.isupper()}
 
 
-class Status(object):
+class Status:
     """What an action returns: ``ok()``, ``error_code()``, ``error_message()``, ``str()``."""
 
     __slots__ = ("_code", "_msg")
@@ -93,7 +93,7 @@ class Status(object):
     def __str__(self):
         if self.ok():
             return "OK"
-        return "{}: {}".format(_CODE_NAMES.get(self._code, self._code), self._msg)
+        return f"{_CODE_NAMES.get(self._code, self._code)}: {self._msg}"
 
     __repr__ = __str__
 
@@ -101,7 +101,7 @@ class Status(object):
 # ----------------------------------------------------------------------------- types
 
 
-class DataType(object):
+class DataType:
     """Tensor element types; members are instances with ``name`` (``str()`` gives ``DataType.X``)."""
 
     def __init__(self, name, numpy_name):
@@ -123,7 +123,7 @@ _BY_NAME = {name: getattr(DataType, name) for name, _ in _NUMPY}
 _BY_NAME["FLOAT"] = DataType.FLOAT32
 
 
-class Dims(object):
+class Dims:
     """A shape: ``Dims((1, 3, 224, 224))``; -1 marks a mutable axis."""
 
     def __init__(self, dims=()):
@@ -148,10 +148,10 @@ class Dims(object):
         return isinstance(other, Dims) and other._dims == self._dims
 
     def __repr__(self):
-        return "Dims({})".format(list(self._dims))
+        return f"Dims({list(self._dims)})"
 
 
-class ModelKind(object):
+class ModelKind:
     kCaffe, kOnnx, kPytorch, kTensorflow = range(4)
 
 
@@ -172,7 +172,7 @@ def _fault(name):
     for item in spec.split(","):
         parts = item.strip().split(":")
         if len(parts) >= 2 and parts[0] == name and parts[1].isdigit() and int(parts[1]) == n:
-            return Status(Code.INTERNAL, "injected fault: {} call {} failed (MM_SIM_FAIL)".format(name, n))
+            return Status(Code.INTERNAL, f"injected fault: {name} call {n} failed (MM_SIM_FAIL)")
     return None
 
 
@@ -190,7 +190,7 @@ def _arch():
 # ----------------------------------------------------------------------------- system, device, queue
 
 
-class System(object):
+class System:
     """The runtime's process-wide setup; optional, and nothing made under it dies with it."""
 
     def __init__(self):
@@ -218,7 +218,7 @@ class System(object):
         return False
 
 
-class Device(object):
+class Device:
     """An MLU by ``id``; ``active()`` binds it to the calling thread (optional)."""
 
     def __init__(self):
@@ -228,8 +228,10 @@ class Device(object):
         return isinstance(self.id, int) and 0 <= self.id < _device_count()
 
     def _invalid_status(self):
-        return Status(Code.INVALID_ARGUMENT,
-                      "device id {} does not exist ({} MLU device(s) on this host)".format(self.id, _device_count()))
+        return Status(
+            Code.INVALID_ARGUMENT,
+            f"device id {self.id} does not exist ({_device_count()} MLU device(s) on this host)",
+        )
 
     def active(self):
         fault = _fault("active")
@@ -243,7 +245,7 @@ class Device(object):
         return Queue(self)
 
 
-class Queue(object):
+class Queue:
     """A device queue: enqueued executions run in order when ``sync()`` is called."""
 
     def __init__(self, device):
@@ -271,7 +273,7 @@ class Queue(object):
 # ----------------------------------------------------------------------------- tensors
 
 
-class Tensor(object):
+class Tensor:
     """An input or output tensor: ``from_numpy``, ``to(dev)``, ``asnumpy()``, ``shape``, ``dtype``."""
 
     def __init__(self, name, dims, dtype):
@@ -305,7 +307,9 @@ class Tensor(object):
         if fault is not None:
             return fault
         if not isinstance(array, np.ndarray):
-            return Status(Code.INVALID_ARGUMENT, "from_numpy needs a numpy array, not {}".format(type(array).__name__))
+            return Status(
+                Code.INVALID_ARGUMENT, f"from_numpy needs a numpy array, not {type(array).__name__}"
+            )
         self._data = np.array(array, copy=True, order="C")  # the host copy the runtime owns
         self._on_device = False
         return Status.OK()
@@ -314,7 +318,7 @@ class Tensor(object):
         if not isinstance(device, Device) or not device._valid():
             return Status(Code.INVALID_ARGUMENT, "to(): not a valid device")
         if self._data is None:
-            return Status(Code.FAILED_PRECONDITION, "to(): tensor {} holds no data".format(self._name))
+            return Status(Code.FAILED_PRECONDITION, f"to(): tensor {self._name} holds no data")
         self._on_device = True
         return Status.OK()
 
@@ -327,12 +331,12 @@ class Tensor(object):
 # ----------------------------------------------------------------------------- model, engine, context
 
 
-class _EngineConfig(object):
+class _EngineConfig:
     def __init__(self):
         self.device_type = "MLU"
 
 
-class Model(object):
+class Model:
     """A deserialized model: description getters, ``create_i_engine``."""
 
     EngineConfig = _EngineConfig
@@ -350,15 +354,19 @@ class Model(object):
             with open(path, "rb") as f:
                 data = f.read()
         except (OSError, TypeError) as exc:
-            return Status(Code.NOT_FOUND, "cannot read model {}: {}".format(path, exc))
+            return Status(Code.NOT_FOUND, f"cannot read model {path}: {exc}")
         try:
             header, onnx_bytes = simmm.loads(data)
         except simmm.SimMmError as exc:
-            return Status(Code.DATA_LOSS, "{}: {}".format(path, exc))
+            return Status(Code.DATA_LOSS, f"{path}: {exc}")
         archs = header.get("archs") or []
         if _arch() not in archs:
-            return Status(Code.FAILED_PRECONDITION, "model {} is built for {}, this MLU is {}".format(
-                path, ",".join(archs) or "no arch", _arch()))
+            return Status(
+                Code.FAILED_PRECONDITION,
+                "model {} is built for {}, this MLU is {}".format(
+                    path, ",".join(archs) or "no arch", _arch()
+                ),
+            )
         self._header, self._onnx, self._path = header, onnx_bytes, path
         return Status.OK()
 
@@ -425,7 +433,7 @@ def _session(onnx_bytes):
     return ort.InferenceSession(onnx_bytes, sess_options=so, providers=["CPUExecutionProvider"])
 
 
-class Engine(object):
+class Engine:
     """The model loaded for the device: one ONNX Runtime session shared by its contexts."""
 
     def __init__(self, header, onnx_bytes):
@@ -436,7 +444,7 @@ class Engine(object):
         return Context(self)
 
 
-class Context(object):
+class Context:
     """An execution context: ``create_inputs()``, ``enqueue(inputs, outputs, queue)``."""
 
     def __init__(self, engine):
@@ -451,23 +459,35 @@ class Context(object):
         """(array to feed, None) or (None, Status) for input ``i``."""
         data = tensor._data if isinstance(tensor, Tensor) else None
         if data is None:
-            return None, Status(Code.INVALID_ARGUMENT, "input {} ({}) holds no data: call from_numpy first".format(
-                i, spec["name"]))
+            return None, Status(
+                Code.INVALID_ARGUMENT,
+                "input {} ({}) holds no data: call from_numpy first".format(i, spec["name"]),
+            )
         want = _BY_NAME[spec["dtype"]].numpy
         if data.dtype != np.dtype(want):
             if want == "float32" and data.dtype in (np.float64, np.float16):
                 data = data.astype(np.float32)
             else:
-                return None, Status(Code.INVALID_ARGUMENT, "input {} ({}) is {}, the array is {}".format(
-                    i, spec["name"], spec["dtype"], data.dtype))
+                return None, Status(
+                    Code.INVALID_ARGUMENT,
+                    "input {} ({}) is {}, the array is {}".format(i, spec["name"], spec["dtype"], data.dtype),
+                )
         dims = spec["dims"]
         if data.ndim != len(dims) or any(d != -1 and d != s for d, s in zip(dims, data.shape)):
-            return None, Status(Code.INVALID_ARGUMENT, "input {} ({}) shape {} does not fit the model's {}".format(
-                i, spec["name"], list(data.shape), dims))
+            return None, Status(
+                Code.INVALID_ARGUMENT,
+                "input {} ({}) shape {} does not fit the model's {}".format(
+                    i, spec["name"], list(data.shape), dims
+                ),
+            )
         rng = spec.get("dim_range")
         if rng and not all(lo <= s <= hi for lo, s, hi in zip(rng["min"], data.shape, rng["max"])):
-            return None, Status(Code.OUT_OF_RANGE, "input {} ({}) shape {} is outside the model's range {} .. {}".format(
-                i, spec["name"], list(data.shape), rng["min"], rng["max"]))
+            return None, Status(
+                Code.OUT_OF_RANGE,
+                "input {} ({}) shape {} is outside the model's range {} .. {}".format(
+                    i, spec["name"], list(data.shape), rng["min"], rng["max"]
+                ),
+            )
         return data, None
 
     def enqueue(self, inputs, outputs, queue):
@@ -477,9 +497,11 @@ class Context(object):
         if not isinstance(queue, Queue):
             return Status(Code.INVALID_ARGUMENT, "enqueue needs a queue from Device.create_queue()")
         if not isinstance(outputs, list):
-            return Status(Code.INVALID_ARGUMENT, "enqueue fills a list of outputs; got {}".format(type(outputs).__name__))
+            return Status(
+                Code.INVALID_ARGUMENT, f"enqueue fills a list of outputs; got {type(outputs).__name__}"
+            )
         if len(inputs) != len(self._in):
-            return Status(Code.INVALID_ARGUMENT, "the model has {} input(s), got {}".format(len(self._in), len(inputs)))
+            return Status(Code.INVALID_ARGUMENT, f"the model has {len(self._in)} input(s), got {len(inputs)}")
         feed = {}
         for i, (spec, tensor) in enumerate(zip(self._in, inputs)):
             data, bad = self._check(i, spec, tensor)
@@ -494,7 +516,7 @@ class Context(object):
             try:
                 values = session.run(names, feed)
             except Exception as exc:
-                return Status(Code.INTERNAL, "execution failed: {}".format(exc))
+                return Status(Code.INTERNAL, f"execution failed: {exc}")
             for tensor, value in zip(results, values):
                 tensor._data = value
             return Status.OK()

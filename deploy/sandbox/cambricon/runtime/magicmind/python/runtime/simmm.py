@@ -58,19 +58,19 @@ def read_header(data):
     """(header, offset of the graph) from the first bytes of a model; SimMmError says what is wrong."""
     data = memoryview(data)
     if len(data) < _PREFIX.size:
-        raise SimMmError("file too short for a model header ({} bytes)".format(len(data)))
+        raise SimMmError(f"file too short for a model header ({len(data)} bytes)")
     magic, version, size = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
-        raise SimMmError("not a MagicMind model built by the simulated builder (magic {!r})".format(bytes(magic)))
+        raise SimMmError(f"not a MagicMind model built by the simulated builder (magic {bytes(magic)!r})")
     if version != FORMAT_VERSION:
-        raise SimMmError("simulated model format {} is not supported (expected {})".format(version, FORMAT_VERSION))
+        raise SimMmError(f"simulated model format {version} is not supported (expected {FORMAT_VERSION})")
     end = _PREFIX.size + size
     if len(data) < end:
         raise SimMmError("truncated model: header cut off")
     try:
         header = json.loads(bytes(data[_PREFIX.size : end]).decode("utf-8"))
     except ValueError as exc:
-        raise SimMmError("corrupt model header: {}".format(exc)) from None
+        raise SimMmError(f"corrupt model header: {exc}") from None
     if not isinstance(header, dict):
         raise SimMmError("corrupt model header: not a JSON object")
     return header, end
@@ -82,7 +82,9 @@ def loads(data):
     onnx_bytes = bytes(memoryview(data)[end:])
     if len(onnx_bytes) != header.get("onnx_size"):
         raise SimMmError(
-            "truncated model: graph is {} bytes, header says {}".format(len(onnx_bytes), header.get("onnx_size"))
+            "truncated model: graph is {} bytes, header says {}".format(
+                len(onnx_bytes), header.get("onnx_size")
+            )
         )
     if hashlib.sha256(onnx_bytes).hexdigest() != header.get("onnx_sha256"):
         raise SimMmError("corrupt model: graph checksum mismatch")
