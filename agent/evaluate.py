@@ -40,6 +40,18 @@ def load_ground_truth(path):
     return truth
 
 
+def inline_truth(entries):
+    """{image key: label int} from the job's ``eval.truth`` (the host parsed the label file)."""
+    if not isinstance(entries, dict):
+        raise EvalError("eval.truth must be an object of image name -> label")
+    truth = {}
+    for name, label in entries.items():
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise EvalError(f"eval.truth: label of {name!r} is not an integer")
+        truth[_key(name)] = label
+    return truth
+
+
 def evaluate(records, truth, classes=None, topn=TOPN):
     """Accuracy figures from result records ({"image", "ok", "topk"}) and ground truth."""
     offset = 1 if classes == 1001 else 0

@@ -20,9 +20,10 @@ Example::
       "batch": 1,
       "topk": 5,
       "labelled": true,                       # write labelled copies of the images
+      "probs": false,                         # also write probs.jsonl: each image's whole probability vector
       "threads": 0,                           # 0 = one per core
       "bench": {"loop": 100, "warmup": 5, "batch_sizes": [1]},
-      "eval": {"label_file": "val_label.txt"}
+      "eval": {"label_file": "val_label.txt"}  # or {"truth": {"NAME": LABEL, ...}}: the host's, inline
     }
 """
 
@@ -60,6 +61,7 @@ class Job:
     batch: int = 1
     topk: int = 5
     labelled: bool = True
+    probs: bool = False
     threads: int = 0
     bench: Dict[str, Any] = field(default_factory=dict)
     eval: Dict[str, Any] = field(default_factory=dict)

@@ -123,10 +123,12 @@ _END = object()
 class Sink:
     """Where results go: results.jsonl, events, progress and labelled copies."""
 
-    def __init__(self, rundir, progress=None, labelled_dir=None, writer_threads=1):
+    def __init__(self, rundir, progress=None, labelled_dir=None, writer_threads=1, probs=False):
         """writer_threads: threads that write labelled copies; 0 = write them in the thread that
-        delivers the result (the runner's choice: a streams-mode worker, or the results thread)."""
+        delivers the result (the runner's choice: a streams-mode worker, or the results thread).
+        probs: also write each image's whole probability vector (``probs.jsonl``, for verify)."""
         self.rundir = rundir
+        self.probs = probs
         self.progress = progress
         self.labelled_dir = labelled_dir
         self.ok = 0
@@ -135,8 +137,10 @@ class Sink:
         self._writer_slots = threading.BoundedSemaphore(8)
         self._lock = threading.Lock()
 
-    def result(self, item, topk, ms, preview=None):
+    def result(self, item, topk, ms, preview=None, probs=None):
         self.rundir.add_result({"image": item.id, "ok": True, "topk": topk})
+        if probs is not None:
+            self.rundir.add_probs(item.id, probs)
         self.rundir.emit("result", image=item.id, topk=topk, ms=ms)
         with self._lock:
             self.ok += 1
@@ -285,7 +289,10 @@ class Pipeline:
                 self.sink.error(item, "inference", str(err))
             return
         try:
-            rows = self.post(np.asarray(outs[0])[:n])
+            if self.sink.probs:
+                rows, probs = self.post.full(np.asarray(outs[0])[:n])
+            else:
+                rows, probs = self.post(np.asarray(outs[0])[:n]), None
             if len(rows) != n:
                 raise ValueError(f"model returned {len(rows)} rows for {n} images")
         except Exception as exc:
@@ -293,8 +300,9 @@ class Pipeline:
                 self.sink.error(item, "output", f"cannot read model output: {exc}")
             return
         per = round(infer_ms / n, 3)
-        for (item, preview, decode_ms), row in zip(slots, rows):
-            self.sink.result(item, row, {"decode": round(decode_ms, 3), "infer": per}, preview)
+        for i, ((item, preview, decode_ms), row) in enumerate(zip(slots, rows)):
+            p = probs[i] if probs is not None else None
+            self.sink.result(item, row, {"decode": round(decode_ms, 3), "infer": per}, preview, p)
 
     # --- streams mode: one worker per backend stream, no hand-offs ---------------------------
     def _infer(self, buf, slots):

@@ -93,6 +93,11 @@ class Postprocessor:
 
     def __call__(self, scores):
         """Model output (n, classes...) -> per row [[index, label, score], ...]."""
+        return self.full(scores)[0]
+
+    def full(self, scores):
+        """(top-k rows as from a call, the (n, classes) probabilities they were taken from): the
+        probabilities are what ``deploy verify`` compares with the host's fp32 reference."""
         probs = probabilities(scores)
         classes = self.classes = probs.shape[1]
         best = topk(probs, self.k)
@@ -103,7 +108,7 @@ class Postprocessor:
                 i = int(i)
                 row.append([i, self.labels.name(i, classes), round(float(probs[r, i]), 6)])
             out.append(row)
-        return out
+        return out, probs
 
 
 _font_lock = threading.Lock()

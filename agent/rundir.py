@@ -29,6 +29,7 @@ class RunDir:
         self._lock = threading.Lock()
         self._events = None
         self._results = None
+        self._probs = None
         os.makedirs(out_dir, exist_ok=True)
 
     def path(self, name):
@@ -41,10 +42,10 @@ class RunDir:
 
     def close(self):
         with self._lock:
-            for f in (self._events, self._results):
+            for f in (self._events, self._results, self._probs):
                 if f is not None:
                     f.close()
-            self._events = self._results = None
+            self._events = self._results = self._probs = None
 
     def set_status(self, status):
         assert status in STATUSES, status
@@ -111,6 +112,19 @@ class RunDir:
                 self._results = open(self.path("results.jsonl"), "ab")
             self._results.write(line)
             self._results.flush()
+
+    def add_probs(self, image, probs):
+        """One line of ``probs.jsonl``: the image's whole probability vector, 7 significant digits
+        (float32 precision: enough to see fp16 rounding, ~9 bytes a class)."""
+        values = ",".join(format(v, ".7g") for v in probs.tolist())
+        line = (
+            json.dumps({"image": image}, ensure_ascii=False)[:-1] + ',"probs":[' + values + "]}\n"
+        ).encode("utf-8")
+        with self._lock:
+            if self._probs is None:
+                self._probs = open(self.path("probs.jsonl"), "ab")
+            self._probs.write(line)
+            self._probs.flush()
 
 
 def _write_atomic(path, text):

