@@ -136,12 +136,17 @@ def cmd_verify(args) -> int:
         board_s = time.perf_counter() - t0
         host = reference.result()
         verdict = verify.compare(host, verify.load_probs(path), args.min_agreement)
-        doc = {"board": board.name, "run_id": res.run_id, "release": res.release,
-               "backend": (res.summary.get("backend") or {}), **verdict.to_json()}
+        try:  # what the board ran: the job it built from the deployed release
+            job = json.loads((path / "job.json").read_text())
+        except (OSError, ValueError):
+            job = {}
+        doc = {"board": board.name, "run_id": res.run_id, "release": res.release, "backend": job.get("backend"),
+               "model": job.get("model"), **verdict.to_json()}
         _write(path / "verify.json", json.dumps(doc, indent=2) + "\n")
         if not args.json:
             _print_verify(board.name, res.run_id, verdict)
         row = {"ok": verdict.passed, "run_id": res.run_id, "release": res.release, "path": str(path),
+               "backend": doc["backend"], "model": doc["model"],
                "board_seconds": round(board_s, 3), "host_seconds": round(host.seconds, 3),
                **{k: v for k, v in verdict.to_json().items() if k != "images"}}
         if not verdict.passed:
@@ -239,9 +244,12 @@ def _print_bench(docs: list[dict]) -> None:
             t.add_row(ui.escape(d["board"]), ui.escape(str(name)), str(r["batch"]), ui.escape(str(r.get("mode") or "-")),
                       f"{r['throughput']:.1f}", *(f"{lat.get(k, 0):.2f}" for k in ("mean", "median", "p90", "p99")))
         for u in d.get("unsupported", []):
-            t.add_row(ui.escape(d["board"]), ui.escape(str(name)), str(u["batch"]), "-",
-                      f"[yellow]not run: {ui.escape(u['reason'])}[/]", "", "", "", "")
+            t.add_row(ui.escape(d["board"]), ui.escape(str(name)), str(u["batch"]), "-", "[yellow]n/a[/]", "", "", "",
+                      "")
     ui.out().print(t)
+    for d in docs:
+        for u in d.get("unsupported", []):
+            ui.out().print(f"{ui.escape(d['board'])}: batch {u['batch']} not run: {ui.escape(u['reason'])}")
 
 
 # ---------------------------------------------------------------- eval
