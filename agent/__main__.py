@@ -7,6 +7,7 @@ direct flags, which build a Job internally, e.g.::
     python3 -m agent eval --model M.onnx --labels L.txt --images DIR --label-file val_label.txt --out OUTDIR
     python3 -m agent bench --model M.onnx --out OUTDIR --loop 100 --warmup 5 --batch-sizes 1,4
     python3 -m agent info --model M.onnx
+    python3 -m agent service --config SERVICE/config.json --release RELEASE_DIR   (see agent.service)
 
 Exit codes: 0 ok, 2 partial (some images failed), 1 failed (nothing classified, or a bad job);
 see agent.runner. Events go to stdout and OUTDIR/events.jsonl. Python 3.7 compatible.
@@ -27,6 +28,9 @@ from .backends import BackendError, get_backend, spec_dict
 def _parser():
     p = argparse.ArgumentParser(prog="python3 -m agent", description="On-board image classification agent")
     sub = p.add_subparsers(dest="mode")
+    s = sub.add_parser("service", help="classify what arrives in an inbox until stopped (see agent.service)")
+    s.add_argument("--config", required=True, help="the service's config.json")
+    s.add_argument("--release", default=os.getcwd(), help="the release to run (default: the current directory)")
     for mode in ("run", "eval", "bench", "info"):
         s = sub.add_parser(mode)
         s.add_argument("--job", help="job.json written by the host (other flags are then ignored)")
@@ -142,6 +146,10 @@ def main(argv=None):
     if not args.mode:
         _parser().print_help(sys.stderr)
         return 1
+    if args.mode == "service":
+        from . import service
+
+        return service.main(args.config, args.release)
     try:
         if args.job:
             job = jobmod.load(args.job)

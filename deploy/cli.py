@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox(sub)
     _add_release_commands(sub)
     _add_run_commands(sub)
+    _add_service(sub)
     _add_quality(sub)
     _add_model(sub)
     _add_trust(sub)
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sandbox(sub) -> None:
     sp = sub.add_parser("sandbox", help="local sandbox boards (real sshd on 127.0.0.1)")
-    sp.add_argument("action", choices=["up", "down", "status"])
+    sp.add_argument("action", choices=["up", "down", "status", "reboot"],
+                    help="reboot: a SIMULATED reboot (kill the board's processes, run its @reboot crontab lines)")
     sp.add_argument("names", nargs="*", help="sandbox boards (default: all in the inventory)")
     sp.add_argument("--purge", action="store_true", help="down: also remove the boards' homes and users")
     _common(sp, target=False)
@@ -135,6 +137,24 @@ def _add_quality(sub) -> None:
     sp.add_argument("--pull", action="store_true", help="pull the run again even if it is here")
     sp.add_argument("--open", action="store_true", help="open the report in a browser")
     sp.set_defaults(func="quality:cmd_report")
+
+
+def _add_service(sub) -> None:
+    sp = sub.add_parser("service", help="the agent as a supervised service: classify what arrives in an inbox")
+    sp.add_argument("action", choices=["start", "status", "stop", "logs"])
+    _common(sp)
+    sp.add_argument("--inbox", help="start: the folder on the board to watch (default app.service.inbox, else "
+                    "~/HIAI_PROJECTS/<app>/inbox)")
+    sp.add_argument("--method", choices=["auto", "systemd", "cron"], default="auto",
+                    help="start: how the service survives reboots (auto: a systemd user unit if it works, else cron)")
+    sp.add_argument("-f", "--follow", action="store_true", help="logs: keep printing what is appended")
+    sp.add_argument("-n", "--lines", type=int, default=50, help="logs: lines from the end (default 50)")
+    sp.set_defaults(func="service:cmd_service")
+
+    sp = sub.add_parser("collect", help="fetch the service's new results into outputs/<board>/service/")
+    _common(sp)
+    sp.add_argument("--dest", help="outputs root (default ./outputs)")
+    sp.set_defaults(func="service:cmd_collect")
 
 
 def _add_model(sub) -> None:

@@ -62,6 +62,8 @@ def cmd_sandbox(args) -> int:
             for b in boxes:
                 ui.out().print(f"[green]up[/] {b.name}: {b.user}@{b.host}:{b.port} home {b.home} (pid {b.pid})")
         return 0
+    if args.action == "reboot":
+        return _sandbox_reboot(args, inv)
     if args.action == "down":
         boxes = sandbox.down(inv, args.names or None, purge=args.purge)
         if args.json:
@@ -82,6 +84,27 @@ def cmd_sandbox(args) -> int:
     for b in boxes:
         if b.running:
             ui.out().print(f"{b.name}: {b.ssh_command}")
+    return 0
+
+
+def _sandbox_reboot(args, inv) -> int:
+    """``deploy sandbox reboot``: SIMULATED (sandbox/cron.py): the board's processes killed, @reboot lines run."""
+    from . import sandbox
+    from .errors import SandboxError
+    from .sandbox import cron
+
+    done = []
+    for board in sandbox.boards(inv, args.names or None):
+        sb = sandbox.load(inv, board.name)
+        if sb is None or not sb.running:
+            raise SandboxError(f"{board.name}: sandbox board is not up (deploy sandbox up {board.name})")
+        done.append(cron.reboot(sb))
+    if args.json:
+        _emit_json([r.to_json() for r in done])
+    else:
+        for r in done:
+            ui.out().print(f"[yellow]rebooted (simulated)[/] {r.board}: killed {len(r.killed)} process(es), "
+                           f"ran {len(r.started)} @reboot entr{'y' if len(r.started) == 1 else 'ies'}")
     return 0
 
 

@@ -12,7 +12,7 @@ tools re-export theirs under their old names). Exit code 1 unless noted::
     ├── ConnectError (4)
     ├── SandboxError
     │   └── EmulationError
-    ├── BuildError, PushError, RemoteError, RunError
+    ├── BuildError, PushError, RemoteError, RunError, ServiceError
     │                └── HealthCheckFailed
     └── ModelError
         └── ConversionError
@@ -83,6 +83,10 @@ class RemoteError(DeployError):
 
 class RunError(DeployError):
     """An agent run could not be started, followed or pulled."""
+
+
+class ServiceError(DeployError):
+    """The agent's service could not be started, stopped, moved or collected from (``deploy service``, ``collect``)."""
 
 
 class EmulationError(SandboxError):

@@ -31,6 +31,32 @@ PRESETS = ("imagenet", "caffe", "cifar", "raw-u8")
 
 
 @dataclass(frozen=True)
+class Service:
+    """``app.service``: how ``deploy service start`` runs the agent as a service (see agent/service.py)."""
+
+    inbox: str = ""  # on the board; "" = ~/HIAI_PROJECTS/<app>/inbox
+    policy: str = "move"  # what happens to a classified image: keep | move (to <inbox>/done/) | delete
+    max_disk: int = 1 << 30  # bytes the service may use: journal, logs, done/
+    settle: float = 2.0  # seconds a file written in place (not renamed in) must keep its size
+    rotate: int = 16 << 20  # journal segment size
+    log_max: int = 4 << 20  # agent.log size before it is rotated
+
+
+SERVICE_POLICIES = ("keep", "move", "delete")
+SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str | int) -> int | None:
+    """``500MB``, ``2GiB``, ``1.5G``, ``4096`` as bytes (K/M/G/T are powers of 1024); None if unreadable."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = SIZE_RE.match(str(text))
+    if not m:
+        return None
+    return int(float(m[1]) * 1024 ** " KMGT".index((m[2] or " ").upper()))
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     models: dict[str, Path]  # backend file kind ("onnx" | "om") -> local path
@@ -44,6 +70,7 @@ class App:
     backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device
     probe: Path | None = None  # app.health.probe: the health check's image (None: chosen from app.images)
     health_timeout: int = 60  # app.health.timeout: seconds the board's agent may take for the check
+    service: Service = field(default_factory=Service)  # app.service
 
 
 @dataclass(frozen=True)
@@ -337,7 +364,7 @@ def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dic
 
 
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
-             "backend_options", "health"}
+             "backend_options", "health", "service"}
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
                 "device": (int, (0, 63))}
@@ -401,7 +428,38 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
         env=env,
         backend_options=_backend_options(doc, m["backend_options"][1]) if "backend_options" in m else {},
         **(_health(doc, m["health"][1], base) if "health" in m else {}),
+        **({"service": _service(doc, m["service"][1])} if "service" in m else {}),
     )
+
+
+def _service(doc: _Doc, node: yaml.Node) -> Service:
+    """app.service: ``{inbox: ~/in, policy: move, max_disk: 2GB, settle: 2, rotate: 16MB, log_max: 4MB}``."""
+    sm = doc.mapping(node, "app.service")
+    doc.check_keys(sm, {"inbox", "policy", "max_disk", "settle", "rotate", "log_max"}, "app.service")
+    out: dict[str, Any] = {}
+    if "inbox" in sm:
+        out["inbox"] = doc.string(sm["inbox"][1], "app.service.inbox")
+    if "policy" in sm:
+        policy = doc.string(sm["policy"][1], "app.service.policy")
+        if policy not in SERVICE_POLICIES:
+            raise doc.fail(sm["policy"][1], "app.service.policy", f"must be one of {', '.join(SERVICE_POLICIES)}, "
+                           f"not {policy!r}")
+        out["policy"] = policy
+    for key, lo in (("max_disk", 1 << 20), ("rotate", 4096), ("log_max", 4096)):
+        if key in sm:
+            vnode = sm[key][1]
+            size = parse_size(doc.scalar(vnode, f"app.service.{key}"))
+            if size is None or size < lo:
+                raise doc.fail(vnode, f"app.service.{key}", f"must be a size of at least {lo} bytes "
+                               f"(e.g. 500MB, 2GiB), not {vnode.value!r}")
+            out[key] = size
+    if "settle" in sm:
+        vnode = sm["settle"][1]
+        val = doc.scalar(vnode, "app.service.settle")
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 <= val <= 3600:
+            raise doc.fail(vnode, "app.service.settle", f"must be seconds 0-3600, not {val!r}")
+        out["settle"] = float(val)
+    return Service(**out)
 
 
 def _health(doc: _Doc, node: yaml.Node, base: Path) -> dict[str, Any]:

@@ -75,6 +75,8 @@ class PushResult:
     extra: dict = field(default_factory=dict)
     checked: bool = False  # the release was already current and had passed a health check on this board
     health: health_mod.HealthResult | None = None
+    service_enabled: bool = False  # the board has a service of this app that is to run
+    service: dict | None = None  # the service moved to this release (deploy/service.py follow_push), or None
 
 
 def board_python(inv: Inventory, board: Board, conn: Connection, target: Target) -> str:
@@ -199,8 +201,16 @@ def push(
         remember_facts(inv, board, stale.facts)
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
                     health_check=health_check, on_phase=on_phase)
-    health = health_step(inv, board, conn, bundle, res, health_check, on_phase)
-    return replace(res, health=health, pruned=res.pruned + health.pruned, seconds=time.perf_counter() - t0)
+    health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
+    moved = None
+    if res.service_enabled and not res.dry_run:  # only now, after the check: the service follows a good release
+        from . import service as service_mod
+
+        if on_phase:
+            on_phase("moving the service")
+        moved = service_mod.follow_push(inv, conn, res.release)
+    return replace(res, health=health, pruned=res.pruned + health.pruned, seconds=time.perf_counter() - t0,
+                   service=moved)
 
 
 def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool,
@@ -274,6 +284,7 @@ def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_
         python=bundle.python,
         target=bundle.target.name,
         checked=done.checked,
+        service_enabled=done.service,
     )
 
 

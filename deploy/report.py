@@ -62,6 +62,7 @@ def push_json(res) -> dict:
         "target": res.target,
         "python": res.python,
         "health": res.health.to_json() if res.health is not None else None,
+        "service": getattr(res, "service", None),
     }
     if res.plan is not None:
         out["plan"] = {
@@ -119,7 +120,16 @@ def print_push(con: Console, res) -> None:
         f"target {res.target}, Python {res.python}; {res.seconds:.2f}s)"
         + (f"; pruned {', '.join(res.pruned)}" if res.pruned else "")
         + _health_note(res.health)
+        + _service_note(getattr(res, "service", None))
     )
+
+
+def _service_note(moved) -> str:
+    if not moved:
+        return ""
+    if moved.get("moved"):
+        return f"; service moved to {moved['release']}"
+    return f"; [yellow]service not moved[/] (runs {moved.get('release') or '-'}, {moved.get('supervisor')})"
 
 
 def _health_note(h) -> str:
@@ -233,6 +243,10 @@ def print_status(con: Console, board: str, info) -> None:
         f"{_size(facts.free_bytes)} free)\n  current release: {info.current or 'none'}; "
         f"releases: {len(info.releases)}; env.sh: {'yes' if info.env_sh else 'no'}; .bashrc block: {block}"
     )
+    if getattr(info, "service", None) is not None:
+        from .service import service_line
+
+        con.print("  " + escape(service_line(info.service)), soft_wrap=True)
     if info.runs:
         t = Table("run", "status", "ok", "failed", "img/s", title="last runs")
         for r in info.runs:

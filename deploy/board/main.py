@@ -24,6 +24,9 @@ HANDLERS = {
     "pull": "outputs",
     "status": "outputs",
     "health": "health",
+    "service": "service",
+    "collect": "service",
+    "logs": "service",
 }
 
 

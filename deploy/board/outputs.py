@@ -53,6 +53,12 @@ def op_pull(wire, req):
     wire.stdout.flush()
 
 
+def _service_info(base):
+    from .service import info  # only status needs it
+
+    return info(base)
+
+
 def op_status(wire, req):
     base = wire.app_dir(req.app)
     cur = current_release(base)
@@ -67,4 +73,5 @@ def op_status(wire, req):
         env_sh=os.path.isfile(os.path.join(base, "env.sh")),
         bashrc_blocks=bashrc.count(req.marker_begin or "\x00"),
         runs=[run_info(os.path.join(runs_dir(base), r)) for r in runs],
+        service=_service_info(base),
     ))

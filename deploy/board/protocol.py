@@ -186,6 +186,7 @@ class PushDone(Message):
     debris_removed: list[str] = []
     aborted: bool = False
     checked: bool = False  # the release now current has passed a health check on this board (and was not just switched to)
+    service: bool = False  # a service of this app is enabled on the board (the host moves it after the check)
 
 
 class AppRequest(Message):
@@ -245,6 +246,94 @@ class HealthReply(Message):
     seconds: float = 0.0  # the agent's wall time on the board
     current: str | None = None  # what is current afterwards
     pruned: list[str] = []
+
+
+# ---------------------------------------------------------------- the service
+
+
+class ServiceRequest(Message):
+    """``deploy service start|stop|status`` and the push's ``switch`` (the service moves to ``release``)."""
+
+    app: str = ""
+    action: str = "status"  # start | stop | status | switch
+    inbox: str = ""  # start: the folder to watch ("" = ~/HIAI_PROJECTS/<app>/inbox)
+    policy: str = "move"  # start: keep | move | delete
+    settle: float = 2.0  # start: seconds a file written in place must keep its size
+    max_disk: int = 1 << 30  # start: bytes the service may use (journal, logs, done/)
+    rotate: int = 16 << 20  # start: journal segment size
+    log_max: int = 4 << 20  # start: agent.log size before rotation
+    method: str = "auto"  # start: auto | systemd | cron
+    release: str = ""  # switch: the release to move to
+    wait: float = 30.0  # start/switch: seconds to wait for the agent to run (in the new release)
+
+
+class ServiceInfo(Message):
+    """Everything ``deploy service status`` shows; every figure is here for ``--json``."""
+
+    enabled: bool = False  # installed and not stopped
+    method: str = ""  # systemd | cron
+    supervisor: str = "absent"  # running | backoff | crash-loop | waiting | stopped | dead | absent
+    supervisor_pid: int | None = None
+    agent_pid: int | None = None
+    state: str = ""  # the agent's: running | idle | disk-full | starting | stopping | failed | "" (none yet)
+    reason: str = ""
+    release: str = ""  # the release the agent runs
+    pinned: str = ""  # the release the service is to run
+    current: str | None = None
+    since: float | None = None  # the agent's start
+    restarts: int = 0
+    crashes: int = 0  # consecutive crashes
+    last_exit: int | None = None
+    ok: int = 0
+    failed: int = 0
+    waiting: int = 0
+    ips: float = 0.0
+    last_error: str = ""
+    disk_used: int = 0
+    max_disk: int = 0
+    seq: int = 0  # the journal's last sequence number
+    acked: int = 0  # the host's last acknowledged one
+    inbox: str = ""
+    policy: str = ""
+    watch: str = ""  # inotify | poll
+    updated: float | None = None  # when the agent last wrote its figures
+    note: str = ""  # what the host should say (e.g. linger off)
+
+
+class CollectRequest(Message):
+    app: str = ""
+    after: int = 0  # the host's last sequence number: records after it are sent
+
+
+class CollectHead(Message):
+    """Precedes ``bytes`` bytes of journal lines, records ``first`` .. ``last`` (none when last < first)."""
+
+    first: int = 0
+    last: int = 0
+    bytes: int = 0
+    oldest: int = 0  # the oldest record the board still has (> after + 1: older ones were acked and removed)
+
+
+class CollectAck(Message):
+    seq: int = 0
+
+
+class CollectDone(Message):
+    acked: int = 0
+    removed: list[str] = []  # journal segments removed (every record in them acknowledged)
+
+
+class LogsRequest(Message):
+    app: str = ""
+    lines: int = 50
+    follow: bool = False
+
+
+class LogsHead(Message):
+    """Precedes the log's last lines (raw), then, with follow, what is appended until the channel closes."""
+
+    path: str = ""
+    size: int = 0
 
 
 # ---------------------------------------------------------------- runs
@@ -338,7 +427,8 @@ class StatusReply(Message):
     env_sh: bool = False
     bashrc_blocks: int = 0
     runs: list[RunInfo] = []
-    NESTED = {"facts": Facts, "releases": [ReleaseInfo], "runs": [RunInfo]}
+    service: ServiceInfo | None = None  # None: no service was ever started for the app
+    NESTED = {"facts": Facts, "releases": [ReleaseInfo], "runs": [RunInfo], "service": ServiceInfo}
 
 
 # ---------------------------------------------------------------- the operations
@@ -356,4 +446,7 @@ OPERATIONS = {
     "pull": (PullRequest, PullHead),
     "status": (StatusRequest, StatusReply),
     "health": (HealthRequest, HealthReply),
+    "service": (ServiceRequest, ServiceInfo),
+    "collect": (CollectRequest, CollectHead),
+    "logs": (LogsRequest, LogsHead),
 }

@@ -52,6 +52,14 @@ def releases_in_use(base):
                     used.add(os.path.basename(json.load(f)["release"].rstrip("/")))
             except (OSError, ValueError, KeyError):
                 pass
+    svc = os.path.join(base, "service")
+    used.add((read_text(os.path.join(svc, "release")) or "").strip())  # a service's pinned release
+    try:  # and the one its agent still runs
+        with open(os.path.join(svc, "status.json")) as f:
+            used.add(json.load(f).get("release") or "")
+    except (OSError, ValueError, AttributeError):
+        pass
+    used.discard("")
     return used
 
 
@@ -218,7 +226,14 @@ class PushSession:
             ok=True, release=self.rid, previous=self.cur, switched=switched, received_objects=len(received),
             received_bytes=sum(received.values()), linked=linked, pruned=pruned,
             bashrc_changed=bashrc_changed, debris_removed=[], checked=checked,
+            service=service_enabled(self.base),
         )
+
+
+def service_enabled(base):
+    """Whether the app has a service that is to run (started and not stopped): the host moves it after the push."""
+    svc = os.path.join(base, "service")
+    return os.path.isfile(os.path.join(svc, "config.json")) and not os.path.exists(os.path.join(svc, "stop"))
 
 
 def op_push(wire, req):

@@ -1,0 +1,319 @@
+"""``deploy service start|status|stop|logs`` and ``deploy collect``: the agent as a supervised service.
+
+The board keeps the agent running on what arrives in its inbox (``agent/service.py``), supervised
+without root (``deploy/board/supervisor.py``: a systemd user unit, else the crontab's ``@reboot``),
+and appends one record per image to a journal with contiguous sequence numbers
+(``agent/journal.py``). The host collects:
+
+``collect`` asks for the records after the last sequence number in its own
+``outputs/<board>/service/journal.jsonl``, appends exactly the bytes announced, fsyncs, and only
+then acknowledges; the board then drops the journal segments wholly acknowledged. So a collect cut
+off anywhere either left nothing (the torn tail of the local file is cut before the next append)
+or left records the board still has but the host will not ask for again: resumable, never twice.
+
+``push`` moves a running service to the release it made current once the health check passed
+(:func:`follow_push`); the agent switches between two chunks of images, never within one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .board import protocol
+from .errors import DeployError, RemoteError, ServiceError
+from .inventory import Board, Inventory
+from .remote import call, session
+from .ssh import Connection
+
+JOURNAL = "journal.jsonl"
+PIECE = 1 << 20
+
+
+def _request(inv: Inventory, action: str, **fields) -> protocol.ServiceRequest:
+    return protocol.ServiceRequest(app=inv.app.name, action=action, **fields)
+
+
+def _call(conn: Connection, req: protocol.ServiceRequest) -> protocol.ServiceInfo:
+    try:
+        return call(conn, "service", req, app=req.app)
+    except RemoteError as exc:
+        raise ServiceError(str(exc)) from None
+
+
+def start(inv: Inventory, conn: Connection, inbox: str | None = None, method: str = "auto",
+          wait: float = 60.0) -> protocol.ServiceInfo:
+    """Install and start the service (or apply a new configuration to a running one); waits until the agent
+    runs. ServiceError when it does not (the reason the board gives: model, backend, crash loop)."""
+    s = inv.app.service
+    info = _call(conn, _request(inv, "start", inbox=inbox or s.inbox, policy=s.policy, settle=s.settle,
+                                max_disk=s.max_disk, rotate=s.rotate, log_max=s.log_max, method=method, wait=wait))
+    if info.agent_pid is None or info.state not in ("running", "idle", "disk-full"):
+        why = info.last_error or info.reason or f"supervisor {info.supervisor}, agent {info.state or 'not running'}"
+        raise ServiceError(f"{conn.endpoint.name}: the service did not come up: {why} (deploy service logs)")
+    return info
+
+
+def stop(inv: Inventory, conn: Connection) -> protocol.ServiceInfo:
+    return _call(conn, _request(inv, "stop"))
+
+
+def status(inv: Inventory, conn: Connection) -> protocol.ServiceInfo:
+    return _call(conn, _request(inv, "status"))
+
+
+def follow_push(inv: Inventory, conn: Connection, release: str, wait: float = 60.0) -> dict:
+    """After a push (and its health check): move the service to ``release``; what happened, for the push's row."""
+    info = _call(conn, _request(inv, "switch", release=release, wait=wait))
+    moved = info.release == release and info.agent_pid is not None
+    return {"moved": moved, "release": info.release, "state": info.state, "supervisor": info.supervisor}
+
+
+# ---------------------------------------------------------------- collect
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    board: str
+    path: Path
+    first: int  # the first record received (records first..last), or 0 with none
+    last: int  # the host's last sequence number afterwards
+    records: int
+    bytes: int
+    seconds: float
+    acked: int
+    removed: tuple[str, ...]
+    missing: int  # records the board no longer had (acknowledged earlier, then removed): a fresh outputs/
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["removed"] = list(self.removed)
+        d["records_per_s"] = round(self.rate, 1)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def local_journal(inv: Inventory, board: Board, dest_root: Path | None = None) -> Path:
+    root = dest_root or (inv.root / "outputs")
+    return root / board.name / "service" / JOURNAL
+
+
+def last_local_seq(path: Path) -> int:
+    """The last sequence number in the host's journal copy, after cutting a torn tail (an interrupted collect)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    with open(path, "r+b") as f:
+        back = min(size, 1 << 16)
+        while True:
+            f.seek(size - back)
+            tail = f.read(back)
+            end = tail.rfind(b"\n")
+            if end < 0 and back < size:
+                back = min(size, back * 4)
+                continue
+            if end + 1 < len(tail):  # a torn line after the last complete one
+                f.truncate(size - back + end + 1)
+            if end < 0:
+                return 0
+            start = tail.rfind(b"\n", 0, end) + 1
+            if start == 0 and back < size:
+                back = min(size, back * 4)
+                continue
+            try:
+                return int(json.loads(tail[start:end])["seq"])
+            except (ValueError, KeyError, TypeError):
+                raise ServiceError(f"{path}: its last line is not a journal record; move the file away to "
+                                   "collect again from the board's oldest record") from None
+
+
+def collect(inv: Inventory, board: Board, conn: Connection, dest_root: Path | None = None,
+            on_bytes=None) -> CollectResult:
+    """Append the board's new journal records to ``outputs/<board>/service/journal.jsonl``; see the module doc."""
+    path = local_journal(inv, board, dest_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    after = last_local_seq(path)
+    t0 = time.perf_counter()
+    try:
+        with session(conn, "collect", protocol.CollectRequest(app=inv.app.name, after=after)) as c:
+            head = c.read(protocol.CollectHead)
+            got = _receive(c, path, head, after, on_bytes)
+            c.send(protocol.CollectAck(seq=head.last if got else after))
+            done = c.read(protocol.CollectDone)
+            c.close()
+    except RemoteError as exc:
+        raise ServiceError(str(exc)) from None
+    records = max(0, head.last - head.first + 1) if got else 0
+    return CollectResult(board=board.name, path=path, first=head.first if records else 0,
+                         last=head.last if records else after, records=records, bytes=head.bytes,
+                         seconds=time.perf_counter() - t0, acked=done.acked, removed=tuple(done.removed),
+                         missing=max(0, head.oldest - after - 1) if records else 0)
+
+
+def _receive(c, path: Path, head: protocol.CollectHead, after: int, on_bytes) -> bool:
+    """Read exactly ``head.bytes`` bytes, check they are records first..last, append and fsync them."""
+    if head.last < head.first or head.bytes == 0:
+        return False
+    if head.first <= after:
+        raise ServiceError(f"{c.board}: the board sent records from {head.first}, the host has up to {after}")
+    chunks, left = [], head.bytes
+    while left:
+        data = c.out.read(min(PIECE, left))
+        if not data:
+            raise ServiceError(f"{c.board}: the journal stream ended {left} bytes early; collect again to resume")
+        chunks.append(data)
+        left -= len(data)
+        if on_bytes:
+            on_bytes(len(data))
+    data = b"".join(chunks)
+    _check_records(c.board, data, head)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _check_records(board: str, data: bytes, head: protocol.CollectHead) -> None:
+    """The stream must be whole lines, one per record, starting at ``first`` and ending at ``last``
+    (sequence numbers are contiguous, so count + both ends prove it)."""
+    want = head.last - head.first + 1
+    if not data.endswith(b"\n") or data.count(b"\n") != want:
+        raise ServiceError(f"{board}: the journal stream does not hold {want} whole records; nothing was appended")
+    first_end = data.index(b"\n")
+    last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+    try:
+        a = json.loads(data[:first_end])["seq"]
+        b = json.loads(data[last_start:-1])["seq"]
+    except (ValueError, KeyError, TypeError):
+        raise ServiceError(f"{board}: the journal stream is not journal records; nothing was appended") from None
+    if (a, b) != (head.first, head.last):
+        raise ServiceError(f"{board}: the journal stream holds records {a}..{b}, not {head.first}..{head.last}")
+
+
+# ---------------------------------------------------------------- logs
+
+
+def logs(inv: Inventory, conn: Connection, lines: int = 50, follow: bool = False, out=None) -> None:
+    """Copy the agent's log to ``out`` (binary); with ``follow`` until interrupted."""
+    out = out or sys.stdout.buffer
+    try:
+        with session(conn, "logs", protocol.LogsRequest(app=inv.app.name, lines=lines, follow=follow)) as c:
+            c.read(protocol.LogsHead)
+            if follow:
+                c.chan.settimeout(None)  # a quiet service writes nothing for hours
+            while True:
+                line = c.out.readline()  # line by line, so a followed log shows each line as it comes
+                if not line:
+                    break
+                out.write(line)
+                out.flush()
+    except RemoteError as exc:
+        raise ServiceError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- rendering and commands
+
+
+def info_json(info: protocol.ServiceInfo) -> dict:
+    return info.to_json()
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "-"
+    s = max(0, time.time() - t)
+    return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
+
+
+def service_line(info: protocol.ServiceInfo | None) -> str:
+    """One line for ``deploy status`` and ``deploy service status`` (plain text, no markup)."""
+    if info is None or not info.method:
+        return "service: none"
+    if not info.enabled:
+        return f"service: stopped ({info.ok} ok, {info.failed} failed; journal {info.seq}, collected {info.acked})"
+    state = info.state or "-"
+    if info.supervisor in ("backoff", "crash-loop", "dead"):
+        state = info.supervisor
+    mb = 1 << 20
+    line = (f"service: {state} ({info.method}), release {info.release or '-'}, up {_ago(info.since)}; "
+            f"done {info.ok}, failed {info.failed}, waiting {info.waiting}, {info.ips:.1f} img/s; "
+            f"disk {info.disk_used / mb:.1f}/{info.max_disk / mb:.0f} MiB; journal {info.seq}, collected {info.acked}")
+    if info.restarts:
+        line += f"; restarts {info.restarts}"
+    if info.reason:
+        line += f"; {info.reason}"
+    if info.last_error:
+        line += f"; last error: {info.last_error}"
+    if info.note:
+        line += f"; note: {info.note}"
+    return line
+
+
+def _healthy(info: protocol.ServiceInfo) -> bool:
+    return info.enabled and info.agent_pid is not None and info.supervisor not in ("crash-loop", "dead")
+
+
+def cmd_service(args) -> int:
+    from . import ui
+    from .commands import _each_board, _exit, _inv
+
+    if args.action == "logs":
+        inv = _inv(args)
+        boards = inv.select(args.target)
+        if len(boards) != 1:
+            raise DeployError("deploy service logs takes one board")
+        from .commands import _connect
+
+        with _connect(inv, boards[0], args) as conn:
+            try:
+                logs(inv, conn, lines=args.lines, follow=args.follow)
+            except KeyboardInterrupt:
+                pass
+        return 0
+
+    def action(inv, board, conn, prog):
+        if args.action == "start":
+            info = start(inv, conn, inbox=args.inbox, method=args.method)
+        elif args.action == "stop":
+            info = stop(inv, conn)
+        else:
+            info = status(inv, conn)
+        if not args.json:
+            ui.out().print(f"[bold]{ui.escape(board.name)}[/]: {ui.escape(service_line(info))}", soft_wrap=True)
+        ok = True if args.action == "stop" else (_healthy(info) if args.action == "start" else True)
+        return {"ok": ok, "service": info_json(info)}
+
+    return _exit(_each_board(args, action))
+
+
+def cmd_collect(args) -> int:
+    from . import ui
+    from .commands import _each_board, _exit
+
+    dest = Path(args.dest) if args.dest else None
+
+    def action(inv, board, conn, prog):
+        task = prog.add_task(f"{board.name}: collecting", total=None)
+        try:
+            res = collect(inv, board, conn, dest, on_bytes=lambda n: prog.advance(task, n))
+        finally:
+            prog.remove_task(task)
+        if not args.json:
+            what = (f"records {res.first}..{res.last} ({res.records}, {res.bytes / 1e6:.1f} MB, "
+                    f"{res.rate:,.0f} records/s)" if res.records else f"nothing new (last {res.last})")
+            extra = f"; {res.missing} older records were collected before and are gone from the board" if res.missing else ""
+            ui.out().print(f"[bold]{ui.escape(board.name)}[/]: {what} -> {ui.escape(str(res.path))}{extra}", soft_wrap=True)
+        return {"ok": True, **res.to_json()}
+
+    return _exit(_each_board(args, action, view=lambda: ui.transfer_progress(False)))
