@@ -33,6 +33,7 @@ def stats(latencies_ms):
         "mean": round(sum(v) / len(v), 4),
         "median": round(percentile(v, 50), 4),
         "p90": round(percentile(v, 90), 4),
+        "p95": round(percentile(v, 95), 4),
         "p99": round(percentile(v, 99), 4),
         "count": len(v),
     }
@@ -101,6 +102,24 @@ def run_async(backend, batch, loop, warmup, on_iteration=None):
     s = stats(lat)
     ips = round(batch * len(lat) / wall, 3) if wall > 0 else 0.0
     return {"batch": batch, "loop": loop, "warmup": warmup, "latency_ms": s, "throughput": ips, "wall_ips": ips}
+
+
+def mm_run_lines(result):
+    """The summary in the shape of MagicMind's ``mm_run`` Performance Summary (seed 003's perf.sh greps
+    ``Throughput (qps):``): throughput, then the latency line with its percentiles."""
+    s = result["latency_ms"]
+    wall = result["loop"] * result["batch"] / result["throughput"] if result["throughput"] else 0.0
+    return [
+        "=================== Performance Summary (batch {})".format(result["batch"]),
+        "Total iterations:             {}".format(s["count"]),
+        f"Host wall time(s):            {wall:.5f}",
+        "Throughput (qps):             {} with total batch sizes: {} and {:.2f} iterations/second".format(
+            result["throughput"], s["count"] * result["batch"], result["throughput"] / result["batch"]
+        ),
+        "  Total Latency Summary(H2D + Compute + D2H):",
+        "  Latency(host clock, ms):    min: {min}  max: {max}  mean: {mean}  median: {median}  "
+        "percentile: (90%) {p90}  (95%) {p95}  (99%) {p99}".format(**s),
+    ]
 
 
 def summary_lines(result):

@@ -317,7 +317,7 @@ def _bench(job, rundir, backend, stop):
             break
         for r in _bench_modes(backend, b, loop, warmup, progress):
             results.append(r)
-            for line in bench.summary_lines(r):
+            for line in (bench.mm_run_lines(r) if backend.name == "magicmind" else bench.summary_lines(r)):
                 rundir.emit("log", message=line)
     elapsed = time.monotonic() - t0
     done = sum(r["loop"] for r in results)

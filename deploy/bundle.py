@@ -26,6 +26,8 @@ from . import health, wheelhouse
 from .errors import BuildError
 from .health import Probe
 from .inventory import App, Board
+from .mmfile import check_mm
+from .mmfile import is_simulated as is_simulated_mm
 from .omfile import check_om, is_simulated
 from .targets import Target
 
@@ -162,10 +164,13 @@ def model_for(app: App, target: Target, board: Board, state_dir: Path | None = N
     is given), SimulatedModelNeeded tells the caller to build it. BuildError (one line) for a missing
     model, a simulated model for a real board, or an .om that is corrupt or truncated.
     """
+    if target.refuses:
+        raise BuildError(f"board {board.name} (target {target.name}): {target.refuses}")
     kind = target.model_kind
     model = app.models.get(kind)
     onnx = app.models.get("onnx")
-    if kind == "om" and board.sandbox and not is_simulated(model) and onnx is not None and onnx.is_file():
+    simulated = {"om": is_simulated, "magicmind": is_simulated_mm}.get(kind)
+    if simulated and board.sandbox and not simulated(model) and onnx is not None and onnx.is_file():
         return _simulated_om(app, target, board, onnx, state_dir)
     if model is None:
         hint = " (convert one with `deploy model convert`)" if kind == "om" else ""
@@ -178,11 +183,15 @@ def model_for(app: App, target: Target, board: Board, state_dir: Path | None = N
         raise BuildError(f"model for board {board.name} not found: {model}{hint}")
     if kind == "om":
         check_om(model, board)
+    elif kind == "magicmind":
+        check_mm(model, board, target)
     return model
 
 
 def simulated_om_path(state_dir: Path, onnx: Path, target: Target) -> Path:
     """Where the simulated .om of ``onnx`` for ``target``'s chip is kept: ``.deploy/models/<stem>.<soc>.om``."""
+    if target.model_kind == "magicmind":  # a MagicMind model (no fixed extension; .mm here)
+        return state_dir / "models" / f"{onnx.stem}.{target.mm_arch}.mm"
     return state_dir / "models" / f"{onnx.stem}.{target.soc_version}.om"
 
 
@@ -206,7 +215,10 @@ def _simulated_om(app: App, target: Target, board: Board, onnx: Path, state_dir:
     path = simulated_om_path(state_dir, onnx, target) if state_dir is not None else None
     if path is None or not path.is_file() or _stamped_source(path) != simulated_om_source(app):
         raise SimulatedModelNeeded(board, target, onnx, path)
-    check_om(path, board)
+    if target.model_kind == "magicmind":
+        check_mm(path, board, target)
+    else:
+        check_om(path, board)
     return path
 
 
@@ -291,8 +303,15 @@ def _app_config(app: App, target: Target, python: str, model: Path) -> dict:
         "labels": f"labels/{app.labels.name}" if app.labels is not None else None,
         "images": "images" if app.images is not None else None,
         # the acl backend's options (async mode...); other backends take none
-        "backend_options": app.backend_options if target.backend == "acl" else {},
+        "backend_options": app.backend_options if target.backend == "acl" else _mm_options(app, target),
     }
+
+
+def _mm_options(app: App, target: Target) -> dict:
+    """The magicmind backend's options (the MLU device id) from app.backend_options; others take none."""
+    if target.backend != "magicmind":
+        return {}
+    return {k: v for k, v in app.backend_options.items() if k == "device"}
 
 
 def _app_data(app: App) -> list[tuple[str, Path]]:

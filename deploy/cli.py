@@ -92,7 +92,8 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("--resume", metavar="RUN_ID", help="restart a killed run; finished images are skipped")
     sp.add_argument("--attach", metavar="RUN_ID", help="follow a run that is already going")
     sp.add_argument("--mode", choices=["run", "bench", "eval"], default="run")
-    sp.add_argument("--batch", type=int)
+    sp.add_argument("--batch", type=_batches, metavar="N[,N...]",
+                    help="batch size; several (1,4,8) with --mode bench: one bench per size")
     sp.add_argument("--topk", type=int)
     sp.add_argument("-q", "--quiet", action="store_true", help="no per-image lines")
     sp.set_defaults(func="cmd_run")
@@ -157,6 +158,17 @@ def _add_service(sub) -> None:
     sp.set_defaults(func="service:cmd_collect")
 
 
+def _batches(text: str) -> list[int]:
+    """``--batch 4`` or ``--batch 1,4,8``: positive integers."""
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a batch size or a list of them: {text!r}") from None
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+    return sizes
+
+
 def _add_model(sub) -> None:
     sp = sub.add_parser("model", help="prepare models: export from torch, the demo model, atc conversion")
     sp.add_argument("action", choices=["export", "demo", "convert"])
@@ -176,6 +188,11 @@ def _add_model(sub) -> None:
                     "(imagenet, caffe, cifar) or 'app' for the inventory's app.preprocess")
     sp.add_argument("--fp16-input", action="append", help="convert: input node fed as fp16 (repeatable)")
     sp.add_argument("--output-type", default="FP32")
+    sp.add_argument("--precision", help="convert, MagicMind targets: precision mode (force_float32, force_float16, "
+                    "qint8_mixed_float16; default: the target's first)")
+    sp.add_argument("--shape-mutable", choices=["true", "false"], default="true",
+                    help="convert, MagicMind targets: mutable batch 1..64 (default), or fixed at --batch-size")
+    sp.add_argument("--batch-size", dest="mm_batch", type=int, help="convert, MagicMind targets: the batch size")
     sp.add_argument("--simulate", action="store_true", help="convert: run the simulated atc instead of the CANN "
                     "one; the .om it writes runs only on sandbox boards")
     _common(sp, target=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import inventory as inventory_mod
 from . import report, ui
-from .errors import DeployError
+from .errors import DeployError, UsageError
 
 EXIT_PARTIAL = 5
 
@@ -254,7 +254,12 @@ def cmd_run(args) -> int:
     from . import jobs
 
     images = Path(args.images).resolve() if args.images else None
-    overrides = {k: v for k, v in (("batch", args.batch), ("topk", args.topk)) if v}
+    sizes = args.batch or []
+    if len(sizes) > 1 and args.mode != "bench":
+        raise UsageError("several batch sizes (--batch 1,4,8) go with --mode bench")
+    overrides = {k: v for k, v in (("batch", sizes[0] if sizes else None), ("topk", args.topk)) if v}
+    if len(sizes) > 1:
+        overrides["bench"] = {"batch_sizes": sizes}
 
     single = len(_inv(args).select(args.target)) == 1  # per-image lines only for one board
 
@@ -409,6 +414,12 @@ def cmd_model(args) -> int:
             ui.out().print(f"exported {res.path} (max |onnx - torch| = {res.max_abs_diff:.2e})")
         return 0
     if args.action == "convert":
+        from .targets import PROFILES
+
+        if getattr(PROFILES.get(args.target), "backend", None) == "magicmind":  # a Cambricon target
+            from .models import magicmind
+
+            return magicmind.convert(args, lambda: _inv(args).app.preprocess, ui, _emit_json)
         return _convert(args)
     return 2
 

@@ -91,7 +91,9 @@ def env_sh(app: str, target: Target, env: dict[str, str]) -> str:
         f"export HIAI_APP={shlex.quote(app)}",
         f'export HIAI_APP_HOME="$HOME/HIAI_PROJECTS/{app}"',
     ]
-    if target.cann_env:
+    if target.backend == "magicmind":
+        lines += _neuware_lines(target)
+    elif target.cann_env:
         cands = " ".join(_sh_path(p) for p in target.cann_env)
         lines += [
             "# CANN runtime (pyACL, libascendcl): the first set_env.sh found wins",
@@ -108,6 +110,23 @@ def env_sh(app: str, target: Target, env: dict[str, str]) -> str:
     for key in sorted(env):
         lines.append(f"export {key}={shlex.quote(env[key])}")
     return "\n".join(lines) + "\n"
+
+
+def _neuware_lines(target: Target) -> list[str]:
+    """Cambricon Neuware as seed 003's env.sh sets it: NEUWARE_HOME (kept when the host's image already
+    sets it), its bin/ and lib64/, MM_RUN_PATH; then the first SDK env script found is sourced."""
+    cands = " ".join(
+        f'"$NEUWARE_HOME"/{shlex.quote(p[14:])}' if p.startswith("$NEUWARE_HOME/") else _sh_path(p)
+        for p in target.cann_env
+    )
+    return [
+        "# Cambricon Neuware (MagicMind runtime, cnmon, mm_run), as seed 003's env.sh sets it",
+        'export NEUWARE_HOME="${NEUWARE_HOME:-/usr/local/neuware}"',
+        'export MM_RUN_PATH="$NEUWARE_HOME/bin"',
+        'export PATH="$NEUWARE_HOME/bin${PATH:+:$PATH}"',
+        'export LD_LIBRARY_PATH="$NEUWARE_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"',
+        f'for _f in {cands}; do if [ -r "$_f" ]; then . "$_f"; break; fi; done; unset _f',
+    ]
 
 
 def _sh_path(p: str) -> str:

@@ -133,3 +133,20 @@ class AtcError(ConversionError):
     def __init__(self, message: str, tail: Sequence[str] = ()):
         super().__init__(message)
         self.tail = list(tail)
+
+
+class MagicMindSdkMissing(ConversionError):
+    """No MagicMind SDK here to build a model for a Cambricon target. Carries the build command (seed 003's
+    gen_model.py line) so the caller can print it. Exit code 3: nothing was built."""
+
+    exit_code = 3
+
+    def __init__(self, command: str):
+        super().__init__("no MagicMind SDK on this machine: the build command was not run")
+        self.command = command
+
+
+class MagicMindBuildError(ConversionError):
+    """The (simulated) MagicMind build failed or wrote nothing; the message has the builder's reason."""
+
+    exit_code = 1

@@ -31,7 +31,10 @@ class Finding:
 def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> protocol.Facts:
     """The board's facts with the app's env.sh sourced, probing ``import acl`` for acl targets
     and every interpreter candidate (so `check` can say which exist and which one runs)."""
-    probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
+    if target.backend == "magicmind":
+        probes = ["cnmon", "magicmind"]
+    else:
+        probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
     req = protocol.FactsRequest(probe=probes, pythons=list(conn.endpoint.pythons), cann_env=list(target.cann_env))
     return call(conn, "facts", req, app=inv.app.name)
 
@@ -66,6 +69,32 @@ def npu_name(npu_smi_output: str) -> str | None:
     return m.group(1) if m else None
 
 
+# MagicMind arch -> the card name cnmon shows (MLU370-X4, MLU370-S4 ...)
+_MLU_CARDS = {"mtp_372": "MLU370", "mtp_322": "CE3226", "mtp_290": "MLU290", "mtp_270": "MLU270"}
+
+
+def mlu_cards(cnmon_output: str) -> list[str]:
+    """The card names in `cnmon`'s table (``| 0     /   MLU370-X4    v1.1.6 | ...``)."""
+    return re.findall(r"^\|\s*\d+\s+\S+\s+((?:MLU|CE)\S+)\s+\S+\s+\|", cnmon_output, re.M)
+
+
+def _magicmind_findings(target: Target, facts: protocol.Facts) -> list[Finding]:
+    """import magicmind (with the Neuware env sourced) and the cards cnmon lists against the target."""
+    mm = facts.magicmind or protocol.ImportProbe()
+    detail = "; ".join(mm.detail) or "no output"
+    env = {"env.sh": "the app's env.sh", "": "no release yet and no Neuware env script found"}.get(mm.sourced, mm.sourced)
+    out = [Finding("import magicmind", mm.ok, f"with {env} sourced: {detail}" if mm.sourced else f"{env}: {detail}")]
+    if facts.cnmon is None:
+        return [*out, Finding("cnmon", False, "cnmon not on PATH: no Cambricon driver (or the container lacks "
+                                               "-v /usr/bin/cnmon:/usr/bin/cnmon)")]
+    cards = mlu_cards(facts.cnmon.output)
+    want = _MLU_CARDS.get(target.mm_arch or "", "MLU")
+    ok = facts.cnmon.ok and bool(cards) and all(c.startswith(want) for c in cards)
+    seen = ", ".join(f"{i}: {c}" for i, c in enumerate(cards)) or "no card"
+    return [*out, Finding("cnmon", ok, f"cnmon lists {seen}; target {target.name} models are built for {want} "
+                                       f"({target.mm_arch})")]
+
+
 def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Finding]:
     out = [
         Finding(
@@ -77,6 +106,8 @@ def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Findin
     out += _python_findings(board, facts)
     free = facts.free_bytes
     out.append(Finding("free disk", free >= MIN_FREE_BYTES, f"{free / 2**20:.0f} MiB free in {facts.home}"))
+    if target.backend == "magicmind":
+        out += _magicmind_findings(target, facts)
     if target.backend == "acl":
         acl = facts.acl or protocol.ImportProbe()
         detail = "; ".join(acl.detail) or "no output"

@@ -26,7 +26,7 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # a jump host: [user@]host[:port]; an IPv6 address in brackets ([fe80::1]:22)
 JUMP_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
                      r"(?P<host>\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?$")
-BACKENDS = ("onnx", "om")
+BACKENDS = ("onnx", "om", "magicmind")  # app.models kinds: ONNX, Ascend .om, a MagicMind model
 PRESETS = ("imagenet", "caffe", "cifar", "raw-u8")
 
 

@@ -25,11 +25,14 @@ class Target:
     cann_env: tuple[str, ...] = ()  # set_env.sh candidates sourced by env.sh, first found wins
     pythons: tuple[str, ...] = ("python3",)  # interpreter candidates on the board, first found wins
     description: str = ""
+    mm_arch: str | None = None  # MagicMind build arch ("mtp_372") for Cambricon targets
+    precisions: tuple[str, ...] = ()  # MagicMind precision modes this target's models may be built in
+    refuses: str = ""  # why the agent cannot run on this target at all (one line), else ""
 
     @property
     def model_kind(self) -> str:
-        """The model file kind this target runs: .onnx on CPU, .om on Ascend."""
-        return "om" if self.backend == "acl" else "onnx"
+        """The model file kind this target runs: .onnx on CPU, .om on Ascend, a MagicMind model on an MLU."""
+        return {"acl": "om", "magicmind": "magicmind"}.get(self.backend, "onnx")
 
     @property
     def requirements(self) -> tuple[str, ...]:
@@ -64,6 +67,11 @@ _DK_PYTHONS = (
     "python3.7",
     "python3",
 )
+# Seed 003's env.sh: NEUWARE_HOME=/usr/local/neuware (Cambricon's magicmind 1.7.0 image sets it too);
+# an SDK env script beside it is sourced when present, the first found wins.
+_NEUWARE = ("$NEUWARE_HOME/env.sh", "/usr/local/neuware/env.sh")
+# The MLU370 seed's precision modes (its README's accuracy table).
+_MLU370_PRECISIONS = ("force_float32", "force_float16", "qint8_mixed_float16")
 _CANN = ("$HOME/Ascend/nnrt/set_env.sh", "$HOME/Ascend/ascend-toolkit/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
 
 PROFILES: dict[str, Target] = {
@@ -92,6 +100,31 @@ PROFILES: dict[str, Target] = {
             # openEuler image: system 3.9.9; Ubuntu image: miniconda in /usr/local (23.0.RC2 on)
             pythons=("python3.9", "/usr/local/miniconda3/bin/python3", "python3"),
             description="Atlas 200I DK A2: Ascend 310B4, aarch64, Python 3.9",
+        ),
+        Target(
+            "mlu370",
+            arch="x86_64",
+            python="3.7",
+            backend="magicmind",
+            # Cambricon's magicmind:1.7.0-x86_64-ubuntu18.04-py_3_7 image: glibc 2.27
+            platforms=(*manylinux("x86_64", 27), "manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"),
+            cann_env=_NEUWARE,
+            pythons=("python3.7", "python3"),
+            mm_arch="mtp_372",
+            precisions=_MLU370_PRECISIONS,
+            description="Cambricon MLU370 host: x86_64, Ubuntu 18.04, Python 3.7, MagicMind 1.7 under NEUWARE_HOME",
+        ),
+        Target(
+            "ce3226",
+            arch="aarch64",
+            python=None,
+            backend="magicmind",
+            platforms=_AARCH64,
+            mm_arch="mtp_322",
+            refuses="a CE3226 edge board has no MagicMind Python runtime (Cambricon's edge SDK runs C++ only: "
+            "edge_infer, /mps/bin/mm_run), so the agent's magicmind backend cannot run there; "
+            "run it on an MLU370 host (target mlu370)",
+            description="Cambricon CE3226 edge board (aarch64, /mps/lib): no Python runtime, refused",
         ),
         Target(
             "aarch64-cpu",

@@ -35,7 +35,27 @@ def _run(argv, merge=False):
 def probe_acl(cann_env=()):
     """``import acl`` in a child, in the environment the agent will get: the app's env.sh (sourced
     by the caller), or before the first push the first CANN ``set_env.sh`` of ``cann_env`` found."""
-    code = "import acl; print(getattr(acl, '__file__', ''))"
+    return _probe_import("import acl; print(getattr(acl, '__file__', ''))", cann_env)
+
+
+def probe_magicmind(env_scripts=()):
+    """``import magicmind.python.runtime`` the same way (the Neuware env script before the first push)."""
+    code = "import magicmind.python.runtime as mm; print(getattr(mm, '__file__', ''), getattr(mm, '__version__', ''))"
+    return _probe_import(code, env_scripts)
+
+
+def probe_cnmon():
+    """``cnmon`` (the MLU table: card, name, firmware, driver, memory), or None without cnmon."""
+    import shutil
+
+    exe = shutil.which("cnmon")
+    if not exe:
+        return None
+    r = _run([exe], merge=True)
+    return protocol.CommandProbe(ok=r.returncode == 0, output=r.stdout[-4000:])
+
+
+def _probe_import(code, cann_env):
     argv, sourced = [sys.executable, "-c", code], "env.sh"
     if not os.environ.get("HIAI_APP"):
         found = [p for p in (os.path.expandvars(c) for c in cann_env) if os.path.isfile(p)]
@@ -80,6 +100,10 @@ def op_facts(wire, req):
         out.acl = probe_acl(req.cann_env)
     if "npu-smi" in req.probe:
         out.npu_smi = probe_npu_smi()
+    if "magicmind" in req.probe:
+        out.magicmind = probe_magicmind(req.cann_env)
+    if "cnmon" in req.probe:
+        out.cnmon = probe_cnmon()
     if req.pythons:
         out.pythons = probe_pythons(req.pythons)
     for mod in req.modules:

@@ -116,9 +116,11 @@ class Facts(Message):
     user: str = ""
     acl: ImportProbe | None = None
     npu_smi: CommandProbe | None = None
+    magicmind: ImportProbe | None = None  # import magicmind.python.runtime, Cambricon targets
+    cnmon: CommandProbe | None = None  # `cnmon` (the MLU table), Cambricon targets
     modules: dict[str, bool] = {}
     pythons: list[list[str]] = []  # per interpreter candidate asked for: [name, path or "", version or ""]
-    NESTED = {"acl": ImportProbe, "npu_smi": CommandProbe}
+    NESTED = {"acl": ImportProbe, "npu_smi": CommandProbe, "magicmind": ImportProbe, "cnmon": CommandProbe}
 
     @property
     def python_mm(self):

@@ -63,6 +63,10 @@ def ensure_simulated_om(
     ModelSpecError when there is no onnx or the target has no Ascend chip; AtcError when the
     conversion fails (the simulated atc's reason in one line).
     """
+    if target.backend == "magicmind":  # a sandbox MLU board: the simulated MagicMind build instead
+        from .magicmind import ensure_simulated
+
+        return ensure_simulated(app, target, state_dir, progress)
     onnx = app.models.get("onnx")
     if onnx is None or not onnx.is_file():
         raise ModelSpecError(f"no app.models.onnx to build a simulated .om from ({onnx or 'not set'})")

@@ -39,7 +39,7 @@ from pathlib import Path
 from ..errors import SandboxError
 from ..inventory import Board, Inventory
 from ..targets import get as get_target
-from . import atlas, cron
+from . import atlas, cron, mlu
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -223,6 +223,8 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> 
     shape: list[str] = []
     if atlas.is_atlas(target):
         login, shape = _shape_atlas(board, target, login, rootfs, log)
+    elif mlu.is_mlu(target):  # an MLU370 host: Python 3.7, cnmon, NEUWARE_HOME (sandbox/mlu.py)
+        login, shape = mlu.shape(board, target, login, rootfs, log)
     login = cron.install(login, login.user if login.dedicated else None)  # SIMULATED crontab (sandbox/cron.py)
     port = _free_port(previous.port if previous else None)
     auth = _authorize(login, key, rootfs)
