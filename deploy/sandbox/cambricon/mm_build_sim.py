@@ -50,6 +50,11 @@ def parser():
     p.add_argument("--archs", default="mtp_372")
     p.add_argument("--mean", help="insert_bn mean per channel, a,b,c (the model's input units)")
     p.add_argument("--std", help="insert_bn std per channel, a,b,c (var = std^2)")
+    p.add_argument(
+        "--input_dtype",
+        choices=["UINT8", "FLOAT"],
+        help="the input's data type (default: UINT8 with --mean/--std, as insert_bn makes it, else FLOAT)",
+    )
     return p
 
 
@@ -132,7 +137,8 @@ def build(args):
         node.input[:] = [inner if x == src.name else x for x in node.input]
     pre, x = [], src.name
     consts = []
-    if bn is not None:
+    in_dtype = args.input_dtype or ("UINT8" if bn is not None else "FLOAT")
+    if in_dtype == "UINT8":
         pre.append(helper.make_node("Cast", [x], ["mm_f32"], to=TensorProto.FLOAT))
         x = "mm_f32"
     pre.append(helper.make_node("Transpose", [x], ["mm_nchw"], perm=[0, 3, 1, 2]))
@@ -167,7 +173,7 @@ def build(args):
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(consts)
-    elem = TensorProto.UINT8 if bn is not None else TensorProto.FLOAT
+    elem = TensorProto.UINT8 if in_dtype == "UINT8" else TensorProto.FLOAT
     new_in = helper.make_tensor_value_info(src.name, elem, ["batch" if mutable else batch, h, w, 3])
     index = list(g.input).index(src)
     g.input.remove(src)
@@ -186,7 +192,7 @@ def build(args):
             {
                 "name": src.name,
                 "onnx_name": src.name,
-                "dtype": "UINT8" if bn is not None else "FLOAT",
+                "dtype": in_dtype,
                 "layout": "NHWC",
                 "dims": [batch, h, w, 3],
                 "dim_range": {"min": [1, h, w, 3], "max": [MAX_BATCH, h, w, 3]} if mutable else None,
