@@ -58,7 +58,7 @@ def read_header(data):
     """(header, offset of the graph) from the first bytes of a model; SimMmError says what is wrong."""
     data = memoryview(data)
     if len(data) < _PREFIX.size:
-        raise SimMmError(f"file too short for a model header ({len(data)} bytes)")
+        raise SimMmError(f"not a MagicMind model (file too short for a model header: {len(data)} bytes)")
     magic, version, size = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise SimMmError(f"not a MagicMind model built by the simulated builder (magic {bytes(magic)!r})")
