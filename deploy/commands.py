@@ -111,7 +111,7 @@ def _sandbox_reboot(args, inv) -> int:
 # ---------------------------------------------------------------- per-board commands
 
 
-def _each_board(args, action, prepare=None, view=None, rollout=None) -> list[dict]:
+def _each_board(args, action, prepare=None, view=None, rollout=None, exit_code=None) -> list[dict]:
     """Run ``action(inv, board, conn, prog) -> row`` on every selected board, in parallel (``fleet.py``).
 
     ``prepare(inv, board)`` runs for every board first, one after another, before any board is
@@ -120,6 +120,9 @@ def _each_board(args, action, prepare=None, view=None, rollout=None) -> list[dic
     with ``--json``). A board that fails gives an error row and the others go on; rows go to
     stdout as JSON with ``--json``, else a recap table follows when there was more than one
     board. Every row has "board" and "ok"; a failed one has "error" and "exit_code".
+
+    ``--json`` prints one object: ``{"command", "boards": [rows], "recap": {counts}, "exit_code"}``,
+    where ``exit_code`` is what the process exits with (``exit_code(rows)``, default ``_exit``).
     """
     from . import fleet
 
@@ -144,7 +147,8 @@ def _each_board(args, action, prepare=None, view=None, rollout=None) -> list[dic
 
         rows = fleet.run(boards, work, rollout)
     if args.json:
-        _emit_json(rows)
+        _emit_json({"command": args.cmd, "boards": rows, "recap": fleet.recap(rows, args.cmd),
+                    "exit_code": (exit_code or _exit)(rows)})
     elif len(boards) > 1:
         report.print_recap(ui.out(), rows, args.cmd)
     return rows
@@ -275,10 +279,13 @@ def cmd_run(args) -> int:
             report.print_run(ui.out(), res)
         return report.run_json(res)
 
-    rows = _each_board(args, action, view=lambda: ui.count_progress(False))
+    return _run_exit(_each_board(args, action, view=lambda: ui.count_progress(False), exit_code=_run_exit))
+
+
+def _run_exit(rows: list[dict]) -> int:
+    """``_exit``, except 5 (partial) when every board that failed finished its run with some images classified."""
     if all(r["ok"] for r in rows):
         return 0
-    # partial: every board that failed finished its run with some images classified
     partial = all(r["ok"] or (r.get("ended") and r.get("images_ok")) for r in rows)
     return EXIT_PARTIAL if partial else _exit(rows)
 
@@ -381,8 +388,10 @@ def cmd_exec(args) -> int:
 
     out_lock = threading.Lock()
     many = len(_inv(args).select(args.target)) > 1
-    rows = _each_board(args, action)
-    return max((r.get("exit_code", 1) if not r["ok"] else 0) for r in rows)
+    def worst(rows):
+        return max((r.get("exit_code", 1) if not r["ok"] else 0) for r in rows)
+
+    return worst(_each_board(args, action, exit_code=worst))
 
 
 # ---------------------------------------------------------------- models
