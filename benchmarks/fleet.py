@@ -234,7 +234,7 @@ class Fleet:
 
     def deploy(self, key: str, *args: str) -> list[dict]:
         r = self.timed(key, self.project.argv(*args), cwd=self.root, env=self.project.environ)
-        return json.loads(r.stdout)
+        return json.loads(r.stdout)["boards"]
 
     def forget(self, rel: str, boards: list[str] | None = None) -> None:
         """Remove a directory from boards' homes (untimed), then flush dirty pages so each run starts alike."""

@@ -201,11 +201,11 @@ class Bench:
     def cli_push(self, key: str | None = None, board: str = BOARD) -> tuple[float, dict]:
         if key is None:
             _, r = self.deploy("push", board, "--json")
-            return _, json.loads(r.stdout)[0]
+            return _, json.loads(r.stdout)["boards"][0]
         with self.cpu(key):
             dt, r = self.deploy("push", board, "--json")
         self.record(key, dt)
-        return dt, json.loads(r.stdout)[0]
+        return dt, json.loads(r.stdout)["boards"][0]
 
     def api_push(self, key: str) -> push_mod.PushResult:
         """In-process: load the inventory, open a fresh connection, push, close. Records a phase breakdown too."""

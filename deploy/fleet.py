@@ -154,3 +154,21 @@ def _stage(pool: ThreadPoolExecutor, items: list, one, over: Callable[[], bool],
 def _skipped(board) -> dict:
     return {"board": board.name, "ok": False, "skipped": True, "exit_code": 1,
             "error": "not started: the failure threshold was exceeded"}
+
+
+def recap(rows: Sequence[dict], cmd: str) -> dict:
+    """The counts under a fan-out's recap table and in its ``--json``.
+
+    targeted = ok + failed + skipped. For ``push``, ``applied`` boards switched to a new release,
+    ``healthy`` ones passed the health check on this push (or an earlier one, for an unchanged
+    board), ``unchanged`` ones were already current.
+    """
+    ok = sum(1 for r in rows if r.get("ok"))
+    skipped = sum(1 for r in rows if r.get("skipped"))
+    counts = {"targeted": len(rows), "ok": ok, "failed": len(rows) - ok - skipped, "skipped": skipped}
+    if cmd == "push":
+        applied = sum(1 for r in rows if r.get("ok") and r.get("switched"))
+        healthy = sum(1 for r in rows if r.get("ok") and (r.get("health") or {}).get("status") == "passed")
+        counts.update(applied=applied, healthy=healthy, unchanged=ok - applied)
+    return counts
+

@@ -33,7 +33,7 @@ from . import envblock
 from . import health as health_mod
 from .board import protocol
 from .bundle import Bundle, HashCache
-from .errors import PushError, RemoteError
+from .errors import ConnectError, PushError, RemoteError
 from .inventory import Board, Inventory
 from .remote import Call, call, session
 from .ssh import Connection
@@ -151,6 +151,18 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
     return plan, send, new_env, new_bashrc
 
 
+def _link_lost(transport) -> bool:
+    """Whether a send failed because the SSH connection itself is gone, not only this channel.
+
+    paramiko closes the channels of a dead connection a moment before it marks the transport
+    inactive, so give its reader thread up to a second to finish (only on this failure path).
+    """
+    if transport is None:
+        return True
+    transport.join(1.0)
+    return not transport.is_active()
+
+
 def send_objects(c: Call, board: Board, send: list, on_bytes) -> int:
     """The missing objects as one tar stream named by sha256; returns the content bytes sent."""
     payload = 0
@@ -168,6 +180,9 @@ def send_objects(c: Call, board: Board, send: list, on_bytes) -> int:
                 payload += e.size
         writer.flush()
     except OSError as exc:
+        if _link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
+            raise ConnectError(f"{board.name}: connection lost during the transfer ({exc}); "
+                               "the previous release is still current") from None
         raise PushError(f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
     return payload
 

@@ -99,14 +99,13 @@ def print_recap(con: Console, rows: list[dict], cmd: str) -> None:
                   _size(sent) if isinstance(sent, int) else "", f"{r['seconds']:.2f}" if "seconds" in r else "",
                   escape(detail.splitlines()[0][:120] if detail else ""))
     con.print(t)
-    ok = sum(1 for r in rows if r.get("ok"))
-    skipped = sum(1 for r in rows if r.get("skipped"))
-    counts = f"targeted {len(rows)}, ok {ok}, failed {len(rows) - ok - skipped}, skipped {skipped}"
+    from .fleet import recap
+
+    c = recap(rows, cmd)
+    line = f"targeted {c['targeted']}, ok {c['ok']}, failed {c['failed']}, skipped {c['skipped']}"
     if cmd == "push":
-        applied = sum(1 for r in rows if r.get("ok") and r.get("switched"))
-        healthy = sum(1 for r in rows if r.get("ok") and (r.get("health") or {}).get("status") == "passed")
-        counts += f" (applied {applied}, healthy {healthy}, unchanged {ok - applied})"
-    con.print(counts)
+        line += f" (applied {c['applied']}, healthy {c['healthy']}, unchanged {c['unchanged']})"
+    con.print(line)
 
 
 def print_push(con: Console, res) -> None:

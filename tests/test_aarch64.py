@@ -37,11 +37,11 @@ def arm(tmp_path_factory, demo):
 
 
 def test_check_push_run_pull_on_emulated_aarch64(arm):
-    checked = arm.deploy_json("check", "board1")[0]
+    checked = arm.deploy_json("check", "board1")["boards"][0]
     assert checked["ok"], checked
     assert checked["facts"]["arch"] == "aarch64" and checked["facts"]["python"].startswith("3.9.")
 
-    pushed = arm.deploy_json("push", "board1")[0]
+    pushed = arm.deploy_json("push", "board1")["boards"][0]
     assert pushed["ok"] and pushed["target"] == "aarch64-cpu" and pushed["python"] == "3.9"
     site = arm.app_dir / "current" / "site"
     sos = [p.name for p in (site / "onnxruntime" / "capi").glob("*.so")]
@@ -52,9 +52,9 @@ def test_check_push_run_pull_on_emulated_aarch64(arm):
     r = arm.ssh('uname -m; python3 -c "import onnxruntime, numpy, PIL; print(onnxruntime.__file__)"')
     assert r.stdout.splitlines()[0] == "aarch64" and "/current/site/onnxruntime/" in r.stdout
 
-    run = arm.deploy_json("run", "board1", "-q")[0]
+    run = arm.deploy_json("run", "board1", "-q")["boards"][0]
     assert run["ok"] and run["images_ok"] == 3
-    pulled = arm.deploy_json("pull", "board1")[0]
+    pulled = arm.deploy_json("pull", "board1")["boards"][0]
     recs = {r["image"]: r for r in map(json.loads, (Path(pulled["path"]) / "results.jsonl").read_text().splitlines())}
     assert top1(recs["chelsea.jpg"]) in CAT
     assert top1(recs["coffee.jpg"]) in ESPRESSO

@@ -39,7 +39,7 @@ def board_ssh(project: Project, board: str, command: str) -> subprocess.Complete
 
 
 def results(project: Project, board: str, run_id: str) -> dict[str, dict]:
-    pulled = project.deploy_json("pull", board, "--run", run_id)[0]
+    pulled = project.deploy_json("pull", board, "--run", run_id)["boards"][0]
     lines = (Path(pulled["path"]) / "results.jsonl").read_text().splitlines()
     return {r["image"]: r for r in map(json.loads, lines)}
 
@@ -77,7 +77,7 @@ def test_the_board_is_shaped_like_a_dk(dk):
 
 
 def test_check_picks_cann_python_and_not_python3(dk):
-    row = dk.deploy_json("check", "dk1")[0]
+    row = dk.deploy_json("check", "dk1")["boards"][0]
     assert row["ok"], row
     found = {f["check"]: f for f in row["findings"]}
     assert "/sys/usr/bin/python3.7 " in found["interpreter"]["detail"]
@@ -90,21 +90,21 @@ def test_check_picks_cann_python_and_not_python3(dk):
 
 
 def test_push_run_pull_sync_then_async(dk):
-    pushed = dk.deploy_json("push", "dk1")[0]
+    pushed = dk.deploy_json("push", "dk1")["boards"][0]
     assert pushed["ok"] and pushed["target"] == "atlas200dk"
     if HAVE_37:
         assert pushed["python"] == "3.7"
         sos = [p.name for p in (Path(dk.status("dk1")["home"]) / "HIAI_PROJECTS/classify/current/site/numpy/core")
                .glob("_multiarray_umath*.so")]
         assert sos and all("cpython-37m" in n for n in sos), sos  # the DK's cp37 set, not the host's
-    run = dk.deploy_json("run", "dk1", "-q")[0]
+    run = dk.deploy_json("run", "dk1", "-q")["boards"][0]
     assert run["ok"] and run["images_ok"] == 3
     assert_right_classes(results(dk, "dk1", run["run_id"]))
 
     dk.app_extra["backend_options"] = {"async": True, "callback_interval": 2, "buffers": 3}
     dk.configure()
-    assert dk.deploy_json("push", "dk1")[0]["ok"]
-    run = dk.deploy_json("run", "dk1", "-q")[0]
+    assert dk.deploy_json("push", "dk1")["boards"][0]["ok"]
+    run = dk.deploy_json("run", "dk1", "-q")["boards"][0]
     assert run["ok"] and run["images_ok"] == 3
     recs = results(dk, "dk1", run["run_id"])
     assert_right_classes(recs)
@@ -114,7 +114,7 @@ def test_push_run_pull_sync_then_async(dk):
 
 def test_bench_reports_sync_and_async_side_by_side(dk):
     dk.deploy_json("push", "dk1")
-    run = dk.deploy_json("run", "dk1", "--mode", "bench", "-q")[0]
+    run = dk.deploy_json("run", "dk1", "--mode", "bench", "-q")["boards"][0]
     assert run["ok"], run
     rows = run["summary"]["bench"]
     assert [r["mode"] for r in rows] == ["sync", "async"] and all(r["batch"] == 1 for r in rows)
@@ -142,9 +142,9 @@ def test_a_sandbox_dk_with_only_the_onnx_gets_a_simulated_om_built_once(dk):
     dk.app_extra = {}
     dk.configure()
     try:
-        first = dk.deploy_json("push", "dk1")[0]
-        again = dk.deploy_json("push", "dk1")[0]
-        run = dk.deploy_json("run", "dk1", "-q")[0]
+        first = dk.deploy_json("push", "dk1")["boards"][0]
+        again = dk.deploy_json("push", "dk1")["boards"][0]
+        run = dk.deploy_json("run", "dk1", "-q")["boards"][0]
     finally:
         dk.app_extra = saved
         dk.configure()
@@ -176,13 +176,13 @@ def test_emulated_aarch64_dk(tmp_path, demo):
     proj.configure()
     try:
         proj.up("dk1", timeout=1800)
-        row = proj.deploy_json("check", "dk1")[0]
+        row = proj.deploy_json("check", "dk1")["boards"][0]
         found = {f["check"]: f for f in row["findings"]}
         assert row["ok"] and row["facts"]["arch"] == "aarch64", row
         assert "stands in" in found["python version"]["detail"]  # the rootfs's 3.9 at the DK's 3.7 place
-        pushed = proj.deploy_json("push", "dk1", timeout=900)[0]
+        pushed = proj.deploy_json("push", "dk1", timeout=900)["boards"][0]
         assert pushed["ok"] and pushed["python"] == "3.9"
-        run = proj.deploy_json("run", "dk1", "-q", timeout=900)[0]
+        run = proj.deploy_json("run", "dk1", "-q", timeout=900)["boards"][0]
         assert run["ok"] and run["images_ok"] == 3
         assert_right_classes(results(proj, "dk1", run["run_id"]))
     finally:

@@ -10,15 +10,15 @@ from deploy.testing import CAT, ESPRESSO, ROCKET, Project, pid_alive, top1
 
 
 def test_push_run_pull_classifies_the_demo_photos(project):
-    pushed = project.deploy_json("push", "board1")[0]
+    pushed = project.deploy_json("push", "board1")["boards"][0]
     assert pushed["ok"] and pushed["switched"] and pushed["payload_bytes"] > 10_000_000
     assert (project.app_dir / "current").resolve().name == pushed["release"]
     assert (project.app_dir / "current" / "site" / "onnxruntime").is_dir()  # the board needs no internet
 
-    run = project.deploy_json("run", "board1")[0]
+    run = project.deploy_json("run", "board1")["boards"][0]
     assert run["ok"] and run["images_ok"] == 3 and run["images_failed"] == 0
 
-    pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])[0]
+    pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])["boards"][0]
     out = Path(pulled["path"])
     assert out == (project.root / "outputs" / "board1" / run["run_id"]).resolve()
     records = {r["image"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
@@ -46,10 +46,12 @@ def test_run_with_local_images_reports_corrupt_files_and_goes_on(project, tmp_pa
     (imgs / "empty.jpg").write_bytes(b"")
     r = project.deploy("run", "board1", "--images", str(imgs), "--json", check=False)
     assert r.returncode == 5, r.stderr  # partial: some images failed
-    res = json.loads(r.stdout)[0]
+    out = json.loads(r.stdout)
+    assert out["exit_code"] == 5 and out["recap"] == {"targeted": 1, "ok": 0, "failed": 1, "skipped": 0}
+    res = out["boards"][0]
     assert res["images_ok"] == 1 and res["images_failed"] == 2
     assert {e["image"] for e in res["errors"]} == {"broken.jpg", "empty.jpg"}
-    pulled = project.deploy_json("pull", "board1")[0]
+    pulled = project.deploy_json("pull", "board1")["boards"][0]
     records = [json.loads(x) for x in (Path(pulled["path"]) / "results.jsonl").read_text().splitlines()]
     ok = [r for r in records if r["ok"]]
     assert len(records) == 3 and len(ok) == 1 and top1(ok[0]) in CAT and ok[0]["image"] == "sub/cat photo.jpg"
@@ -99,12 +101,12 @@ def test_exec_quotes_arguments(project):
 
 def test_status_and_dry_run(project):
     project.deploy("push", "board1")
-    st = project.deploy_json("status", "board1")[0]
+    st = project.deploy_json("status", "board1")["boards"][0]
     assert st["ok"] and st["current"] and st["env_sh"] and st["bashrc_blocks"] == 1
     assert st["facts"]["python"].startswith("3.")
     before = sorted(os.listdir(project.app_dir / "releases"))
     project.configure(topk=2)
-    dry = project.deploy_json("push", "board1", "--dry-run")[0]
+    dry = project.deploy_json("push", "board1", "--dry-run")["boards"][0]
     assert dry["dry_run"] and dry["plan"]["send_files"] == 1  # only app.json changed
     assert sorted(os.listdir(project.app_dir / "releases")) == before
     project.configure()
@@ -133,10 +135,10 @@ def test_host_keys_are_verified(project):
 
 def test_pull_never_follows_links_out_of_the_run(project):
     project.deploy("push", "board1")
-    run = project.deploy_json("run", "board1", "-q")[0]
+    run = project.deploy_json("run", "board1", "-q")["boards"][0]
     run_dir = project.app_dir / "runs" / run["run_id"]
     os.symlink("/etc/passwd", run_dir / "passwd-link")
-    pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])[0]
+    pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])["boards"][0]
     out = Path(pulled["path"])
     assert not (out / "passwd-link").exists()
     r = project.deploy("pull", "board1", "--run", "../../etc", check=False)
@@ -163,7 +165,7 @@ def test_exec_json_and_exit_status(project):
     project.deploy("push", "board1")
     r = project.deploy("exec", "board1", "--json", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
     assert r.returncode == 3
-    rows = json.loads(r.stdout)
+    rows = json.loads(r.stdout)["boards"]
     assert rows[0].pop("seconds") >= 0  # every fleet row says how long its board took
     assert rows == [{"board": "board1", "ok": False, "exit_code": 3, "stdout": "out\n", "stderr": "err\n"}]
     r = project.deploy("exec", "board1", "--", "sh", "-c", "exit 4", check=False)

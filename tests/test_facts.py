@@ -67,6 +67,6 @@ def test_no_npu_smi_is_only_a_warning():
 
 
 def test_check_on_a_sandbox_board(project):
-    rows = project.deploy_json("check", "board1")
+    rows = project.deploy_json("check", "board1")["boards"]
     assert rows[0]["ok"] and rows[0]["facts"]["arch"] == "x86_64"
     assert {f["check"] for f in rows[0]["findings"]} == {"arch", "interpreter", "free disk"}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from deploy import fleet
 from deploy.errors import UsageError
 from deploy.testing import SANDBOX_BOARD, Project
+from deploy.testing.relay import Relay
 
 # ---------------------------------------------------------------- the engine (no boards needed)
 
@@ -121,8 +124,11 @@ def test_eight_boards_one_down_one_changed_key(lab):
     lab.deploy("sandbox", "down", "b7")
     change_host_key(lab, "b8")
     r = lab.deploy("push", "all", "--json", check=False, timeout=600)
-    rows = {row["board"]: row for row in json.loads(r.stdout)}
-    assert r.returncode == 4  # the worst documented code: unreachable (4) over host key (3)
+    out = json.loads(r.stdout)
+    rows = {row["board"]: row for row in out["boards"]}
+    assert r.returncode == 4 == out["exit_code"]  # the worst documented code: unreachable (4) over host key (3)
+    assert out["recap"] == {"targeted": 8, "ok": 6, "failed": 2, "skipped": 0, "applied": 6, "healthy": 6,
+                            "unchanged": 0}
     assert all(rows[f"b{i}"]["ok"] and rows[f"b{i}"]["switched"] for i in range(1, 7))
     assert not rows["b7"]["ok"] and rows["b7"]["exit_code"] == 4
     assert not rows["b8"]["ok"] and rows["b8"]["exit_code"] == 3 and "host key" in rows["b8"]["error"].lower()
@@ -131,5 +137,78 @@ def test_eight_boards_one_down_one_changed_key(lab):
 
     # a canary that fails stops the rollout: nobody else is started
     r = lab.deploy("push", "b7,b1,b2", "--canary", "1", "--json", check=False)
-    rows = json.loads(r.stdout)
+    rows = json.loads(r.stdout)["boards"]
     assert [row["board"] for row in rows if row.get("skipped")] == ["b1", "b2"] and r.returncode == 4
+
+
+def current_release(proj: Project, board: str) -> str:
+    """The release a board's ``current`` link names, read from its home (not through the tool)."""
+    home = Path(proj.status(board)["home"])
+    return os.readlink(home / "HIAI_PROJECTS" / proj.app / "current").split("/")[-1]
+
+
+def use_model(proj: Project, model: Path | None) -> None:
+    proj.app_extra = {"models": {"onnx": str(model)}} if model else {}
+    proj.configure()
+
+
+def test_a_model_that_cannot_load_is_rolled_back_on_every_board(lab):
+    boards = ["b1", "b2", "b4", "b5"]
+    lab.deploy("push", ",".join(boards))  # the demo release (already there after the first test: no change)
+    before = {b: current_release(lab, b) for b in boards}
+    bad = lab.root / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 64)
+    use_model(lab, bad)
+    try:
+        # the canary fails its health check and rolls back: nobody else is started
+        r = lab.deploy("push", ",".join(boards), "--canary", "1", "--json", check=False)
+        out = json.loads(r.stdout)
+        assert r.returncode == 1 == out["exit_code"], r.stderr
+        assert out["recap"] == {"targeted": 4, "ok": 0, "failed": 1, "skipped": 3, "applied": 0, "healthy": 0,
+                                "unchanged": 0}
+        # no stages: every board tries, every board fails the check and is back on its own previous release
+        r = lab.deploy("push", ",".join(boards), "--json", check=False)
+        out = json.loads(r.stdout)
+        assert r.returncode == 1 and out["recap"]["failed"] == 4, r.stderr
+        for row in out["boards"]:
+            assert "failed its health check" in row["error"], row
+            assert row["error"].endswith(f"rolled back to {before[row['board']]}"), row
+    finally:
+        use_model(lab, None)
+    assert {b: current_release(lab, b) for b in boards} == before
+
+
+def test_a_board_that_drops_mid_push_keeps_its_release_and_the_others_go_on(lab):
+    """b3 is reached through a relay that resets the connection after 2 MB of the push: a board losing
+    its link halfway through the model. The others switch and pass their check; b3 stays on what it had."""
+    import onnx
+
+    model = onnx.load(str(lab.demo / "models" / "efficientnet_lite0.onnx"))
+    onnx.helper.set_model_props(model, {"variant": "drop-test"})  # same network, new bytes: 13 MB to send
+    variant = lab.root / "variant.onnx"
+    onnx.save(model, str(variant))
+    lab.deploy("push", "b1,b2,b3,b4")
+    before = current_release(lab, "b3")
+    with Relay(lab.status("b3")["port"], cut_after=2 << 20).start() as relay:
+        lab.boards["b3cut"] = lab.relay_board(relay.port, "b3")
+        use_model(lab, variant)
+        try:
+            r = lab.deploy("push", "b1,b3cut,b2,b4", "--json", check=False)
+        finally:
+            del lab.boards["b3cut"]
+            use_model(lab, variant)
+        assert relay.stats()["cuts"] == 1
+    out = json.loads(r.stdout)
+    rows = {row["board"]: row for row in out["boards"]}
+    assert r.returncode == 4 == rows["b3cut"]["exit_code"], (r.stderr, rows["b3cut"])
+    assert out["recap"] == {"targeted": 4, "ok": 3, "failed": 1, "skipped": 0, "applied": 3, "healthy": 3,
+                            "unchanged": 0}
+    new = {rows[b]["release"] for b in ("b1", "b2", "b4")}
+    assert len(new) == 1 and before not in new
+    assert current_release(lab, "b3") == before  # the previous release is still current
+    try:
+        again = lab.deploy_json("push", "b3")["boards"][0]  # the link is back: the push completes
+        assert again["switched"] and again["release"] in new and again["health"]["status"] == "passed"
+    finally:
+        use_model(lab, None)
+

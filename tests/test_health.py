@@ -65,7 +65,7 @@ def one_error_line(r) -> str:
 
 def test_a_good_push_passes_and_an_unchanged_one_is_not_checked_again(project):
     use_model(project, None, topk=4)
-    row = project.deploy_json("push", "board1")[0]
+    row = project.deploy_json("push", "board1")["boards"][0]
     h = row["health"]
     assert row["ok"] and row["switched"] and h["status"] == "passed" and h["ran"], row
     assert h["probe"] == "images/coffee.jpg"  # chelsea.jpg comes first but its top-1 is a near tie
@@ -77,13 +77,13 @@ def test_a_good_push_passes_and_an_unchanged_one_is_not_checked_again(project):
     assert (project.app_dir / "health.log").read_text().split()[1:] == [row["release"], "pass"]
     assert not [n for n in os.listdir(project.app_dir) if n.startswith(".health-")]  # scratch removed
 
-    again = project.deploy_json("push", "board1")[0]
+    again = project.deploy_json("push", "board1")["boards"][0]
     assert not again["switched"] and again["health"]["status"] == "passed" and not again["health"]["ran"]
 
 
 def test_a_model_that_cannot_load_fails_the_check_and_the_board_is_back(project):
     use_model(project, None, keep=1)  # keep 1: the previous release must survive until the check passed
-    good = project.deploy_json("push", "board1")[0]["release"]
+    good = project.deploy_json("push", "board1")["boards"][0]["release"]
     use_model(project, corrupt_model(project), keep=1)
     r = project.deploy("push", "board1", check=False)
     line = one_error_line(r)
@@ -91,20 +91,20 @@ def test_a_model_that_cannot_load_fails_the_check_and_the_board_is_back(project)
     assert "failed its health check: probe images/chelsea.jpg: " in line and "cannot load models/broken.onnx" in line
     assert line.endswith(f"; rolled back to {good}"), line
     assert current(project) == good and releases_on_board(project) == [good]  # the failed release is gone
-    run = project.deploy_json("run", "board1", "-q")[0]
+    run = project.deploy_json("run", "board1", "-q")["boards"][0]
     assert run["ok"] and run["release"] == good
 
     use_model(project, None, keep=1)
-    row = project.deploy_json("push", "board1")[0]
+    row = project.deploy_json("push", "board1")["boards"][0]
     assert row["release"] == good and row["health"]["status"] == "passed"  # still current: nothing switched
     project.configure()
 
 
 def test_no_health_check_skips_it_and_the_next_push_checks_what_is_current(project):
     use_model(project, None)
-    good = project.deploy_json("push", "board1")[0]["release"]
+    good = project.deploy_json("push", "board1")["boards"][0]["release"]
     use_model(project, corrupt_model(project))
-    row = project.deploy_json("push", "board1", "--no-health-check")[0]
+    row = project.deploy_json("push", "board1", "--no-health-check")["boards"][0]
     assert row["ok"] and row["switched"] and row["health"]["status"] == "skipped"
     assert row["health"]["reason"] == "--no-health-check" and current(project) == row["release"]
     # the same content again, now checked: it never passed here, so it is checked and fails
@@ -129,7 +129,7 @@ def test_a_failed_first_push_leaves_nothing_deployed(project):
 
 def test_dry_run_is_not_checked(project):
     use_model(project, None, topk=2)
-    row = project.deploy_json("push", "board1", "--dry-run")[0]
+    row = project.deploy_json("push", "board1", "--dry-run")["boards"][0]
     assert (row["health"]["status"], row["health"]["reason"]) == ("skipped", "dry run")
     project.configure()
 
@@ -145,7 +145,7 @@ def dk(tmp_path_factory, demo):
 
 
 def test_the_simulated_dk_passes_against_the_hosts_fp32_answer(dk):
-    row = dk.deploy_json("push", "dk1")[0]
+    row = dk.deploy_json("push", "dk1")["boards"][0]
     h = row["health"]
     assert row["ok"] and row["target"] == "atlas200dk" and h["status"] == "passed" and h["ran"], row
     assert h["got"][0] == h["expected"][0] and h["expected"][0] in ESPRESSO

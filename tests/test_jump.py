@@ -94,21 +94,21 @@ def test_the_connection_to_board2_goes_through_board1(lab):
 
 
 def test_push_run_pull_through_the_jump_host(lab, tmp_path):
-    pushed = lab.deploy_json("push", "board2")[0]
+    pushed = lab.deploy_json("push", "board2")["boards"][0]
     assert pushed["ok"] and pushed["switched"]
     home2 = Path(lab.status("board2")["home"])
     assert (home2 / "HIAI_PROJECTS" / "classify" / "current").is_symlink()
     assert not (Path(lab.status("board1")["home"]) / "HIAI_PROJECTS").exists()  # the hop got nothing
-    run = lab.deploy_json("run", "board2", "-q")[0]
+    run = lab.deploy_json("run", "board2", "-q")["boards"][0]
     assert run["ok"] and run["images_ok"] == 3
-    pulled = lab.deploy_json("pull", "board2", "--run", run["run_id"], "--dest", str(tmp_path))[0]
+    pulled = lab.deploy_json("pull", "board2", "--run", run["run_id"], "--dest", str(tmp_path))["boards"][0]
     results = [json.loads(line) for line in (Path(pulled["path"]) / "results.jsonl").read_text().splitlines() if line]
     by_image = {r["image"].split("/")[-1]: r for r in results}
     assert top1(by_image["chelsea.jpg"]) in CAT
 
 
 def test_two_hops(lab):
-    st = lab.deploy_json("status", "board3")[0]
+    st = lab.deploy_json("status", "board3")["boards"][0]
     assert st["ok"] and st["facts"]["python"].startswith("3.")
 
 

@@ -41,7 +41,7 @@ def remove_big_photos(project):
 
 def assert_previous_release_runs(project, release):
     assert current(project) == release
-    run = project.deploy_json("run", "board1", "-q", "--images", str(project.demo / "images" / "chelsea.jpg"))[0]
+    run = project.deploy_json("run", "board1", "-q", "--images", str(project.demo / "images" / "chelsea.jpg"))["boards"][0]
     assert run["ok"] and run["release"] == release and run["images_ok"] == 1
 
 
@@ -77,7 +77,7 @@ def sshd_sessions(project) -> list[int]:
 def test_connection_cut_by_the_board_mid_stream_leaves_previous_release(project):
     remove_big_photos(project)
     project.configure()
-    base = project.deploy_json("push", "board1")[0]["release"]
+    base = project.deploy_json("push", "board1")["boards"][0]["release"]
     add_big_photo(project)
     inv = inventory.load(project.inventory)
     board = inv.boards["board1"]
@@ -94,7 +94,7 @@ def test_connection_cut_by_the_board_mid_stream_leaves_previous_release(project)
     assert 4_000_000 < sent[0] < 19_000_000  # really mid-stream
     assert_previous_release_runs(project, base)
 
-    again = project.deploy_json("push", "board1")[0]
+    again = project.deploy_json("push", "board1")["boards"][0]
     assert again["switched"] and again["release"] != base and current(project) == again["release"]
     assert staging_debris(project) == []  # the re-push cleaned up
     check = verify_all(project)
@@ -127,13 +127,13 @@ KILL_HOST = textwrap.dedent(
 def test_host_process_killed_leaves_previous_release(project, point):
     remove_big_photos(project)
     project.configure()
-    base = project.deploy_json("push", "board1")[0]["release"]
+    base = project.deploy_json("push", "board1")["boards"][0]["release"]
     add_big_photo(project, seed=1 if point == "plan" else 2)
     r = subprocess.run([sys.executable, "-c", KILL_HOST, str(project.inventory), point], capture_output=True, text=True,
                        cwd=project.root)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert_previous_release_runs(project, base)
-    again = project.deploy_json("push", "board1")[0]
+    again = project.deploy_json("push", "board1")["boards"][0]
     assert again["switched"] and current(project) == again["release"]
     assert staging_debris(project) == []
     assert verify_all(project).bad == []
@@ -144,10 +144,10 @@ def test_unchanged_push_sends_nothing_and_one_change_sends_one_file(project):
     remove_big_photos(project)
     project.configure()
     project.deploy("push", "board1")
-    again = project.deploy_json("push", "board1")[0]
+    again = project.deploy_json("push", "board1")["boards"][0]
     assert again["payload_bytes"] == 0 and not again["switched"] and again["objects"] == 0
     size = add_big_photo(project, seed=3)
-    one = project.deploy_json("push", "board1")[0]
+    one = project.deploy_json("push", "board1")["boards"][0]
     assert one["objects"] == 1 and size <= one["payload_bytes"] <= size  # content bytes only
     assert one["linked"] > 500  # everything else hard-linked from the previous release
     rel = project.app_dir / "current"
@@ -159,19 +159,19 @@ def test_unchanged_push_sends_nothing_and_one_change_sends_one_file(project):
 def test_rollback_and_releases(project):
     remove_big_photos(project)
     project.configure(topk=5)
-    a = project.deploy_json("push", "board1")[0]["release"]
+    a = project.deploy_json("push", "board1")["boards"][0]["release"]
     project.configure(topk=3)
-    b = project.deploy_json("push", "board1")[0]["release"]
+    b = project.deploy_json("push", "board1")["boards"][0]["release"]
     assert a != b and current(project) == b
-    rb = project.deploy_json("rollback", "board1")[0]
+    rb = project.deploy_json("rollback", "board1")["boards"][0]
     log = (project.app_dir / "releases.log").read_text()
     assert rb["previous"] == b and rb["current"] == a and current(project) == a, log
-    run = project.deploy_json("run", "board1", "-q")[0]
-    pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])[0]
+    run = project.deploy_json("run", "board1", "-q")["boards"][0]
+    pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])["boards"][0]
     recs = [json.loads(x) for x in (Path(pulled["path"]) / "results.jsonl").read_text().splitlines()]
     assert all(len(r["topk"]) == 5 for r in recs)  # release a's app config is what runs
     assert top1(next(r for r in recs if r["image"] == "chelsea.jpg")) in CAT
-    rels = project.deploy_json("releases", "board1")[0]
+    rels = project.deploy_json("releases", "board1")["boards"][0]
     ids = [r["id"] for r in rels["releases"]]
     assert a in ids and b in ids and rels["current"] == a
     project.deploy_json("rollback", "board1", "--to", b[:6])
@@ -186,13 +186,13 @@ def test_keep_n_prunes_but_never_current(project):
     made = []
     for topk in (1, 2, 3, 4):
         project.configure(topk=topk, keep=2)
-        made.append(project.deploy_json("push", "board1")[0]["release"])
+        made.append(project.deploy_json("push", "board1")["boards"][0]["release"])
     kept = sorted(n for n in os.listdir(project.app_dir / "releases") if not n.startswith("."))
     assert kept == sorted(made[-2:])
     # roll back to the older kept release; a push that prunes to 1 keeps current, not the newest
     project.deploy("rollback", "board1", "--to", made[2])
     project.configure(topk=3, keep=1)  # the same content as made[2]: nothing to send, no switch
-    res = project.deploy_json("push", "board1")[0]
+    res = project.deploy_json("push", "board1")["boards"][0]
     assert res["release"] == made[2] and not res["switched"] and res["pruned"] == [made[3]]
     kept = [n for n in os.listdir(project.app_dir / "releases") if not n.startswith(".")]
     assert kept == [made[2]] and current(project) == made[2]
@@ -204,7 +204,7 @@ def test_a_silent_board_times_out_instead_of_hanging(project, monkeypatch):
 
     remove_big_photos(project)
     project.configure()
-    base = project.deploy_json("push", "board1")[0]["release"]
+    base = project.deploy_json("push", "board1")["boards"][0]["release"]
     project.configure(topk=7)
     monkeypatch.setattr(remote, "REPLY_TIMEOUT", 2.0)
     inv = inventory.load(project.inventory)

@@ -161,7 +161,7 @@ def hosts(tmp_path_factory, demo):
 
 
 def test_hostname_user_port_identityfile(hosts):
-    st = hosts.deploy_json("status", "real1")[0]
+    st = hosts.deploy_json("status", "real1")["boards"][0]
     assert st["ok"] and st["facts"]["python"].startswith("3.")
 
 
@@ -169,13 +169,13 @@ def test_proxyjump_from_ssh_config(hosts, monkeypatch):
     monkeypatch.setenv("HOME", hosts.environ["HOME"])
     inv = inventory.load(hosts.inventory)
     assert ssh.endpoint_for(inv, inv.boards["real2"]).route == "real2 via b1"
-    pushed = hosts.deploy_json("push", "real2")[0]
+    pushed = hosts.deploy_json("push", "real2")["boards"][0]
     assert pushed["ok"] and (Path(hosts.status("board2")["home"]) / "HIAI_PROJECTS/classify/current").is_symlink()
 
 
 def test_proxycommand_from_ssh_config(hosts):
     port = hosts.status("board2")["port"]
-    st = hosts.deploy_json("status", "real3")[0]
+    st = hosts.deploy_json("status", "real3")["boards"][0]
     assert st["ok"] and hosts.proxy_log.read_text().splitlines()[-1] == f"127.0.0.1 {port}"
 
 

@@ -27,6 +27,10 @@ As its own process, so its CPU shows in neither the caller's nor the board's fig
 stdout and relays until it is terminated). With ``--stats FILE`` the counters are written to FILE
 as JSON whenever a connection opens or closes (:meth:`RelayProcess.stats` reads them).
 
+With ``cut_after`` a connection is cut (a TCP reset both ways, as when a board loses power or its
+cable) once more than that many bytes went from the client to the target on it: a board that
+drops in the middle of a push, at a chosen point.
+
 The same server answers on the relay's port, so an SSH client sees the same host key on a second
 port: record it for that port too (:meth:`deploy.testing.Project.relay_board`).
 """
@@ -38,6 +42,7 @@ import collections
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -80,7 +85,7 @@ class Relay:
 
     def __init__(self, target_port: int, rtt_ms: float = 0.0, mbit: float | None = None,
                  host: str = "127.0.0.1", *, mbit_down: float | None = None, buffer_ms: float = 50.0,
-                 stats_file: str | Path | None = None):
+                 stats_file: str | Path | None = None, cut_after: int | None = None):
         if rtt_ms < 0 or any(m is not None and m <= 0 for m in (mbit, mbit_down)) or buffer_ms <= 0:
             raise ValueError("rtt_ms must be >= 0, mbit and mbit_down > 0, buffer_ms > 0")
         self.target = (host, target_port)
@@ -91,6 +96,8 @@ class Relay:
         self.buffer_s = buffer_ms / 1000.0
         self.bytes_per_s = up  # kept for callers that read it: the client-to-target rate
         self.stats_file = Path(stats_file) if stats_file else None
+        self.cut_after = cut_after
+        self.cuts = 0  # connections cut so far
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -130,13 +137,14 @@ class Relay:
                 self._open += 1
             self._write_stats()
             pair = _Pair(self, client, upstream)
-            _Direction(self, self.up, client, upstream, pair).start()
+            _Direction(self, self.up, client, upstream, pair, cut_after=self.cut_after).start()
             _Direction(self, self.down, upstream, client, pair).start()
 
     def stats(self) -> dict:
-        """Bytes relayed each way so far (all connections), connections accepted, and those still open."""
+        """Bytes relayed each way so far (all connections), connections accepted, those still open, those cut."""
         with self._lock:
-            return {"up": self.up.bytes, "down": self.down.bytes, "connections": self._connections, "open": self._open}
+            return {"up": self.up.bytes, "down": self.down.bytes, "connections": self._connections, "open": self._open,
+                    "cuts": self.cuts}
 
     def _closed_pair(self, pair: _Pair) -> None:
         with self._lock:
@@ -192,6 +200,17 @@ class _Pair:
         self.left = 2
         self.lock = threading.Lock()
 
+    def cut(self) -> None:
+        """Reset both sockets (SO_LINGER 0): each end sees its connection drop, not an orderly close."""
+        for s in (self.a, self.b):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self.relay._lock:
+            self.relay.cuts += 1
+
     def direction_done(self) -> None:
         with self.lock:
             self.left -= 1
@@ -207,8 +226,11 @@ class _Direction:
     queued, so the sender's TCP window fills and the sender feels the link.
     """
 
-    def __init__(self, relay: Relay, link: _Link, src: socket.socket, dst: socket.socket, pair: _Pair):
+    def __init__(self, relay: Relay, link: _Link, src: socket.socket, dst: socket.socket, pair: _Pair,
+                 cut_after: int | None = None):
         self.relay, self.link, self.src, self.dst, self.pair = relay, link, src, dst, pair
+        self.cut_after = cut_after
+        self.count = 0  # bytes read from src
         self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self.queued = 0  # bytes in the queue
         self.limit = max(2 * _PACED_CHUNK, int(link.bytes_per_s * relay.buffer_s)) if link.bytes_per_s else None
@@ -232,6 +254,10 @@ class _Direction:
             try:
                 data = self.src.recv(size)
             except OSError:
+                data = b""
+            self.count += len(data)
+            if self.cut_after is not None and self.count > self.cut_after:
+                self.pair.cut()
                 data = b""
             with self.ready:
                 self.queue.append((time.monotonic() + self.relay.delay, data))
