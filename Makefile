@@ -26,6 +26,7 @@ bench: setup
 	$(PY) benchmarks/agent.py
 	$(PY) benchmarks/agent.py --backend acl
 	$(PY) benchmarks/push.py
+	$(PY) benchmarks/fleet.py  # ~10 min: eight shaped links, Ansible and pyinfra in the same run
 
 clean-sandbox:
 	$(DEPLOY) sandbox down --purge

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,17 @@ def test_the_connection_to_board2_goes_through_board1(lab):
         assert os.getpid() not in holders  # we hold no TCP connection to board2's sshd ...
         assert os.getpid() in _holders(b1["port"])  # ... only one to board1's
         assert holders and all(b1["pid"] in _ancestors(pid) for pid in holders), holders  # board1's sshd forwards
+
+
+def test_the_sandbox_ssh_command_of_a_board_behind_a_jump_goes_through_it(lab):
+    cmd = lab.status("board2")["ssh_command"]
+    assert cmd.startswith("ssh -F ") and cmd.endswith(" board2")
+    words = shlex.split(cmd)
+    r = subprocess.run([*words[:-1], "-v", "-o", "BatchMode=yes", words[-1], "echo $SSH_CONNECTION"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[3] == str(lab.status("board2")["port"])  # board2's sshd answered ...
+    assert "ProxyJump" in r.stderr and " board1" in r.stderr  # ... reached through board1, as the tool does
 
 
 def test_push_run_pull_through_the_jump_host(lab, tmp_path):

@@ -58,6 +58,7 @@ class Sandbox:
     known_hosts: str
     rootfs: str | None = None
     shape: tuple[str, ...] = ()  # an Atlas-shaped board: what stands in for what (see atlas.py)
+    jump: str | None = None  # the inventory's jump: for this board (filled in by status(), not stored)
 
     @property
     def running(self) -> bool:
@@ -65,6 +66,10 @@ class Sandbox:
 
     @property
     def ssh_command(self) -> str:
+        """A plain OpenSSH command that reaches the board as the tool does; through the project's ssh_config
+        (which has the ProxyJump) for a board behind ``jump:``, since a hop may be another board of the file."""
+        if self.jump and self.jump != "none":
+            return f"ssh -F {Path(self.dir).parent / 'ssh_config'} {self.name}"
         return (
             f"ssh -i {self.key} -o IdentitiesOnly=yes -o UserKnownHostsFile={self.known_hosts} "
             f"-o StrictHostKeyChecking=yes -p {self.port} {self.user}@{self.host}"
@@ -152,7 +157,7 @@ def down(inv: Inventory, names: list[str] | None = None, purge: bool = False) ->
 
 
 def status(inv: Inventory) -> list[Sandbox]:
-    return [sb for b in inv.boards.values() if b.sandbox and (sb := load(inv, b.name))]
+    return [replace(sb, jump=b.jump) for b in inv.boards.values() if b.sandbox and (sb := load(inv, b.name))]
 
 
 # ---------------------------------------------------------------- internals
@@ -432,7 +437,7 @@ def _launch_chrooted(rootfs: Path, etc: str, hostkey: Path, text: str, config: P
 def _save(inv: Inventory, sb: Sandbox) -> None:
     path = sandbox_dir(inv, sb.name) / "state.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(sb), indent=2))
+    tmp.write_text(json.dumps({k: v for k, v in asdict(sb).items() if k != "jump"}, indent=2))
     os.replace(tmp, path)
     _write_ssh_config(inv)
 
