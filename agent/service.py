@@ -278,6 +278,8 @@ class Service:
                 claims = self.retry[:chunk]
                 self.retry = self.retry[chunk:]
                 if not claims:
+                    if self.state == "disk-full":  # measure again: someone may have emptied done/
+                        self.done_bytes = self.inbox.done_bytes()
                     full = self.budget_state()
                     if full:
                         self.inbox.ready(0)  # keeps `waiting` true

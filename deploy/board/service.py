@@ -176,6 +176,8 @@ def info(base):
     else:
         supervisor = "stopped" if stopped else "dead"
     state = agent.get("state", "") if agent_pid else ("stopped" if agent else "")
+    if agent_pid and agent.get("pid") != agent_pid:  # figures of the agent before: this one is still loading
+        state, agent = "starting", dict(agent, state="starting", reason="", ips=0.0, updated=None)
     if agent_pid is None and supervisor in ("backoff", "crash-loop"):
         state = supervisor
     return protocol.ServiceInfo(

@@ -1,0 +1,245 @@
+"""The service's parts without a board: the journal and the collect op on a temporary directory, the host's
+resumable copy, the agent's service loop in-process (real onnx backend: disk budget, keep policy, recovery
+after a crash between record and disposal), and the supervisor's crash loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import journal as journal_mod
+from agent.inbox import Inbox
+from agent.runner import _stages, make_backend
+from agent.service import Service, job_for
+from deploy import service as host
+from deploy.board import main as board_main
+from deploy.board import protocol
+from deploy.board.wire import Wire
+from deploy.models import DEMO_LABELS, DEMO_MODEL, DEMO_PREPROCESS
+from deploy.testing import ESPRESSO, REPO, pid_alive
+
+# ---------------------------------------------------------------- journal and collect
+
+
+def fill(svc: Path, n: int, rotate: int) -> journal_mod.Journal:
+    j = journal_mod.Journal(str(svc), rotate).open()
+    for i in range(n):
+        j.append({"image": f"img-{i}.jpg", "claim": i + 1, "ok": True})
+        if i % 10 == 9:
+            j.rotate_if()  # between chunks of 10
+    j.sync()
+    return j
+
+
+def collect_op(home: Path, after: int, ack: int | None = None) -> tuple[protocol.CollectHead, bytes, protocol.CollectDone]:
+    """Drive the board's collect op as the host does: request, head, bytes, ack, done."""
+    req = json.dumps(protocol.CollectRequest(app="app", after=after).to_json()).encode() + b"\n"
+    out = io.BytesIO()
+    head_len = {}
+
+    class Stdin(io.BytesIO):  # the ack line is written once the head told how many bytes follow
+        def readline(self, *a):
+            line = super().readline(*a)
+            if line or "ack" in head_len:
+                return line
+            head = json.loads(out.getvalue().split(b"\n", 1)[0])
+            head_len["ack"] = True
+            return json.dumps({"seq": head["last"] if ack is None else ack}).encode() + b"\n"
+
+    assert board_main.run("collect", Wire(Stdin(req), out, str(home))) == 0
+    raw = out.getvalue()
+    first, rest = raw.split(b"\n", 1)
+    head = protocol.decode(protocol.CollectHead, json.loads(first))
+    data, done = rest[: head.bytes], rest[head.bytes:]
+    return head, data, protocol.decode(protocol.CollectDone, json.loads(done))
+
+
+def test_collect_sends_what_follows_the_hosts_seq_and_the_ack_removes_only_whole_old_segments(tmp_path):
+    svc = tmp_path / "HIAI_PROJECTS" / "app" / "service"
+    fill(svc, 35, rotate=200).close()  # ~100-byte records: a new segment every chunk of 10
+    segs = journal_mod.segments(str(svc / "journal"))
+    assert [s for s, _ in segs] == [1, 11, 21, 31]
+    head, data, done = collect_op(tmp_path, after=14, ack=24)
+    assert (head.first, head.last, head.oldest) == (15, 35, 1)
+    assert [json.loads(x)["seq"] for x in data.splitlines()] == list(range(15, 36))
+    assert done.acked == 24 and done.removed == ["000000000001.jsonl", "000000000011.jsonl"]  # 21..30 is not all acked
+    head, data, done = collect_op(tmp_path, after=35)
+    assert head.last == 35 and data == b"" and done.acked == 35
+    assert done.removed == ["000000000021.jsonl"]  # never the open segment (31..)
+    j = journal_mod.Journal(str(svc), 200).open()  # sequence numbers go on after a restart
+    assert j.append({"image": "next.jpg", "claim": 99}) == 36 and j.max_claim == 99
+
+
+def test_a_torn_journal_tail_is_cut_and_the_host_copy_resumes(tmp_path):
+    svc = tmp_path / "svc"
+    j = fill(svc, 3, rotate=1 << 20)
+    j.close()
+    path = journal_mod.segments(str(svc / "journal"))[-1][1]
+    with open(path, "ab") as f:
+        f.write(b'{"seq":4,"ima')  # killed mid-write
+    assert journal_mod.Journal(str(svc)).open().append({"image": "x", "claim": 4}) == 4
+    assert [json.loads(x)["seq"] for x in Path(path).read_text().splitlines()] == [1, 2, 3, 4]
+
+    local = tmp_path / "journal.jsonl"
+    local.write_bytes(b'{"seq":1}\n{"seq":2}\n{"seq":3')
+    assert host.last_local_seq(local) == 2 and local.read_bytes() == b'{"seq":1}\n{"seq":2}\n'
+    assert host.last_local_seq(tmp_path / "none.jsonl") == 0
+    head = protocol.CollectHead(first=3, last=4, bytes=20)
+    host._check_records("b", b'{"seq":3}\n{"seq":4}\n', head)
+    with pytest.raises(host.ServiceError, match="records 3..5"):
+        host._check_records("b", b'{"seq":3}\n{"seq":5}\n', head)
+    with pytest.raises(host.ServiceError, match="whole records"):
+        host._check_records("b", b'{"seq":3}\n{"seq":4}', head)
+
+
+# ---------------------------------------------------------------- the agent's loop, in-process
+
+
+@pytest.fixture(scope="module")
+def stages(demo, tmp_path_factory):
+    """A release directory whose app.json is the demo's, with the backend loaded once for the module."""
+    rel = tmp_path_factory.mktemp("release")
+    (rel / "app.json").write_text(json.dumps({
+        "model": str(demo / DEMO_MODEL), "backend": "onnx", "preprocess": DEMO_PREPROCESS,
+        "labels": str(demo / DEMO_LABELS), "topk": 3, "batch": 1}))
+    job = job_for(str(rel), str(rel))
+    backend = make_backend(job)
+    backend.load(job.path(job.model))
+    yield rel, backend, _stages(job, backend)
+    backend.close()
+
+
+class Running:
+    """Service.run in a thread, stopped and joined on exit."""
+
+    def __init__(self, stages, tmp: Path, **cfg):
+        rel, self.backend, self.stages = stages
+        self.dir = tmp / "svc"
+        self.inbox = tmp / "inbox"
+        config = {"service_dir": str(self.dir), "inbox": str(self.inbox), "policy": "move", "settle": 0.2,
+                  "max_disk": 1 << 30, "rotate": 1 << 20, "log_max": 1 << 20, "chunk": 8}
+        config.update(cfg)
+        os.makedirs(self.dir, exist_ok=True)
+        self.svc = Service(config, str(rel))
+        self.code = None
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        wait_for(lambda: self.svc.state != "starting")  # the inbox is there
+        return self
+
+    def _run(self):
+        self.code = self.svc.run(self.backend, self.stages, 1, 0)
+
+    def __exit__(self, *exc):
+        self.svc.stop.set()
+        self.thread.join(30)
+
+    def records(self):
+        return [json.loads(x) for _, p in journal_mod.segments(str(self.dir / "journal"))
+                for x in Path(p).read_text().splitlines()]
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_at_the_disk_budget_nothing_new_is_taken_and_no_record_is_deleted(stages, tmp_path, demo):
+    with Running(stages, tmp_path, max_disk=1 << 20) as r:
+        wait_for(lambda: r.svc.state == "idle")
+        (r.inbox / "big.bin").write_bytes(os.urandom(1 << 20))  # moved to done/: the budget is used up
+        wait_for(lambda: len(r.records()) == 1)
+        wait_for(lambda: r.svc.state == "disk-full")
+        os.rename(_copy(demo / "images" / "coffee.jpg", tmp_path / "c.jpg"), r.inbox / "coffee.jpg")
+        time.sleep(1.0)
+        assert (r.inbox / "coffee.jpg").exists() and len(r.records()) == 1
+        assert "max_disk" in r.svc.reason and r.svc.inbox.waiting == 1
+        os.unlink(r.inbox / "done" / "big.bin")  # space freed (as a collect frees journal space)
+        wait_for(lambda: len(r.records()) == 2)
+        assert r.records()[1]["topk"][0][0] in ESPRESSO
+
+
+def test_keep_leaves_images_in_place_and_never_takes_them_twice_even_after_a_restart(stages, tmp_path, demo):
+    with Running(stages, tmp_path, policy="keep") as r:
+        os.rename(_copy(demo / "images" / "coffee.jpg", tmp_path / "c.jpg"), r.inbox / "coffee.jpg")
+        wait_for(lambda: len(r.records()) == 1)
+        time.sleep(0.6)  # several scans
+    assert (r.inbox / "coffee.jpg").exists() and len(r.records()) == 1
+    with Running(stages, tmp_path, policy="keep") as r2:
+        os.rename(_copy(demo / "images" / "rocket.jpg", tmp_path / "r.jpg"), r2.inbox / "rocket.jpg")
+        wait_for(lambda: len(r2.records()) == 2)
+        time.sleep(0.6)
+    assert [x["image"] for x in r2.records()] == ["coffee.jpg", "rocket.jpg"]
+    assert not os.listdir(r2.inbox / ".work") or os.listdir(r2.inbox / ".work") == ["kept.idx"]
+
+
+def test_a_claim_recorded_before_a_crash_is_disposed_of_not_classified_again(stages, tmp_path, demo):
+    inbox = Inbox(str(tmp_path / "inbox"), "delete", 0.2).open()
+    os.rename(_copy(demo / "images" / "coffee.jpg", tmp_path / "c.jpg"), tmp_path / "inbox" / "a.jpg")
+    os.rename(_copy(demo / "images" / "coffee.jpg", tmp_path / "d.jpg"), tmp_path / "inbox" / "b.jpg")
+    a, b = inbox.claim("a.jpg"), inbox.claim("b.jpg")
+    assert b.claim == a.claim + 1 and os.path.exists(b.path)
+    inbox.close()
+    j = journal_mod.Journal(str(tmp_path / "svc")).open()
+    j.append({"image": "a.jpg", "claim": a.claim, "ok": True})  # a's record made it, then the crash
+    j.close()
+    with Running(stages, tmp_path, policy="delete") as r:
+        wait_for(lambda: len(r.records()) == 2)
+    assert [(x["seq"], x["image"]) for x in r.records()] == [(1, "a.jpg"), (2, "b.jpg")]
+    assert os.listdir(tmp_path / "inbox" / ".work") == [] and not (tmp_path / "inbox" / "a.jpg").exists()
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+# ---------------------------------------------------------------- the supervisor
+
+
+def test_the_supervisor_backs_off_then_reports_a_crash_loop_and_stops_on_request(tmp_path):
+    app = tmp_path / "app"
+    rel = app / "releases" / "r1"
+    rel.mkdir(parents=True)
+    (rel / "agent").symlink_to(REPO / "agent")
+    (rel / "app.json").write_text("{not json")  # every start fails at once
+    (app / "current").symlink_to("releases/r1")
+    svc = app / "service"
+    svc.mkdir()
+    (svc / "config.json").write_text(json.dumps({
+        "inbox": str(tmp_path / "inbox"), "python": sys.executable, "backoff": [0.2], "loop_crashes": 3,
+        "loop_window": 5, "loop_backoff": 0.5}))
+    script = REPO / "deploy" / "board" / "supervisor.py"
+    proc = subprocess.Popen([sys.executable, str(script), str(svc)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def state():
+            try:
+                return json.loads((svc / "supervisor.json").read_text())
+            except (OSError, ValueError):
+                return {}
+        wait_for(lambda: state().get("state") == "crash-loop", timeout=30)
+        s = state()
+        assert s["crashes"] >= 3 and s["last_exit"] == 1 and s["restarts"] >= 3
+        assert "cannot read" in (svc / "agent.log").read_text()
+        second = subprocess.run([sys.executable, str(script), str(svc)], timeout=10)  # one supervisor per service
+        assert second.returncode == 0 and pid_alive(proc.pid)
+        (svc / "stop").write_text("stop")
+        assert proc.wait(15) == 0 and state()["state"] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
