@@ -85,6 +85,28 @@ def evaluate(records, truth, classes=None, topn=TOPN):
     }
 
 
+def seed003_files(records, truth, out_dir, classes=None, topn=TOPN):
+    """Seed 003's three result files (magicmind_cloud infer_python), which its
+    ``compute_top1_and_top5.py`` scores by comparing whole lines: ``eval_labels.txt`` (``[i]: label``),
+    ``eval_result_1.txt`` (``[i]: top-1 index``) and ``eval_result_5.txt`` (five ``[i]: index`` lines per
+    image, best first). Labelled images that were classified, in image-name order; returns their count."""
+    import os
+
+    offset = 1 if classes == 1001 else 0
+    rows = sorted((r for r in records if r.get("ok") and _key(r["image"]) in truth), key=lambda r: r["image"])
+    labels, top1, top5 = [], [], []
+    for i, rec in enumerate(rows):
+        idx = [int(e[0]) - offset for e in rec.get("topk", [])[:topn]]
+        idx += [idx[-1] if idx else -1] * (topn - len(idx))
+        labels.append(f"[{i}]: {truth[_key(rec['image'])]}")
+        top1.append(f"[{i}]: {idx[0]}")
+        top5.extend(f"[{i}]: {k}" for k in idx)
+    for name, lines in (("eval_labels.txt", labels), ("eval_result_1.txt", top1), ("eval_result_5.txt", top5)):
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+    return len(rows)
+
+
 def result_json(metrics):
     """The ais_bench / imagenet_acc_eval.py ``result.json`` structure (values are strings)."""
     value = [

@@ -197,6 +197,7 @@ def _classify(job, rundir, backend, stop):
         classes = post.classes if getattr(post, "classes", None) else _classes(backend)
         metrics = evaluate.evaluate(records, truth, classes)
         rundir.write_json("result.json", evaluate.result_json(metrics))
+        evaluate.seed003_files(records, truth, job.out_dir, classes)  # scored by compute_top1_and_top5.py
         summary["eval"] = metrics
     return summary
 

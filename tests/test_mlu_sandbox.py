@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,23 @@ def test_ce3226_refuses_the_magicmind_backend_in_one_line(mlu):
         mlu.configure()
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "CE3226 edge board has no MagicMind Python runtime" in r.stderr
+
+
+def test_eval_writes_seed_003s_result_files_for_its_scorer(mlu, tmp_path):
+    scorer = Path(__file__).resolve().parents[2] / "shared/conformance/cambricon-magicmind/buildin/cv/utils"
+    if not scorer.is_dir():
+        pytest.skip(f"Cambricon's clients are not beside the repo ({scorer})")
+    assert row(mlu, "push", "mlu-sim")["ok"]
+    labels = tmp_path / "val_label.txt"
+    labels.write_text("chelsea.JPEG 285\ncoffee.JPEG 967\nrocket.JPEG 657\n")
+    got = row(mlu, "eval", "mlu-sim", "--labels", str(labels))
+    out = Path(got["path"])
+    assert (out / "result.json").is_file()
+    assert (out / "eval_labels.txt").read_text().splitlines() == ["[0]: 285", "[1]: 967", "[2]: 657"]
+    assert len((out / "eval_result_5.txt").read_text().splitlines()) == 15
+    r = subprocess.run([sys.executable, str(scorer / "compute_top1_and_top5.py"), "--result_label_file",
+                        str(out / "eval_labels.txt"), "--result_1_file", str(out / "eval_result_1.txt"),
+                        "--result_5_file", str(out / "eval_result_5.txt"), "--top1andtop5_file",
+                        str(tmp_path / "eval_result.txt")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "top1:  1.0" in r.stdout and "top5:  1.0" in r.stdout
