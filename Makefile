@@ -20,7 +20,7 @@ setup:
 
 lint:
 	$(PY) -m ruff check .
-	vermin -q --no-tips -t=3.7- --violations agent deploy/board deploy/sandbox/ascend/runtime
+	vermin -q --no-tips -t=3.7- --violations agent deploy/board deploy/sandbox/ascend/runtime deploy/sandbox/cambricon/runtime
 
 bench: setup
 	$(PY) benchmarks/agent.py
