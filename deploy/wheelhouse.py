@@ -18,6 +18,7 @@ A second build for the same target reads only the stamp: no pip, no network.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -32,9 +33,71 @@ from pathlib import Path
 from .errors import BuildError
 from .targets import Target, abi_tag
 
-# Files no import needs; dropping them makes the release ~25% smaller and much shorter.
-_PRUNE_DIRS = {"tests", "__pycache__"}
-_PRUNE_SUFFIXES = (".pyc", ".pyi")
+# What the agent and its backend never load at run time, and why; dropped when a wheel is unpacked.
+# A pattern is fnmatch'ed against the path inside the wheel ("*" crosses "/"); a "DIR/" pattern drops
+# the directory's whole tree. Each entry is decided per package and proven by running the agent from
+# the slim tree (both backends, every preset, bench and eval: tests/test_slim_site.py, and every
+# integration test, since releases carry this tree). Licences and the .dist-info metadata stay.
+PRUNE: tuple[tuple[str, str], ...] = (
+    # every package
+    ("*/tests/", "test suites"),
+    ("*/__pycache__/", "byte code: the board compiles for its own Python"),
+    ("*.pyc", "byte code"),
+    ("*.pyi", "type stubs"),
+    ("*/py.typed", "type-checker marker"),
+    ("*.h", "C headers: for building extensions against the package"),
+    ("*.hpp", "C++ headers"),
+    ("*.pxd", "Cython declarations: for building"),
+    ("*.pyx", "Cython sources"),
+    ("*.a", "static libraries: for building"),
+    ("*/pkgconfig/", "pkg-config files: for building"),
+    ("*.data/scripts/", "command-line tools"),
+    # numpy (1.21 on the DK's Python 3.7 ... 2.x): `import numpy` loads none of these; f2py, distutils and
+    # testing are build or test tools reached only on attribute access
+    ("numpy/_core/include/", "C headers"),
+    ("numpy/core/include/", "C headers (numpy 1.x)"),
+    ("numpy/_core/lib/", "libnpymath.a and npy-pkg-config: for building"),
+    ("numpy/core/lib/", "the same, numpy 1.x"),
+    ("numpy/random/lib/", "libnpyrandom.a: for building"),
+    ("numpy/f2py/", "the Fortran wrapper generator"),
+    ("numpy/distutils/", "build tooling"),
+    ("numpy/testing/", "numpy's test helpers"),
+    ("numpy/_pyinstaller/", "PyInstaller hooks"),
+    ("numpy/doc/", "documentation"),
+    ("numpy/typing/", "static typing support"),
+    ("numpy/conftest.py", "pytest configuration"),
+    ("numpy/_core/_simd.*", "the SIMD test module"),
+    ("numpy/core/_simd.*", "the SIMD test module (numpy 1.x)"),
+    # test extension modules; not _multiarray_tests: numpy 1.x's core/_add_newdocs imports it
+    ("numpy/*/_umath_tests.*", "a test extension module"),
+    ("numpy/*/_rational_tests.*", "a test extension module"),
+    ("numpy/*/_operand_flag_tests.*", "a test extension module"),
+    ("numpy/*/_struct_ufunc_tests.*", "a test extension module"),
+    # onnxruntime: the Python API is capi/onnxruntime_pybind11_state (ORT linked in: it does not need
+    # libonnxruntime.so, whose NEEDED list proves it); the rest are offline model tools
+    ("onnxruntime/capi/libonnxruntime.so*", "the C/C++ API library: the Python module has its own copy"),
+    ("onnxruntime/transformers/", "transformer model optimisation tools"),
+    ("onnxruntime/quantization/", "model quantisation tools"),
+    ("onnxruntime/tools/", "model conversion and inspection tools"),
+    ("onnxruntime/datasets/", "sample models"),
+    # Pillow: formats the agent never opens (agent/images.py IMAGE_EXTENSIONS) and GUI toolkits
+    ("PIL/_avif.*", "AVIF codec: the agent takes no .avif"),
+    ("pillow.libs/libavif*", "AVIF codec library"),
+    ("PIL/_imagingtk.*", "Tk bridge"),
+    ("PIL/ImageTk.py", "Tk bridge"),
+    ("PIL/ImageQt.py", "Qt bridge"),
+)
+# bump when PRUNE changes: cached trees were built with the old rules
+_PRUNE_VERSION = 3
+_PRUNE_RE = re.compile("|".join(  # matched against "/" + the member's path, so "numpy/..." is anchored
+    fnmatch.translate(("" if pat.startswith("*") else "/") + pat + ("*" if pat.endswith("/") else ""))
+    for pat, _ in PRUNE
+))
+
+
+def pruned(name: str) -> bool:
+    """Whether the wheel member ``name`` stays out of ``site/`` (see PRUNE)."""
+    return _PRUNE_RE.match("/" + name) is not None
 
 
 def cache_root() -> Path:
@@ -50,7 +113,7 @@ def site_for(target: Target, python: str, *, cache: Path | None = None, offline:
     key = f"{target.platforms[0]}-{abi_tag(python)}"
     base = cache / key
     reqs = sorted(target.requirements)
-    digest = hashlib.sha256(json.dumps([reqs, list(target.platforms)]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([reqs, list(target.platforms), _PRUNE_VERSION]).encode()).hexdigest()[:12]
     site = base / f"site-{digest}"
     stamp = base / f"site-{digest}.json"
     if site.is_dir() and stamp.is_file():
@@ -131,7 +194,7 @@ def _unpack(whl: Path, dest: Path) -> None:
             parts = Path(name).parts
             if name.startswith("/") or ".." in parts:
                 raise BuildError(f"{whl.name}: unsafe path in wheel: {name!r}")
-            if info.is_dir() or _PRUNE_DIRS & set(parts[:-1]) or name.endswith(_PRUNE_SUFFIXES):
+            if info.is_dir() or pruned(name):
                 continue
             out = dest / name
             out.parent.mkdir(parents=True, exist_ok=True)
