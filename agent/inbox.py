@@ -28,6 +28,7 @@ import struct
 import time
 
 POLICIES = ("keep", "move", "delete")
+CLAIM_BLOCK = 1000  # claim ids reserved on disk at a time
 IN_MOVED_TO = 0x00000080
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
@@ -97,6 +98,8 @@ class Inbox:
         self.work = os.path.join(path, ".work")
         self.done = os.path.join(path, "done")
         self.kept_idx = os.path.join(self.work, "kept.idx")
+        self.claims_file = os.path.join(self.work, "claims")
+        self.claim_limit = 0
         self.kept = set()  # (name, inode, size, mtime_ns) of images kept in place (policy keep)
         self.moved = set()  # names that arrived by rename and are not claimed yet
         self.busy = set()  # names claimed by a link and not yet disposed of (policy keep)
@@ -113,8 +116,27 @@ class Inbox:
         except (OSError, AttributeError, ImportError):
             self._watch = None  # no inotify: every file waits for its size to settle
         self._load_kept()
-        self.next_claim = max(max_claim, max((c.claim for c in self.work_files()), default=0)) + 1
+        try:
+            with open(self.claims_file) as f:
+                reserved = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            reserved = 0
+        self.next_claim = max(reserved, max_claim + 1, max((c.claim for c in self.work_files()), default=0) + 1)
+        self.claim_limit = self.next_claim
         return self
+
+    def _reserve(self):
+        """Raise the claim high-water mark (``.work/claims``) before handing out claims below it: every claim
+        ever given is below the mark on disk, so a claim id is never reused after a crash, however the
+        journal's segments were rotated or removed."""
+        limit = self.next_claim + CLAIM_BLOCK
+        tmp = self.claims_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{limit}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.claims_file)
+        self.claim_limit = limit
 
     @property
     def watching(self):
@@ -210,6 +232,8 @@ class Inbox:
     def claim(self, name):
         """Take ``name`` out of the inbox atomically; None when it vanished meanwhile."""
         src = os.path.join(self.path, name)
+        if self.next_claim >= self.claim_limit:
+            self._reserve()
         claim = self.next_claim
         dst = os.path.join(self.work, f"{claim}~{name}")
         try:

@@ -143,7 +143,11 @@ class Journal:
         """Make every record so far durable (before the images they describe are disposed of)."""
         with self._lock:
             self._f.flush()
-            os.fsync(self._f.fileno())
+            fd = os.dup(self._f.fileno())  # fsync outside the lock: appends go on meanwhile (rotation may close the file)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def rotate_if(self):
         """Start a new segment when the open one has reached ``rotate_bytes`` (call between chunks)."""

@@ -23,6 +23,7 @@ release changed (restart at once). Python 3.7 compatible.
 
 import json
 import os
+import queue
 import signal
 import threading
 import time
@@ -131,33 +132,34 @@ class Log:
 class JournalSink(Sink):
     """The pipeline's sink for the service: one journal record per image, nothing else."""
 
-    def __init__(self, journal, claims, release, rate):
+    def __init__(self, service):
         super().__init__(None)
-        self.journal = journal
-        self.claims = claims  # item id -> Claimed
-        self.release = release
-        self.rate = rate
-        self.recorded = set()  # claim ids with a record
+        self.service = service
 
     def _record(self, item, fields):
-        c = self.claims[item.id]
+        svc = self.service
+        c = svc.inflight[item.id]
         rec = {"t": round(time.time(), 4), "image": safe_id(c.name), "claim": c.claim}
         rec.update(fields)
-        rec["release"] = self.release
-        self.journal.append(rec)
-        with self._lock:
-            self.recorded.add(c.claim)
-            self.rate.append(time.monotonic())
+        rec["release"] = svc.release_id
+        svc.journal.append(rec)
+        svc.recorded(item.id)
 
     def result(self, item, topk, ms, preview=None, probs=None):
         self._record(item, {"ok": True, "topk": topk, "ms": ms})
         with self._lock:
             self.ok += 1
+        with self.service._lock:
+            self.service.ok += 1
 
     def error(self, item, kind, message):
+        name = self.service.name_of(item)
         self._record(item, {"ok": False, "kind": kind, "message": message})
         with self._lock:
             self.failed += 1
+        with self.service._lock:
+            self.service.failed += 1
+            self.service.last_error = f"{safe_id(name)}: {kind}: {message}"
 
 
 class Service:
@@ -177,9 +179,18 @@ class Service:
         self.ok = self.failed = 0
         self.totals = {"ok": 0, "failed": 0}
         self.retry = []  # claimed earlier without a record: first in line
+        self.inflight = {}  # item id -> Claimed, handed to the pipeline and not yet recorded
+        self.to_dispose = queue.Queue()
+        self._disposing = threading.Event()
+        self._lock = threading.Lock()
+        self._end = None
         self.done_bytes = 0
         self.started = time.time()
         self._status_at = 0.0
+
+    def name_of(self, item):
+        c = self.inflight.get(item.id)
+        return c.name if c is not None else item.id
 
     # --- figures ---------------------------------------------------------------------------
     def disk_used(self):
@@ -214,10 +225,14 @@ class Service:
             pass
 
     def set_state(self, state, reason=""):
+        """Change state; between running and idle (every image at a low rate) only the next periodic
+        status write tells, and the log is not told at all."""
         if (state, reason) != (self.state, self.reason):
+            busy = {state, self.state} <= {"running", "idle"}
             self.state, self.reason = state, reason
-            self.log("state {}{}".format(state, ": " + reason if reason else ""))
-            self.write_status(force=True)
+            if not busy:
+                self.log("state {}{}".format(state, ": " + reason if reason else ""))
+            self.write_status(force=not busy)
 
     def _previous_totals(self):
         """ok/failed over the service's life: the last status.json plus records written after it."""
@@ -260,7 +275,16 @@ class Service:
         return None
 
     def run(self, backend, stages, batch, workers):
-        """Until stopped (EXIT_STOPPED) or the pinned release changes (EXIT_SWITCH)."""
+        """Until stopped (EXIT_STOPPED) or the pinned release changes (EXIT_SWITCH).
+
+        One pipeline pass lasts as long as images keep coming: its items come from :meth:`feed`, which
+        claims each image when the pipeline asks for the next one. With several backend streams (onnx on
+        the CPU) the feed waits for arrivals inside the pass, so an image that arrives while others are
+        classified goes to the next free stream at once; with one stream (acl: batches, a producer with
+        lookahead) a pass ends when the inbox is empty, so a partial batch never waits for more arrivals.
+        Records go to the journal from the pipeline's threads; the disposer thread fsyncs the journal and
+        only then disposes of the recorded images, a few at a time.
+        """
         _cfg, pre, post, _truth = stages
         self.journal.open()
         self.inbox.open(self.journal.max_claim)
@@ -268,41 +292,133 @@ class Service:
         self.recover()
         self.done_bytes = self.inbox.done_bytes()
         self.set_state("running")
-        chunk = max(1, int(self.cfg["chunk"]))
+        disposer = threading.Thread(target=self._dispose_loop, name="service-disposer")
+        disposer.daemon = True
+        disposer.start()
+        code = EXIT_STOPPED
         try:
             while not self.stop.is_set():
-                pin = self.pinned()
-                if pin and pin != self.release_id:
-                    self.log(f"release {pin} pinned (running {self.release_id}): restarting in it")
-                    return EXIT_SWITCH
-                claims = self.retry[:chunk]
-                self.retry = self.retry[chunk:]
-                if not claims:
-                    if self.state == "disk-full":  # measure again: someone may have emptied done/
-                        self.done_bytes = self.inbox.done_bytes()
-                    full = self.budget_state()
-                    if full:
-                        self.inbox.ready(0)  # keeps `waiting` true
-                        self.set_state("disk-full", full)
-                        self.stop.wait(1.0)
-                        continue
-                    claims = [c for c in (self._claim(n) for n in self.inbox.ready(chunk)) if c is not None]
-                if not claims:
-                    if self.state != "idle":
-                        self.set_state("idle")
-                    self.write_status()
-                    self.inbox.wait(0.25)
-                    continue
-                if self.state != "running":
-                    self.set_state("running")
-                self.process(claims, backend, pre, post, batch, workers)
-                self.journal.rotate_if()
-                self.write_status()
-            return EXIT_STOPPED
+                self._end = None
+                # the pass's own stop: a failing worker stops its pass (its images wait in .work), not the service
+                pipe = Pipeline(backend, pre, post, JournalSink(self), batch=batch, workers=workers,
+                                stop=threading.Event())
+                block = pipe.streams > 1
+                try:
+                    pipe.run(self.feed(block))
+                except OSError as exc:  # the journal could not be written (disk full): the images wait in .work
+                    self.last_error = f"journal: {exc}"
+                    self.log(self.last_error)
+                    self.set_state("disk-full", f"cannot write the journal: {exc.strerror or exc}")
+                    self.stop.wait(1.0)
+                with self._lock:  # claimed but not recorded (stopped or failed mid-pass): first in line
+                    self.retry = sorted(self.inflight.values(), key=lambda c: c.claim) + self.retry
+                    self.inflight = {}
+                if self._end == "switch":
+                    code = EXIT_SWITCH
+                    break
+                if self._end == "full":
+                    self.stop.wait(1.0)
+                elif self._end == "empty":
+                    self._idle()
+            return code
         finally:
+            self._disposing.set()
+            disposer.join()
             self.set_state("stopping")
             self.journal.close()
             self.inbox.close()
+
+    def _idle(self):
+        if self.state != "idle":
+            self.set_state("idle")
+        self.write_status()
+        self.inbox.wait(0.25)
+
+    def feed(self, block):
+        """Items for the pipeline: images claimed before first, then what arrives. Ends on a stop, a new
+        pinned release, a full disk, and (``block`` false) an empty inbox; ``self._end`` says which."""
+        pending = []
+        checked = 0.0
+        while not self.stop.is_set():
+            if self.retry:
+                with self._lock:
+                    c = self.retry.pop(0) if self.retry else None
+                if c is not None:
+                    yield self._item(c)
+                    continue
+            now = time.monotonic()
+            if now - checked >= 0.2:  # the pin and the budget: a few times a second, not per image
+                checked = now
+                pin = self.pinned()
+                if pin and pin != self.release_id:
+                    self.log(f"release {pin} pinned (running {self.release_id}): restarting in it")
+                    self._end = "switch"
+                    return
+                if self.state == "disk-full":  # measure again: someone may have emptied done/
+                    self.done_bytes = self.inbox.done_bytes()
+                full = self.budget_state()
+                if full:
+                    self.inbox.ready(0)  # keeps `waiting` true
+                    self.set_state("disk-full", full)
+                    self._end = "full"
+                    return
+                self.write_status()
+            if not pending:
+                pending = self.inbox.ready(max(1, int(self.cfg["chunk"])))
+                pending.reverse()
+            c = None
+            while pending and c is None:
+                c = self._claim(pending.pop())
+            if c is not None:
+                if self.state != "running":
+                    self.set_state("running")
+                yield self._item(c)
+                continue
+            if not block:
+                self._end = "empty"
+                return
+            self._idle()
+        self._end = "stop"
+
+    def _item(self, c):
+        item = Item(f"{c.claim}~{c.name}", c.path)
+        with self._lock:
+            self.inflight[item.id] = c
+        return item
+
+    def recorded(self, item_id):
+        """The pipeline wrote ``item_id``'s record: it goes to the disposer (returns its claim)."""
+        with self._lock:
+            c = self.inflight.pop(item_id)
+        self.to_dispose.put(c)
+        self.rate.append(time.monotonic())
+        return c
+
+    def _dispose_loop(self):
+        """fsync the journal, then dispose of the images recorded so far; until the service ends and none is left."""
+        while True:
+            try:
+                batch = [self.to_dispose.get(timeout=0.1)]
+            except queue.Empty:
+                if self._disposing.is_set():
+                    return
+                continue
+            while True:
+                try:
+                    batch.append(self.to_dispose.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.journal.sync()
+            except OSError as exc:
+                self.last_error = f"journal fsync: {exc}"
+            for c in batch:
+                try:
+                    self.done_bytes += self.inbox.dispose(c)
+                except OSError as exc:
+                    self.last_error = f"dispose {safe_id(c.name)}: {exc}"
+                    self.log(self.last_error)
+            self.journal.rotate_if()
 
     def _claim(self, name):
         try:
@@ -324,38 +440,6 @@ class Service:
             else:
                 self.retry.append(c)
         self.log(f"recovered {len(work)} claimed image(s): {len(recorded)} already recorded, {len(work) - len(recorded)} to classify")
-
-    def process(self, claims, backend, pre, post, batch, workers):
-        items = []
-        by_id = {}
-        for c in claims:
-            item = Item(f"{c.claim}~{c.name}", c.path)
-            by_id[item.id] = c
-            items.append(item)
-        sink = JournalSink(self.journal, by_id, self.release_id, self.rate)
-        try:
-            Pipeline(backend, pre, post, sink, batch=batch, workers=workers, stop=self.stop).run(items)
-        except OSError as exc:  # the journal could not be written (disk full): keep the images for later
-            self.last_error = f"journal: {exc}"
-            self.log(self.last_error)
-            self.set_state("disk-full", f"cannot write the journal: {exc.strerror or exc}")
-            self.stop.wait(1.0)
-        finally:
-            self.ok += sink.ok
-            self.failed += sink.failed
-        if sink.recorded:
-            self.journal.sync()
-        for c in claims:
-            if c.claim in sink.recorded:
-                try:
-                    self.done_bytes += self.inbox.dispose(c)
-                except OSError as exc:
-                    self.last_error = f"dispose {safe_id(c.name)}: {exc}"
-                    self.log(self.last_error)
-            else:
-                self.retry.append(c)
-        if sink.failed:
-            self.last_error = f"{sink.failed} image(s) could not be classified (error records in the journal)"
 
 
 def main(config_path, release):
