@@ -35,7 +35,10 @@ def bench_chart(series: dict[str, list[dict]], path: Path, title: str = "deploy 
     ``latency_ms.p99``, optional ``mode``: the acl backend's sync and async are separate lines).
     """
     plt = _plt()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    batches = sorted({r["batch"] for rows in series.values() for r in rows})
     for board, rows in series.items():
         for mode in sorted({r.get("mode") or "" for r in rows}):
             pts = sorted((r["batch"], r["throughput"], r["latency_ms"]["p99"]) for r in rows
@@ -48,6 +51,9 @@ def bench_chart(series: dict[str, list[dict]], path: Path, title: str = "deploy 
             ax2.plot(xs, [p[2] for p in pts], marker="o", label=name)
     for ax, ylabel in ((ax1, "throughput (img/s)"), (ax2, "p99 latency per batch (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(batches)  # the sizes measured, as plain numbers (not 2^k)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
