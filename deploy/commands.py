@@ -211,7 +211,7 @@ def cmd_push(args) -> int:
         try:
             res = push_mod.push(inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
                                 on_bytes=lambda n: prog.advance(task, n), cache=cache,
-                                health_check=not args.no_health_check,
+                                health_check=not args.no_health_check, compress=args.compress,
                                 on_phase=lambda phase: prog.update(task, description=f"{board.name}: {phase}"))
         finally:
             prog.remove_task(task)

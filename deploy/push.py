@@ -22,14 +22,13 @@ app lock. The payload counted here is file content actually sent.
 from __future__ import annotations
 
 import json
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import bundle as bundle_mod
-from . import envblock
+from . import envblock, objstream
 from . import health as health_mod
 from .board import protocol
 from .bundle import Bundle, HashCache
@@ -77,6 +76,9 @@ class PushResult:
     health: health_mod.HealthResult | None = None
     service_enabled: bool = False  # the board has a service of this app that is to run
     service: dict | None = None  # the service moved to this release (deploy/service.py follow_push), or None
+    wire_bytes: int = 0  # the object stream as sent: tar framing included, compressed members compressed
+    compressed_objects: int = 0
+    link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
 
 
 def board_python(inv: Inventory, board: Board, conn: Connection, target: Target) -> str:
@@ -163,28 +165,37 @@ def _link_lost(transport) -> bool:
     return not transport.is_active()
 
 
-def send_objects(c: Call, board: Board, send: list, on_bytes) -> int:
-    """The missing objects as one tar stream named by sha256; returns the content bytes sent."""
-    payload = 0
-    writer = c.writer(on_bytes)
+def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "auto") -> objstream.Stats:
+    """The missing objects as one tar stream named by sha256, compressed where that pays (``objstream``)."""
+    policy = objstream.Policy(compress)
+    shown = 0
+    scale = 1.0  # content bytes per stream byte of the member going out (progress counts content)
+
+    def on_wire(n: int) -> None:
+        nonlocal shown
+        policy.on_wire(n)
+        if on_bytes:
+            k = int(n * scale)
+            shown += k
+            on_bytes(k)
+
+    def on_member(content: int, member: int) -> None:
+        nonlocal scale
+        scale = content / member if member else 1.0
+
+    writer = c.writer(on_wire)
     try:
-        # tarfile's stream buffer is a bytes object grown with `buf += data` (a full copy per 16 KiB
-        # write): keep it at its default record size; ChannelWriter already batches 1 MiB per send
-        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tf:
-            for e in send:
-                info = tarfile.TarInfo(e.sha256)
-                info.size = e.size
-                info.mode = 0o644
-                with e.open() as f:
-                    tf.addfile(info, f)
-                payload += e.size
+        stats = objstream.write(writer, send, policy, on_member)
         writer.flush()
+        stats.wire = writer.sent
+        if on_bytes and stats.content > shown:
+            on_bytes(stats.content - shown)
+        return stats
     except OSError as exc:
         if _link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
             raise ConnectError(f"{board.name}: connection lost during the transfer ({exc}); "
                                "the previous release is still current") from None
         raise PushError(f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
-    return payload
 
 
 def push(
@@ -198,24 +209,27 @@ def push(
     cache: HashCache | None = None,
     health_check: bool = True,
     on_phase: Callable[[str], None] | None = None,
+    compress: str = "auto",
 ) -> PushResult:
     """Push the app's release for ``board``'s target; the previous release stays current on any failure.
 
     ``on_plan(plan)`` is called once the board has said what it lacks (before anything is sent);
     ``on_bytes(n)`` as content goes out. With ``dry_run`` nothing on the board changes. Unless
     ``health_check`` is False, a release made current is health-checked (:func:`health_step`);
-    HealthCheckFailed when it fails, the board back on its previous release.
+    HealthCheckFailed when it fails, the board back on its previous release. ``compress``: "auto"
+    (compress the object stream when the link proves slower than the compressor), "on" or "off".
     """
     t0 = time.perf_counter()
     cache = cache or HashCache(inv.state_dir / "hashcache.json")
     bundle = build_for(inv, board, conn, cache)
     check = health_check and bundle.probe is not None
     try:
-        res = _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, check=check)
+        res = _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, check=check,
+                    compress=compress)
     except _Stale as stale:  # the plan reply already carried the board's facts: no extra round trip
         remember_facts(inv, board, stale.facts)
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
-                    health_check=health_check, on_phase=on_phase)
+                    health_check=health_check, on_phase=on_phase, compress=compress)
     health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
     moved = None
     if res.service_enabled and not res.dry_run:  # only now, after the check: the service follows a good release
@@ -251,7 +265,8 @@ def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool
     return replace(result, reason=bundle.probe.note or result.reason)
 
 
-def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check) -> PushResult:
+def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check,
+          compress: str = "auto") -> PushResult:
     app = inv.app
     req = protocol.PushRequest(app=app.name, release=bundle.release_id, manifest=bundle.manifest(),
                                keep=app.keep_releases, health=check)
@@ -272,13 +287,14 @@ def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_b
             return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
         c.send(protocol.PushCommit(action="commit", env_sh=new_env,
                                    bashrc=new_bashrc if new_bashrc != state.bashrc else None))
-        payload = send_objects(c, board, send, on_bytes) if send else 0
+        stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
         try:
             done = c.read(protocol.PushDone)
         except RemoteError as exc:
             raise PushError(f"{exc}; the previous release is still current") from None
         c.close()
-    return _result(board, bundle, plan, t0, done, payload)
+    return replace(_result(board, bundle, plan, t0, done, stream.content), wire_bytes=stream.wire,
+                   compressed_objects=stream.compressed, link_bytes_per_s=stream.link_bytes_per_s)
 
 
 def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_run: bool = False) -> PushResult:

@@ -98,7 +98,7 @@ def test_connection_cut_by_the_board_mid_stream_leaves_previous_release(project)
     assert again["switched"] and again["release"] != base and current(project) == again["release"]
     assert staging_debris(project) == []  # the re-push cleaned up
     check = verify_all(project)
-    assert check.bad == [] and check.files > 500
+    assert check.bad == [] and check.files > 300  # the slim release: ~360 files
     remove_big_photos(project)
 
 
@@ -149,7 +149,7 @@ def test_unchanged_push_sends_nothing_and_one_change_sends_one_file(project):
     size = add_big_photo(project, seed=3)
     one = project.deploy_json("push", "board1")["boards"][0]
     assert one["objects"] == 1 and size <= one["payload_bytes"] <= size  # content bytes only
-    assert one["linked"] > 500  # everything else hard-linked from the previous release
+    assert one["linked"] > 300  # everything else hard-linked from the previous release
     rel = project.app_dir / "current"
     old = project.app_dir / "releases" / one["previous"]
     assert (rel / "site" / "numpy" / "__init__.py").stat().st_ino == (old / "site" / "numpy" / "__init__.py").stat().st_ino

@@ -14,6 +14,7 @@ import shutil
 import stat
 import tarfile
 import time
+import zlib
 
 from . import protocol
 from .facts import gather
@@ -78,6 +79,10 @@ def prune(base, keep):
 def receive_objects(inp, objdir, need):
     """Read a tar stream of objects named by sha256 from ``inp``; verify each digest and size.
 
+    ``need`` maps each sha256 to its size. A member ``<sha256>.z`` is the object zlib-compressed
+    (deploy/objstream.py): inflated as it arrives, and refused unless it expands to exactly the
+    expected size (no more: a small member cannot fill the disk) and digest.
+
     Parsed here rather than with tarfile's stream mode, which reads 10 KiB records and copies
     each chunk again: on a slow board that costs more CPU than the hashing. ``inp`` must be
     the same buffered reader the request line came from (it may already hold the stream's start).
@@ -92,12 +97,16 @@ def receive_objects(inp, objdir, need):
         if block == tarfile.NUL * tarfile.BLOCKSIZE:
             break
         member = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        name = member.name
+        packed = member.name.endswith(".z")
+        name = member.name[:-2] if packed else member.name
         if not member.isfile() or not SHA_RE.match(name) or name not in need or name in got:
-            raise Fail(f"unexpected entry in object stream: {name!r}")
-        _receive_one(inp, view, os.path.join(objdir, name), name, member.size)
+            raise Fail(f"unexpected entry in object stream: {member.name!r}")
+        if packed:
+            _receive_packed(inp, view, os.path.join(objdir, name), name, member.size, need[name])
+        else:
+            _receive_one(inp, view, os.path.join(objdir, name), name, member.size)
         inp.read(-member.size % tarfile.BLOCKSIZE)
-        got[name] = member.size
+        got[name] = need[name]
     missing = set(need) - set(got)
     if missing:
         raise Fail(f"{len(missing)} object(s) did not arrive")
@@ -117,6 +126,33 @@ def _receive_one(inp, view, path, sha, size):
             left -= n
     if h.hexdigest() != sha:
         raise Fail(f"content of {sha} arrived corrupted (sha256 {h.hexdigest()})")
+
+
+def _receive_packed(inp, view, path, sha, packed, size):
+    h = hashlib.sha256()
+    z = zlib.decompressobj()
+    left, out_n = packed, 0
+    with open(path, "wb") as out:
+        while left or not z.eof:
+            if left:
+                n = inp.readinto(view[: min(left, len(view))])
+                if not n:
+                    raise Fail("object stream ended early")
+                left -= n
+                data = z.decompress(view[:n], size - out_n + 1)
+                if z.unconsumed_tail:  # more than the object's size is in there
+                    raise Fail(f"content of {sha} expands beyond its {size} bytes")
+            else:
+                data = z.flush()
+                if not z.eof:
+                    raise Fail(f"content of {sha} arrived truncated")
+            out_n += len(data)
+            if out_n > size:
+                raise Fail(f"content of {sha} expands beyond its {size} bytes")
+            h.update(data)
+            out.write(data)
+    if out_n != size or z.unused_data or h.hexdigest() != sha:
+        raise Fail(f"content of {sha} arrived corrupted (sha256 {h.hexdigest()}, {out_n} bytes)")
 
 
 def assemble(rows, index, objdir, staging):
@@ -185,7 +221,8 @@ class PushSession:
         objdir = os.path.join(staging, ".objects")
         os.makedirs(objdir)
         if self.need:
-            received = receive_objects(self.wire.stdin, objdir, set(self.need))
+            sizes = {row[2]: row[1] for row in self.req.manifest}
+            received = receive_objects(self.wire.stdin, objdir, {sha: sizes[sha] for sha in self.need})
         linked = assemble(self.req.manifest, self.index, objdir, staging)
         os.rmdir(objdir)
         manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.req.manifest}

@@ -1,0 +1,167 @@
+"""The push's object stream: zlib members where that pays, measured; the board refuses what does not add up.
+
+The wire format end to end without a board (objstream.write -> board receive_objects), the policy's
+decision on a slow and a fast link (a clock the test drives), and on a real sandbox board: loopback
+stays raw, a 20 Mbit/s relay gets compressed members, --compress/--no-compress override.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deploy import objstream
+from deploy.board.push import receive_objects
+from deploy.board.wire import Fail
+from deploy.testing import Project
+from deploy.testing.relay import Relay
+
+
+@dataclass(frozen=True)
+class Obj:
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def open(self):
+        return io.BytesIO(self.data)
+
+
+def text(n: int) -> bytes:
+    return b"".join(b"line %d of a very compressible python module\n" % i for i in range(n))
+
+
+def receive(stream: bytes, tmp_path: Path, need: dict[str, int]) -> dict[str, int]:
+    objdir = tmp_path / "objects"
+    objdir.mkdir(exist_ok=True)
+    return receive_objects(io.BufferedReader(io.BytesIO(stream)), str(objdir), need)
+
+
+def test_round_trip_compresses_what_compresses_and_sends_the_rest_raw(tmp_path):
+    objs = [Obj(text(20000)), Obj(os.urandom(300_000)), Obj(b"x"), Obj(text(10))]
+    out = io.BytesIO()
+    stats = objstream.write(out, objs, objstream.Policy("on"))
+    names = [m.name for m in tarfile.open(fileobj=io.BytesIO(out.getvalue()))]
+    assert names == [objs[0].sha256 + ".z", objs[1].sha256, objs[2].sha256, objs[3].sha256 + ".z"]
+    assert stats.compressed == 2 and stats.content == sum(o.size for o in objs)
+    assert len(out.getvalue()) < 0.5 * stats.content + 400_000  # the text went small, the random bytes did not
+    got = receive(out.getvalue(), tmp_path, {o.sha256: o.size for o in objs})
+    assert got == {o.sha256: o.size for o in objs}
+    for o in objs:
+        assert (tmp_path / "objects" / o.sha256).read_bytes() == o.data
+
+
+def member(name: str, payload: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    return out.getvalue()
+
+
+def test_the_board_refuses_members_that_do_not_add_up(tmp_path):
+    good = text(1000)
+    sha = hashlib.sha256(good).hexdigest()
+    bomb = zlib.compress(b"\0" * (50 << 20), 9)  # 50 MiB of zeros in ~50 KB, claimed as a 42 KB object
+    with pytest.raises(Fail, match="expands beyond"):
+        receive(member(sha + ".z", bomb), tmp_path, {sha: len(good)})
+    packed = zlib.compress(good, 1)
+    with pytest.raises(Fail, match="truncated|ended early"):
+        receive(member(sha + ".z", packed[: len(packed) // 2]), tmp_path, {sha: len(good)})
+    other = zlib.compress(good.replace(b"line", b"LINE"), 1)
+    with pytest.raises(Fail, match="corrupted"):
+        receive(member(sha + ".z", other), tmp_path, {sha: len(good)})
+    with pytest.raises(Fail, match="unexpected entry"):
+        receive(member(sha + ".gz", packed), tmp_path, {sha: len(good)})
+    assert receive(member(sha + ".z", packed), tmp_path, {sha: len(good)}) == {sha: len(good)}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("mib_per_s, compress", [(2.5, True), (12.5, True), (400.0, False)])
+def test_auto_compresses_only_when_the_link_is_slower_than_the_compressor(mib_per_s, compress):
+    clock = Clock()
+    policy = objstream.Policy("auto", clock=clock)
+    policy.timed(4 << 20, 4 / 50)  # this host's zlib: 50 MiB/s
+    assert not policy.compress()  # nothing known about the link yet: raw
+    while clock.t < 2.0:  # two seconds of sending, 1 MiB per flush
+        clock.t += 1 / mib_per_s
+        policy.on_wire(1 << 20)
+    assert policy.link == pytest.approx(mib_per_s * (1 << 20))
+    assert policy.compress() is compress
+    assert objstream.Policy("on").compress() and not objstream.Policy("off").compress()
+
+
+# ---------------------------------------------------------------- on a sandbox board
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory, demo):
+    proj = Project(tmp_path_factory.mktemp("slow"), demo)
+    proj.up()
+    proj.deploy("push", "board1", "--no-health-check")
+    with Relay(proj.status()["port"], rtt_ms=2, mbit=20).start() as relay:
+        proj.boards["slow"] = proj.relay_board(relay.port)
+        proj.configure()
+        yield proj
+    assert proj.down()
+
+
+def add_bitmaps(proj: Project, tag: str, n: int = 8) -> None:
+    """n uncompressed 700x700 BMPs (1.4 MB each) made from the demo photos: new content to push."""
+    photos = sorted(proj.images.glob("*.jpg"))
+    for i in range(n):
+        im = Image.open(photos[i % len(photos)]).convert("RGB").resize((700, 700))
+        im.rotate(i * 7 + 3 * ord(tag[0])).save(proj.images / f"big-{tag}-{i}.bmp")
+
+
+def push(proj: Project, board: str, *flags: str) -> dict:
+    r = proj.deploy("push", board, "--no-health-check", "--json", *flags, timeout=300)
+    return json.loads(r.stdout)["boards"][0]
+
+
+def test_loopback_stays_raw_and_a_slow_link_gets_compressed_members(slow):
+    add_bitmaps(slow, "a")
+    fast = push(slow, "board1")
+    assert fast["compressed_objects"] == 0 and fast["payload_bytes"] > 11_000_000
+    assert fast["wire_bytes"] < fast["payload_bytes"] * 1.01  # tar framing only
+
+    add_bitmaps(slow, "b")
+    row = push(slow, "slow")
+    assert row["switched"] and row["compressed_objects"] >= 4, {k: row[k] for k in ("wire_bytes", "payload_bytes", "link_bytes_per_s", "seconds", "objects")}
+    assert row["link_bytes_per_s"] < 3_000_000  # the relay's 20 Mbit/s, as measured by the stream
+    assert row["wire_bytes"] < 0.85 * row["payload_bytes"]
+    shipped = slow.app_dir / "current" / "images"
+    for local in sorted(slow.images.glob("big-b-*.bmp")):
+        assert (shipped / local.name).read_bytes() == local.read_bytes()
+
+
+def test_compress_and_no_compress_override_the_measurement(slow):
+    add_bitmaps(slow, "c", n=3)
+    forced = push(slow, "board1", "--compress")
+    assert forced["compressed_objects"] == 3 and forced["wire_bytes"] < forced["payload_bytes"]
+    add_bitmaps(slow, "d")
+    raw = push(slow, "slow", "--no-compress")
+    assert raw["compressed_objects"] == 0 and raw["wire_bytes"] >= raw["payload_bytes"]
