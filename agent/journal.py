@@ -7,7 +7,7 @@
     <service>/ack                           the host's last acknowledged sequence number
 
 One record per image, ``{"seq": N, "t": unix time, "image": name, "claim": C, "ok": ..., ...}``,
-written with one ``write`` + flush, and fsync'd before the image's file is disposed of (moved,
+written with one unbuffered ``write(2)`` (a failed or short one, e.g. on a full disk, is cut back off), and fsync'd before the image's file is disposed of (moved,
 deleted or marked kept), so a disposed image always has a durable record. A crash can leave a
 torn last line; :meth:`Journal.open` cuts it off before appending (like ``results.jsonl``).
 
@@ -19,6 +19,7 @@ Only the host's ack removes a segment (``deploy_board.service``), never the agen
 are never deleted. Python 3.7 compatible.
 """
 
+import errno
 import json
 import os
 import threading
@@ -94,9 +95,9 @@ class Journal:
                 self.max_claim = max(int(r.get("claim") or 0) for r in recs)
             else:
                 self.seq = max(self.seq, segs[-1][0] - 1)
-            self._f = open(path, "ab")
+            self._f = open(path, "ab", buffering=0)
         else:
-            self._f = open(os.path.join(self.dir, segment_name(self.seq + 1)), "ab")
+            self._f = open(os.path.join(self.dir, segment_name(self.seq + 1)), "ab", buffering=0)
         return self
 
     def recorded_claims(self, wanted):
@@ -122,14 +123,15 @@ class Journal:
             rec = {"seq": seq}
             rec.update(record)
             line = (json.dumps(rec, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
-            pos = self._f.tell()
+            pos = os.fstat(self._f.fileno()).st_size  # O_APPEND: the record goes at the end
             try:
-                self._f.write(line)
-                self._f.flush()
+                written = self._f.write(line)  # unbuffered: one write(2), nothing left behind in a buffer
+                if written != len(line):  # a short write: the disk filled up mid-line
+                    raise OSError(errno.ENOSPC, "no space left for a whole journal record")
             except OSError:
                 try:
+                    os.ftruncate(self._f.fileno(), pos)  # no torn line left in the journal
                     self._f.seek(pos)
-                    self._f.truncate(pos)
                 except OSError:
                     pass
                 raise
@@ -157,7 +159,7 @@ class Journal:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            self._f = open(os.path.join(self.dir, segment_name(self.seq + 1)), "ab")
+            self._f = open(os.path.join(self.dir, segment_name(self.seq + 1)), "ab", buffering=0)
             return True
 
     def bytes_on_disk(self):

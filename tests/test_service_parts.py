@@ -165,9 +165,10 @@ def test_at_the_disk_budget_nothing_new_is_taken_and_no_record_is_deleted(stages
         wait_for(lambda: len(r.records()) == 1)
         wait_for(lambda: r.svc.state == "disk-full")
         os.rename(_copy(demo / "images" / "coffee.jpg", tmp_path / "c.jpg"), r.inbox / "coffee.jpg")
-        time.sleep(1.0)
+        wait_for(lambda: r.svc.inbox.waiting == 1)  # seen, and left alone
+        time.sleep(0.5)
         assert (r.inbox / "coffee.jpg").exists() and len(r.records()) == 1
-        assert "max_disk" in r.svc.reason and r.svc.inbox.waiting == 1
+        assert "max_disk" in r.svc.reason and r.svc.state == "disk-full"
         os.unlink(r.inbox / "done" / "big.bin")  # space freed (as a collect frees journal space)
         wait_for(lambda: len(r.records()) == 2)
         assert r.records()[1]["topk"][0][0] in ESPRESSO
@@ -247,3 +248,60 @@ def test_the_supervisor_backs_off_then_reports_a_crash_loop_and_stops_on_request
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_file_removed_between_listing_and_claiming_is_skipped(tmp_path):
+    inbox = Inbox(str(tmp_path / "inbox"), "move", 0.0).open()
+    for n in ("gone.jpg", "here.jpg"):
+        (tmp_path / "inbox" / n).write_bytes(b"x")
+    inbox.ready(10)  # first sight of in-place files
+    names = inbox.ready(10)
+    assert sorted(names) == ["gone.jpg", "here.jpg"]
+    os.unlink(tmp_path / "inbox" / "gone.jpg")
+    assert inbox.claim("gone.jpg") is None and inbox.claim("here.jpg").name == "here.jpg"
+
+
+def test_a_journal_that_cannot_grow_is_a_clear_state_and_loses_nothing(stages, tmp_path, demo):
+    """The journal's filesystem full (here: a file-size limit, EFBIG): the agent keeps running in state
+    disk-full, the journal holds only whole records, and after a restart with room every image has one."""
+    import resource
+    import signal as sig
+
+    rel = stages[0]
+    svc, inbox = tmp_path / "svc", tmp_path / "inbox"
+    svc.mkdir()
+    (svc / "config.json").write_text(json.dumps({"inbox": str(inbox), "policy": "delete", "settle": 0.2}))
+    inbox.mkdir()
+    for i in range(12):
+        _copy(demo / "images" / "coffee.jpg", inbox / f"img-{i:02d}.jpg")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "agent", "service", "--config", str(svc / "config.json"), "--release", str(rel)]
+
+    def limited():
+        sig.signal(sig.SIGXFSZ, sig.SIG_IGN)  # write(2) then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200))  # about 5 records
+
+    proc = subprocess.Popen(argv, env=env, preexec_fn=limited, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def status():
+            return json.loads((svc / "status.json").read_text()) if (svc / "status.json").exists() else {}
+
+        wait_for(lambda: status().get("state") == "disk-full" and "journal" in status().get("reason", ""), timeout=60)
+        time.sleep(1.5)
+        assert proc.poll() is None  # still running
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    lines = [x for _, p in journal_mod.segments(str(svc / "journal")) for x in Path(p).read_bytes().splitlines(keepends=True)]
+    assert lines and all(x.endswith(b"\n") for x in lines) and len(lines) < 12
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len([1 for _, p in journal_mod.segments(str(svc / "journal"))
+                              for _ in Path(p).read_bytes().splitlines()]) >= 12, timeout=60)
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    recs = [json.loads(x) for _, p in journal_mod.segments(str(svc / "journal")) for x in Path(p).read_text().splitlines()]
+    assert sorted(r["image"] for r in recs) == [f"img-{i:02d}.jpg" for i in range(12)]
+    assert [r["seq"] for r in recs] == list(range(1, 13)) and all(r["ok"] for r in recs)
