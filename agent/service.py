@@ -403,6 +403,8 @@ class Service:
                 if self._disposing.is_set():
                     return
                 continue
+            if not self._disposing.is_set():
+                time.sleep(0.05)  # gather: at most ~20 fsyncs a second, whatever the rate (records are not delayed)
             while True:
                 try:
                     batch.append(self.to_dispose.get_nowait())

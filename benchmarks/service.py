@@ -11,8 +11,10 @@ rename, its result the ``t`` of its journal record (same clock: the sandbox boar
 * ``batch_ips``            ``deploy run board1 --images DIR`` on ``--images`` images: the run's own img/s
                            (summary ``ips``: images / pipeline time). ``batch_ips_unlabelled`` is the same
                            run without labelled copies (the service writes none), through ``jobs.run``.
-* ``service_ips``          images dropped at 2x ``batch_ips`` for ``--seconds``: records per second
-                           between the 10th record and the last (the inbox never empties meanwhile).
+* ``service_ips``          images dropped at 2x the best ``batch_ips`` so far for ``--seconds``: records per
+                           second between the 10th record and the last (the inbox never empties meanwhile).
+                           Batch and service take turns for ``--rounds`` rounds (the machine is shared and
+                           noisy); each figure is its best round, every round is in ``rounds``.
 * ``sustained_over_batch`` ``service_ips / batch_ips`` (target >= 0.9); ``..._unlabelled`` against the
                            unlabelled batch run (the same work per image).
 * ``single_latency_ms``    median arrival-to-record time of 15 images dropped one at a time into an idle
@@ -64,13 +66,21 @@ def pct(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
 
 
-def wait_records(app_dir: Path, n: int, timeout: float = 300) -> list[dict]:
+def count_records(app_dir: Path) -> int:
+    """Complete lines in the journal, without parsing them (the poll must not take the board's CPU)."""
+    n = 0
+    for _, p in journal_mod.segments(str(app_dir / "service" / "journal")):
+        with open(p, "rb") as f:
+            n += f.read().count(b"\n")
+    return n
+
+
+def wait_records(app_dir: Path, n: int, timeout: float = 300, poll: float = 0.1) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        recs = records(app_dir)
-        if len(recs) >= n:
-            return recs
-        time.sleep(0.02)
+        if count_records(app_dir) >= n:
+            return records(app_dir)
+        time.sleep(poll)
     raise RuntimeError(f"only {len(records(app_dir))} of {n} records after {timeout}s")
 
 
@@ -136,7 +146,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--images", type=int, default=120, help="images of the batch run")
-    ap.add_argument("--seconds", type=float, default=8.0, help="length of each steady-rate phase")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each steady-rate phase")
+    ap.add_argument("--rounds", type=int, default=3, help="batch/service rounds, taking turns (best of each)")
     ap.add_argument("--records", type=int, default=100_000, help="journal records for the collect figure")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
@@ -152,10 +163,6 @@ def main() -> int:
         project.up()
         project.deploy("push", "board1", timeout=900)
 
-        log(f"batch run of {args.images} images")
-        out["batch_ips"], out["batch_ips_unlabelled"] = batch_runs(project, args.images)
-        log(f"  {out['batch_ips']:.1f} img/s ({out['batch_ips_unlabelled']:.1f} without labelled copies)")
-
         project.deploy("service", "start", "board1")
         inbox = project.app_dir / "inbox"
         dropper = Dropper(project, inbox)
@@ -164,26 +171,39 @@ def main() -> int:
             dropper.drop(p)
         wait_records(project.app_dir, 3)
 
-        rate = 2 * out["batch_ips"]
-        log(f"saturation: dropping at {rate:.1f} img/s for {args.seconds}s")
-        names = dropper.steady(rate, args.seconds)
-        recs = wait_records(project.app_dir, 3 + len(names))
-        phase = sorted((r for r in recs if r["image"] in set(names)), key=lambda r: r["t"])
-        tail = phase[9:]
-        out["service_ips"] = (len(tail) - 1) / (tail[-1]["t"] - tail[0]["t"])
-        out["saturation"] = {"dropped": len(names), "drop_rate": rate, "records": len(phase),
-                             "failed": sum(1 for r in phase if not r["ok"])}
+        # The machine is shared: batch and service rounds take turns, and each figure is its best round.
+        batch, unlabelled, service, sat = [], [], [], []
+        for rnd in range(args.rounds):
+            log(f"round {rnd + 1}/{args.rounds}: batch run of {args.images} images")
+            a, b = batch_runs(project, args.images)
+            batch.append(a)
+            unlabelled.append(b)
+            log(f"  {a:.1f} img/s ({b:.1f} without labelled copies)")
+            rate = 2 * max(batch)
+            log(f"round {rnd + 1}/{args.rounds}: saturation, dropping at {rate:.1f} img/s for {args.seconds}s")
+            have = count_records(project.app_dir)
+            names = dropper.steady(rate, args.seconds)
+            recs = wait_records(project.app_dir, have + len(names))
+            phase = sorted((r for r in recs if r["image"] in set(names)), key=lambda r: r["t"])
+            tail = phase[9:]
+            service.append((len(tail) - 1) / (tail[-1]["t"] - tail[0]["t"]))
+            sat.append({"dropped": len(names), "drop_rate": rate, "records": len(phase),
+                        "failed": sum(1 for r in phase if not r["ok"]), "ips": service[-1]})
+            log(f"  service {service[-1]:.1f} img/s")
+        out["batch_ips"], out["batch_ips_unlabelled"], out["service_ips"] = max(batch), max(unlabelled), max(service)
+        out["rounds"] = {"batch_ips": batch, "batch_ips_unlabelled": unlabelled, "service_ips": service}
+        out["saturation"] = sat
         out["sustained_over_batch"] = out["service_ips"] / out["batch_ips"]
         out["sustained_over_batch_unlabelled"] = out["service_ips"] / out["batch_ips_unlabelled"]
-        log(f"  service {out['service_ips']:.1f} img/s: {out['sustained_over_batch']:.2f} x batch "
-            f"({out['sustained_over_batch_unlabelled']:.2f} x the unlabelled batch)")
+        log(f"best: service {out['service_ips']:.1f} img/s = {out['sustained_over_batch']:.2f} x batch "
+            f"{out['batch_ips']:.1f} ({out['sustained_over_batch_unlabelled']:.2f} x the unlabelled batch)")
 
         log("single-image latency: 15 drops, one at a time")
         single, single_work = [], []
         for p in dropper.prepare(15):
-            have = len(records(project.app_dir))
+            have = count_records(project.app_dir)
             dropper.drop(p)
-            rec = wait_records(project.app_dir, have + 1)[-1]
+            rec = wait_records(project.app_dir, have + 1, poll=0.01)[-1]
             single.append((rec["t"] - dropper.dropped[rec["image"]]) * 1000)
             single_work.append(rec["ms"]["decode"] + rec["ms"]["infer"])
             time.sleep(0.1)
@@ -193,7 +213,7 @@ def main() -> int:
 
         half = 0.5 * out["service_ips"]
         log(f"half load: dropping at {half:.1f} img/s for {args.seconds}s")
-        have = len(records(project.app_dir))
+        have = count_records(project.app_dir)
         names = dropper.steady(half, args.seconds)
         recs = wait_records(project.app_dir, have + len(names))
         mine = [r for r in recs if r["image"] in set(names)]
