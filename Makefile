@@ -27,6 +27,7 @@ bench: setup
 	$(PY) benchmarks/agent.py --backend acl
 	$(PY) benchmarks/push.py
 	$(PY) benchmarks/fleet.py  # ~10 min: eight shaped links, Ansible and pyinfra in the same run
+	$(PY) benchmarks/service.py  # ~2 min: the agent as a service vs a batch run, latency, collect
 
 clean-sandbox:
 	$(DEPLOY) sandbox down --purge
