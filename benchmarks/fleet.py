@@ -58,7 +58,6 @@ Human-readable progress goes to stderr; ``--json`` prints one JSON object on std
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -77,7 +76,8 @@ from deploy import bundle as bundle_mod  # noqa: E402
 from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import push as push_mod  # noqa: E402
 from deploy import ssh as ssh_mod  # noqa: E402
-from deploy.targets import PROFILES, abi_tag  # noqa: E402
+from deploy import wheelhouse  # noqa: E402
+from deploy.targets import PROFILES  # noqa: E402
 from deploy.testing import (  # noqa: E402
     DEMO,
     SANDBOX_BOARD,
@@ -177,15 +177,12 @@ class Fleet:
         small release, so the test is quick; the agent then imports the board's own packages, if any)."""
         cache = self.root / "wheels"
         target = PROFILES[SANDBOX_BOARD["target"]]
-        reqs = sorted(target.requirements)
-        digest = hashlib.sha256(json.dumps([reqs, list(target.platforms)]).encode()).hexdigest()[:12]
         for minor in range(7, 16):
-            base = cache / f"{target.platforms[0]}-{abi_tag(f'3.{minor}')}"
-            site = base / f"site-{digest}"
+            site = wheelhouse.site_dir(target, f"3.{minor}", cache)
             (site / "tiny").mkdir(parents=True, exist_ok=True)
             for k in range(3):
                 (site / "tiny" / f"f{k}.py").write_text(f"# tiny site file {k}\n")
-            (base / f"site-{digest}.json").write_text(json.dumps({"python": f"3.{minor}", "wheels": []}))
+            site.with_name(site.name + ".json").write_text(json.dumps({"python": f"3.{minor}", "wheels": []}))
         self.project.environ["DEPLOY_WHEEL_CACHE"] = str(cache)
         os.environ["DEPLOY_WHEEL_CACHE"] = str(cache)  # for the in-process bundle (materialise)
 

