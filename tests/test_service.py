@@ -171,11 +171,19 @@ def test_push_moves_the_running_service_to_the_new_release(svc):
     assert last["image"] == "new-release.jpg" and last["release"] == row["release"] and len(last["topk"]) == 3
 
 
-def test_logs_and_stop(svc):
+def test_logs_follow_and_stop(svc):
     logs = svc.deploy("service", "logs", "board1", "-n", "5").stdout
-    assert 0 < len(logs.splitlines()) <= 5 and "state" in logs
-    info = status(svc)
-    row = svc.deploy_json("service", "stop", "board1")["boards"][0]
+    assert 0 < len(logs.splitlines()) <= 5 and "agent" in logs
+    follow = svc.start("service", "logs", "board1", "-n", "0", "-f")
+    try:
+        time.sleep(2.0)  # the follow is set up; then the stop below writes to the log
+        info = status(svc)
+        row = svc.deploy_json("service", "stop", "board1")["boards"][0]
+        time.sleep(1.0)
+    finally:
+        follow.terminate()
+    followed = follow.communicate(timeout=10)[0]
+    assert "agent service ended (stopped)" in followed, followed
     assert row["ok"] and not row["service"]["enabled"] and row["service"]["agent_pid"] is None
     assert not pid_alive(info["agent_pid"]) and not pid_alive(info["supervisor_pid"])
     assert "@reboot" not in (svc.home / ".sandbox" / "crontab").read_text()
@@ -185,3 +193,17 @@ def test_logs_and_stop(svc):
     assert (svc.inbox / "while-stopped.jpg").exists()  # nothing takes it
     assert svc.deploy_json("service", "start", "board1")["boards"][0]["ok"]  # and it goes on from there
     wait_for(lambda: not (svc.inbox / "while-stopped.jpg").exists(), what="the image taken after the restart")
+
+
+def test_mistakes_are_one_line(svc):
+    svc.configure(app="other-app")  # nothing deployed under this name
+    try:
+        r = svc.deploy("service", "start", "board1", check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "nothing deployed for this app yet: run `deploy push` first" in lines[0], lines
+        r = svc.deploy("service", "stop", "board1", check=False)
+        assert r.returncode == 1 and "no service of other-app on this board" in r.stderr and "Traceback" not in r.stderr
+        assert "service: none" in svc.deploy("service", "status", "board1").stdout
+    finally:
+        svc.configure()

@@ -305,3 +305,22 @@ def test_a_journal_that_cannot_grow_is_a_clear_state_and_loses_nothing(stages, t
     recs = [json.loads(x) for _, p in journal_mod.segments(str(svc / "journal")) for x in Path(p).read_text().splitlines()]
     assert sorted(r["image"] for r in recs) == [f"img-{i:02d}.jpg" for i in range(12)]
     assert [r["seq"] for r in recs] == list(range(1, 13)) and all(r["ok"] for r in recs)
+
+
+def test_with_one_backend_stream_a_pass_ends_when_the_inbox_is_empty_and_nothing_waits(stages, tmp_path, demo):
+    """The queue-mode pipeline (one stream, as the acl backend's): the feed does not block inside a pass, so an
+    image arriving alone is classified without waiting for a next one."""
+    rel = stages[0]
+    job = job_for(str(rel), str(rel))
+    one = make_backend(job, threads=2)  # one stream of 2 intra-op threads
+    one.load(job.path(job.model))
+    try:
+        assert one.streams == 1
+        r = Running((rel, one, _stages(job, one)), tmp_path)
+        with r:
+            for i in range(3):
+                os.rename(_copy(demo / "images" / "rocket.jpg", tmp_path / "x.jpg"), r.inbox / f"r{i}.jpg")
+                wait_for(lambda n=i: len(r.records()) == n + 1, timeout=10)  # each alone, none waits for the next
+        assert [x["image"] for x in r.records()] == ["r0.jpg", "r1.jpg", "r2.jpg"]
+    finally:
+        one.close()
