@@ -612,22 +612,9 @@ def _build_demo(
     record: dict[str, Any] = dict(stamp)
     writes: dict[Path, bytes] = {}
     if "model" in stale:
-        weights = weights or _lite0_weights()
-        say(f"writing EfficientNet-Lite0 as {DEMO_MODEL} (opset {DEMO_OPSET}, {builder})")
-        model_bytes, info = _demo_model(weights, torch_factory)
+        model_bytes, record["model"] = _make_demo_model(weights, torch_factory, builder, say)
         writes[model_path] = model_bytes
         files[DEMO_MODEL] = hashlib.sha256(model_bytes).hexdigest()
-        record["model"] = {
-            "input_shape": list(DEMO_INPUT_SHAPE),
-            "opset": DEMO_OPSET,
-            "input": INPUT_NAME,
-            "output": OUTPUT_NAME,
-            "dynamic_batch": True,
-            "builder": builder,
-            **info,
-            "weights": weights.name,
-            "weights_sha256": file_sha256(weights),
-        }
     else:
         model_bytes = model_path.read_bytes()
     if "labels" in stale:
@@ -660,6 +647,25 @@ def _build_demo(
     )
     _write_atomic(stamp_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return _assets(root, rebuilt=bool(stale))
+
+
+def _make_demo_model(weights: Path | None, torch_factory: str | None, builder: str,
+                     say: Callable[[str], None]) -> tuple[bytes, dict[str, Any]]:
+    """The demo model's bytes (torch-free unless ``torch_factory``) and its stamp record."""
+    weights = weights or _lite0_weights()
+    say(f"writing EfficientNet-Lite0 as {DEMO_MODEL} (opset {DEMO_OPSET}, {builder})")
+    model_bytes, info = _demo_model(weights, torch_factory)
+    return model_bytes, {
+        "input_shape": list(DEMO_INPUT_SHAPE),
+        "opset": DEMO_OPSET,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "dynamic_batch": True,
+        "builder": builder,
+        **info,
+        "weights": weights.name,
+        "weights_sha256": file_sha256(weights),
+    }
 
 
 def _demo_photos() -> dict[str, bytes]:

@@ -74,11 +74,8 @@ def _dims(vi):
     return [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
 
 
-def build(args):
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
+def _check_args(args):
+    """The build's settings from the command line (seed 003's gen_model.py flags): archs, mutable, bn."""
     if args.caffe_model or args.prototxt:
         raise BuildError(
             "the simulated builder parses ONNX networks only (Caffe parsing is not simulated): "
@@ -104,6 +101,19 @@ def build(args):
         raise BuildError(f"--batch_size must be 1..{MAX_BATCH}")
     if (args.mean is None) != (args.std is None):
         raise BuildError("--mean and --std go together")
+    bn = None
+    if args.mean is not None:
+        mean, std = _floats(args.mean, "mean"), _floats(args.std, "std")
+        if any(s <= 0 for s in std):
+            raise BuildError("--std values must be positive")
+        bn = {"mean": mean, "var": [s * s for s in std]}
+    return archs, mutable, bn
+
+
+def _image_input(args):
+    """The ONNX model and its one NCHW image input, checked against --input_height/--input_width."""
+    import onnx
+
     try:
         model = onnx.load(args.onnx_model)
     except Exception as exc:
@@ -122,22 +132,15 @@ def build(args):
     h, w = args.input_height, args.input_width
     if (dims[2] > 0 and dims[2] != h) or (dims[3] > 0 and dims[3] != w):
         raise BuildError(f"input {src.name} is {dims[2]}x{dims[3]}, --input_height/--input_width say {h}x{w}")
-    bn = None
-    if args.mean is not None:
-        mean, std = _floats(args.mean, "mean"), _floats(args.std, "std")
-        if any(s <= 0 for s in std):
-            raise BuildError("--std values must be positive")
-        bn = {"mean": mean, "var": [s * s for s in std]}
-    fp16 = args.precision == "force_float16"
-    batch = -1 if mutable else args.batch_size
+    return model, src
 
-    # rename the network's input inside the graph, then put the build's own nodes in front of it
-    inner = src.name + "__mm_in"
-    for node in g.node:
-        node.input[:] = [inner if x == src.name else x for x in node.input]
-    pre, x = [], src.name
-    consts = []
-    in_dtype = args.input_dtype or ("UINT8" if bn is not None else "FLOAT")
+
+def _preprocess_nodes(src_name, inner, in_dtype, bn, fp16):
+    """The build's own nodes in front of the network: uint8 -> float, NHWC -> NCHW, the normalisation, fp16."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    pre, x, consts = [], src_name, []
     if in_dtype == "UINT8":
         pre.append(helper.make_node("Cast", [x], ["mm_f32"], to=TensorProto.FLOAT))
         x = "mm_f32"
@@ -155,8 +158,14 @@ def build(args):
                 helper.make_node("Cast", ["mm_in_h"], [inner], to=TensorProto.FLOAT)]  # fmt: skip
     else:
         pre.append(helper.make_node("Identity", [x], [inner]))
-    post = []
-    outputs = []
+    return pre, consts
+
+
+def _output_nodes(g, fp16, batch):
+    """fp16 rounding after each output (force_float16), and the outputs' header entries."""
+    from onnx import TensorProto, helper
+
+    post, outputs = [], []
     for out in g.output:
         if fp16:
             raw = out.name + "__mm_raw"
@@ -169,6 +178,26 @@ def build(args):
         if odims:
             odims[0] = batch
         outputs.append({"name": out.name, "onnx_name": out.name, "dtype": "FLOAT", "dims": odims})
+    return post, outputs
+
+
+def build(args):
+    import onnx
+    from onnx import TensorProto, helper
+
+    archs, mutable, bn = _check_args(args)
+    model, src = _image_input(args)
+    g = model.graph
+    h, w = args.input_height, args.input_width
+    fp16 = args.precision == "force_float16"
+    batch = -1 if mutable else args.batch_size
+    in_dtype = args.input_dtype or ("UINT8" if bn is not None else "FLOAT")
+    # rename the network's input inside the graph, then put the build's own nodes in front of it
+    inner = src.name + "__mm_in"
+    for node in g.node:
+        node.input[:] = [inner if x == src.name else x for x in node.input]
+    pre, consts = _preprocess_nodes(src.name, inner, in_dtype, bn, fp16)
+    post, outputs = _output_nodes(g, fp16, batch)
     nodes = pre + list(g.node) + post
     del g.node[:]
     g.node.extend(nodes)
@@ -201,14 +230,16 @@ def build(args):
         ],  # fmt: skip
         "outputs": outputs,
     }
-    data = simmm.dumps(header, model.SerializeToString())
-    out_dir = os.path.dirname(os.path.abspath(args.output_model))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = args.output_model + f".tmp-{os.getpid()}"
+    _write(args.output_model, simmm.dumps(header, model.SerializeToString()))
+    return header
+
+
+def _write(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + f".tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, args.output_model)
-    return header
+    os.replace(tmp, path)
 
 
 def main(argv=None):
