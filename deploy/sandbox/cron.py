@@ -52,10 +52,10 @@ def install(login, owner: str | None):
     script = bindir / "crontab"
     script.write_text(CRONTAB_SH)
     script.chmod(0o755)
-    if owner and os.geteuid() == 0:
-        entry = pwd.getpwnam(owner)
+    if owner and os.geteuid() == 0:  # the home's owner: a host user, or one that exists only in an aarch64 rootfs
+        home = login.home_on_host.stat()
         for p in (bindir.parent, bindir, script):
-            os.chown(p, entry.pw_uid, entry.pw_gid)
+            os.chown(p, home.st_uid, home.st_gid)
     env = dict(login.env)
     env["PATH"] = f"{login.home}/.sandbox/bin:" + env.get("PATH", DEFAULT_PATH)
     return replace(login, env=tuple(env.items()))
