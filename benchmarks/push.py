@@ -512,7 +512,7 @@ class Bench:
                 if m == "cli":
                     self.configure("rtt", tree_small)
                     _, res = self.cli_push("rtt:small_files_push_s", board="lagged")
-                    assert res["objects"] == self.n_files, res
+                    assert self.n_files <= res["objects"] <= self.n_files + 2, res  # + app.json when it changed
                     self.configure("rtt", tree_small)
                     _, res = self.cli_push("rtt:redeploy_s", board="lagged")
                     assert res["payload_bytes"] == 0, res
@@ -583,7 +583,7 @@ class Bench:
                 if m == "cli":
                     self.configure("link0", tree_small)
                     _, res = self.cli_push("link:small_files_push_s", board="linked")
-                    assert res["objects"] == self.n_files, res
+                    assert self.n_files <= res["objects"] <= self.n_files + 2, res  # + app.json when it changed
                     _, res = self.cli_push("link:redeploy_s", board="linked")
                     assert res["payload_bytes"] == 0, res
                 else:
