@@ -177,7 +177,6 @@ class Service:
         self.reason = ""
         self.last_error = ""
         self.ok = self.failed = 0
-        self.totals = {"ok": 0, "failed": 0}
         self.retry = []  # claimed earlier without a record: first in line
         self.inflight = {}  # item id -> Claimed, handed to the pipeline and not yet recorded
         self.to_dispose = queue.Queue()
@@ -187,6 +186,9 @@ class Service:
         self.done_bytes = 0
         self.started = time.time()
         self._status_at = 0.0
+        prev = read_json(os.path.join(self.dir, "status.json"))  # shown until the journal is open (a failed start)
+        self.totals = {"ok": int(prev.get("ok") or 0), "failed": int(prev.get("failed") or 0)}
+        self.journal.seq = int(prev.get("seq") or 0)
 
     def name_of(self, item):
         c = self.inflight.get(item.id)

@@ -37,6 +37,10 @@ STOP_GRACE = 10.0
 EXIT_SWITCH = 3
 LOG_LIMIT = 256 << 10
 
+# bash, as an ssh command gets (the board user's login shell): CANN's set_env.sh finds its own folder
+# through BASH_SOURCE, which dash (/bin/sh on Ubuntu, what cron gives) does not set
+SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
 # The agent's command: env.sh sourced (CANN paths, the app's env), PYTHONPATH pinned to the release
 AGENT_SH = (
     'if [ -r "$1" ]; then . "$1"; fi; '
@@ -106,7 +110,7 @@ class Supervisor:
         out = open(os.path.join(self.dir, "agent.log"), "ab")
         try:
             self.child = subprocess.Popen(
-                ["/bin/sh", "-c", AGENT_SH, "agent", os.path.join(self.app_dir, "env.sh"), release, self.python,
+                [SHELL, "-c", AGENT_SH, "agent", os.path.join(self.app_dir, "env.sh"), release, self.python,
                  os.path.join(self.dir, "config.json")],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=release,
             )
