@@ -324,3 +324,24 @@ def test_with_one_backend_stream_a_pass_ends_when_the_inbox_is_empty_and_nothing
         assert [x["image"] for x in r.records()] == ["r0.jpg", "r1.jpg", "r2.jpg"]
     finally:
         one.close()
+
+
+def test_app_service_in_the_inventory(tmp_path):
+    from deploy.errors import InventoryError
+    from deploy.inventory import Service as ServiceSettings
+    from deploy.inventory import parse
+
+    def inv(service: str):
+        text = ("app:\n  name: classify\n  models: {onnx: m.onnx}\n" + service +
+                "boards:\n  board1: {sandbox: true, target: x86_64-cpu}\n")
+        return parse(text, tmp_path / "inventory.yaml")
+
+    assert inv("").app.service == ServiceSettings()
+    s = inv("  service: {inbox: ~/in, policy: keep, max_disk: 2GB, settle: 0.5, rotate: 1MiB, log_max: 64k}\n").app.service
+    assert (s.inbox, s.policy, s.max_disk, s.settle, s.rotate, s.log_max) == ("~/in", "keep", 2 << 30, 0.5, 1 << 20, 64 << 10)
+    with pytest.raises(InventoryError, match=r"inventory.yaml:5: app.service.policy: must be one of keep, move, delete"):
+        inv("  service:\n    policy: archive\n")
+    with pytest.raises(InventoryError, match=r"app.service.max_disk: must be a size of at least 1048576 bytes"):
+        inv("  service: {max_disk: lots}\n")
+    with pytest.raises(InventoryError, match=r"app.service.when: unknown field"):
+        inv("  service: {when: always}\n")
