@@ -282,19 +282,36 @@ def cmd_service(args) -> int:
                 pass
         return 0
 
+    doing = {"start": "starting the service (the agent loads its model)", "stop": "stopping the service",
+             "status": "asking"}
+
     def action(inv, board, conn, prog):
-        if args.action == "start":
-            info = start(inv, conn, inbox=args.inbox, method=args.method)
-        elif args.action == "stop":
-            info = stop(inv, conn)
-        else:
-            info = status(inv, conn)
+        task = prog.add_task(f"{board.name}: {doing[args.action]}", total=None)
+        try:
+            if args.action == "start":
+                info = start(inv, conn, inbox=args.inbox, method=args.method)
+            elif args.action == "stop":
+                info = stop(inv, conn)
+            else:
+                info = status(inv, conn)
+        finally:
+            prog.remove_task(task)
         if not args.json:
             ui.out().print(f"[bold]{ui.escape(board.name)}[/]: {ui.escape(service_line(info))}", soft_wrap=True)
         ok = True if args.action == "stop" else (_healthy(info) if args.action == "start" else True)
         return {"ok": ok, "service": info_json(info)}
 
-    return _exit(_each_board(args, action))
+    return _exit(_each_board(args, action, view=_waiting_view if args.action != "status" else None))
+
+
+def _waiting_view():
+    """A spinner row per board while start/stop wait on the board (seconds: the agent loads its model)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .ui import err
+
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=err(),
+                    transient=True)
 
 
 def cmd_collect(args) -> int:
