@@ -12,7 +12,9 @@ raw while the link's rate L shows (after the first quarter second, which only fi
 compressor's rate C is timed on samples of the objects themselves. On loopback L is far above C
 and nothing is compressed; on a 50-100 Mbit/s link (a lab LAN, the DK's USB link) it is below.
 An object whose first 64 KiB compress worse than ``RAW_RATIO`` (model weights, JPEGs) travels raw
-whatever the link. ``mode="on"`` and ``"off"`` (``--compress``/``--no-compress``) override.
+whatever the link. Objects of kinds that rarely compress (``RAW_FIRST``: models, images, archives)
+go first, so the link is measured on bytes that would travel raw anyway and every object after
+them gets the decision. ``mode="on"`` and ``"off"`` (``--compress``/``--no-compress``) override.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ WARMUP_S = 0.25  # the first moments only fill socket buffers (MiBs at memory sp
 PROBE_S = 0.5  # the link's rate is measured over this long, again and again
 AHEAD = 3  # objects compressed ahead of the sender
 MODES = ("auto", "on", "off")
+# kinds that rarely compress: sent first while the link is measured (only the order changes)
+RAW_FIRST = (".onnx", ".om", ".mm", ".pb", ".jpg", ".jpeg", ".png", ".gif", ".webp", ".zip", ".gz", ".xz",
+             ".bz2", ".npz", ".whl")
+
+
+def order(entries: Iterable) -> list:
+    """``entries`` with the kinds in RAW_FIRST first, each group in its given order."""
+    entries = list(entries)
+    first = [e for e in entries if str(getattr(e, "path", "")).lower().endswith(RAW_FIRST)]
+    ids = {id(e) for e in first}
+    return first + [e for e in entries if id(e) not in ids]
 
 
 @dataclass
@@ -129,7 +142,7 @@ def write(fileobj, entries: Iterable, policy: Policy,
 
     def producer():
         try:
-            for e in entries:
+            for e in order(entries):
                 item = _prepare(e, policy)
                 while not stop.is_set():
                     try:
