@@ -144,6 +144,17 @@ def _add_quality(sub) -> None:
     sp.set_defaults(func="quality:cmd_report")
 
 
+def _batches(text: str) -> list[int]:
+    """``--batch 4`` or ``--batch 1,4,8``: positive integers."""
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a batch size or a list of them: {text!r}") from None
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+    return sizes
+
+
 def _add_service(sub) -> None:
     sp = sub.add_parser("service", help="the agent as a supervised service: classify what arrives in an inbox")
     sp.add_argument("action", choices=["start", "status", "stop", "logs"])
@@ -160,17 +171,6 @@ def _add_service(sub) -> None:
     _common(sp)
     sp.add_argument("--dest", help="outputs root (default ./outputs)")
     sp.set_defaults(func="service:cmd_collect")
-
-
-def _batches(text: str) -> list[int]:
-    """``--batch 4`` or ``--batch 1,4,8``: positive integers."""
-    try:
-        sizes = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a batch size or a list of them: {text!r}") from None
-    if not sizes or any(n < 1 for n in sizes):
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
-    return sizes
 
 
 def _add_model(sub) -> None:
