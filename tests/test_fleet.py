@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -141,12 +140,6 @@ def test_eight_boards_one_down_one_changed_key(lab):
     assert [row["board"] for row in rows if row.get("skipped")] == ["b1", "b2"] and r.returncode == 4
 
 
-def current_release(proj: Project, board: str) -> str:
-    """The release a board's ``current`` link names, read from its home (not through the tool)."""
-    home = Path(proj.status(board)["home"])
-    return os.readlink(home / "HIAI_PROJECTS" / proj.app / "current").split("/")[-1]
-
-
 def use_model(proj: Project, model: Path | None) -> None:
     proj.app_extra = {"models": {"onnx": str(model)}} if model else {}
     proj.configure()
@@ -155,7 +148,7 @@ def use_model(proj: Project, model: Path | None) -> None:
 def test_a_model_that_cannot_load_is_rolled_back_on_every_board(lab):
     boards = ["b1", "b2", "b4", "b5"]
     lab.deploy("push", ",".join(boards))  # the demo release (already there after the first test: no change)
-    before = {b: current_release(lab, b) for b in boards}
+    before = {b: lab.current_release(b) for b in boards}
     bad = lab.root / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf" * 64)
     use_model(lab, bad)
@@ -175,7 +168,7 @@ def test_a_model_that_cannot_load_is_rolled_back_on_every_board(lab):
             assert row["error"].endswith(f"rolled back to {before[row['board']]}"), row
     finally:
         use_model(lab, None)
-    assert {b: current_release(lab, b) for b in boards} == before
+    assert {b: lab.current_release(b) for b in boards} == before
 
 
 def test_a_board_that_drops_mid_push_keeps_its_release_and_the_others_go_on(lab):
@@ -188,7 +181,7 @@ def test_a_board_that_drops_mid_push_keeps_its_release_and_the_others_go_on(lab)
     variant = lab.root / "variant.onnx"
     onnx.save(model, str(variant))
     lab.deploy("push", "b1,b2,b3,b4")
-    before = current_release(lab, "b3")
+    before = lab.current_release("b3")
     with Relay(lab.status("b3")["port"], cut_after=2 << 20).start() as relay:
         lab.boards["b3cut"] = lab.relay_board(relay.port, "b3")
         use_model(lab, variant)
@@ -205,7 +198,7 @@ def test_a_board_that_drops_mid_push_keeps_its_release_and_the_others_go_on(lab)
                             "unchanged": 0}
     new = {rows[b]["release"] for b in ("b1", "b2", "b4")}
     assert len(new) == 1 and before not in new
-    assert current_release(lab, "b3") == before  # the previous release is still current
+    assert lab.current_release("b3") == before  # the previous release is still current
     try:
         again = lab.deploy_json("push", "b3")["boards"][0]  # the link is back: the push completes
         assert again["switched"] and again["release"] in new and again["health"]["status"] == "passed"

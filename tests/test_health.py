@@ -30,13 +30,6 @@ from deploy.testing import ESPRESSO, Project
 APP = "classify"
 
 
-def current(project: Project, app: str = APP) -> str | None:
-    try:
-        return os.readlink(project.home / "HIAI_PROJECTS" / app / "current").split("/")[-1]
-    except FileNotFoundError:
-        return None
-
-
 def releases_on_board(project: Project) -> list[str]:
     return sorted(n for n in os.listdir(project.app_dir / "releases") if not n.startswith("."))
 
@@ -90,7 +83,7 @@ def test_a_model_that_cannot_load_fails_the_check_and_the_board_is_back(project)
     assert r.returncode == 1
     assert "failed its health check: probe images/chelsea.jpg: " in line and "cannot load models/broken.onnx" in line
     assert line.endswith(f"; rolled back to {good}"), line
-    assert current(project) == good and releases_on_board(project) == [good]  # the failed release is gone
+    assert project.current_release() == good and releases_on_board(project) == [good]  # the failed release is gone
     run = project.deploy_json("run", "board1", "-q")["boards"][0]
     assert run["ok"] and run["release"] == good
 
@@ -106,10 +99,10 @@ def test_no_health_check_skips_it_and_the_next_push_checks_what_is_current(proje
     use_model(project, corrupt_model(project))
     row = project.deploy_json("push", "board1", "--no-health-check")["boards"][0]
     assert row["ok"] and row["switched"] and row["health"]["status"] == "skipped"
-    assert row["health"]["reason"] == "--no-health-check" and current(project) == row["release"]
+    assert row["health"]["reason"] == "--no-health-check" and project.current_release() == row["release"]
     # the same content again, now checked: it never passed here, so it is checked and fails
     r = project.deploy("push", "board1", check=False)
-    assert one_error_line(r).endswith(f"rolled back to {good}") and current(project) == good
+    assert one_error_line(r).endswith(f"rolled back to {good}") and project.current_release() == good
     use_model(project, None)
 
 
@@ -118,7 +111,7 @@ def test_a_failed_first_push_leaves_nothing_deployed(project):
     try:
         r = project.deploy("push", "board1", check=False)
         assert one_error_line(r).endswith("no earlier release to roll back to: current removed")
-        assert current(project, "fresh") is None
+        assert project.current_release(app="fresh") is None
         assert not [n for n in os.listdir(project.home / "HIAI_PROJECTS" / "fresh" / "releases")
                     if not n.startswith(".")]
         run = project.deploy("run", "board1", "-q", check=False)

@@ -19,10 +19,6 @@ from deploy import inventory, push, remote, ssh
 from deploy.errors import DeployError
 
 
-def current(project) -> str:
-    return os.readlink(project.app_dir / "current").split("/")[-1]
-
-
 def staging_debris(project) -> list[str]:
     return [n for n in os.listdir(project.app_dir / "releases") if n.startswith(".staging-")]
 
@@ -40,7 +36,7 @@ def remove_big_photos(project):
 
 
 def assert_previous_release_runs(project, release):
-    assert current(project) == release
+    assert project.current_release() == release
     run = project.deploy_json("run", "board1", "-q", "--images", str(project.demo / "images" / "chelsea.jpg"))["boards"][0]
     assert run["ok"] and run["release"] == release and run["images_ok"] == 1
 
@@ -95,7 +91,7 @@ def test_connection_cut_by_the_board_mid_stream_leaves_previous_release(project)
     assert_previous_release_runs(project, base)
 
     again = project.deploy_json("push", "board1")["boards"][0]
-    assert again["switched"] and again["release"] != base and current(project) == again["release"]
+    assert again["switched"] and again["release"] != base and project.current_release() == again["release"]
     assert staging_debris(project) == []  # the re-push cleaned up
     check = verify_all(project)
     assert check.bad == [] and check.files > 300  # the slim release: ~360 files
@@ -134,7 +130,7 @@ def test_host_process_killed_leaves_previous_release(project, point):
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert_previous_release_runs(project, base)
     again = project.deploy_json("push", "board1")["boards"][0]
-    assert again["switched"] and current(project) == again["release"]
+    assert again["switched"] and project.current_release() == again["release"]
     assert staging_debris(project) == []
     assert verify_all(project).bad == []
     remove_big_photos(project)
@@ -162,10 +158,10 @@ def test_rollback_and_releases(project):
     a = project.deploy_json("push", "board1")["boards"][0]["release"]
     project.configure(topk=3)
     b = project.deploy_json("push", "board1")["boards"][0]["release"]
-    assert a != b and current(project) == b
+    assert a != b and project.current_release() == b
     rb = project.deploy_json("rollback", "board1")["boards"][0]
     log = (project.app_dir / "releases.log").read_text()
-    assert rb["previous"] == b and rb["current"] == a and current(project) == a, log
+    assert rb["previous"] == b and rb["current"] == a and project.current_release() == a, log
     run = project.deploy_json("run", "board1", "-q")["boards"][0]
     pulled = project.deploy_json("pull", "board1", "--run", run["run_id"])["boards"][0]
     recs = [json.loads(x) for x in (Path(pulled["path"]) / "results.jsonl").read_text().splitlines()]
@@ -175,9 +171,9 @@ def test_rollback_and_releases(project):
     ids = [r["id"] for r in rels["releases"]]
     assert a in ids and b in ids and rels["current"] == a
     project.deploy_json("rollback", "board1", "--to", b[:6])
-    assert current(project) == b
+    assert project.current_release() == b
     r = project.deploy("rollback", "board1", "--to", "nonexistent", check=False)
-    assert r.returncode == 1 and "no single release matches" in r.stderr and current(project) == b
+    assert r.returncode == 1 and "no single release matches" in r.stderr and project.current_release() == b
     project.configure()
 
 
@@ -195,7 +191,7 @@ def test_keep_n_prunes_but_never_current(project):
     res = project.deploy_json("push", "board1")["boards"][0]
     assert res["release"] == made[2] and not res["switched"] and res["pruned"] == [made[3]]
     kept = [n for n in os.listdir(project.app_dir / "releases") if not n.startswith(".")]
-    assert kept == [made[2]] and current(project) == made[2]
+    assert kept == [made[2]] and project.current_release() == made[2]
     project.configure()
 
 
@@ -224,5 +220,5 @@ def test_a_silent_board_times_out_instead_of_hanging(project, monkeypatch):
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGKILL)
-    assert frozen and current(project) == base
+    assert frozen and project.current_release() == base
     project.configure()

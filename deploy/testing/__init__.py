@@ -237,6 +237,15 @@ class Project:
     def app_dir(self) -> Path:
         return self.home / "HIAI_PROJECTS" / self.app
 
+    def current_release(self, board: str = "board1", app: str | None = None) -> str | None:
+        """The release a sandbox board's ``current`` link names, read from its home (not through the tool);
+        None when the app has no current release there."""
+        home = Path(self.status(board)["home"])
+        try:
+            return os.readlink(home / "HIAI_PROJECTS" / (app or self.app) / "current").split("/")[-1]
+        except FileNotFoundError:
+            return None
+
     def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         """A plain OpenSSH client command, non-interactive, exactly as a user would type it."""
         r = subprocess.run([*ssh_argv(self.sandbox), command], capture_output=True, text=True, timeout=60)
