@@ -280,9 +280,11 @@ class Bench:
         opts = ["-P" if w == "-p" else w for w in opts]
         return self._timed_command(key, ["scp", "-r", "-q", *opts, str(src), f"{dest}:{remote}"])
 
-    def rsync(self, key: str, src: Path, remote: str, port: int | None = None) -> float:
+    def rsync(self, key: str, src: Path, remote: str, port: int | None = None, *flags: str) -> float:
+        """``rsync -a [FLAGS]`` of ``src`` into ``remote`` on board1 (or through the relay's ``port``)."""
         opts, dest = self.ssh_parts(port)
-        return self._timed_command(key, ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), f"{src}/", f"{dest}:{remote}/"])
+        return self._timed_command(key, ["rsync", "-a", *flags, "-e", shlex.join(["ssh", *opts]), f"{src}/",
+                                         f"{dest}:{remote}/"])
 
     def _timed_command(self, key: str, argv: list[str]) -> float:
         """Wall time (recorded under ``key``, with host and board CPU) of one baseline command."""
@@ -533,11 +535,6 @@ class Bench:
         self.forget("HIAI_PROJECTS/rtt", "bench/rtt-tree")
         self.stop_relay()
 
-    def rsync_args(self, key: str, src: Path, remote: str, port: int, *flags: str) -> float:
-        opts, dest = self.ssh_parts(port)
-        rsh = " ".join(shlex.quote(o) for o in ["ssh", *opts])
-        return self._timed_command(key, ["rsync", "-a", *flags, "-e", rsh, f"{src}/", f"{dest}:{remote}/"])
-
     def with_link(self) -> None:
         """First push, small files and redeploy through a bandwidth-limited link, against rsync -a / -az."""
         self.relay = relay_mod.spawn(self.sandbox["port"], rtt_ms=self.rtt_ms, mbit=self.mbit,
@@ -565,10 +562,10 @@ class Bench:
                         {k: res[k] for k in ("payload_bytes", "wire_bytes", "compressed_objects", "link_bytes_per_s")})
                     self.forget(f"HIAI_PROJECTS/link{i}")
                 elif m == "rsync":
-                    on_wire("rsync", lambda i=i: self.rsync_args("link:rsync_s", tree, str(self.home / "bench" / f"l{i}"), port))
+                    on_wire("rsync", lambda i=i: self.rsync("link:rsync_s", tree, str(self.home / "bench" / f"l{i}"), port))
                     self.forget(f"bench/l{i}")
                 else:
-                    on_wire("rsync_z", lambda i=i: self.rsync_args("link:rsync_z_s", tree, str(self.home / "bench" / f"lz{i}"),
+                    on_wire("rsync_z", lambda i=i: self.rsync("link:rsync_z_s", tree, str(self.home / "bench" / f"lz{i}"),
                                                                port, "-z"))
                     self.forget(f"bench/lz{i}")
             g = self.last
@@ -588,8 +585,8 @@ class Bench:
                     assert res["payload_bytes"] == 0, res
                 else:
                     dest = str(self.home / "bench" / f"ls{i}")
-                    self.rsync_args("link:small_files_rsync_s", tree_small, dest, port)
-                    self.rsync_args("link:redeploy_rsync_s", tree_small, dest, port)
+                    self.rsync("link:small_files_rsync_s", tree_small, dest, port)
+                    self.rsync("link:redeploy_rsync_s", tree_small, dest, port)
                     self.forget(f"bench/ls{i}")
         self.forget("HIAI_PROJECTS/link0")
         self.facts["link_wire_bytes"] = {k: min(v) for k, v in wire.items()}
