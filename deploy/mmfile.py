@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import BuildError
 from .inventory import Board
+from .omfile import starts_with
 from .targets import Target
 
 # MAGIC of deploy/sandbox/cambricon/runtime/magicmind/python/runtime/simmm.py, then uint32 format
@@ -26,13 +27,7 @@ _PREFIX = struct.Struct("<8sII")
 
 def is_simulated(model: Path | None) -> bool:
     """True when ``model`` is a readable file that starts with the simulated-model magic."""
-    if model is None:
-        return False
-    try:
-        with open(model, "rb") as f:
-            return f.read(len(SIMULATED_MM_MAGIC)) == SIMULATED_MM_MAGIC
-    except OSError:
-        return False
+    return starts_with(model, SIMULATED_MM_MAGIC)
 
 
 def header(model: Path) -> dict | None:

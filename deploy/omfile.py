@@ -30,15 +30,20 @@ _OM_LENGTH = struct.Struct("<I")
 _OM_LENGTH_AT = 76
 
 
-def is_simulated(model: Path | None) -> bool:
-    """True when ``model`` is a readable file that starts with the simulated-model magic."""
+def starts_with(model: Path | None, magic: bytes) -> bool:
+    """True when ``model`` is a readable file that starts with ``magic`` (a simulated .om or MagicMind model)."""
     if model is None:
         return False
     try:
         with open(model, "rb") as f:
-            return f.read(len(SIMULATED_OM_MAGIC)) == SIMULATED_OM_MAGIC
+            return f.read(len(magic)) == magic
     except OSError:
         return False
+
+
+def is_simulated(model: Path | None) -> bool:
+    """True when ``model`` is a readable file that starts with the simulated-model magic."""
+    return starts_with(model, SIMULATED_OM_MAGIC)
 
 
 def check_om(model: Path, board: Board) -> None:
