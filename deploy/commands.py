@@ -388,10 +388,7 @@ def cmd_exec(args) -> int:
 
     out_lock = threading.Lock()
     many = len(_inv(args).select(args.target)) > 1
-    def worst(rows):
-        return max((r.get("exit_code", 1) if not r["ok"] else 0) for r in rows)
-
-    return worst(_each_board(args, action, exit_code=worst))
+    return _exit(_each_board(args, action))  # a failed row's code is the command's own exit status
 
 
 # ---------------------------------------------------------------- models

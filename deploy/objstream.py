@@ -140,25 +140,30 @@ def write(fileobj, entries: Iterable, policy: Policy,
     todo: queue.Queue = queue.Queue(maxsize=AHEAD)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Queue ``item`` unless the sender has stopped (then nobody would take it); whether it was queued."""
+        while not stop.is_set():
+            try:
+                todo.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def producer():
         try:
             for e in order(entries):
-                item = _prepare(e, policy)
-                while not stop.is_set():
-                    try:
-                        todo.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(_prepare(e, policy)):
                     return
-            todo.put(None)
+            put(None)
         except BaseException as exc:  # handed to the sender, which raises it
-            todo.put(exc)
+            put(exc)
 
     worker = threading.Thread(target=producer, name="objstream", daemon=True)
     worker.start()
     try:
+        # tarfile's stream buffer is a bytes object grown with `buf += data` (a full copy per 16 KiB
+        # write): keep it at its default record size; the caller's writer batches (ChannelWriter: 1 MiB)
         with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.GNU_FORMAT) as tf:
             while (item := todo.get()) is not None:
                 if isinstance(item, BaseException):
