@@ -72,11 +72,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy import bundle as bundle_mod  # noqa: E402
 from deploy import inventory as inventory_mod  # noqa: E402
-from deploy import push as push_mod  # noqa: E402
-from deploy import ssh as ssh_mod  # noqa: E402
-from deploy import wheelhouse  # noqa: E402
+from deploy.link import ssh as ssh_mod  # noqa: E402
+from deploy.ops import push as push_mod  # noqa: E402
+from deploy.release import wheelhouse  # noqa: E402
+from deploy.release.hashcache import HashCache  # noqa: E402
 from deploy.targets import PROFILES  # noqa: E402
 from deploy.testing import (  # noqa: E402
     DEMO,
@@ -317,7 +317,7 @@ class Fleet:
         inv = inventory_mod.load(self.project.inventory)
         board = inv.boards[self.links[0]]
         with ssh_mod.Connection(ssh_mod.endpoint_for(inv, board)) as conn:
-            b = push_mod.build_for(inv, board, conn, bundle_mod.HashCache(inv.state_dir / "hashcache.json"))
+            b = push_mod.build_for(inv, board, conn, HashCache(inv.state_dir / "hashcache.json"))
         tops: dict[str, list[int]] = {}
         for e in b.entries:
             out = tree / e.path

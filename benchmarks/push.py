@@ -29,8 +29,8 @@ the methods rotated each round; all samples are in ``samples``; ratios compare f
                      (``PushResult.payload_bytes``: file content sent) vs that file's size.
 * ``cli_startup_s``  ``{"help", "status", "imports"}``: the median wall time (over several interleaved runs)
                      of ``python -m deploy --help``, of ``python -m deploy status board1`` (against this
-                     run's sandbox board, the app pushed) and of bare ``import deploy.cli, deploy.push,
-                     deploy.ssh``, each as a subprocess: what every CLI figure pays before its work.
+                     run's sandbox board, the app pushed) and of bare ``import deploy.cli, deploy.ops.push,
+                     deploy.link.ssh``, each as a subprocess: what every CLI figure pays before its work.
 * ``cpu_s``          CPU seconds per method (medians), split into host (this process and its children:
                      the CLI, scp, rsync, ssh) and board (the sandbox sshd's sessions and everything they
                      run, sampled from /proc every 20 ms). The machine is shared, so wall times are noisy;
@@ -78,10 +78,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy import bundle as bundle_mod  # noqa: E402
 from deploy import inventory as inventory_mod  # noqa: E402
-from deploy import push as push_mod  # noqa: E402
-from deploy import ssh as ssh_mod  # noqa: E402
+from deploy.link import ssh as ssh_mod  # noqa: E402
+from deploy.ops import push as push_mod  # noqa: E402
+from deploy.release.hashcache import HashCache  # noqa: E402
 from deploy.testing import DEMO, CommandFailed, Project, build_demo, demo_built, rounded, ssh_argv  # noqa: E402
 from deploy.testing import relay as relay_mod  # noqa: E402
 
@@ -343,7 +343,7 @@ class Bench:
         inv = inventory_mod.load(self.inventory)
         board = inv.boards[BOARD]
         with ssh_mod.Connection(ssh_mod.endpoint_for(inv, board)) as conn:
-            b = push_mod.build_for(inv, board, conn, bundle_mod.HashCache(inv.state_dir / "hashcache.json"))
+            b = push_mod.build_for(inv, board, conn, HashCache(inv.state_dir / "hashcache.json"))
         for e in b.entries:
             out = dest / e.path
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ class Bench:
         commands = {
             "help": [sys.executable, "-m", "deploy", "--help"],
             "status": self.project.argv("status", BOARD),
-            "imports": [sys.executable, "-c", "import deploy.cli, deploy.push, deploy.ssh"],
+            "imports": [sys.executable, "-c", "import deploy.cli, deploy.ops.push, deploy.link.ssh"],
         }
         for i in range(STARTUP_RUNS):
             names = list(commands)
@@ -595,13 +595,13 @@ class Bench:
 
     def aarch64_bytes(self) -> dict:
         """The demo release for the emulated aarch64 board's target, and its object stream compressed."""
-        from deploy import objstream
         from deploy.inventory import Board
+        from deploy.link import objstream
 
         self.configure("aarch64")  # the demo app: its photos, not the small-files tree
         inv = inventory_mod.load(self.inventory)
         board = Board(name="arm", host="127.0.0.1", target="aarch64-cpu")
-        b = push_mod.build_for(inv, board, None, bundle_mod.HashCache(inv.state_dir / "hashcache.json"))
+        b = push_mod.build_for(inv, board, None, HashCache(inv.state_dir / "hashcache.json"))
         unique = {e.sha256: e for e in b.entries}
 
         class Count:
@@ -762,7 +762,7 @@ INCLUDED = {
     "is already on the board (hard-linked)",
     "cli_startup_s": "subprocess wall time, median: help = `python -m deploy --help`; status = `python -m deploy "
     "status board1` against this run's sandbox board with the app pushed (SSH connect and one board op included); "
-    "imports = `python -c 'import deploy.cli, deploy.push, deploy.ssh'`",
+    "imports = `python -c 'import deploy.cli, deploy.ops.push, deploy.link.ssh'`",
     "cpu_s": "host: this process + children (CLI/scp/rsync/ssh), including the /proc sampler's ~1-2% of a "
     "core; board: processes under the sandbox sshd (sshd sessions, the helper / sftp / rsync server)",
     "rtt": "through a local relay (deploy.testing.relay, its own process) adding rtt_ms round-trip latency (no "

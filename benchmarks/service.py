@@ -10,7 +10,7 @@ rename, its result the ``t`` of its journal record (same clock: the sandbox boar
 
 * ``batch_ips``            ``deploy run board1 --images DIR`` on ``--images`` images: the run's own img/s
                            (summary ``ips``: images / pipeline time). ``batch_ips_unlabelled`` is the same
-                           run without labelled copies (the service writes none), through ``jobs.run``.
+                           run without labelled copies (the service writes none), through ``ops.runs.run``.
 * ``service_ips``          images dropped at 2x the best ``batch_ips`` so far for ``--seconds``: records per
                            second between the 10th record and the last (the inbox never empties meanwhile).
                            Batch and service take turns for ``--rounds`` rounds (the machine is shared and
@@ -121,8 +121,9 @@ class Dropper:
 
 
 def batch_runs(project: Project, n: int) -> tuple[float, float]:
-    from deploy import inventory, jobs
-    from deploy.ssh import Connection, endpoint_for
+    from deploy import inventory
+    from deploy.link.ssh import Connection, endpoint_for
+    from deploy.ops import runs
 
     folder = project.root / "batch-images"
     folder.mkdir(exist_ok=True)
@@ -136,7 +137,7 @@ def batch_runs(project: Project, n: int) -> tuple[float, float]:
     conn = Connection(endpoint_for(inv, board))
     try:
         conn.start()
-        res = jobs.run(inv, board, conn, images=folder, overrides={"labelled": False})
+        res = runs.run(inv, board, conn, images=folder, overrides={"labelled": False})
     finally:
         conn.close()
     return labelled, res.summary["ips"]

@@ -70,7 +70,7 @@ class PushError(DeployError):
 
 class HealthCheckFailed(PushError):
     """A pushed release failed its health check on a board, which has switched back by itself; ``result``
-    is the verdict (a ``deploy.health.HealthResult``) when the board gave one."""
+    is the verdict (a ``deploy.ops.health.HealthResult``) when the board gave one."""
 
     def __init__(self, message: str, result=None):
         super().__init__(message)

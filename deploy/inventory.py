@@ -124,6 +124,11 @@ class Inventory:
         """Project-local state: known_hosts, client key, sandbox boards, caches."""
         return self.root / ".deploy"
 
+    @property
+    def outputs(self) -> Path:
+        """Where pulled runs land: ``outputs/<board>/<run-id>/`` (and ``<board>/service/``, ``_fleet/``)."""
+        return self.root / "outputs"
+
     def select(self, spec: str) -> list[Board]:
         """Boards named by ``spec``: a board, a group, ``all``, or a comma-separated mix."""
         chosen: dict[str, Board] = {}

@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 from agent import preprocess as agent_pre  # noqa: E402
 from deploy import models  # noqa: E402
-from deploy.bundle import file_sha256  # noqa: E402
+from deploy.release.bundle import file_sha256  # noqa: E402
 
 
 def main() -> int:
     import torch
 
-    photos = models._demo_photos()
+    photos = models.demo_photos()
     cfg = agent_pre.resolve(models.DEMO_PREPROCESS, (None, *models.DEMO_INPUT_SHAPE[1:]), "float32", "NCHW")
     pre = agent_pre.Preprocessor(cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def main() -> int:
     model = models.efficientnet_lite0()
     with torch.no_grad():
         logits = model(torch.from_numpy(np.stack(batch))).numpy()
-    weights = models._lite0_weights()
+    weights = models.lite0_weights()
     out = {
         "about": "torch's EfficientNet-Lite0 logits on the demo photos; made by scripts/make_model_reference.py",
         "torch": torch.__version__,

@@ -1,5 +1,5 @@
 """Helpers for the tests of the simulated pyACL (deploy/sandbox/ascend): fresh runtimes, tiny
-models built by the simulated atc, Huawei's samples from ../shared, a CPython 3.7 to run them.
+models built by the simulated atc, Huawei's samples (ASCEND_SAMPLES), a CPython 3.7 to run them.
 
 The simulated runtime keeps process state (acl.init is once per process), so each test gets a
 freshly imported ``acl`` module (:func:`fresh_acl`); the samples run as subprocesses.
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import vendor
 
 REPO = Path(__file__).resolve().parents[1]
 ASCEND = REPO / "deploy" / "sandbox" / "ascend"
 RUNTIME = ASCEND / "runtime"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SAMPLES = SHARED / "conformance" / "ascend-samples"
+SAMPLES = vendor.ASCEND_ROOT  # Huawei's samples: a checkout outside the repo, named by ASCEND_SAMPLES
 DEMO_ONNX = REPO / "demo" / "models" / "efficientnet_lite0.onnx"
 PY37 = Path.home() / ".pyenv" / "versions" / "3.7.16" / "bin" / "python3.7"
 PY37_PINS = ["numpy==1.21.6", "Pillow==9.5.0", "onnxruntime==1.14.1"]  # the Atlas 200 DK's cp37 set
@@ -83,11 +83,7 @@ def build(onnx_path, output, *flags, soc="Ascend310"):
 
 
 def require_samples():
-    if not SAMPLES.is_dir():
-        pytest.skip(
-            f"Huawei's samples are not beside the repo ({SAMPLES}): clone the project next to shared/"
-        )
-    return SAMPLES
+    return vendor.ascend_samples()
 
 
 def require_demo_model():

@@ -1,4 +1,4 @@
-"""Huawei's own pyACL clients, unmodified from ../shared/conformance/ascend-samples, run against
+"""Huawei's own pyACL clients, unmodified from the checkout ASCEND_SAMPLES names, run against
 the simulated runtime (as subprocesses, on CPython 3.7 with the DK's cp37 numpy/Pillow/
 onnxruntime where the machine has a 3.7) on models built by the simulated atc from the demo
 EfficientNet-Lite0, and must name the right ImageNet class for real photos."""

@@ -398,7 +398,7 @@ def test_set_env_makes_acl_importable_and_npu_smi_reports_the_chip():
     import subprocess
     import sys
 
-    from deploy.facts import npu_name
+    from deploy.ops.facts import npu_name
 
     probe = "import acl; print(acl.SIMULATED, acl.rt.get_run_mode())"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

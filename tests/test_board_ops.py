@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import remote
 from deploy.board import main as board_main
 from deploy.board import protocol
 from deploy.board.wire import Wire
+from deploy.link import remote
 
 APP = "classify"
 

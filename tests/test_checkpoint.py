@@ -108,9 +108,9 @@ def test_reads_tensors_of_both_layouts(tmp_path, writer):
 
 def test_reads_the_packaged_efficientnet_checkpoint():
     """The file the demo is built from: legacy layout, 296 tensors, every one EfficientNet-Lite0's."""
-    from deploy.models import _lite0_weights
+    from deploy.models import lite0_weights
 
-    weights = _lite0_weights()
+    weights = lite0_weights()
     state = read_state_dict(weights)
     assert len(state) == 296
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_conv_stem.weight"].dtype == np.float32
@@ -222,9 +222,9 @@ def test_tensor_past_the_end_of_its_storage_is_refused(tmp_path):
 
 
 def test_truncated_legacy_checkpoint(tmp_path):
-    from deploy.models import _lite0_weights
+    from deploy.models import lite0_weights
 
-    data = _lite0_weights().read_bytes()
+    data = lite0_weights().read_bytes()
     path = tmp_path / "half.pth"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError) as exc:
@@ -260,9 +260,9 @@ def test_wrong_architecture_is_one_line(tmp_path):
 
 
 def test_misshapen_tensor_is_named(tmp_path):
-    from deploy.models import _lite0_weights
+    from deploy.models import lite0_weights
 
-    state = read_state_dict(_lite0_weights())
+    state = read_state_dict(lite0_weights())
     state["_fc.weight"] = state["_fc.weight"][:10]  # a 10-class head
     path = write_zip(tmp_path / "ten.pth", {k: v for k, v in state.items() if v.dtype == np.float32})
     with pytest.raises(ModelError) as exc:
@@ -297,9 +297,9 @@ def test_matches_torch_load(tmp_path, zipped):
         assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
         assert np.array_equal(got[name], want), name
     with io.BytesIO() as buf:  # and the packaged checkpoint re-saved in the zip layout
-        from deploy.models import _lite0_weights
+        from deploy.models import lite0_weights
 
-        ref = torch.load(_lite0_weights(), map_location="cpu", weights_only=True)
+        ref = torch.load(lite0_weights(), map_location="cpu", weights_only=True)
         torch.save(ref, buf)
         (tmp_path / "lite0.pth").write_bytes(buf.getvalue())
     ours = read_state_dict(tmp_path / "lite0.pth")

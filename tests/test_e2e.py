@@ -63,7 +63,7 @@ def test_push_three_times_keeps_one_block_and_user_lines_byte_identical(project)
     # the user's own lines, before and after the block, with odd bytes and no trailing newline
     with open(bashrc, "ab") as f:
         f.write(b"\n# my own settings\nexport MY_VAR='caf\xc3\xa9 $HOME'\nalias ll='ls -alF'  ")
-    from deploy.envblock import remove_block
+    from deploy.release.envblock import remove_block
 
     user_view = remove_block(bashrc.read_bytes().decode(), "classify")
     for topk in (3, 4, 5):  # three pushes, each a new release

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import envblock
+from deploy.release import envblock
 from deploy.targets import PROFILES
 
 STOCK = (Path(__file__).resolve().parents[1] / "deploy" / "data" / "bashrc").read_text()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from deploy.board import protocol
-from deploy.facts import evaluate, npu_name
 from deploy.inventory import Board
+from deploy.ops.facts import evaluate, npu_name
 from deploy.targets import PROFILES
 
 # The documented npu-smi layout (seed 002 shows a 310P3; the Atlas 200I A2 docs show 310B4 rows alike)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy import health
 from deploy.board import main as board_main
 from deploy.board import protocol
 from deploy.board.wire import Wire
-from deploy.bundle import HashCache
 from deploy.errors import InventoryError
 from deploy.inventory import parse
+from deploy.ops import health
+from deploy.release import probe as probe_mod
+from deploy.release.hashcache import HashCache
 from deploy.testing import ESPRESSO, Project
 
 APP = "classify"
@@ -279,26 +280,26 @@ def test_the_probe_is_the_first_confident_image_and_its_reference_is_cached(tmp_
         (images / name).write_bytes((demo / "images" / name).read_bytes())
     app = app_with(demo, images)
     cache = HashCache(tmp_path / "hashcache.json")
-    probe = health.probe_for(app, cache, tmp_path / "state")
+    probe = probe_mod.probe_for(app, cache, tmp_path / "state")
     assert probe.source == "images/coffee.jpg" and probe.expected[0] in ESPRESSO and probe.score > 0.9
     assert probe.path == "health/probe.jpg" and json.loads(probe.spec())["expected"] == list(probe.expected)
 
     def no_runs(*a, **k):
         raise AssertionError("the reference should come from the cache")
 
-    monkeypatch.setattr(health, "classify", no_runs)
-    assert health.probe_for(app, cache, tmp_path / "state") == probe
+    monkeypatch.setattr(probe_mod, "classify", no_runs)
+    assert probe_mod.probe_for(app, cache, tmp_path / "state") == probe
 
     explicit = app_with(demo, images, f"health: {{probe: {images / 'rocket.jpg'}, timeout: 5}}")
     monkeypatch.undo()
-    chosen = health.probe_for(explicit, cache, tmp_path / "state")
+    chosen = probe_mod.probe_for(explicit, cache, tmp_path / "state")
     assert chosen.source == "rocket.jpg" and explicit.health_timeout == 5
 
 
 def test_no_images_means_no_probe_and_bad_health_settings_name_their_line(tmp_path, demo):
     empty = tmp_path / "none"
     empty.mkdir()
-    assert health.probe_for(app_with(demo, empty), HashCache(tmp_path / "h.json"), None) is None
+    assert probe_mod.probe_for(app_with(demo, empty), HashCache(tmp_path / "h.json"), None) is None
     with pytest.raises(InventoryError, match=r"inventory.yaml:\d+: app.health.timeout: must be an integer 1-3600"):
         app_with(demo, empty, "health: {timeout: 0}")
     with pytest.raises(InventoryError, match=r"inventory.yaml:\d+: app.health.probes: unknown field"):

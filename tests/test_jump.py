@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import inventory, ssh
+from deploy import inventory
 from deploy.errors import HostKeyError
+from deploy.link import ssh
 from deploy.testing import CAT, SANDBOX_BOARD, Project, top1
 
 

@@ -1,4 +1,4 @@
-"""Cambricon's own MagicMind clients, unmodified from ../shared/conformance/cambricon-magicmind, run
+"""Cambricon's own MagicMind clients, unmodified from the checkout MAGICMIND_CLOUD names, run
 against the simulated runtime (as subprocesses, from their own folders, on CPython 3.7 with numpy < 1.24
 and opencv where the machine has a 3.7) on models built by the simulated builder from the demo
 EfficientNet-Lite0, and must give sensible top-1 on real photos:
@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import vendor
 
 from deploy.testing import CAT, ESPRESSO, ROCKET
 
 REPO = Path(__file__).resolve().parents[1]
 CAMBRICON = REPO / "deploy" / "sandbox" / "cambricon"
 RUNTIME = CAMBRICON / "runtime"
-CLIENTS = REPO.parent / "shared" / "conformance" / "cambricon-magicmind" / "buildin"
+CLIENTS = vendor.CAMBRICON_ROOT / "buildin"  # a checkout outside the repo, named by MAGICMIND_CLOUD
 RESNEXT = CLIENTS / "cv" / "classification" / "resnext50_caffe" / "infer_python"
 RESNET = CLIENTS / "cv" / "classification" / "resnet50_onnx" / "infer_python"
 DEMO_ONNX = REPO / "demo" / "models" / "efficientnet_lite0.onnx"
@@ -62,8 +63,7 @@ def build(output: Path, *flags: str) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    if not CLIENTS.is_dir():
-        pytest.skip(f"Cambricon's clients are not beside the repo ({CLIENTS})")
+    vendor.magicmind_cloud()
     if not DEMO_ONNX.is_file():
         pytest.skip("demo model missing: run `python3 -m deploy model demo` first")
     python = python37()

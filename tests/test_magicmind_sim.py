@@ -16,7 +16,7 @@ import pytest
 
 from agent.backends import BackendError
 from agent.backends.magicmind import MagicMindBackend
-from deploy import mmfile
+from deploy.release import mmfile
 
 REPO = Path(__file__).resolve().parents[1]
 CAMBRICON = REPO / "deploy" / "sandbox" / "cambricon"

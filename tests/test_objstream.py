@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deploy import objstream
 from deploy.board.push import receive_objects
 from deploy.board.wire import Fail
+from deploy.link import objstream
 from deploy.testing import Project
 from deploy.testing.relay import Relay
 

@@ -15,8 +15,10 @@ import pytest
 from conftest import CAT, top1
 from PIL import Image
 
-from deploy import inventory, push, remote, ssh
+from deploy import inventory
 from deploy.errors import DeployError
+from deploy.link import remote, ssh
+from deploy.ops import push, releases
 
 
 def staging_debris(project) -> list[str]:
@@ -44,7 +46,7 @@ def assert_previous_release_runs(project, release):
 def verify_all(project):
     inv = inventory.load(project.inventory)
     with ssh.Connection(ssh.endpoint_for(inv, inv.boards["board1"])) as conn:
-        return push.verify(inv, conn)
+        return releases.verify(inv, conn)
 
 
 def sshd_sessions(project) -> list[int]:
@@ -101,7 +103,9 @@ def test_connection_cut_by_the_board_mid_stream_leaves_previous_release(project)
 KILL_HOST = textwrap.dedent(
     """
     import os, signal, sys
-    from deploy import inventory, push, ssh
+    from deploy import inventory
+    from deploy.link import ssh
+    from deploy.ops import push
     inv = inventory.load(sys.argv[1])
     board = inv.boards["board1"]
     point = sys.argv[2]

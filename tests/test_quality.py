@@ -7,6 +7,7 @@ verify's fp16/AIPP check on the simulated Atlas 200 DK. The report is loaded in 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ from PIL import Image
 
 from agent import job as jobmod
 from agent.runner import execute
-from deploy import quality, verify
+from deploy.analysis import labels, verify
+from deploy.cli import parse_batches
 from deploy.errors import UsageError
 from deploy.testing import CAT, ESPRESSO, ROCKET, Project
 
@@ -86,22 +88,22 @@ def test_agent_bench_reports_batch_sizes_a_fixed_batch_model_cannot_take(tmp_pat
 
 
 def test_batch_lists_refuse_zero_and_non_numbers():
-    assert quality.parse_batches("1,4, 8,16,4") == [1, 4, 8, 16]
+    assert parse_batches("1,4, 8,16,4") == [1, 4, 8, 16]
     for bad in ("0", "1,x", "", "1,,2", "-1", "2.5"):
-        with pytest.raises(UsageError, match="whole number"):
-            quality.parse_batches(bad)
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number"):
+            parse_batches(bad)
 
 
 def test_label_files_are_checked_on_the_host(tmp_path):
     bad = tmp_path / "val_label.txt"
     bad.write_text("a.JPEG 1\nb.JPEG seven\n")
     with pytest.raises(UsageError, match=r"val_label.txt:2: label 'seven' is not an integer"):
-        quality.read_labels(bad, ["a.JPEG"])
+        labels.read_labels(bad, ["a.JPEG"])
     good = tmp_path / "good.txt"
     good.write_text("a.JPEG 1\nb.JPEG 2\nc.JPEG 3\n")
-    assert quality.read_labels(good, ["a.jpg", "sub/b.png", "z.jpg"]) == ({"a": 1, "b": 2}, 1)
+    assert labels.read_labels(good, ["a.jpg", "sub/b.png", "z.jpg"]) == ({"a": 1, "b": 2}, 1)
     with pytest.raises(UsageError, match="none of its 3 labels names one of the 1 images"):
-        quality.read_labels(good, ["other.jpg"])
+        labels.read_labels(good, ["other.jpg"])
 
 
 def _probs(vectors, failed=None):

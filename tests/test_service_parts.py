@@ -19,11 +19,11 @@ from agent import journal as journal_mod
 from agent.inbox import Inbox
 from agent.runner import _stages, make_backend
 from agent.service import Service, job_for
-from deploy import service as host
 from deploy.board import main as board_main
 from deploy.board import protocol
 from deploy.board.wire import Wire
 from deploy.models import DEMO_LABELS, DEMO_MODEL, DEMO_PREPROCESS
+from deploy.ops import service as host
 from deploy.testing import ESPRESSO, REPO, pid_alive
 
 # ---------------------------------------------------------------- journal and collect

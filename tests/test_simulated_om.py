@@ -19,10 +19,11 @@ import pytest
 
 from agent.backends.acl import AclBackend
 from agent.preprocess import Normalizer, resolve
-from deploy import bundle, omfile
 from deploy.errors import BuildError
 from deploy.inventory import App, Board
 from deploy.models import atc, simulated
+from deploy.release import omfile
+from deploy.release import variant as bundle
 from deploy.targets import PROFILES
 
 DK = PROFILES["atlas200dk"]

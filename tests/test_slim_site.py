@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from agent.preprocess import PRESETS
-from deploy import targets, wheelhouse
+from deploy import targets
 from deploy.models import DEMO_PHOTOS
+from deploy.release import wheelhouse
 from deploy.testing import CAT, REPO, top1
 
 INTERPRETERS = [(sys.executable, f"{sys.version_info[0]}.{sys.version_info[1]}")]

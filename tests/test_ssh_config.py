@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import inventory, ssh
+from deploy import inventory
 from deploy.errors import InventoryError
+from deploy.link import ssh
 from deploy.testing import SANDBOX_BOARD, Project
 
 APP = "app:\n  name: a\n  models: {onnx: m.onnx}\n"

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import inventory, trust
+from deploy import inventory
 from deploy.errors import HostKeyError
+from deploy.link import trust
 from deploy.testing import Project
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd") or not os.path.exists("/usr/sbin/sshd"),

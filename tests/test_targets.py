@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import bundle, wheelhouse
 from deploy.errors import BuildError
 from deploy.inventory import App, Board
+from deploy.release import hashcache, variant, wheelhouse
 from deploy.targets import PROFILES, abi_tag, manylinux
 
 
@@ -81,25 +81,25 @@ def test_model_variant_per_backend(tmp_path):
     (tmp_path / "net.om").write_bytes(b"IMOD" + bytes(252))  # a real .om's header (bundle checks it), no payload
     board = Board(name="atlas1", target="atlas200dk", host="192.168.1.2")
     both = _app(tmp_path, onnx="net.onnx", om="net.om")
-    assert bundle.model_for(both, PROFILES["atlas200dk"], board).name == "net.om"
-    assert bundle.model_for(both, PROFILES["aarch64-cpu"], board).name == "net.onnx"
+    assert variant.model_for(both, PROFILES["atlas200dk"], board).name == "net.om"
+    assert variant.model_for(both, PROFILES["aarch64-cpu"], board).name == "net.onnx"
     only_onnx = _app(tmp_path, onnx="net.onnx")
     with pytest.raises(BuildError) as info:
-        bundle.model_for(only_onnx, PROFILES["atlas200dk"], board)
+        variant.model_for(only_onnx, PROFILES["atlas200dk"], board)
     assert "needs an .om model" in str(info.value) and "deploy model convert" in str(info.value)
     gone = _app(tmp_path, om="missing.om")
     with pytest.raises(BuildError, match="model for board atlas1 not found"):
-        bundle.model_for(gone, PROFILES["atlas200i-a2"], board)
+        variant.model_for(gone, PROFILES["atlas200i-a2"], board)
 
 
 def test_hash_cache_does_not_reread_unchanged_files(tmp_path):
     f = tmp_path / "model.onnx"
     f.write_bytes(b"x" * 1000)
-    cache = bundle.HashCache(tmp_path / "cache.json")
+    cache = hashcache.HashCache(tmp_path / "cache.json")
     real = cache.digest(f, f.stat())
     cache.save()
     # poison the stored digest: if the file were read again, the real digest would come back
-    again = bundle.HashCache(tmp_path / "cache.json")
+    again = hashcache.HashCache(tmp_path / "cache.json")
     again.data[str(f)][2] = "cached-without-reading"
     assert again.digest(f, f.stat()) == "cached-without-reading"
     st = f.stat()

@@ -26,7 +26,7 @@ import time
 from . import protocol
 from .files import Lock, read_text
 from .layout import current_release, releases_dir
-from .releases import list_releases, previous_current, switch_current
+from .releases import list_releases, previous_current, prune, releases_in_use, switch_current
 from .wire import Fail, check_id, safe_rel
 
 SPEC = "health/health.json"
@@ -134,7 +134,6 @@ def _verdict(scratch, release):
 
 def revert(base, rid):
     """Switch back to the release current before ``rid`` (or remove ``current``), then remove ``rid``."""
-    from .push import releases_in_use
 
     back = previous_current(base, rid, list_releases(base))
     if back is not None:
@@ -167,7 +166,6 @@ def check(base, rid, req):
     ok = matches(reply.expected, got)
     record(base, rid, ok)
     if ok:
-        from .push import prune
 
         reply.status, reply.current = "passed", rid
         reply.pruned = prune(base, int(req.keep))

@@ -13,13 +13,13 @@ from .files import read_text
 from .layout import current_release, list_runs, runs_dir
 from .releases import release_infos
 from .runs import run_info
-from .wire import Fail, check_id
+from .wire import Fail, check_run_id
 
 
 def pick_run(base, run_id):
     runs = list_runs(base)
     if run_id:
-        check_id(run_id, "run id")
+        check_run_id(run_id)
         if run_id not in runs:
             raise Fail("no run {} on the board (have: {})".format(run_id, ", ".join(runs[-5:]) or "none"))
         return run_id

@@ -17,7 +17,23 @@ boundary on the host.
 
 from __future__ import annotations
 
+import re
+
 VERSION = 1
+
+#: an app, release or run id: one safe path component on both ends (the board's directories, the host's outputs/)
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: names under outputs/<board>/ that are not runs: ``service`` holds the collected journal
+RESERVED_RUN_IDS = ("service",)
+
+
+def valid_id(value):
+    return isinstance(value, str) and bool(ID_RE.match(value))
+
+
+def valid_run_id(value):
+    """A run id: a valid id that names no other directory of the host's ``outputs/<board>/``."""
+    return valid_id(value) and value not in RESERVED_RUN_IDS
 
 
 class Message:

@@ -18,10 +18,10 @@ import zlib
 
 from . import protocol
 from .facts import gather
-from .files import Lock, pid_alive, read_text, sha_text, write_atomic
+from .files import Lock, read_text, sha_text, write_atomic
 from .health import passed
-from .layout import current_release, list_runs, read_pid, releases_dir, runs_dir
-from .releases import content_index, list_releases, switch_current
+from .layout import current_release, releases_dir
+from .releases import content_index, list_releases, prune, switch_current
 from .wire import SHA_RE, Fail, check_id, safe_rel
 
 
@@ -39,41 +39,6 @@ def clean_debris(base):
         if ".tmp-" in n and (os.path.islink(p) or os.path.isfile(p)):
             os.unlink(p)
     return removed
-
-
-def releases_in_use(base):
-    """Releases that running agents were started from: never pruned under a live run."""
-    used = set()
-    for run in list_runs(base):
-        run_dir = os.path.join(runs_dir(base), run)
-        pid = read_pid(run_dir)
-        if pid and pid_alive(pid):
-            try:
-                with open(os.path.join(run_dir, "job.json")) as f:
-                    used.add(os.path.basename(json.load(f)["release"].rstrip("/")))
-            except (OSError, ValueError, KeyError):
-                pass
-    svc = os.path.join(base, "service")
-    used.add((read_text(os.path.join(svc, "release")) or "").strip())  # a service's pinned release
-    try:  # and the one its agent still runs
-        with open(os.path.join(svc, "status.json")) as f:
-            used.add(json.load(f).get("release") or "")
-    except (OSError, ValueError, AttributeError):
-        pass
-    used.discard("")
-    return used
-
-
-def prune(base, keep):
-    """Keep the ``keep`` most recently current releases; never ``current``, never one a live run uses."""
-    cur = current_release(base)
-    rels = list_releases(base)
-    busy = releases_in_use(base)
-    doomed = [r for r in rels if r != cur][: max(0, len(rels) - keep)]
-    doomed = [r for r in doomed if r not in busy]
-    for rid in doomed:
-        shutil.rmtree(os.path.join(releases_dir(base), rid), ignore_errors=True)
-    return doomed
 
 
 def receive_objects(inp, objdir, need):

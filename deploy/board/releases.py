@@ -7,12 +7,13 @@ new release is ``push.py``.
 
 import json
 import os
+import shutil
 import stat
 import time
 
 from . import protocol
-from .files import Lock, sha_file
-from .layout import current_release, releases_dir, switch_log
+from .files import Lock, pid_alive, read_text, sha_file
+from .layout import current_release, list_runs, read_pid, releases_dir, runs_dir, switch_log
 from .wire import Fail, check_id
 
 
@@ -78,6 +79,41 @@ def switch_current(base, rid, how):
     os.replace(tmp, link)  # readers see the old or the new link, never none
     with open(os.path.join(base, "releases.log"), "a") as f:
         f.write(f"{time.time():.3f} {rid} {how}\n")
+
+
+def releases_in_use(base):
+    """Releases that running agents were started from: never pruned under a live run."""
+    used = set()
+    for run in list_runs(base):
+        run_dir = os.path.join(runs_dir(base), run)
+        pid = read_pid(run_dir)
+        if pid and pid_alive(pid):
+            try:
+                with open(os.path.join(run_dir, "job.json")) as f:
+                    used.add(os.path.basename(json.load(f)["release"].rstrip("/")))
+            except (OSError, ValueError, KeyError):
+                pass
+    svc = os.path.join(base, "service")
+    used.add((read_text(os.path.join(svc, "release")) or "").strip())  # a service's pinned release
+    try:  # and the one its agent still runs
+        with open(os.path.join(svc, "status.json")) as f:
+            used.add(json.load(f).get("release") or "")
+    except (OSError, ValueError, AttributeError):
+        pass
+    used.discard("")
+    return used
+
+
+def prune(base, keep):
+    """Keep the ``keep`` most recently current releases; never ``current``, never one a live run uses."""
+    cur = current_release(base)
+    rels = list_releases(base)
+    busy = releases_in_use(base)
+    doomed = [r for r in rels if r != cur][: max(0, len(rels) - keep)]
+    doomed = [r for r in doomed if r not in busy]
+    for rid in doomed:
+        shutil.rmtree(os.path.join(releases_dir(base), rid), ignore_errors=True)
+    return doomed
 
 
 def release_infos(base):

@@ -14,7 +14,7 @@ import time
 from . import protocol
 from .files import pid_alive, read_text, write_atomic
 from .layout import read_pid, runs_dir
-from .wire import Fail, check_id, safe_rel
+from .wire import Fail, check_run_id, safe_rel
 
 
 def extract_inputs(inp, dest):
@@ -93,7 +93,7 @@ def resumed_job(job_path, run_id):
 
 def prepare_run(wire, base, req):
     """Check the run can start, unpack an upload, and write job.json; returns (run_dir, job)."""
-    run_id = check_id(req.run_id, "run id")
+    run_id = check_run_id(req.run_id)
     run_dir = os.path.join(runs_dir(base), run_id)
     if os.path.isdir(run_dir) and not req.resume:
         raise Fail(f"run {run_id} already exists on the board")
@@ -179,7 +179,7 @@ def follow(wire, run_dir, pid, proc, offset):
 
 
 def op_attach(wire, req):
-    run_id = check_id(req.run_id, "run id")
+    run_id = check_run_id(req.run_id)
     run_dir = os.path.join(runs_dir(wire.app_dir(req.app)), run_id)
     if not os.path.isdir(run_dir):
         raise Fail(f"no run {run_id} on the board")
@@ -189,7 +189,7 @@ def op_attach(wire, req):
 
 
 def op_stop(wire, req):
-    run_dir = os.path.join(runs_dir(wire.app_dir(req.app)), check_id(req.run_id, "run id"))
+    run_dir = os.path.join(runs_dir(wire.app_dir(req.app)), check_run_id(req.run_id))
     pid = read_pid(run_dir)
     stopped = False
     if pid and pid_alive(pid):

@@ -11,7 +11,7 @@ import re
 
 from . import protocol
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_RE = protocol.ID_RE
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -52,6 +52,13 @@ def check_id(value, what):
     """An app, release or run id: one safe path component, or a Fail."""
     if not isinstance(value, str) or not ID_RE.match(value):
         raise Fail(f"invalid {what}: {value!r}")
+    return value
+
+
+def check_run_id(value):
+    """A run id: a valid id that is not a reserved name (``protocol.RESERVED_RUN_IDS``), or a Fail."""
+    if not protocol.valid_run_id(value):
+        raise Fail(f"invalid run id: {value!r}" + (" (a reserved name)" if protocol.valid_id(value) else ""))
     return value
 
 

@@ -28,9 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import bundle, proc
+from .. import proc
 from ..errors import ConversionError, MagicMindBuildError, MagicMindSdkMissing, ModelSpecError
 from ..inventory import App
+from ..release import variant
+from ..release.hashcache import file_sha256
 from ..targets import Target
 from ..targets import get as get_target
 
@@ -182,27 +184,18 @@ def ensure_simulated(
 ) -> Path:
     """The simulated model of ``app.models.onnx`` for ``target`` (mutable batch, the app's normalisation
     inside, the target's first precision), built unless the cached one has the same build key."""
-    from .simulated import _read_json, _write_json
-
     onnx = app.models.get("onnx")
     if onnx is None or not onnx.is_file():
         raise ModelSpecError(
             f"no app.models.onnx to build a simulated MagicMind model from ({onnx or 'not set'})"
         )
-    out = bundle.simulated_om_path(state_dir, onnx, target)
+    out = variant.simulated_om_path(state_dir, onnx, target)
     plan = plan_build(onnx, target.name, bn=bn_from_preprocess(app.preprocess), output=out)
     sim_files = [SIMULATED_BUILDER, _SIMULATED_RUNTIME / "simmm.py"]
-    parts = {"onnx": bundle.file_sha256(onnx), "argv": plan.argv[2:],
-             "builder": [bundle.file_sha256(p) if p.is_file() else None for p in sim_files]}  # fmt: skip
+    parts = {"onnx": file_sha256(onnx), "argv": plan.argv[2:],
+             "builder": [file_sha256(p) if p.is_file() else None for p in sim_files]}  # fmt: skip
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    stamp_path = bundle.simulated_om_stamp(out)
-    stamp = {"key": key, "source": bundle.simulated_om_source(app), "argv": plan.argv}
-    old = _read_json(stamp_path)
-    if not (out.is_file() and old.get("key") == key):
-        run_build(plan, progress, simulate=True)
-    if old != stamp:
-        _write_json(stamp_path, stamp)
-    return out
+    return variant.cached_build(out, app, key, plan.argv, lambda: run_build(plan, progress, simulate=True))
 
 
 def convert(args, inv_preprocess: Callable[[], Mapping[str, object]], ui, emit_json) -> int:

@@ -4,8 +4,8 @@ A sandbox board with an Ascend target (``target: atlas200dk``) has the simulated
 only simulated models. So that such a board works from the inventory a CPU board uses, the push
 converts ``app.models.onnx`` with the command line ``deploy model convert ONNX --target T --aipp app``
 builds (:func:`deploy.models.atc.plan_conversion`), run by the simulated atc, into
-``.deploy/models/<stem>.<soc>.om`` (:func:`deploy.bundle.simulated_om_path`), where
-:func:`deploy.bundle.model_for` finds it.
+``.deploy/models/<stem>.<soc>.om`` (:func:`deploy.release.variant.simulated_om_path`), where
+:func:`deploy.release.variant.model_for` finds it.
 
 **With AIPP, from app.preprocess**, as Huawei's flow does (seed 000's atc command has
 ``--insert_op_conf``): the model's input is then uint8 pixels, the agent feeds its resized and cropped
@@ -17,7 +17,7 @@ samples.
 
 **Cache.** A stamp ``<om>.json`` beside the model holds the build key (sha256 of the onnx file, the
 atc argv, the AIPP config and the simulator's own source) and the "source" that ``model_for`` checks
-without hashing (:func:`deploy.bundle.simulated_om_source`). A second call with the same key converts
+without hashing (:func:`deploy.release.variant.simulated_om_source`). A second call with the same key converts
 nothing; an onnx that was only touched gets a fresh stamp, not a new conversion.
 """
 
@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import bundle
 from ..errors import ModelSpecError
 from ..inventory import App, Board
+from ..release import variant
+from ..release.hashcache import file_sha256
 from ..targets import Target
 from . import atc
 
@@ -46,12 +46,12 @@ _SIMULATOR_FILES = (
 def prepare_model(
     app: App, target: Target, board: Board, state_dir: Path, progress: Callable[[str], None] | None = None
 ) -> Path:
-    """:func:`deploy.bundle.model_for`, building the simulated .om first when a sandbox Atlas board needs it."""
+    """:func:`deploy.release.variant.model_for`, building the simulated .om first when a sandbox Atlas board needs it."""
     try:
-        return bundle.model_for(app, target, board, state_dir)
-    except bundle.SimulatedModelNeeded:
+        return variant.model_for(app, target, board, state_dir)
+    except variant.SimulatedModelNeeded:
         ensure_simulated_om(app, target, state_dir, progress)
-        return bundle.model_for(app, target, board, state_dir)
+        return variant.model_for(app, target, board, state_dir)
 
 
 def ensure_simulated_om(
@@ -72,7 +72,7 @@ def ensure_simulated_om(
         raise ModelSpecError(f"no app.models.onnx to build a simulated .om from ({onnx or 'not set'})")
     if not target.soc_version:
         raise ModelSpecError(f"target {target.name} has no Ascend chip: there is no .om to simulate")
-    out = bundle.simulated_om_path(state_dir, onnx, target)
+    out = variant.simulated_om_path(state_dir, onnx, target)
     plan = atc.plan_conversion(
         onnx,
         target.name,
@@ -81,40 +81,16 @@ def ensure_simulated_om(
         output=out,
         batch=app.batch,
     )
-    key = _build_key(onnx, plan)
-    stamp_path = bundle.simulated_om_stamp(out)
-    stamp = {"key": key, "source": bundle.simulated_om_source(app), "argv": plan.argv}
-    old = _read_json(stamp_path)
-    if not (out.is_file() and old.get("key") == key):
-        atc.run_conversion(plan, progress, simulate=True)
-    if old != stamp:
-        _write_json(stamp_path, stamp)
-    return out
+    return variant.cached_build(out, app, _build_key(onnx, plan), plan.argv,
+                                lambda: atc.run_conversion(plan, progress, simulate=True))
 
 
 def _build_key(onnx: Path, plan: atc.AtcPlan) -> str:
     """sha256 over what the simulated model's bytes depend on."""
     parts = {
-        "onnx": bundle.file_sha256(onnx),
+        "onnx": file_sha256(onnx),
         "argv": plan.argv,
         "aipp": plan.aipp_config,
-        "simulator": [bundle.file_sha256(p) if p.is_file() else None for p in _SIMULATOR_FILES],
+        "simulator": [file_sha256(p) if p.is_file() else None for p in _SIMULATOR_FILES],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

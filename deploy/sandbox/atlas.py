@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import SandboxError
 from ..targets import Target
+from .host import link_or_copy, run, world_traversable
 
 ASCEND = Path(__file__).parent / "ascend"
 DK_USER = "HwHiAiUser"
@@ -72,9 +73,9 @@ def ensure_dk_user() -> None:
     try:
         pwd.getpwnam(DK_USER)
     except KeyError:
-        _run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group",
+        run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group",
               "--comment", _MARK, DK_USER])  # fmt: skip
-    _run(["usermod", "-p", "*", DK_USER])  # key logins only (sshd refuses a locked '!' account)
+    run(["usermod", "-p", "*", DK_USER])  # key logins only (sshd refuses a locked '!' account)
     home.mkdir(parents=True, exist_ok=True)
     shutil.chown(home, DK_USER, DK_USER)
 
@@ -101,9 +102,8 @@ def shareable(python: Path) -> Path:
     once to /var/lib/atlas-deploy/python/ and its RUNPATH (pyenv links libpython with an
     absolute one) rewritten in place to ``$ORIGIN/../lib``, so the copy loads its own library.
     """
-    from . import _world_traversable  # the sandbox's own check (this module is imported by it)
 
-    if os.geteuid() != 0 or _world_traversable(python.parent):
+    if os.geteuid() != 0 or world_traversable(python.parent):
         return python
     prefix = python.parents[1]
     dest = SHARED / "python" / prefix.name
@@ -112,7 +112,7 @@ def shareable(python: Path) -> Path:
         tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        _run(["cp", "-a", str(prefix), str(tmp)])
+        run(["cp", "-a", str(prefix), str(tmp)])
         _relative_runpath(tmp / "bin" / python.name, str(prefix / "lib"))
         os.chmod(tmp, 0o755)
         os.replace(tmp, dest)
@@ -176,7 +176,7 @@ def board_path(sysroot_on_board: str) -> str:
 
 def install_cann(home: Path, target: Target, python: str, arch: str) -> None:
     """~/Ascend/nnrt: set_env.sh and the simulated pyACL, with ONNX Runtime for CPython ``python`` on ``arch``."""
-    from .. import wheelhouse
+    from ..release import wheelhouse
     from ..targets import platforms_for
 
     nnrt = home / "Ascend" / "nnrt"
@@ -189,7 +189,7 @@ def install_cann(home: Path, target: Target, python: str, arch: str) -> None:
         site = wheelhouse.site_for(cpu, python)
     except Exception as exc:  # BuildError: no network and no cache
         raise SandboxError(f"simulated CANN needs ONNX Runtime for Python {python} ({arch}): {exc}") from None
-    shutil.copytree(site, nnrt / "sim-deps", copy_function=_link_or_copy)
+    shutil.copytree(site, nnrt / "sim-deps", copy_function=link_or_copy)
     env = (ASCEND / "set_env.sh").read_text()
     env += f'export ACL_SIM_SOC_VERSION="${{ACL_SIM_SOC_VERSION:-{target.soc_version}}}"\n'
     env += 'export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}$HOME/Ascend/nnrt/sim-deps"\n'
@@ -197,13 +197,6 @@ def install_cann(home: Path, target: Target, python: str, arch: str) -> None:
     for d in [home / "Ascend", nnrt, *nnrt.rglob("*")]:
         if d.is_dir():
             os.chmod(d, 0o755)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # the wheel cache's files are read-only for the board anyway
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def interpreter_version(link: str, rootfs: Path | None) -> str:
@@ -217,9 +210,3 @@ def interpreter_version(link: str, rootfs: Path | None) -> str:
     if r.returncode != 0:
         raise SandboxError(f"cannot run {link}: {(r.stderr or r.stdout).strip()[:200]}")
     return r.stdout.strip()
-
-
-def _run(argv: list[str]) -> None:
-    from . import _run as run  # the sandbox's: a missing tool or a failure is one SandboxError line
-
-    run(argv)

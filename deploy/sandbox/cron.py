@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import SandboxError
+from .host import pid_running
 
 CRONTAB_SH = r"""#!/bin/sh
 # SANDBOX STAND-IN for crontab(1), written by atlas-deploy's sandbox (deploy/sandbox/cron.py).
@@ -117,7 +118,7 @@ def reboot(sb) -> Reboot:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_running(p) for p in pids):
         time.sleep(0.05)
     entry = pwd.getpwnam(sb.user)
     env = {"HOME": sb.home, "LOGNAME": sb.user, "USER": sb.user, "SHELL": "/bin/sh", "PATH": CRON_PATH}
@@ -134,11 +135,3 @@ def reboot(sb) -> Reboot:
                                     cwd=sb.home, env=env, start_new_session=True, preexec_fn=demote)
         started.append((proc.pid, command))
     return Reboot(board=sb.name, killed=tuple(pids), started=tuple(started))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False

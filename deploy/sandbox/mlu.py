@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import SandboxError
 from ..targets import Target
 from . import atlas
+from .host import link_or_copy
 
 CAMBRICON = Path(__file__).parent / "cambricon"
 
@@ -62,7 +63,7 @@ def build_overlay(sysroot: Path, rootfs: Path | None) -> list[tuple[str, str, st
 
 def install_neuware(home: Path, target: Target, python: str, arch: str) -> Path:
     """~/neuware: env.sh, the simulated MagicMind runtime, ONNX Runtime for CPython ``python`` on ``arch``."""
-    from .. import wheelhouse
+    from ..release import wheelhouse
     from ..targets import platforms_for
 
     neuware = home / "neuware"
@@ -77,7 +78,7 @@ def install_neuware(home: Path, target: Target, python: str, arch: str) -> Path:
         raise SandboxError(
             f"simulated MagicMind needs ONNX Runtime for Python {python} ({arch}): {exc}"
         ) from None
-    shutil.copytree(site, neuware / "sim-deps", copy_function=atlas._link_or_copy)
+    shutil.copytree(site, neuware / "sim-deps", copy_function=link_or_copy)
     env = (CAMBRICON / "env.sh").read_text().replace("mtp_372", target.mm_arch or "mtp_372")
     (neuware / "env.sh").write_text(env)
     for d in [neuware, *neuware.rglob("*")]:

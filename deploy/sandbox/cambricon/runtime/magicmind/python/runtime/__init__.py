@@ -1,7 +1,7 @@
 """Simulated ``magicmind.python.runtime`` (Cambricon MagicMind's Python runtime) for sandbox boards.
 
 Written from the call sites of Cambricon's own clients (shared/notes/magicmind.md section 1;
-shared/conformance/cambricon-magicmind), which run against it unmodified in the tests. The
+a checkout named by MAGICMIND_CLOUD), which run against it unmodified in the tests. The
 conventions kept, each one something a client relies on:
 
 * **Statuses, not exceptions.** Actions return :class:`Status` (``.ok()``, ``str()``); creators

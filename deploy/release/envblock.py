@@ -20,7 +20,7 @@ import difflib
 import re
 import shlex
 
-from .targets import Target
+from ..targets import Target
 
 SECRET_RE = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH)", re.I)
 

@@ -24,12 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from .board import protocol
-from .errors import RemoteError
+from ..board import protocol
+from ..errors import RemoteError
 
 REPLY_TIMEOUT = 120.0  # longest wait for one reply line (the board hashes nothing big before answering)
 PIECE = 32 * 1024  # OpenSSH's maximum channel packet
-BOARD_DIR = Path(__file__).parent / "board"
+BOARD_DIR = Path(__file__).parents[1] / "board"
 
 M = TypeVar("M", bound=protocol.Message)
 

@@ -21,22 +21,24 @@ app lock. The payload counted here is file content actually sent.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import bundle as bundle_mod
-from . import envblock, objstream
+from ..board import protocol
+from ..errors import ConnectError, PushError, RemoteError
+from ..inventory import Board, Inventory
+from ..link import objstream
+from ..link.remote import Call, session
+from ..link.ssh import Connection
+from ..release import bundle as bundle_mod
+from ..release import envblock
+from ..release.bundle import Bundle
+from ..release.hashcache import HashCache
+from ..targets import for_board
 from . import health as health_mod
-from .board import protocol
-from .bundle import Bundle, HashCache
-from .errors import ConnectError, PushError, RemoteError
-from .inventory import Board, Inventory
-from .remote import Call, call, session
-from .ssh import Connection
-from .targets import Target, for_board
+from .facts import board_python, remember_facts
 
 
 @dataclass(frozen=True)
@@ -79,25 +81,6 @@ class PushResult:
     wire_bytes: int = 0  # the object stream as sent: tar framing included, compressed members compressed
     compressed_objects: int = 0
     link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
-
-
-def board_python(inv: Inventory, board: Board, conn: Connection, target: Target) -> str:
-    """The board's CPython "major.minor": fixed by the target profile, else read off the board once and cached."""
-    if target.python:
-        return target.python
-    cache = inv.state_dir / "facts" / f"{board.name}.json"
-    try:
-        return json.loads(cache.read_text())["python_mm"]
-    except (OSError, ValueError, KeyError):
-        pass
-    return remember_facts(inv, board, call(conn, "facts", protocol.FactsRequest()))
-
-
-def remember_facts(inv: Inventory, board: Board, facts: protocol.Facts) -> str:
-    cache = inv.state_dir / "facts" / f"{board.name}.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({**facts.to_json(), "python_mm": facts.python_mm}, indent=1))
-    return facts.python_mm
 
 
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None) -> Bundle:
@@ -233,7 +216,7 @@ def push(
     health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
     moved = None
     if res.service_enabled and not res.dry_run:  # only now, after the check: the service follows a good release
-        from . import service as service_mod
+        from . import service as service_mod  # noqa: I001 - only a push that moves a service needs it
 
         if on_phase:
             on_phase("moving the service")
@@ -317,15 +300,3 @@ def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_
         checked=done.checked,
         service_enabled=done.service,
     )
-
-
-def releases(inv: Inventory, conn: Connection) -> protocol.ReleasesReply:
-    return call(conn, "releases", protocol.AppRequest(app=inv.app.name))
-
-
-def rollback(inv: Inventory, conn: Connection, to: str | None = None) -> protocol.RollbackReply:
-    return call(conn, "rollback", protocol.RollbackRequest(app=inv.app.name, to=to), app=inv.app.name)
-
-
-def verify(inv: Inventory, conn: Connection, release: str | None = None) -> protocol.VerifyReply:
-    return call(conn, "verify", protocol.VerifyRequest(app=inv.app.name, release=release))

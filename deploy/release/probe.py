@@ -1,4 +1,5 @@
-"""The health check, host side: which probe a release ships, the host's own answer for it, and the verdict.
+"""The health check's probe, computed with the release: which image a release ships to be checked with, and
+the host's own answer for it.
 
 After a push switches ``current``, the board proves the release works: its agent classifies a probe
 image shipped in the release, and the top-1 must be the one the host computed for that image
@@ -24,33 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import agent
+from agent.formats import IMAGE_EXTENSIONS
 
-from .board import protocol
-from .errors import BuildError, HealthCheckFailed, RemoteError
-from .inventory import App
-from .remote import REPLY_TIMEOUT, session
-
-if TYPE_CHECKING:
-    from .bundle import HashCache
-    from .ssh import Connection
+from .. import hostagent
+from ..errors import BuildError
+from ..inventory import App
+from .hashcache import HashCache
 
 SPEC = "health/health.json"
 CANDIDATES = 16
 MAX_PROBE_BYTES = 2 << 20
 CONFIDENT = 0.5
 MARGIN = 0.2
-SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-_AGENT = Path(agent.__file__).resolve().parent  # the agent this host ships (bundle.agent_source)
 _computing = threading.Lock()  # one reference run at a time (a fleet builds targets in parallel)
 
 
@@ -70,32 +60,6 @@ class Probe:
         doc = {"format": 1, "probe": self.path, "source": self.source,
                "expected": list(self.expected) if self.expected else None}
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-
-
-@dataclass(frozen=True)
-class HealthResult:
-    """One board's verdict; ``ran`` is False when nothing ran (skipped, or passed on an earlier push)."""
-
-    status: str  # passed | failed | skipped
-    ran: bool = False
-    seconds: float = 0.0  # what the check added to the push, round trip included
-    agent_seconds: float = 0.0
-    probe: str = ""
-    source: str = ""
-    expected: list | None = None
-    got: list | None = None
-    error: str | None = None
-    reason: str = ""
-    current: str | None = None
-    pruned: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"status": self.status, "ran": self.ran, "seconds": round(self.seconds, 3),
-                "agent_seconds": round(self.agent_seconds, 3), "probe": self.source or self.probe,
-                "expected": self.expected, "got": self.got, "error": self.error, "reason": self.reason}
-
-
-# ---------------------------------------------------------------- the probe and its reference
 
 
 def probe_for(app: App, cache: HashCache, state_dir: Path | None) -> Probe | None:
@@ -138,7 +102,7 @@ def _candidates(app: App) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
         for fn in sorted(filenames):
             p = Path(dirpath, fn)
-            if not fn.startswith(".") and fn.lower().endswith(SUFFIXES) and p.stat().st_size <= MAX_PROBE_BYTES:
+            if not fn.startswith(".") and fn.lower().endswith(IMAGE_EXTENSIONS) and p.stat().st_size <= MAX_PROBE_BYTES:
                 found.append(p)
                 if len(found) == CANDIDATES:
                     return found
@@ -184,7 +148,8 @@ def _keys(app: App, onnx: Path, images: list[Path], cache: HashCache) -> list[st
     def sha(p: Path | None) -> str | None:
         return cache.digest(p, p.stat()) if p is not None and p.is_file() else None
 
-    code = sorted((p.relative_to(_AGENT).as_posix(), sha(p)) for p in _AGENT.rglob("*.py"))
+    agent = hostagent.AGENT_DIR
+    code = sorted((p.relative_to(agent).as_posix(), sha(p)) for p in agent.rglob("*.py"))
     common = [sha(onnx), sha(app.labels), app.preprocess, app.batch, code]
     return [hashlib.sha256(json.dumps([sha(f), common], sort_keys=True).encode()).hexdigest()[:32] for f in images]
 
@@ -206,94 +171,14 @@ def _store(store: Path, key: str, result: dict) -> None:
 
 
 def classify(app: App, onnx: Path, files: list[Path]) -> tuple[list[dict | None], str]:
-    """Each file's result record on the host (``python -m agent run``, onnx backend, fp32, top-2), and
-    the agent's error line when it classified nothing."""
-    with tempfile.TemporaryDirectory(prefix="deploy-health-") as tmp:
-        inputs = Path(tmp, "in")
-        inputs.mkdir()
-        for i, f in enumerate(files):  # numbered links: each result maps back to its file
-            (inputs / f"{i:04d}{f.suffix.lower()}").symlink_to(f.resolve())
-        job = {"v": 1, "run_id": "health-reference", "mode": "run", "release": tmp, "out_dir": f"{tmp}/out",
-               "model": str(onnx.resolve()), "backend": "onnx", "preprocess": app.preprocess,
-               "labels": str(app.labels.resolve()) if app.labels else None, "inputs": [str(inputs)],
-               "batch": app.batch, "topk": 2, "labelled": False}
-        Path(tmp, "job.json").write_text(json.dumps(job))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_AGENT.parent),
-                                                                         os.environ.get("PYTHONPATH")]))}
-        r = subprocess.run([sys.executable, "-m", "agent", "run", "--job", f"{tmp}/job.json"], env=env, cwd=tmp,
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-        out = Path(tmp, "out")
+    """Each file's result record on the host (``hostagent``: onnx backend, fp32, top-2), and why the host
+    classified nothing when it did not."""
+    with hostagent.run(app, onnx, files, run_id="health-reference", topk=2) as r:
         by_name = {}
-        for line in _lines(out / "results.jsonl"):
+        for line in hostagent.lines(r.out / "results.jsonl"):
             rec = json.loads(line)
             if rec.get("ok"):
                 by_name[rec["image"]] = {"topk": rec["topk"]}
-        results = [by_name.get(f"{i:04d}{f.suffix.lower()}") for i, f in enumerate(files)]
-        error = "" if any(results) else _agent_error(out, r)
+        results = [by_name.get(name) for name in r.names]
+        error = "" if any(results) else f"the host could not classify with app.models.onnx ({r.error()}): no reference"
     return results, error
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except OSError:
-        return []
-
-
-def _agent_error(out: Path, r: subprocess.CompletedProcess) -> str:
-    try:
-        error = json.loads((out / "summary.json").read_text()).get("error")
-    except (OSError, ValueError, AttributeError):
-        error = None
-    if not error:
-        tail = [ln for ln in (r.stderr or "").splitlines() if ln.strip()]
-        error = tail[-1] if tail else f"exit status {r.returncode}"
-    return f"the host could not classify with app.models.onnx ({str(error).splitlines()[0][:300]}): no reference"
-
-
-# ---------------------------------------------------------------- the check on a board
-
-
-def skipped(reason: str) -> HealthResult:
-    return HealthResult(status="skipped", reason=reason)
-
-
-def check(conn: Connection, app: App, board: str, release: str, keep: int) -> HealthResult:
-    """Run the board's check of ``release`` (just made current); HealthCheckFailed when it fails.
-
-    The board has switched back (or removed ``current``) before it answers "failed".
-    """
-    t0 = time.perf_counter()
-    req = protocol.HealthRequest(app=app.name, release=release, timeout=float(app.health_timeout), keep=keep)
-    try:
-        with session(conn, "health", req, app=app.name) as c:
-            c.chan.settimeout(max(REPLY_TIMEOUT, app.health_timeout + 30.0))  # the agent may take its timeout
-            reply = c.read(protocol.HealthReply)
-            c.close()
-    except RemoteError as exc:
-        raise HealthCheckFailed(f"{board}: release {release} is current but its health check gave no verdict "
-                                f"({_one_line(str(exc))}); if it failed there the board switched back by itself "
-                                f"(see `deploy releases {board}`); push again to check it") from None
-    result = HealthResult(status=reply.status, ran=reply.status != "skipped", seconds=time.perf_counter() - t0,
-                          agent_seconds=reply.seconds, probe=reply.probe, source=reply.source,
-                          expected=reply.expected, got=reply.got, error=reply.agent_error, reason=reply.reason,
-                          current=reply.current, pruned=list(reply.pruned))
-    if result.status == "failed":
-        raise HealthCheckFailed(failure_line(board, release, result), result)
-    return result
-
-
-def failure_line(board: str, release: str, r: HealthResult) -> str:
-    """One line: the board, the probe, expected against got (or the agent's error), where the board is now."""
-    if r.got is not None and r.expected is not None:
-        what = (f"top-1 {r.got[0]} {str(r.got[1])!r} ({float(r.got[2]):.2f}), "
-                f"expected {r.expected[0]} {str(r.expected[1])!r}")
-    else:
-        what = _one_line(r.error or "the agent classified nothing")
-    where = f"rolled back to {r.current}" if r.current else "no earlier release to roll back to: current removed"
-    return f"{board}: release {release} failed its health check: probe {r.source or r.probe}: {what}; {where}"
-
-
-def _one_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else text)[:300]

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import ConnectError, DeployError, HostKeyError, InventoryError
-from .inventory import Jump
+from ..errors import ConnectError, DeployError, HostKeyError, InventoryError
+from ..inventory import Jump
 from .remote import env_prefix
 
 
@@ -389,7 +389,7 @@ def _ssh_config(path: Path, name: str) -> dict:
 
 def _pythons(board) -> tuple[str, ...]:
     """The interpreter to run board code with: the inventory's ``python:``, else the target's candidates."""
-    from .targets import get as get_target
+    from ..targets import get as get_target
 
     return (board.python,) if board.python else get_target(board.target).pythons
 

@@ -30,8 +30,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import BuildError
-from .targets import Target, abi_tag
+from ..errors import BuildError
+from ..targets import Target, abi_tag
 
 # What the agent and its backend never load at run time, and why; dropped when a wheel is unpacked.
 # A pattern is fnmatch'ed against the path inside the wheel ("*" crosses "/"); a "DIR/" pattern drops

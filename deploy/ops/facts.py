@@ -7,15 +7,16 @@ will get (the CANN ``set_env.sh`` is what makes it importable).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-from .board import protocol
-from .inventory import Board, Inventory
-from .remote import call
-from .ssh import Connection
-from .targets import Target, for_board
-from .targets import get as get_target
+from ..board import protocol
+from ..inventory import Board, Inventory
+from ..link.remote import call
+from ..link.ssh import Connection
+from ..targets import Target, for_board
+from ..targets import get as get_target
 
 MIN_FREE_BYTES = 512 * 1024 * 1024  # a release with its site/ is ~150-250 MB; two must fit during a push
 
@@ -133,3 +134,25 @@ def check(inv: Inventory, board: Board, conn: Connection) -> tuple[protocol.Fact
     target = for_board(board)
     facts = gather(inv, board, conn, target)
     return facts, evaluate(board, target, facts)
+
+
+# ---------------------------------------------------------------- the board's Python, cached
+
+
+def board_python(inv: Inventory, board: Board, conn: Connection, target: Target) -> str:
+    """The board's CPython "major.minor": fixed by the target profile, else read off the board once and cached."""
+    if target.python:
+        return target.python
+    cache = inv.state_dir / "facts" / f"{board.name}.json"
+    try:
+        return json.loads(cache.read_text())["python_mm"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return remember_facts(inv, board, call(conn, "facts", protocol.FactsRequest()))
+
+
+def remember_facts(inv: Inventory, board: Board, facts: protocol.Facts) -> str:
+    cache = inv.state_dir / "facts" / f"{board.name}.json"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**facts.to_json(), "python_mm": facts.python_mm}, indent=1))
+    return facts.python_mm

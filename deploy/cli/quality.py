@@ -23,25 +23,16 @@ run yet, a run whose outputs are gone); 2 bad input (label file, batch list, ima
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-from . import jobs, ui
-from .commands import _each_board, _exit, _inv, _run_events
-from .errors import RunError, UsageError
-
-# Files these commands add to a pulled run directory (kept when they pull the run again).
-HOST_FILES = ("verify.json", "verify.png", "bench.json", "bench.png", "report.html", "contact_sheet.png",
-              "classes.png")
-IMAGE_SUFFIXES = jobs.IMAGE_SUFFIXES
-
-
-# ---------------------------------------------------------------- shared
-
-
-def _outputs(inv) -> Path:
-    return inv.root / "outputs"
+from ..analysis import HOST_FILES, write_whole
+from ..analysis.labels import image_files, read_labels
+from ..errors import RunError, UsageError
+from ..ops import outputs, runs
+from . import render, ui
+from .boards import each_board, inventory, worst
+from .runs import run_events
 
 
 def _images(args, inv) -> Path:
@@ -56,52 +47,20 @@ def _images(args, inv) -> Path:
             raise UsageError(f"app.images {p}: no such directory (or give --images DIR)")
     else:
         raise UsageError("the app has no images: give --images DIR")
-    if not _image_files(p):
-        raise UsageError(f"{p}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not image_files(p):
+        raise UsageError(f"{p}: no images in it")
     return p
 
 
-def _image_files(root: Path) -> list[str]:
-    """Image ids as the agent makes them: paths below the input root (a single file: its name)."""
-    if root.is_file():
-        return [root.name] if root.suffix.lower() in IMAGE_SUFFIXES else []
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            if not fn.startswith(".") and Path(fn).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath, fn).relative_to(root).as_posix())
-    return found
-
-
-def _pull(inv, board, conn, run_id: str, prog=None) -> Path:
+def _pull(inv, board, conn, run_id: str) -> Path:
     """Pull a run into outputs/<board>/<run-id>/, keeping what these commands wrote there before."""
-    final = _outputs(inv) / board.name / run_id
-    kept = {}
-    for name in HOST_FILES:
-        try:
-            kept[name] = (final / name).read_bytes()
-        except OSError:
-            pass
-    res = jobs.pull(inv, board, conn, run_id, dest_root=_outputs(inv))
-    for name, data in kept.items():
-        if not (res.path / name).exists():
-            _write(res.path / name, data)
-    return res.path
+    return outputs.pull(inv, board, conn, run_id, keep=HOST_FILES).path
 
 
-def _write(path: Path, data: bytes | str) -> None:
-    """Whole or absent: a temporary sibling renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def _run(inv, board, conn, prog, *, mode: str, images: Path | None, overrides: dict) -> jobs.RunResult:
+def _run(inv, board, conn, prog, *, mode: str, images: Path | None, overrides: dict) -> runs.RunResult:
     task = prog.add_task(f"{board.name}: starting", total=None, rate="")
-    res = jobs.run(inv, board, conn, images=images, mode=mode, overrides=overrides,
-                   on_event=_run_events(prog, task, board, echo=False))
+    res = runs.run(inv, board, conn, images=images, mode=mode, overrides=overrides,
+                   on_event=run_events(prog, task, board, echo=False))
     if not res.ended or res.summary.get("status") == "failed":
         why = res.summary.get("error") or f"the agent exited {res.exit_code}"
         raise RunError(f"{board.name}: run {res.run_id} failed: {why}")
@@ -109,16 +68,16 @@ def _run(inv, board, conn, prog, *, mode: str, images: Path | None, overrides: d
 
 
 def _fleet_dir(inv, cmd: str) -> Path:
-    return _outputs(inv) / "_fleet" / f"{cmd}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return inv.outputs / "_fleet" / f"{cmd}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # ---------------------------------------------------------------- verify
 
 
 def cmd_verify(args) -> int:
-    from . import verify
+    from ..analysis import verify
 
-    inv = _inv(args)
+    inv = inventory(args)
     if not 0.0 <= args.min_agreement <= 1.0:
         raise UsageError(f"--min-agreement must be between 0 and 1, not {args.min_agreement}")
     onnx = inv.app.models.get("onnx")
@@ -142,7 +101,7 @@ def cmd_verify(args) -> int:
             job = {}
         doc = {"board": board.name, "run_id": res.run_id, "release": res.release, "backend": job.get("backend"),
                "model": job.get("model"), **verdict.to_json()}
-        _write(path / "verify.json", json.dumps(doc, indent=2) + "\n")
+        write_whole(path / "verify.json", json.dumps(doc, indent=2) + "\n")
         if not args.json:
             _print_verify(board.name, res.run_id, verdict)
         row = {"ok": verdict.passed, "run_id": res.run_id, "release": res.release, "path": str(path),
@@ -156,7 +115,7 @@ def cmd_verify(args) -> int:
                             if verdict.compared else "no image was classified by both sides")
         return row
 
-    rows = _each_board(args, action, view=lambda: ui.count_progress(False))
+    rows = each_board(args, action, view=lambda: ui.count_progress(False))
     if not args.json:
         total = time.perf_counter() - t0
         host_s = next((r["host_seconds"] for r in rows if "host_seconds" in r), None)
@@ -164,7 +123,7 @@ def cmd_verify(args) -> int:
         if host_s is not None:
             ui.err().print(f"verify: {total:.2f}s in all; boards (run + pull) {board_s:.2f}s, host fp32 reference "
                            f"{host_s:.2f}s, run at the same time")
-    return _exit(rows)
+    return worst(rows)
 
 
 def _print_verify(board: str, run_id: str, v) -> None:
@@ -185,23 +144,11 @@ def _print_verify(board: str, run_id: str, v) -> None:
 # ---------------------------------------------------------------- bench
 
 
-def parse_batches(text: str) -> list[int]:
-    """``1,4,8,16`` -> [1, 4, 8, 16]; 0, negatives, non-numbers and repeats are refused (exit 2)."""
-    sizes = []
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise UsageError(f"--batch {text}: each batch size must be a whole number >= 1, not {part!r}")
-        if int(part) not in sizes:
-            sizes.append(int(part))
-    return sizes
-
-
 def cmd_bench(args) -> int:
-    sizes = parse_batches(args.batch)
+    sizes = args.batch
     if args.loop < 1 or args.warmup < 0:
         raise UsageError("--loop must be >= 1 and --warmup >= 0")
-    _inv(args).select(args.target)
+    inventory(args).select(args.target)
 
     def action(inv, board, conn, prog):
         opts = {"batch_sizes": sizes, "loop": args.loop, "warmup": args.warmup}
@@ -211,75 +158,39 @@ def cmd_bench(args) -> int:
         doc = {"board": board.name, "target": board.target, "run_id": res.run_id, "release": res.release,
                "backend": backend, "loop": args.loop, "warmup": args.warmup, "rows": res.summary.get("bench", []),
                "unsupported": res.summary.get("unsupported", [])}
-        _write(path / "bench.json", json.dumps(doc, indent=2) + "\n")
+        write_whole(path / "bench.json", json.dumps(doc, indent=2) + "\n")
         if doc["rows"]:
-            from . import charts
+            from ..analysis import charts
 
             charts.bench_chart({board.name: doc["rows"]}, path / "bench.png", f"{board.name}: deploy bench")
         if not args.json:
-            _print_bench([doc])
+            render.print_bench_docs(ui.out(), [doc], "pure inference (warm-up excluded; latency per batch call)")
         return {"ok": True, "run_id": res.run_id, "release": res.release, "path": str(path),
                 "rows": doc["rows"], "unsupported": doc["unsupported"]}
 
-    rows = _each_board(args, action, view=lambda: ui.count_progress(False))
+    rows = each_board(args, action, view=lambda: ui.count_progress(False))
     good = [r for r in rows if r.get("ok") and r.get("rows")]
     if len(rows) > 1 and good:
-        from . import charts
+        from ..analysis import charts
 
-        out = _fleet_dir(_inv(args), "bench")
-        _write(out / "bench.json", json.dumps(good, indent=2) + "\n")
+        out = _fleet_dir(inventory(args), "bench")
+        write_whole(out / "bench.json", json.dumps(good, indent=2) + "\n")
         charts.bench_chart({r["board"]: r["rows"] for r in good}, out / "bench.png", "deploy bench")
         if not args.json:
             ui.out().print(f"boards side by side: {ui.escape(str(out / 'bench.png'))}")
-    return _exit(rows)
-
-
-def _print_bench(docs: list[dict]) -> None:
-    t = ui.table("board", "backend", "batch", "mode", "img/s", "mean ms", "p50", "p90", "p99",
-                 title="pure inference (warm-up excluded; latency per batch call)")
-    for d in docs:
-        name = (d.get("backend") or {}).get("backend", "?")
-        for r in d["rows"]:
-            lat = r.get("latency_ms", {})
-            t.add_row(ui.escape(d["board"]), ui.escape(str(name)), str(r["batch"]), ui.escape(str(r.get("mode") or "-")),
-                      f"{r['throughput']:.1f}", *(f"{lat.get(k, 0):.2f}" for k in ("mean", "median", "p90", "p99")))
-        for u in d.get("unsupported", []):
-            t.add_row(ui.escape(d["board"]), ui.escape(str(name)), str(u["batch"]), "-", "[yellow]n/a[/]", "", "", "",
-                      "")
-    ui.out().print(t)
-    for d in docs:
-        for u in d.get("unsupported", []):
-            ui.out().print(f"{ui.escape(d['board'])}: batch {u['batch']} not run: {ui.escape(u['reason'])}")
+    return worst(rows)
 
 
 # ---------------------------------------------------------------- eval
 
 
-def read_labels(path: Path, image_ids: list[str]) -> tuple[dict[str, int], int]:
-    """The label file's entries for ``image_ids`` (image key -> label) and how many of its labels name
-    images that are not there. A bad line, or no label for any image, is refused in one line (exit 2)."""
-    from agent import evaluate as agent_eval  # the agent's own parser: one reading of val_label.txt
-
-    try:
-        truth = agent_eval.load_ground_truth(str(path))
-    except agent_eval.EvalError as exc:
-        raise UsageError(str(exc)) from None
-    if not truth:
-        raise UsageError(f"{path}: no labels in it (expected lines 'NAME.JPEG LABEL')")
-    keys = {agent_eval._key(i) for i in image_ids}
-    entries = {k: truth[k] for k in sorted(keys) if k in truth}
-    if not entries:
-        raise UsageError(f"{path}: none of its {len(truth)} labels names one of the {len(keys)} images")
-    return entries, len(set(truth) - keys)
-
-
 def cmd_eval(args) -> int:
-    inv = _inv(args)
+    inv = inventory(args)
     images = _images(args, inv)
     labels = Path(args.labels)
     if not labels.is_file():
         raise UsageError(f"--labels {args.labels}: no such file")
-    truth, absent = read_labels(labels, _image_files(images))
+    truth, absent = read_labels(labels, image_files(images))
     if absent and not args.json:
         ui.err().print(f"[yellow]note[/]: {absent} labels of {ui.escape(str(labels))} name images not in "
                        f"{ui.escape(str(images))}; they are not counted")
@@ -301,7 +212,7 @@ def cmd_eval(args) -> int:
                 "top": metrics.get("top"), "images": metrics.get("images"), "classes": metrics.get("classes"),
                 "labels_absent": absent}
 
-    return _exit(_each_board(args, action, view=lambda: ui.count_progress(False)))
+    return worst(each_board(args, action, view=lambda: ui.count_progress(False)))
 
 
 def _print_eval(board: str, run_id: str, result: dict) -> None:
@@ -315,23 +226,22 @@ def _print_eval(board: str, run_id: str, result: dict) -> None:
 
 
 def cmd_report(args) -> int:
-    from . import htmlreport
-    from .errors import RunError as _RunError
+    from ..analysis import htmlreport
 
-    inv = _inv(args)
+    inv = inventory(args)
     boards = inv.select(args.target)
-    if args.run and not jobs.RUN_ID_RE.match(args.run):
+    if args.run and not runs.RUN_ID_RE.match(args.run):
         raise UsageError(f"invalid run id {args.run!r}")
     pages: list = []
 
     def action(inv, board, conn, prog):
         run_id = args.run
         if run_id is None:
-            runs = jobs.status(inv, conn, runs=1).runs
-            if not runs:
-                raise _RunError(f"{board.name}: no runs on the board yet: start one with `deploy run {board.name}`")
-            run_id = runs[-1].id
-        local = _outputs(inv) / board.name / run_id
+            latest = outputs.status(inv, conn, runs=1).runs
+            if not latest:
+                raise RunError(f"{board.name}: no runs on the board yet: start one with `deploy run {board.name}`")
+            run_id = latest[-1].id
+        local = inv.outputs / board.name / run_id
         if args.pull or not (local / "summary.json").is_file():
             local = _pull(inv, board, conn, run_id)
         run = htmlreport.load_run(local, board.name)
@@ -342,13 +252,13 @@ def cmd_report(args) -> int:
                            f"(contact sheet {ui.escape(str(local / 'contact_sheet.png'))})")
         return {"ok": True, "run_id": run_id, "report": str(page), "contact_sheet": str(local / "contact_sheet.png")}
 
-    rows = _each_board(args, action)
+    rows = each_board(args, action)
     opened = [r["report"] for r in rows if r.get("ok")]
     if len(boards) > 1 and pages:
         out = _fleet_dir(inv, "report")
         bench = [p for p in pages if p.bench and p.bench.get("rows")]
         if bench:
-            from . import charts
+            from ..analysis import charts
 
             charts.bench_chart({p.board: p.bench["rows"] for p in bench}, out / "bench.png", "deploy bench")
         order = {b.name: i for i, b in enumerate(boards)}
@@ -360,4 +270,4 @@ def cmd_report(args) -> int:
         import webbrowser
 
         webbrowser.open(Path(opened[0]).resolve().as_uri())
-    return _exit(rows)
+    return worst(rows)

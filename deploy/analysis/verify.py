@@ -26,8 +26,8 @@ from pathlib import Path
 
 import agent
 
-from .errors import RunError
-from .inventory import App
+from ..errors import RunError
+from ..inventory import App
 
 _AGENT = Path(agent.__file__).resolve().parent
 TOP5 = 5

@@ -13,10 +13,10 @@ import os
 import struct
 from pathlib import Path
 
-from .errors import BuildError
-from .inventory import Board
+from ..errors import BuildError
+from ..inventory import Board
+from ..targets import Target
 from .omfile import starts_with
-from .targets import Target
 
 # MAGIC of deploy/sandbox/cambricon/runtime/magicmind/python/runtime/simmm.py, then uint32 format
 # version and uint32 header length, the JSON header and the ONNX graph. Repeated here because the core

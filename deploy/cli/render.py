@@ -102,7 +102,7 @@ def print_recap(con: Console, rows: list[dict], cmd: str) -> None:
                   _size(sent) if isinstance(sent, int) else "", f"{r['seconds']:.2f}" if "seconds" in r else "",
                   escape(detail.splitlines()[0][:120] if detail else ""))
     con.print(t)
-    from .fleet import recap
+    from ..fleet import recap
 
     c = recap(rows, cmd)
     line = f"targeted {c['targeted']}, ok {c['ok']}, failed {c['failed']}, skipped {c['skipped']}"
@@ -191,18 +191,34 @@ def print_run(con: Console, res) -> None:
 
 
 def print_bench(con: Console, res) -> None:
-    """Pure inference per batch size (and, on the acl backend, sync and async side by side)."""
-    t = Table("batch", "mode", "img/s", "mean ms", "p50", "p90", "p99", title=f"{res.board} bench {res.run_id}")
-    for r in res.summary["bench"]:
-        lat = r.get("latency_ms", {})
-        t.add_row(str(r.get("batch")), escape(str(r.get("mode", "-"))), f"{r.get('throughput', 0):.1f}",
-                  *(f"{lat.get(k, 0):.2f}" for k in ("mean", "median", "p90", "p99")))
-    con.print(t)
+    """``deploy run --mode bench``: pure inference per batch size (on the acl backend sync and async side by side)."""
+    doc = {"board": res.board, "backend": res.summary.get("backend"), "rows": res.summary["bench"],
+           "unsupported": res.summary.get("unsupported", [])}
+    print_bench_docs(con, [doc], f"{res.board} bench {res.run_id}")
     colour = "green" if res.success else "red"
     backend = res.summary.get("backend")
     name = backend.get("backend", "?") if isinstance(backend, dict) else "?"
-    con.print(f"[{colour}]bench {res.run_id}[/] on [bold]{escape(res.board)}[/]: {escape(name)} backend, release "
+    con.print(f"[{colour}]bench {res.run_id}[/] on [bold]{escape(res.board)}[/]: {escape(str(name))} backend, release "
               f"{res.release or '?'} (warm-up excluded; latency per call, async: from submit to callback)")
+
+
+def print_bench_docs(con: Console, docs: list[dict], title: str) -> None:
+    """One table of bench rows, a board's rows after another's (``deploy bench``, ``deploy run --mode bench``):
+    img/s and latency mean / p50 / p90 / p99 per batch size; sizes a board could not run are listed with why."""
+    t = Table("board", "backend", "batch", "mode", "img/s", "mean ms", "p50", "p90", "p99", title=escape(title))
+    for d in docs:
+        backend = d.get("backend")
+        name = escape(str(backend.get("backend", "?") if isinstance(backend, dict) else "?"))
+        for r in d["rows"]:
+            lat = r.get("latency_ms", {})
+            t.add_row(escape(d["board"]), name, str(r.get("batch")), escape(str(r.get("mode") or "-")),
+                      f"{r.get('throughput', 0):.1f}", *(f"{lat.get(k, 0):.2f}" for k in ("mean", "median", "p90", "p99")))
+        for u in d.get("unsupported", []):
+            t.add_row(escape(d["board"]), name, str(u["batch"]), "-", "[yellow]n/a[/]", "", "", "", "")
+    con.print(t)
+    for d in docs:
+        for u in d.get("unsupported", []):
+            con.print(f"{escape(d['board'])}: batch {u['batch']} not run: {escape(str(u['reason']))}")
 
 
 # ---------------------------------------------------------------- pull
@@ -246,8 +262,6 @@ def print_status(con: Console, board: str, info) -> None:
         f"releases: {len(info.releases)}; env.sh: {'yes' if info.env_sh else 'no'}; .bashrc block: {block}"
     )
     if getattr(info, "service", None) is not None:
-        from .service import service_line
-
         con.print("  " + escape(service_line(info.service)), soft_wrap=True)
     if info.runs:
         t = Table("run", "status", "ok", "failed", "img/s", title="last runs")
@@ -257,3 +271,38 @@ def print_status(con: Console, board: str, info) -> None:
             t.add_row(r.id, str(r.status or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
                       f"{ips:.1f}" if isinstance(ips, (int, float)) else "-")
         con.print(t)
+
+
+# ---------------------------------------------------------------- service
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "-"
+    s = max(0, time.time() - t)
+    return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
+
+
+def service_line(info) -> str:
+    """One line for ``deploy status`` and ``deploy service status`` (plain text, no markup); ``info``: a
+    ``protocol.ServiceInfo``."""
+    if info is None or not info.method:
+        return "service: none"
+    if not info.enabled:
+        return f"service: stopped ({info.ok} ok, {info.failed} failed; journal {info.seq}, collected {info.acked})"
+    state = info.state or "-"
+    if info.supervisor in ("backoff", "crash-loop", "dead"):
+        state = info.supervisor
+    mb = 1 << 20
+    line = (f"service: {state} ({info.method}), release {info.release or '-'}, up {_ago(info.since)}; "
+            f"done {info.ok}, failed {info.failed}, waiting {info.waiting}, {info.ips:.1f} img/s; "
+            f"disk {info.disk_used / mb:.1f}/{info.max_disk / mb:.0f} MiB; journal {info.seq}, collected {info.acked}")
+    if info.restarts:
+        line += f"; restarts {info.restarts}"
+    if info.reason:
+        line += f"; {info.reason}"
+    if info.last_error:
+        line += f"; last error: {info.last_error}"
+    if info.note:
+        line += f"; note: {info.note}"
+    return line

@@ -24,11 +24,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .board import protocol
-from .errors import DeployError, RemoteError, ServiceError
-from .inventory import Board, Inventory
-from .remote import call, session
-from .ssh import Connection
+from ..board import protocol
+from ..errors import RemoteError, ServiceError
+from ..inventory import Board, Inventory
+from ..link.remote import call, session
+from ..link.ssh import Connection
 
 JOURNAL = "journal.jsonl"
 PIECE = 1 << 20
@@ -103,7 +103,7 @@ class CollectResult:
 
 
 def local_journal(inv: Inventory, board: Board, dest_root: Path | None = None) -> Path:
-    root = dest_root or (inv.root / "outputs")
+    root = dest_root or inv.outputs
     return root / board.name / "service" / JOURNAL
 
 
@@ -220,117 +220,3 @@ def logs(inv: Inventory, conn: Connection, lines: int = 50, follow: bool = False
                 out.flush()
     except RemoteError as exc:
         raise ServiceError(str(exc)) from None
-
-
-# ---------------------------------------------------------------- rendering and commands
-
-
-def info_json(info: protocol.ServiceInfo) -> dict:
-    return info.to_json()
-
-
-def _ago(t: float | None) -> str:
-    if not t:
-        return "-"
-    s = max(0, time.time() - t)
-    return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
-
-
-def service_line(info: protocol.ServiceInfo | None) -> str:
-    """One line for ``deploy status`` and ``deploy service status`` (plain text, no markup)."""
-    if info is None or not info.method:
-        return "service: none"
-    if not info.enabled:
-        return f"service: stopped ({info.ok} ok, {info.failed} failed; journal {info.seq}, collected {info.acked})"
-    state = info.state or "-"
-    if info.supervisor in ("backoff", "crash-loop", "dead"):
-        state = info.supervisor
-    mb = 1 << 20
-    line = (f"service: {state} ({info.method}), release {info.release or '-'}, up {_ago(info.since)}; "
-            f"done {info.ok}, failed {info.failed}, waiting {info.waiting}, {info.ips:.1f} img/s; "
-            f"disk {info.disk_used / mb:.1f}/{info.max_disk / mb:.0f} MiB; journal {info.seq}, collected {info.acked}")
-    if info.restarts:
-        line += f"; restarts {info.restarts}"
-    if info.reason:
-        line += f"; {info.reason}"
-    if info.last_error:
-        line += f"; last error: {info.last_error}"
-    if info.note:
-        line += f"; note: {info.note}"
-    return line
-
-
-def _healthy(info: protocol.ServiceInfo) -> bool:
-    return info.enabled and info.agent_pid is not None and info.supervisor not in ("crash-loop", "dead")
-
-
-def cmd_service(args) -> int:
-    from . import ui
-    from .commands import _each_board, _exit, _inv
-
-    if args.action == "logs":
-        inv = _inv(args)
-        boards = inv.select(args.target)
-        if len(boards) != 1:
-            raise DeployError("deploy service logs takes one board")
-        from .commands import _connect
-
-        with _connect(inv, boards[0], args) as conn:
-            try:
-                logs(inv, conn, lines=args.lines, follow=args.follow)
-            except KeyboardInterrupt:
-                pass
-        return 0
-
-    doing = {"start": "starting the service (the agent loads its model)", "stop": "stopping the service",
-             "status": "asking"}
-
-    def action(inv, board, conn, prog):
-        task = prog.add_task(f"{board.name}: {doing[args.action]}", total=None)
-        try:
-            if args.action == "start":
-                info = start(inv, conn, inbox=args.inbox, method=args.method)
-            elif args.action == "stop":
-                info = stop(inv, conn)
-            else:
-                info = status(inv, conn)
-        finally:
-            prog.remove_task(task)
-        if not args.json:
-            ui.out().print(f"[bold]{ui.escape(board.name)}[/]: {ui.escape(service_line(info))}", soft_wrap=True)
-        ok = True if args.action == "stop" else (_healthy(info) if args.action == "start" else True)
-        return {"ok": ok, "service": info_json(info)}
-
-    return _exit(_each_board(args, action, view=_waiting_view if args.action != "status" else None))
-
-
-def _waiting_view():
-    """A spinner row per board while start/stop wait on the board (seconds: the agent loads its model)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from .ui import err
-
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=err(),
-                    transient=True)
-
-
-def cmd_collect(args) -> int:
-    from . import ui
-    from .commands import _each_board, _exit
-
-    dest = Path(args.dest) if args.dest else None
-
-    def action(inv, board, conn, prog):
-        task = prog.add_task(f"{board.name}: collecting", total=None)
-        try:
-            res = collect(inv, board, conn, dest, on_bytes=lambda n: prog.advance(task, n))
-        finally:
-            prog.remove_task(task)
-        if not args.json:
-            what = (f"records {res.first}..{res.last} ({res.records}, {res.bytes / 1e6:.1f} MB, "
-                    f"{res.rate:,.0f} records/s)" if res.records else f"nothing new (last {res.last})")
-            extra = f"; {res.missing} older records were collected before and are gone from the board" if res.missing else ""
-            ui.out().print(f"[bold]{ui.escape(board.name)}[/]: {what} -> {ui.escape(str(res.path))}{extra}", soft_wrap=True)
-        return {"ok": True, **res.to_json()}
-
-    return _exit(_each_board(args, action, view=lambda: ui.transfer_progress(False)))

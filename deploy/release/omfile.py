@@ -12,8 +12,8 @@ import os
 import struct
 from pathlib import Path
 
-from .errors import BuildError
-from .inventory import Board
+from ..errors import BuildError
+from ..inventory import Board
 
 # A simulated model (``deploy model convert --simulate``; only the simulated runtime of sandbox boards
 # loads it) starts with MAGIC of deploy/sandbox/ascend/runtime/acl/simom.py, then uint32 format version

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import ConnectError, DeployError, RemoteError
+from ..errors import ConnectError, DeployError, RemoteError
 from .ssh import Connection, Endpoint, endpoint_for, paramiko
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")  # ~/.ssh/<name>.pub, the first that exists

@@ -1,4 +1,5 @@
-"""``deploy``: the command line. Parsing only; what each command does is in ``commands.py``.
+"""``deploy``: the command line. The parser and ``main``; each command family has its module here
+(``release``, ``runs``, ``quality``, ``service``, ``tools``), all on the per-board frame of ``boards``.
 
 Start-up is part of the interface: ``deploy --help`` and a usage error import nothing but
 argparse, and a command imports only what it uses (``python -X importtime -m deploy ...``).
@@ -24,10 +25,27 @@ def _common(sp, target: bool = True) -> None:
         sp.add_argument("--forks", type=int, metavar="N", help="boards worked on at once (default 8)")
 
 
+class _Version(argparse.Action):
+    """``deploy --version``: the installed distribution's version, looked up only when asked (start-up)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("atlas-deploy")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        parser.exit(message=f"deploy {text}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy", description="Ship image-classification apps to Atlas boards over SSH.")
     p.add_argument("-i", "--inventory", default=os.environ.get("DEPLOY_INVENTORY", "inventory.yaml"),
                    help="inventory file (default ./inventory.yaml)")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_sandbox(sub)
     _add_release_commands(sub)
@@ -46,13 +64,13 @@ def _add_sandbox(sub) -> None:
     sp.add_argument("names", nargs="*", help="sandbox boards (default: all in the inventory)")
     sp.add_argument("--purge", action="store_true", help="down: also remove the boards' homes and users")
     _common(sp, target=False)
-    sp.set_defaults(func="cmd_sandbox")
+    sp.set_defaults(func="tools:cmd_sandbox")
 
 
 def _add_release_commands(sub) -> None:
     sp = sub.add_parser("check", help="read board facts and compare them with the board's target profile")
     _common(sp)
-    sp.set_defaults(func="cmd_check")
+    sp.set_defaults(func="release:cmd_check")
 
     sp = sub.add_parser("push", help="push the app to boards (only what changed travels)")
     _common(sp)
@@ -67,25 +85,25 @@ def _add_release_commands(sub) -> None:
                     help="always compress the object stream (default: only when the link proves slower than zlib)")
     sp.add_argument("--no-compress", dest="compress", action="store_const", const="off",
                     help="never compress the object stream")
-    sp.set_defaults(func="cmd_push")
+    sp.set_defaults(func="release:cmd_push")
 
     sp = sub.add_parser("releases", help="list releases on boards")
     _common(sp)
-    sp.set_defaults(func="cmd_releases")
+    sp.set_defaults(func="release:cmd_releases")
 
     sp = sub.add_parser("rollback", help="switch back to the previous (or a given) release")
     _common(sp)
     sp.add_argument("--to", help="release id (or unique prefix)")
-    sp.set_defaults(func="cmd_rollback")
+    sp.set_defaults(func="release:cmd_rollback")
 
     sp = sub.add_parser("status", help="current release, env block, last runs")
     _common(sp)
-    sp.set_defaults(func="cmd_status")
+    sp.set_defaults(func="release:cmd_status")
 
     sp = sub.add_parser("exec", help="run a command on boards with the app environment")
     _common(sp)
     sp.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
-    sp.set_defaults(func="cmd_exec")
+    sp.set_defaults(func="release:cmd_exec")
 
 
 def _add_run_commands(sub) -> None:
@@ -96,23 +114,23 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("--resume", metavar="RUN_ID", help="restart a killed run; finished images are skipped")
     sp.add_argument("--attach", metavar="RUN_ID", help="follow a run that is already going")
     sp.add_argument("--mode", choices=["run", "bench", "eval"], default="run")
-    sp.add_argument("--batch", type=_batches, metavar="N[,N...]",
+    sp.add_argument("--batch", type=parse_batches, metavar="N[,N...]",
                     help="batch size; several (1,4,8) with --mode bench: one bench per size")
     sp.add_argument("--topk", type=int)
     sp.add_argument("-q", "--quiet", action="store_true", help="no per-image lines")
-    sp.set_defaults(func="cmd_run")
+    sp.set_defaults(func="runs:cmd_run")
 
     sp = sub.add_parser("stop", help="stop a run on boards (it keeps what it finished; --resume goes on)")
     _common(sp)
     sp.add_argument("--run", required=True, help="run id")
-    sp.set_defaults(func="cmd_stop")
+    sp.set_defaults(func="runs:cmd_stop")
 
     sp = sub.add_parser("pull", help="fetch a run's outputs into outputs/<board>/<run-id>/")
     _common(sp)
     sp.add_argument("--run", help="run id (default: the latest)")
     sp.add_argument("--dest", help="outputs root (default ./outputs)")
     sp.add_argument("--include-inputs", action="store_true", help="also fetch uploaded input images")
-    sp.set_defaults(func="cmd_pull")
+    sp.set_defaults(func="runs:cmd_pull")
 
 
 def _add_quality(sub) -> None:
@@ -125,7 +143,7 @@ def _add_quality(sub) -> None:
 
     sp = sub.add_parser("bench", help="pure inference per batch size on boards: img/s, latency mean/p50/p90/p99")
     _common(sp)
-    sp.add_argument("--batch", default="1", metavar="1,4,8,16", help="batch sizes (default 1)")
+    sp.add_argument("--batch", type=parse_batches, default="1", metavar="1,4,8,16", help="batch sizes (default 1)")
     sp.add_argument("--loop", type=int, default=100, help="timed calls per batch size (default 100)")
     sp.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     sp.set_defaults(func="quality:cmd_bench")
@@ -144,14 +162,15 @@ def _add_quality(sub) -> None:
     sp.set_defaults(func="quality:cmd_report")
 
 
-def _batches(text: str) -> list[int]:
-    """``--batch 4`` or ``--batch 1,4,8``: positive integers."""
-    try:
-        sizes = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a batch size or a list of them: {text!r}") from None
-    if not sizes or any(n < 1 for n in sizes):
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+def parse_batches(text: str) -> list[int]:
+    """``--batch 4`` or ``--batch 1,4,8`` (``deploy run``, ``deploy bench``): whole numbers >= 1, repeats dropped."""
+    sizes: list[int] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise argparse.ArgumentTypeError(f"each batch size must be a whole number >= 1, not {part!r} (in {text!r})")
+        if int(part) not in sizes:
+            sizes.append(int(part))
     return sizes
 
 
@@ -200,7 +219,7 @@ def _add_model(sub) -> None:
     sp.add_argument("--simulate", action="store_true", help="convert: run the simulated atc instead of the CANN "
                     "one; the .om it writes runs only on sandbox boards")
     _common(sp, target=False)
-    sp.set_defaults(func="cmd_model")
+    sp.set_defaults(func="tools:cmd_model")
 
 
 def _add_trust(sub) -> None:
@@ -214,7 +233,7 @@ def _add_trust(sub) -> None:
     sp.add_argument("-y", "--yes", action="store_true",
                     help="trust an unknown host key without asking (its fingerprint is still shown)")
     _common(sp, target=False)
-    sp.set_defaults(func="cmd_trust")
+    sp.set_defaults(func="tools:cmd_trust")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import importlib
 
+    from ..errors import DeployError
     from . import ui
-    from .errors import DeployError
 
-    # ``func`` is ``NAME`` (in commands.py) or ``MODULE:NAME`` for a command family with its own module
-    module, _, name = args.func.rpartition(":")
+    # ``func`` is ``MODULE:NAME``: the command family's module here, imported only now (start-up is budgeted)
+    module, _, name = args.func.partition(":")
     try:
-        return getattr(importlib.import_module(f".{module or 'commands'}", __package__), name)(args)
+        return getattr(importlib.import_module(f".{module}", __package__), name)(args)
     except DeployError as exc:
         ui.error_line(str(exc))
         return exc.exit_code

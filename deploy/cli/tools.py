@@ -1,0 +1,203 @@
+"""``deploy sandbox | model | trust`` and the model a sandbox board needs built before a push.
+
+The only module of the command face that imports the tools (``deploy/sandbox``, ``deploy/models``):
+a user with real boards and ready models loads none of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DeployError
+from . import ui
+from .boards import inventory
+
+
+def prepare_model(inv, board) -> None:
+    """Build what ``board``'s release needs that the inventory does not name: a sandbox Atlas (or MLU)
+    board's simulated model of ``app.models.onnx``, built once and cached (``models/simulated.py``)."""
+    from ..models.simulated import prepare_model as build
+    from ..targets import for_board
+
+    build(inv.app, for_board(board), board, inv.state_dir)
+
+
+# ---------------------------------------------------------------- sandbox
+
+
+def cmd_sandbox(args) -> int:
+    from .. import sandbox
+
+    inv = inventory(args)
+    if args.action == "up":
+        with ui.status("starting sandbox boards") as status:
+            boxes = sandbox.up(inv, args.names or None, log=lambda line: status.update(ui.escape(line[-100:])))
+        if args.json:
+            ui.emit_json([b.to_json() for b in boxes])
+        else:
+            for b in boxes:
+                ui.out().print(f"[green]up[/] {b.name}: {b.user}@{b.host}:{b.port} home {b.home} (pid {b.pid})")
+        return 0
+    if args.action == "reboot":
+        return _sandbox_reboot(args, inv)
+    if args.action == "down":
+        boxes = sandbox.down(inv, args.names or None, purge=args.purge)
+        if args.json:
+            ui.emit_json([b.to_json() for b in boxes])
+        else:
+            for b in boxes:
+                ui.out().print(f"[yellow]down[/] {b.name}" + (" (purged)" if args.purge else ""))
+        return 0
+    boxes = sandbox.status(inv)
+    if args.json:
+        ui.emit_json([b.to_json() for b in boxes])
+        return 0
+    t = ui.table("board", "state", "address", "user", "home", "pid")
+    for b in boxes:
+        t.add_row(b.name, "[green]running[/]" if b.running else "[red]stopped[/]", f"{b.host}:{b.port}", b.user, b.home,
+                  str(b.pid or "-"))
+    ui.out().print(t)
+    for b in boxes:
+        if b.running:
+            ui.out().print(f"{b.name}: {b.ssh_command}")
+    return 0
+
+
+def _sandbox_reboot(args, inv) -> int:
+    """``deploy sandbox reboot``: SIMULATED (sandbox/cron.py): the board's processes killed, @reboot lines run."""
+    from .. import sandbox
+    from ..errors import SandboxError
+    from ..sandbox import cron
+
+    done = []
+    for board in sandbox.boards(inv, args.names or None):
+        sb = sandbox.load(inv, board.name)
+        if sb is None or not sb.running:
+            raise SandboxError(f"{board.name}: sandbox board is not up (deploy sandbox up {board.name})")
+        done.append(cron.reboot(sb))
+    if args.json:
+        ui.emit_json([r.to_json() for r in done])
+    else:
+        for r in done:
+            ui.out().print(f"[yellow]rebooted (simulated)[/] {r.board}: killed {len(r.killed)} process(es), "
+                           f"ran {len(r.started)} @reboot entr{'y' if len(r.started) == 1 else 'ies'}")
+    return 0
+
+
+
+# ---------------------------------------------------------------- models
+
+
+def cmd_model(args) -> int:
+    from .. import models
+
+    if args.action == "demo":
+        inv_path = Path(args.inventory)
+        root = Path(args.dest) if args.dest else inv_path.resolve().parent / "demo"
+        with ui.status("building demo model, labels and photos (cached)"):
+            assets = models.build_demo(root, force=args.force, weights=Path(args.weights) if args.weights else None,
+                                       torch_factory=args.torch)  # fmt: skip
+        info = {k: str(v) for k, v in vars(assets).items()} if not hasattr(assets, "__dataclass_fields__") else {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in assets.__dict__.items()}
+        if args.json:
+            ui.emit_json(info)
+        else:
+            ui.out().print(f"demo assets in {root} ({'built' if getattr(assets, 'rebuilt', False) else 'cached'})")
+        return 0
+    if args.action == "export":
+        res = models.export_torch(args.torch, Path(args.output), models.parse_shape(args.input_shape),
+                                  weights=Path(args.weights) if args.weights else None, opset=args.opset)
+        info = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
+        if args.json:
+            ui.emit_json(info)
+        else:
+            ui.out().print(f"exported {res.path} (max |onnx - torch| = {res.max_abs_diff:.2e})")
+        return 0
+    if args.action == "convert":
+        from ..targets import PROFILES
+
+        if getattr(PROFILES.get(args.target), "backend", None) == "magicmind":  # a Cambricon target
+            from ..models import magicmind
+
+            return magicmind.convert(args, lambda: inventory(args).app.preprocess, ui, ui.emit_json)
+        return _convert(args)
+    return 2
+
+
+def _convert(args) -> int:
+    """``deploy model convert``: build the atc command; run it when the CANN toolkit is here.
+
+    Without ``atc`` on PATH the exact command is printed (and the AIPP file written next to
+    the output) so it can be run on a machine with the toolkit; that exits 3, not 0. With
+    ``--simulate`` the simulated atc runs that same command and writes a simulated model, which
+    only sandbox boards load.
+    """
+    from ..models import atc
+
+    if not args.model:
+        raise DeployError("deploy model convert MODEL --target TARGET: name the model file")
+    aipp = args.aipp
+    if aipp == "app":  # the inventory's own preprocessing, so the .om normalises like the CPU path
+        aipp = atc.aipp_from_preprocess(inventory(args).app.preprocess)
+        if aipp is None and not args.json:
+            ui.err().print("no AIPP: app.preprocess does not normalise (the model does it itself)")
+    progress = None if args.json else (lambda line: ui.err().print(ui.escape(line)))
+    try:
+        plan = atc.plan_conversion(
+            args.model, args.target, weight=args.weight, input_shape=args.input_shape, aipp=aipp,
+            output=args.output, fp16_inputs=tuple(args.fp16_input or ()), output_type=args.output_type,
+        )  # fmt: skip
+        if plan.aipp_config and not args.json:
+            ui.err().print(f"AIPP config (static, {ui.escape(str(args.aipp))}): {plan.aipp_path}")
+        result = atc.run_conversion(plan, progress=progress, simulate=args.simulate)
+    except atc.AtcNotFound as exc:
+        if args.json:
+            ui.emit_json({"converted": False, "command": exc.command, "aipp": str(plan.aipp_path or "") or None})
+        else:
+            ui.out().print(ui.escape(exc.command), soft_wrap=True)
+            ui.err().print("[yellow]not converted[/]: atc is not on PATH; run the command above where the CANN toolkit "
+                      "is installed (source its set_env.sh first)")
+        return exc.exit_code
+    except atc.ConversionError as exc:
+        ui.error_line(str(exc))
+        return exc.exit_code
+    if args.json:
+        ui.emit_json({"converted": True, "output": str(result), "command": plan.command, "simulated": args.simulate})
+    elif args.simulate:
+        ui.out().print(f"converted: {ui.escape(str(result))} is a SIMULATED model: it runs only on sandbox boards "
+                       "(the simulated Ascend runtime); `deploy push` refuses it for a real board", soft_wrap=True)
+    else:
+        ui.out().print(f"converted: {ui.escape(str(result))}")
+    return 0
+
+
+
+# ---------------------------------------------------------------- trust
+
+
+def cmd_trust(args) -> int:
+    """``deploy trust BOARD``: put your public key on a password-only board (``trust.py``), then say what
+    was installed and which host keys were recorded. The password is asked at most once and never kept."""
+    from ..errors import InventoryError
+    from ..link import trust
+
+    inv = inventory(args)
+    if args.board not in inv.boards:
+        inv.select(args.board)  # the usual one-line error for an unknown name
+        raise InventoryError(f"{inv.path}: deploy trust takes one board, not {args.board!r}")
+    board = inv.boards[args.board]
+    if board.sandbox:
+        ui.err().print(f"{board.name} is a sandbox board: `deploy sandbox up` installed the project's key already")
+        return 0
+    res = trust.trust(inv, board, password=trust.password_prompt(args.password_stdin), key=args.key,
+                      accept_new=args.accept_new_host_key or args.yes, confirm=None if args.yes else trust.tty_confirm)
+    if args.json:
+        ui.emit_json({"board": board.name, **res.to_json()})
+        return 0
+    for who, fp in res.host_keys:
+        ui.err().print(f"recorded host key {fp} of {ui.escape(who)} in .deploy/known_hosts")
+    what = "installed" if res.added else "already there:"
+    proof = "; key login verified" if res.verified else " (its private key is not here: login not tried)"
+    ui.out().print(f"{board.name}: {what} {res.key.kind} {res.key.fingerprint} ({ui.escape(str(res.key.path))}) "
+                   f"in {ui.escape(res.login)}:~/.ssh/authorized_keys{proof}")
+    return 0

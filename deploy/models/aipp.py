@@ -1,0 +1,177 @@
+"""Static AIPP for ``atc --insert_op_conf``: the preprocessing a model does on the chip (crop, colour space
+conversion, mean/var normalisation), as the config text atc reads, from a preset or the app's preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import ModelSpecError
+
+
+@dataclass(frozen=True)
+class AippPreset:
+    """Static AIPP normalisation: out = (in - min_chn) * var_reci_chn, per channel after the swap.
+
+    `mean`/`var_reci` are in 0..255 pixel units, ordered as the channels reach the model (i.e. after
+    `bgr` swapped R and B). `int_mean` uses the integer `mean_chn_*` fields instead of the float
+    `min_chn_*` ones, which is how the documented Caffe configs are written.
+    """
+
+    mean: tuple[float, float, float]
+    var_reci: tuple[float, float, float]
+    bgr: bool = False
+    int_mean: bool = False
+    center_crop_from: tuple[int, int] | None = None  # default source (w, h) to centre-crop from
+
+
+def _from_mean_std(mean: Sequence[float], std: Sequence[float], *, bgr: bool = False) -> AippPreset:
+    """torchvision-style mean/std (fractions of 1, in the model's channel order) -> AIPP units."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ModelSpecError("AIPP mean and std need exactly 3 values each")
+    if any(s <= 0 for s in std):
+        raise ModelSpecError("AIPP std values must be positive")
+    return AippPreset(
+        mean=tuple(m * 255 for m in mean),  # type: ignore[arg-type]
+        var_reci=tuple(1 / (s * 255) for s in std),  # type: ignore[arg-type]
+        bgr=bgr,
+    )
+
+
+# The same preset names as agent/preprocess.py, so an .om with AIPP does on the chip exactly what
+# the onnxruntime backend does on the CPU. `raw-u8` means "no AIPP" and so is not listed.
+AIPP_PRESETS: dict[str, AippPreset] = {
+    # growthpath README: src 256x256, crop 224 at offset 16, RGB mean/std.
+    "imagenet": AippPreset(
+        mean=(123.675, 116.28, 103.53),
+        var_reci=(0.0171247538316637, 0.0175070028011204, 0.0174291938997821),
+        center_crop_from=(256, 256),
+    ),
+    # Caffe ResNet: BGR, integer means 104/117/123, no scaling.
+    "caffe": AippPreset(mean=(104, 117, 123), var_reci=(1.0, 1.0, 1.0), bgr=True, int_mean=True),
+    # The seed app's CIFAR preprocessing: BGR, mean .4914/.4822/.4465, std .2023/.1994/.2010.
+    "cifar": _from_mean_std((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), bgr=True),
+}
+
+
+def _num(value: float) -> str:
+    """15 significant digits: reproduces the documented values (0.0171247538316637, 123.675, 1.0)."""
+    if float(value).is_integer():
+        return f"{value:.1f}"
+    return f"{value:.15g}"
+
+
+def aipp_config(
+    preset: str | Mapping[str, object] = "imagenet",
+    *,
+    model_size: tuple[int, int] = (224, 224),
+    src_size: tuple[int, int] | None = None,
+    crop: tuple[int, int] | None = None,
+) -> str:
+    """Return a static AIPP config (the `--insert_op_conf` file) for a preprocessing preset.
+
+    AIPP turns the model's first input into UINT8 RGB888 (HWC) of `src_size`, and does the crop and
+    normalisation on the chip. So the agent must then feed raw uint8 pixels of exactly `src_size`
+    (its `raw-u8` path), not normalised floats.
+
+    preset: a name from AIPP_PRESETS or a mapping {"mean": [..3], "std": [..3], "bgr": bool} with
+    torchvision-style values (fractions of 1, in the model's channel order).
+    model_size: (w, h) of the model input; the crop size.
+    src_size: (w, h) of the image handed to the model. Defaults to the preset's (imagenet: 256x256,
+    the resize-256/crop-224 recipe), else model_size (no crop).
+    crop: (x, y) load_start_pos of the crop; default centred.
+    """
+    spec = _aipp_preset(preset)
+    if src_size is None:
+        src_size = spec.center_crop_from if spec.center_crop_from else model_size
+    crop = _aipp_crop(model_size, src_size, crop)
+    return _aipp_text(spec, model_size, src_size, crop)
+
+
+def _aipp_preset(preset: str | Mapping[str, object]) -> AippPreset:
+    """A preset by name, or one made from a torchvision-style {"mean", "std", "bgr"} mapping."""
+    if not isinstance(preset, str):
+        return _from_mean_std(preset.get("mean", ()), preset.get("std", ()), bgr=bool(preset.get("bgr")))  # type: ignore[arg-type]
+    try:
+        return AIPP_PRESETS[preset]
+    except KeyError:
+        known = ", ".join(sorted(AIPP_PRESETS))
+        raise ModelSpecError(f"unknown AIPP preset {preset!r} (known: {known}, or mean/std)") from None
+
+
+def _aipp_crop(
+    model_size: tuple[int, int], src_size: tuple[int, int], crop: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The crop's (x, y) in the source image (default: centred); the model-sized crop must fit in it."""
+    model_w, model_h = model_size
+    src_w, src_h = src_size
+    if src_w < model_w or src_h < model_h:
+        raise ModelSpecError(
+            f"AIPP source {src_w}x{src_h} is smaller than the model input {model_w}x{model_h}"
+        )
+    if crop is None:
+        crop = ((src_w - model_w) // 2, (src_h - model_h) // 2)
+    x, y = crop
+    if x < 0 or y < 0 or x + model_w > src_w or y + model_h > src_h:
+        raise ModelSpecError(
+            f"AIPP crop at ({x},{y}) of {model_w}x{model_h} leaves the {src_w}x{src_h} source"
+        )
+    return crop
+
+
+def _aipp_text(
+    spec: AippPreset, model_size: tuple[int, int], src_size: tuple[int, int], crop: tuple[int, int]
+) -> str:
+    """The ``aipp_op { ... }`` block: RGB888_U8 input of ``src_size``, cropped, then normalised."""
+    (model_w, model_h), (src_w, src_h), (x, y) = model_size, src_size, crop
+    lines = [
+        "aipp_op {",
+        "    aipp_mode : static",
+        "    input_format : RGB888_U8",
+        f"    src_image_size_w : {src_w}",
+        f"    src_image_size_h : {src_h}",
+    ]
+    if (src_w, src_h) != (model_w, model_h):
+        lines += [
+            "    crop : true",
+            f"    load_start_pos_h : {y}",
+            f"    load_start_pos_w : {x}",
+            f"    crop_size_w : {model_w}",
+            f"    crop_size_h : {model_h}",
+        ]
+    else:
+        lines.append("    crop : false")
+    lines += [
+        "    csc_switch : false",
+        f"    rbuv_swap_switch : {'true' if spec.bgr else 'false'}",
+    ]
+    field = "mean_chn" if spec.int_mean else "min_chn"
+    for i, m in enumerate(spec.mean):
+        lines.append(f"    {field}_{i} : {int(m) if spec.int_mean else _num(m)}")
+    for i, v in enumerate(spec.var_reci):
+        lines.append(f"    var_reci_chn_{i} : {_num(v)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def aipp_from_preprocess(preprocess: Mapping[str, object]) -> dict | None:
+    """AIPP that normalises exactly as the agent's ``job.preprocess`` would on the CPU, or None when that
+    preprocessing does not normalise (``raw-u8``: the model does it itself).
+
+    Only the normalisation moves to the chip: with a uint8 model input the agent still resizes, crops
+    and orders the channels (BGR for caffe/cifar) itself and feeds the model-sized image, so the AIPP
+    neither crops nor swaps. value = (pixel * scale - mean) / std = (pixel - mean/scale) * scale/std,
+    i.e. torchvision-style mean/std (fractions of 1) of mean/(255*scale) and std/(255*scale).
+    """
+    from agent.preprocess import PreprocessError, resolve
+
+    try:
+        cfg = resolve(dict(preprocess))
+    except PreprocessError as exc:
+        raise ModelSpecError(f"app.preprocess cannot become AIPP: {exc}") from None
+    if not cfg.normalize:
+        return None
+    unit = 255 * cfg.scale
+    return {"mean": [m / unit for m in cfg.mean], "std": [v / unit for v in cfg.std], "bgr": False}
+
+

@@ -1,0 +1,164 @@
+"""Agent runs on a board (host end of ``board/runs.py``): start detached, stream events, re-attach, stop.
+
+A run is started by the board-side helper with ``start_new_session``: it survives the SSH
+session, so a dropped link costs the live view, not the run (``deploy run --attach ID``
+picks it up again, ``--resume ID`` restarts a killed run and the agent skips finished
+images). Events arrive as JSON lines defined once in ``agent.protocol``. What a run leaves
+is brought home by ``ops/outputs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import protocol as events
+
+from ..board import protocol
+from ..errors import RemoteError, RunError, UsageError
+from ..inventory import Board, Inventory
+from ..link.remote import Call, call, session
+from ..link.ssh import Connection
+
+
+def check_run_id(run_id: str, what: str = "run id") -> str:
+    """A run id the user gave (or a board sent): one safe path component that is not a reserved name
+    (``outputs/<board>/service/`` is the collected journal); UsageError otherwise, before any board is touched."""
+    if not protocol.valid_run_id(run_id):
+        reserved = " (a reserved name)" if protocol.valid_id(run_id) else ""
+        raise UsageError(f"invalid {what} {run_id!r}{reserved}: letters, digits, '.', '_', '-', at most 128, "
+                         "starting with a letter or digit")
+    return run_id
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(2).hex()
+
+
+@dataclass
+class RunResult:
+    board: str
+    run_id: str
+    release: str = ""
+    ok: int = 0
+    failed: int = 0
+    total: int = 0
+    ended: bool = False
+    exit_code: int | None = None
+    summary: dict = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        return self.ended and self.failed == 0 and self.exit_code in (0, None) and self.summary.get("status", "ok") == "ok"
+
+
+def _upload_images(writer, images: Path) -> int:
+    if images.is_file():
+        files = [(images, images.name)]
+    else:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(images):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                p = Path(dirpath, fn)
+                if p.is_file() and not p.is_symlink():
+                    files.append((p, p.relative_to(images).as_posix()))
+    with tarfile.open(fileobj=writer, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT) as tf:
+        for path, arcname in files:
+            tf.add(path, arcname=arcname, recursive=False)
+    writer.flush()
+    return len(files)
+
+
+def run(
+    inv: Inventory,
+    board: Board,
+    conn: Connection,
+    *,
+    images: Path | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    mode: str = "run",
+    overrides: dict | None = None,
+    on_event: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Start (or resume) a run and follow it to its end event."""
+    if images is not None and not images.exists():
+        raise RunError(f"images not found: {images}")
+    run_id = check_run_id(run_id) if run_id else new_run_id()
+    t0 = time.perf_counter()
+    req = protocol.RunRequest(app=inv.app.name, run_id=run_id, resume=resume, mode=mode, overrides=overrides or {},
+                              upload=images is not None, follow=True)
+    with session(conn, "run", req, app=inv.app.name) as c:
+        if images is not None:
+            _upload_images(c.writer(), images)
+        started = c.read(protocol.RunStarted)
+        result = RunResult(board=board.name, run_id=run_id, release=started.release)
+        _follow(c, result, on_event)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def attach(inv: Inventory, board: Board, conn: Connection, run_id: str, on_event=None) -> RunResult:
+    check_run_id(run_id)
+    with session(conn, "attach", protocol.AttachRequest(app=inv.app.name, run_id=run_id)) as c:
+        info = c.read(protocol.Attached)
+        result = RunResult(board=board.name, run_id=info.run_id)
+        _follow(c, result, on_event)
+    return result
+
+
+FOLLOW_TIMEOUT = 600.0  # the agent writes progress events often; minutes of silence means a lost link
+
+
+def _follow(c: Call, result: RunResult, on_event) -> None:
+    """Count the agent's events into ``result`` until the board's FollowEnd line."""
+    while True:
+        try:
+            line = c.readline(timeout=FOLLOW_TIMEOUT)
+        except RemoteError:
+            line = b""
+        if not line:
+            raise RunError(
+                f"{result.board}: lost the connection while following run {result.run_id}; it goes on on the board: "
+                f"deploy run {result.board} --attach {result.run_id}"
+            )
+        if line.startswith(b'{"helper"') or line.startswith(b'{"error"'):
+            obj = json.loads(line)
+            if "error" in obj:
+                raise RemoteError(f"{result.board}: {obj['error']}")
+            if obj.get("helper") == "exit":
+                result.exit_code = protocol.decode(protocol.FollowEnd, obj).code
+                break
+            continue
+        try:
+            ev = events.decode(line)
+        except events.ProtocolError as exc:
+            raise RunError(f"{result.board}: bad event from the agent: {exc}") from None
+        kind = ev["event"]
+        if kind == "start":
+            result.total = ev.get("total", 0)
+        elif kind == "result":
+            result.ok += 1
+        elif kind == "error":
+            result.failed += 1
+            result.errors.append(ev)
+        elif kind == "end":
+            result.ended = True
+            result.summary = ev["summary"]
+        if on_event:
+            on_event(ev)
+    c.close()
+
+
+def stop(inv: Inventory, conn: Connection, run_id: str) -> protocol.StopReply:
+    """SIGTERM the run's agent: it ends the run as partial, keeping every finished result."""
+    check_run_id(run_id)
+    return call(conn, "stop", protocol.StopRequest(app=inv.app.name, run_id=run_id))
