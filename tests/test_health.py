@@ -23,7 +23,6 @@ from deploy.board import protocol
 from deploy.board.wire import Wire
 from deploy.errors import InventoryError
 from deploy.inventory import parse
-from deploy.ops import health
 from deploy.release import probe as probe_mod
 from deploy.release.hashcache import HashCache
 from deploy.testing import ESPRESSO, Project

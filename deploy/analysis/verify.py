@@ -3,7 +3,7 @@
 A converted model can be quietly wrong on the board (fp16 rounding, a wrong AIPP mean, BGR for RGB, another
 resize). The reference is what the app was built from: the app's ONNX model, fp32, on the host's ONNX
 Runtime, with the agent's own preprocessing of ``app.preprocess``. Like the health check's reference it is
-a ``python -m agent run`` subprocess (the core imports no agent code but its protocol): the same decode,
+a ``python -m agent run`` subprocess (``deploy/hostagent.py``, shared by both): the same decode,
 resize and normalisation the boards run, asked for whole probability vectors (``probs.jsonl``).
 
 :class:`HostReference` starts that subprocess at once and is waited for only when a board's run is back, so
@@ -15,21 +15,15 @@ pyACL with AIPP, ...) only has to write ``probs.jsonl``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import agent
-
+from .. import hostagent
 from ..errors import RunError
 from ..inventory import App
 
-_AGENT = Path(agent.__file__).resolve().parent
 TOP5 = 5
 
 
@@ -48,23 +42,16 @@ def load_probs(run_dir: Path, seconds: float = 0.0) -> Probs:
     import numpy as np
 
     vectors, failed, labels = {}, {}, {}
-    for line in _lines(run_dir / "results.jsonl"):
+    for line in hostagent.lines(run_dir / "results.jsonl"):
         rec = json.loads(line)
         if rec.get("ok"):
             labels[rec["image"]] = str(rec["topk"][0][1]) if rec.get("topk") else ""
         else:
             failed[rec["image"]] = f"{rec.get('kind')}: {rec.get('message')}"
-    for line in _lines(run_dir / "probs.jsonl"):
+    for line in hostagent.lines(run_dir / "probs.jsonl"):
         rec = json.loads(line)
         vectors[rec["image"]] = np.asarray(rec["probs"], dtype=np.float64)
     return Probs(vectors, failed, labels, seconds)
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError:
-        return []
 
 
 class HostReference:
@@ -91,22 +78,11 @@ class HostReference:
 
     def _classify(self) -> Probs:
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="deploy-verify-") as tmp:
-            app = self.app
-            job = {"v": 1, "run_id": "verify-reference", "mode": "run", "release": tmp, "out_dir": f"{tmp}/out",
-                   "model": str(self.onnx.resolve()), "backend": "onnx", "preprocess": app.preprocess,
-                   "labels": str(app.labels.resolve()) if app.labels else None, "inputs": [str(self.images)],
-                   "batch": app.batch, "topk": TOP5, "labelled": False, "probs": True}
-            Path(tmp, "job.json").write_text(json.dumps(job))
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_AGENT.parent),
-                                                                             os.environ.get("PYTHONPATH")]))}
-            r = subprocess.run([sys.executable, "-m", "agent", "run", "--job", f"{tmp}/job.json"], env=env, cwd=tmp,
-                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
-            probs = load_probs(Path(tmp, "out"), time.perf_counter() - t0)
+        with hostagent.run(self.app, self.onnx, self.images, run_id="verify-reference", topk=TOP5, probs=True,
+                           timeout=3600) as r:
+            probs = load_probs(r.out, time.perf_counter() - t0)
             if not probs.vectors:
-                tail = [ln for ln in (r.stderr or "").splitlines() if ln.strip()]
-                why = tail[-1] if tail else f"exit status {r.returncode}"
-                raise RunError(f"the host's reference classified nothing with app.models.onnx ({why[:300]})")
+                raise RunError(f"the host's reference classified nothing with app.models.onnx ({r.error()})")
         return probs
 
     def result(self) -> Probs:
