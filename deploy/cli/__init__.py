@@ -93,7 +93,7 @@ def _add_release_commands(sub) -> None:
 
     sp = sub.add_parser("rollback", help="switch back to the previous (or a given) release")
     _common(sp)
-    sp.add_argument("--to", help="release id (or unique prefix)")
+    sp.add_argument("--to", type=release_id, help="release id (or unique prefix)")
     sp.set_defaults(func="release:cmd_rollback")
 
     sp = sub.add_parser("status", help="current release, env block, last runs")
@@ -110,9 +110,9 @@ def _add_run_commands(sub) -> None:
     sp = sub.add_parser("run", help="classify images on boards, with live progress")
     _common(sp)
     sp.add_argument("--images", help="local file or folder of images to upload for this run")
-    sp.add_argument("--run-id", help="name the run (default: UTC time + random suffix)")
-    sp.add_argument("--resume", metavar="RUN_ID", help="restart a killed run; finished images are skipped")
-    sp.add_argument("--attach", metavar="RUN_ID", help="follow a run that is already going")
+    sp.add_argument("--run-id", type=run_id, help="name the run (default: UTC time + random suffix)")
+    sp.add_argument("--resume", type=run_id, metavar="RUN_ID", help="restart a killed run; finished images are skipped")
+    sp.add_argument("--attach", type=run_id, metavar="RUN_ID", help="follow a run that is already going")
     sp.add_argument("--mode", choices=["run", "bench", "eval"], default="run")
     sp.add_argument("--batch", type=parse_batches, metavar="N[,N...]",
                     help="batch size; several (1,4,8) with --mode bench: one bench per size")
@@ -122,12 +122,12 @@ def _add_run_commands(sub) -> None:
 
     sp = sub.add_parser("stop", help="stop a run on boards (it keeps what it finished; --resume goes on)")
     _common(sp)
-    sp.add_argument("--run", required=True, help="run id")
+    sp.add_argument("--run", type=run_id, required=True, help="run id")
     sp.set_defaults(func="runs:cmd_stop")
 
     sp = sub.add_parser("pull", help="fetch a run's outputs into outputs/<board>/<run-id>/")
     _common(sp)
-    sp.add_argument("--run", help="run id (default: the latest)")
+    sp.add_argument("--run", type=run_id, help="run id (default: the latest)")
     sp.add_argument("--dest", help="outputs root (default ./outputs)")
     sp.add_argument("--include-inputs", action="store_true", help="also fetch uploaded input images")
     sp.set_defaults(func="runs:cmd_pull")
@@ -156,10 +156,30 @@ def _add_quality(sub) -> None:
 
     sp = sub.add_parser("report", help="report.html + contact_sheet.png of a run (pulled if not here yet)")
     _common(sp)
-    sp.add_argument("--run", help="run id (default: the board's latest)")
+    sp.add_argument("--run", type=run_id, help="run id (default: the board's latest)")
     sp.add_argument("--pull", action="store_true", help="pull the run again even if it is here")
     sp.add_argument("--open", action="store_true", help="open the report in a browser")
     sp.set_defaults(func="quality:cmd_report")
+
+
+def run_id(text: str) -> str:
+    """A run id, checked before any board is contacted: one safe path component, not a reserved name."""
+    from ..board import protocol
+
+    if not protocol.valid_run_id(text):
+        why = "a reserved name" if protocol.valid_id(text) else "letters, digits, '.', '_', '-' (at most 128), " \
+            "starting with a letter or digit"
+        raise argparse.ArgumentTypeError(f"invalid run id {text!r}: {why}")
+    return text
+
+
+def release_id(text: str) -> str:
+    """A release id (or a unique prefix of one), checked before any board is contacted."""
+    from ..board import protocol
+
+    if not protocol.valid_id(text):
+        raise argparse.ArgumentTypeError(f"invalid release id {text!r}: a release id is 12 hex digits (or a prefix)")
+    return text
 
 
 def parse_batches(text: str) -> list[int]:

@@ -59,8 +59,11 @@ def _pull(inv, board, conn, run_id: str) -> Path:
 
 def _run(inv, board, conn, prog, *, mode: str, images: Path | None, overrides: dict) -> runs.RunResult:
     task = prog.add_task(f"{board.name}: starting", total=None, rate="")
-    res = runs.run(inv, board, conn, images=images, mode=mode, overrides=overrides,
-                   on_event=run_events(prog, task, board, echo=False))
+    try:
+        res = runs.run(inv, board, conn, images=images, mode=mode, overrides=overrides,
+                       on_event=run_events(prog, task, board, echo=False))
+    finally:
+        prog.remove_task(task)
     if not res.ended or res.summary.get("status") == "failed":
         why = res.summary.get("error") or f"the agent exited {res.exit_code}"
         raise RunError(f"{board.name}: run {res.run_id} failed: {why}")

@@ -25,11 +25,14 @@ def cmd_run(args) -> int:
     def action(inv, board, conn, prog):
         task = prog.add_task(f"{board.name}: starting", total=None, rate="")
         on_event = run_events(prog, task, board, echo=single and not args.json and not args.quiet)
-        if args.attach:
-            res = runs.attach(inv, board, conn, args.attach, on_event=on_event)
-        else:
-            res = runs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
-                           resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
+        try:
+            if args.attach:
+                res = runs.attach(inv, board, conn, args.attach, on_event=on_event)
+            else:
+                res = runs.run(inv, board, conn, images=images, run_id=args.resume or args.run_id,
+                               resume=bool(args.resume), mode=args.mode, overrides=overrides, on_event=on_event)
+        finally:
+            prog.remove_task(task)  # the board's summary line takes the row's place
         if not args.json:
             render.print_run(ui.out(), res)
         return render.run_json(res)
@@ -77,10 +80,13 @@ def cmd_pull(args) -> int:
 
     def action(inv, board, conn, prog):
         task = prog.add_task(f"{board.name}: pulling", total=None)
-        res = outputs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
-                        include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
+        try:
+            res = outputs.pull(inv, board, conn, args.run, dest_root=Path(args.dest) if args.dest else None,
+                               include_inputs=args.include_inputs, on_bytes=lambda n: prog.advance(task, n))
+        finally:
+            prog.remove_task(task)
         if not args.json:
             render.print_pull(ui.out(), res)
         return render.pull_json(res)
 
-    return worst(each_board(args, action, view=lambda: ui.transfer_progress(False, transient=False)))
+    return worst(each_board(args, action, view=lambda: ui.transfer_progress(False)))

@@ -48,15 +48,7 @@ def cmd_service(args) -> int:
         ok = True if args.action == "stop" else (_healthy(info) if args.action == "start" else True)
         return {"ok": ok, "service": info.to_json()}
 
-    return worst(each_board(args, action, view=_waiting_view if args.action != "status" else None))
-
-
-def _waiting_view():
-    """A spinner row per board while start/stop wait on the board (seconds: the agent loads its model)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=ui.err(),
-                    transient=True)
+    return worst(each_board(args, action, view=ui.spinner_progress if args.action != "status" else None))
 
 
 def cmd_collect(args) -> int:

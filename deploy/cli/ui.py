@@ -1,7 +1,16 @@
 """The terminal: rich consoles, progress bars and tables, loaded only when a person will see them.
 
 ``--json`` output, and commands that show nothing, never import rich (about 40 ms of every
-command otherwise). Everything user-controlled that reaches rich goes through ``escape``.
+command otherwise). Everything from a board or a file name that reaches rich goes through
+``escape`` (``render.safe`` first for board strings: control characters made visible).
+
+**One screen, one live region.** A command shows at most one live display (a row per board), and
+while it is up every line the command prints, results on stdout and error lines on stderr alike,
+goes *through that display's console*, which prints it above the live rows and redraws them below.
+Printing around it (a second Console on the same terminal) is what glued completion lines onto
+progress rows and repeated rows: rich's consoles write past its own stdout redirection
+(``rich_proxied_file``). Lines are routed only while their stream is a terminal: with stdout
+redirected to a file, results go to the file as they are.
 """
 
 from __future__ import annotations
@@ -9,22 +18,61 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import threading
+
+_active: list = []  # the live display that is up (at most one per command)
+_lock = threading.Lock()
 
 
 @functools.cache
-def err():
+def _console(stderr: bool):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=not stderr)
+
+
+class _Routed:
+    """A console for one stream that prints through the live display while one is up on a terminal."""
+
+    def __init__(self, stderr: bool):
+        self.stderr = stderr
+
+    @property
+    def _own(self):
+        return _console(self.stderr)
+
+    def print(self, *objects, **kwargs) -> None:
+        live = _live()
+        stream = sys.stderr if self.stderr else sys.stdout
+        if live is not None and stream.isatty():
+            live.console.print(*objects, **kwargs)
+        else:
+            self._own.print(*objects, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._own, name)
+
+
+@functools.cache
+def err() -> _Routed:
     """The stderr console: progress, warnings and errors."""
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+    return _Routed(stderr=True)
 
 
 @functools.cache
-def out():
+def out() -> _Routed:
     """The stdout console: tables and results for people."""
-    from rich.console import Console
+    return _Routed(stderr=False)
 
-    return Console(highlight=False, soft_wrap=True)
+
+def _live():
+    with _lock:
+        return _active[-1] if _active else None
+
+
+def live_console():
+    """The console a live display draws on: stdout's when it is a terminal, else stderr's."""
+    return _console(not sys.stdout.isatty())
 
 
 def escape(text: str) -> str:
@@ -85,33 +133,70 @@ def no_progress() -> _Silent:
     return _Silent()
 
 
+def _progress(*columns, transient: bool = True):
+    """The command's one live display: registered while it is up, so every print goes through it.
+
+    A counter never shows more than its total: a row's ``completed`` is clamped (a byte count that
+    includes framing, a bench that loops past its estimate)."""
+    from rich.progress import Progress
+
+    class Live(Progress):
+        def __enter__(self):
+            with _lock:
+                _active.append(self)
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            try:
+                return super().__exit__(*exc)
+            finally:
+                with _lock:
+                    _active.remove(self)
+
+        def update(self, task_id, **kwargs):
+            super().update(task_id, **kwargs)
+            self._clamp(task_id)
+
+        def advance(self, task_id, advance=1):
+            super().advance(task_id, advance)
+            self._clamp(task_id)
+
+        def _clamp(self, task_id):
+            with self._lock:
+                task = self._tasks.get(task_id)
+                if task is not None and task.total is not None and task.completed > task.total:
+                    task.completed = task.total
+
+    return Live(*columns, console=live_console(), transient=transient)
+
+
 def transfer_progress(silent: bool, transient: bool = True):
-    """Bytes with rate (push, pull)."""
+    """Bytes with rate (push, pull, collect)."""
     if silent:
         return _Silent()
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeElapsedColumn(), console=err(), transient=transient)
+    return _progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                     TimeElapsedColumn(), transient=transient)
 
 
 def count_progress(silent: bool):
     """Images done of total, with a free ``rate`` field (runs)."""
     if silent:
         return _Silent()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err(), transient=False)
+    return _progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+
+
+def spinner_progress():
+    """A spinner row per board while it works with no count to show (service start/stop)."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return _progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn())
 
 
 def status(message: str):
     """A spinner with a message that can be updated (``.update(text)``)."""
-    return err().status(message)
+    return _console(True).status(message)
