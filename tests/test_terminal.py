@@ -19,6 +19,7 @@ import termios
 import time
 
 import pytest
+
 from deploy.testing import SANDBOX_BOARD, Project
 
 pyte = pytest.importorskip("pyte")
