@@ -11,6 +11,7 @@ a typo such as ``taget:`` would otherwise deploy with the default target.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,36 @@ def parse_size(text: str | int) -> int | None:
     return int(float(m[1]) * 1024 ** " KMGT".index((m[2] or " ").upper()))
 
 
+DEFAULT_EXCLUDES = (".git/**", "**/.git/**", "**/__pycache__/**", "build/**")
+PLACEHOLDERS = ("images", "model")
+
+
+@dataclass(frozen=True)
+class OwnApp:
+    """The user's own app (``app.command`` set): a tree shipped with its layout kept, and what runs it.
+
+    Paths inside the tree are '/'-separated and relative: ``workdir`` to ``source``, ``outputs`` to
+    ``workdir`` (it may climb out of it, ``../out``, but never out of the tree)."""
+
+    source: Path
+    command: str
+    workdir: str = "."
+    outputs: str | None = None
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDES
+    requirements: Path | None = None
+    follow_links: bool = False  # symlinks inside the tree are shipped as their targets' content
+    health_command: str | None = None  # app.health.command: run after the switch (roll back on failure)
+    health_expect: str | None = None  # app.health.expect: a regex its output must match
+
+    @property
+    def outputs_in_tree(self) -> str | None:
+        """``outputs`` as a path from the tree's root (``src`` + ``../out`` = ``out``)."""
+        if self.outputs is None:
+            return None
+        return posixpath.normpath(posixpath.join(self.workdir, self.outputs))
+
+
 @dataclass(frozen=True)
 class App:
     name: str
@@ -71,6 +102,12 @@ class App:
     probe: Path | None = None  # app.health.probe: the health check's image (None: chosen from app.images)
     health_timeout: int = 60  # app.health.timeout: seconds the board's agent may take for the check
     service: Service = field(default_factory=Service)  # app.service
+    own: OwnApp | None = None  # the user's own app (app.command); None: the built-in agent classifies
+
+    @property
+    def kind(self) -> str:
+        """``command`` for the user's own app, ``agent`` for the built-in classifier."""
+        return "command" if self.own is not None else "agent"
 
 
 @dataclass(frozen=True)
@@ -368,8 +405,9 @@ def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dic
     return members_node.value, where_members, settings
 
 
+_OWN_KEYS = {"source", "include", "exclude", "workdir", "command", "outputs", "requirements", "follow_links"}
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
-             "backend_options", "health", "service"}
+             "backend_options", "health", "service"} | _OWN_KEYS
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
                 "device": (int, (0, 63))}
@@ -388,15 +426,14 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
     if "name" not in m:
         raise doc.fail(node, "app.name", "required field is missing")
     name = doc.string(m["name"][1], "app.name", NAME_RE, "use letters, digits, '.', '_' and '-'")
-    if "models" not in m:
-        raise doc.fail(node, "app.models", "required field is missing (e.g. models: {onnx: models/net.onnx})")
-    models = {}
-    for kind, (knode, vnode) in doc.mapping(m["models"][1], "app.models").items():
-        if kind not in BACKENDS:
-            raise doc.fail(knode, f"app.models.{kind}", f"model kind must be one of {', '.join(BACKENDS)}")
-        models[kind] = _path(doc, vnode, f"app.models.{kind}", base)
-    if not models:
-        raise doc.fail(m["models"][1], "app.models", "name at least one model")
+    if "models" not in m and "command" not in m:
+        raise doc.fail(node, "app.models", "required field is missing (e.g. models: {onnx: models/net.onnx}), "
+                       "unless the app is your own (app.command)")
+    models = _models(doc, m["models"][1], base) if "models" in m else {}
+    own = _own(doc, node, m, base, models) if "command" in m else None
+    if own is None and [k for k in _OWN_KEYS if k in m]:
+        k = next(k for k in _OWN_KEYS if k in m)
+        raise doc.fail(m[k][0], f"app.{k}", "belongs to your own app: set app.command too")
     preprocess: dict[str, Any] = {"preset": "imagenet"}
     if "preprocess" in m:
         pnode = m["preprocess"][1]
@@ -434,7 +471,113 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
         backend_options=_backend_options(doc, m["backend_options"][1]) if "backend_options" in m else {},
         **(_health(doc, m["health"][1], base) if "health" in m else {}),
         **({"service": _service(doc, m["service"][1])} if "service" in m else {}),
+        own=own,
     )
+
+
+def _models(doc: _Doc, node: yaml.Node, base: Path) -> dict[str, Path]:
+    models = {}
+    for kind, (knode, vnode) in doc.mapping(node, "app.models").items():
+        if kind not in BACKENDS:
+            raise doc.fail(knode, f"app.models.{kind}", f"model kind must be one of {', '.join(BACKENDS)}")
+        models[kind] = _path(doc, vnode, f"app.models.{kind}", base)
+    if not models:
+        raise doc.fail(node, "app.models", "name at least one model")
+    return models
+
+
+def _own(doc: _Doc, node: yaml.Node, m: dict, base: Path, models: dict) -> OwnApp:
+    """The user's own app: ``source`` (a folder), ``include``/``exclude`` globs, ``workdir``, ``command``,
+    ``outputs``, ``requirements``, ``follow_links``, and ``health: {command, expect}``."""
+    if "source" not in m:
+        raise doc.fail(node, "app.source", "required with app.command: the folder of your app's tree")
+    source = _path(doc, m["source"][1], "app.source", base)
+    if not source.is_dir():
+        raise doc.fail(m["source"][1], "app.source", f"not a folder: {source}")
+    workdir = _tree_path(doc, m["workdir"][1], "app.workdir", None) if "workdir" in m else "."
+    if not (source / workdir).is_dir():
+        raise doc.fail(m["workdir"][1], "app.workdir", f"not a folder of app.source: {workdir}")
+    outputs = None
+    if "outputs" in m:
+        outputs = doc.string(m["outputs"][1], "app.outputs")
+        _tree_path(doc, m["outputs"][1], "app.outputs", posixpath.join(workdir, outputs))
+    command = doc.string(m["command"][1], "app.command")
+    _check_command(doc, m["command"][1], "app.command", command, models)
+    health = _own_health(doc, m, models)
+    return OwnApp(
+        source=source, command=command, workdir=workdir, outputs=outputs,
+        include=_globs(doc, m["include"][1], "app.include") if "include" in m else ("**",),
+        exclude=DEFAULT_EXCLUDES + (_globs(doc, m["exclude"][1], "app.exclude") if "exclude" in m else ()),
+        requirements=_requirements(doc, m["requirements"][1], source) if "requirements" in m else None,
+        follow_links=doc.boolean(m["follow_links"][1], "app.follow_links") if "follow_links" in m else False,
+        **health,
+    )  # fmt: skip
+
+
+def _tree_path(doc: _Doc, node: yaml.Node, where: str, path: str | None) -> str:
+    """A '/'-separated path inside the app's tree, normalised; one line when it is absolute or leaves it."""
+    value = doc.string(node, where) if path is None else path
+    norm = posixpath.normpath(value.replace("\\", "/"))
+    if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+        raise doc.fail(node, where, f"must stay inside app.source, not {doc.string(node, where)!r}")
+    return norm
+
+
+def _check_command(doc: _Doc, node: yaml.Node, where: str, command: str, models: dict) -> None:
+    """Placeholders are {images} and {model} (``{{``/``}}`` for a brace); {model} needs app.models."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]
+    except ValueError as exc:
+        raise doc.fail(node, where, f"{exc} (write {{{{ and }}}} for a literal brace)") from None
+    for f in fields:
+        if f not in PLACEHOLDERS:
+            raise doc.fail(node, where, f"unknown placeholder {{{f}}} (known: {{images}}, {{model}})")
+    if "model" in fields and not models:
+        raise doc.fail(node, where, "{model} needs app.models (the model variant each board runs)")
+
+
+def _globs(doc: _Doc, node: yaml.Node, where: str) -> tuple[str, ...]:
+    if isinstance(node, yaml.ScalarNode):
+        return (doc.string(node, where),)
+    if not isinstance(node, yaml.SequenceNode):
+        raise doc.fail(node, where, "must be a glob or a list of globs (python/common/**, **/*.py)")
+    out = []
+    for i, item in enumerate(node.value):
+        glob = doc.string(item, f"{where}[{i}]")
+        if glob.startswith("/") or ".." in glob.split("/"):
+            raise doc.fail(item, f"{where}[{i}]", f"a glob is relative to app.source: {glob!r}")
+        out.append(glob)
+    return tuple(out)
+
+
+def _requirements(doc: _Doc, node: yaml.Node, source: Path) -> Path:
+    rel = _tree_path(doc, node, "app.requirements", None)
+    path = source / rel
+    if not path.is_file():
+        raise doc.fail(node, "app.requirements", f"not a file of app.source: {rel}")
+    return path
+
+
+def _own_health(doc: _Doc, m: dict, models: dict) -> dict[str, Any]:
+    """app.health.command / .expect (own apps): the command's output must match the regex."""
+    if "health" not in m:
+        return {}
+    hm = doc.mapping(m["health"][1], "app.health")
+    out: dict[str, Any] = {}
+    if "command" in hm:
+        out["health_command"] = doc.string(hm["command"][1], "app.health.command")
+        _check_command(doc, hm["command"][1], "app.health.command", out["health_command"], models)
+    if "expect" in hm:
+        if "command" not in hm:
+            raise doc.fail(hm["expect"][0], "app.health.expect", "goes with app.health.command")
+        out["health_expect"] = doc.string(hm["expect"][1], "app.health.expect")
+        try:
+            re.compile(out["health_expect"])
+        except re.error as exc:
+            raise doc.fail(hm["expect"][1], "app.health.expect", f"not a regular expression: {exc}") from None
+    return out
 
 
 def _service(doc: _Doc, node: yaml.Node) -> Service:
@@ -470,7 +613,7 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
 def _health(doc: _Doc, node: yaml.Node, base: Path) -> dict[str, Any]:
     """app.health: ``{probe: images/cat.jpg, timeout: 60}`` (both optional) as App fields."""
     hm = doc.mapping(node, "app.health")
-    doc.check_keys(hm, {"probe", "timeout"}, "app.health")
+    doc.check_keys(hm, {"probe", "timeout", "command", "expect"}, "app.health")
     out: dict[str, Any] = {}
     if "probe" in hm:
         out["probe"] = _path(doc, hm["probe"][1], "app.health.probe", base)

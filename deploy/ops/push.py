@@ -205,7 +205,7 @@ def push(
     t0 = time.perf_counter()
     cache = cache or HashCache(inv.state_dir / "hashcache.json")
     bundle = build_for(inv, board, conn, cache)
-    check = health_check and bundle.probe is not None
+    check = health_check and bundle.checkable
     try:
         res = _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, check=check,
                     compress=compress)
@@ -235,17 +235,19 @@ def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool
         return health_mod.skipped("dry run")
     if not enabled:
         return health_mod.skipped("--no-health-check")
-    if bundle.probe is None:
+    if not bundle.checkable:
         return health_mod.skipped("no probe image: the app has no images (set app.health.probe)")
+    probe = bundle.probe
     if res.checked:
-        probe = bundle.probe
+        if probe is None:
+            return health_mod.HealthResult(status="passed", reason="already current and checked on this board")
         return health_mod.HealthResult(status="passed", probe=probe.path, source=probe.source,
                                        expected=list(probe.expected) if probe.expected else None,
                                        reason="already current and checked on this board")
     if on_phase:
         on_phase("health check")
     result = health_mod.check(conn, inv.app, board.name, res.release, inv.app.keep_releases)
-    return replace(result, reason=bundle.probe.note or result.reason)
+    return replace(result, reason=(probe.note if probe else "") or result.reason)
 
 
 def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check,

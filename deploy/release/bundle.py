@@ -21,8 +21,8 @@ from .. import hostagent
 from ..errors import BuildError
 from ..inventory import App, Board
 from ..targets import Target
+from . import apptree, wheelhouse
 from . import probe as probe_mod
-from . import wheelhouse
 from .hashcache import HashCache
 from .probe import Probe
 from .variant import model_for
@@ -58,6 +58,12 @@ class Bundle:
     entries: tuple[Entry, ...]
     app_config: dict
     probe: Probe | None = None  # the health check's image (None: the app has none to offer)
+    own: bool = False  # the user's own app (app.command): checked by its health command or an import
+
+    @property
+    def checkable(self) -> bool:
+        """Whether a health check has something to run: the agent's probe, or the own app's check."""
+        return self.probe is not None or self.own
 
     @property
     def total_bytes(self) -> int:
@@ -87,6 +93,8 @@ def build(
     Nothing is copied; digests come from ``cache``, which is saved. Raises BuildError when the
     target's model, the labels file, the images folder or app.health.probe is missing.
     """
+    if app.own is not None:
+        return _build_own(app, board, target, python, cache, state_dir)
     files = _tree_files("agent", hostagent.AGENT_DIR, (".py",))
     if site is None:
         site = wheelhouse.site_for(target, python)
@@ -102,13 +110,62 @@ def build(
     generated = {"app.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
     if probe is not None:
         generated[probe_mod.SPEC] = probe.spec()
+    return _finish(entries, generated, cache, target, python, config, probe)
+
+
+def _finish(entries: list[Entry], generated: dict[str, bytes], cache: HashCache, target: Target, python: str,
+            config: dict, probe: Probe | None) -> Bundle:
+    """The generated files added, sorted, the cache saved, and the release id from the manifest."""
     for path, data in generated.items():
         entries.append(Entry(path, len(data), hashlib.sha256(data).hexdigest(), 0o644, data=data))
     entries.sort(key=lambda e: e.path)
     cache.save()
     rid = hashlib.sha256(json.dumps([e.row() for e in entries]).encode()).hexdigest()[:12]
     return Bundle(release_id=rid, target=target, python=python, entries=tuple(entries), app_config=config,
-                  probe=probe)
+                  probe=probe, own=config.get("kind") == "command")
+
+
+def _build_own(app: App, board: Board, target: Target, python: str, cache: HashCache,
+               state_dir: Path | None) -> Bundle:
+    """The user's own app: its tree under ``app/`` (read-only), the wheels of its requirements.txt in
+    ``site/``, this board's model variant when app.models names one, its images, and the agent (the run's
+    supervisor, ``agent/command.py``). ``health/health.json`` says what the health check runs."""
+    own = app.own
+    files = _tree_files("agent", hostagent.AGENT_DIR, (".py",)) + apptree.tree_files(own)
+    reqs = wheelhouse.read_requirements(own.requirements) if own.requirements else []
+    site = wheelhouse.requirements_site(target, python, reqs) if reqs else None
+    if site is not None:
+        files += _tree_files("site", site)
+    model = model_for(app, target, board, state_dir) if app.models else None
+    if model is not None:
+        files.append((f"models/{model.name}", model))
+    files += _app_data(app)
+    config = {"format": RELEASE_FORMAT, "kind": "command", "name": app.name, "target": target.name, "python": python,
+              "backend": target.backend, "command": own.command, "workdir": own.workdir, "outputs": own.outputs,
+              "tree": apptree.PREFIX, "model": f"models/{model.name}" if model else None,
+              "images": "images" if app.images is not None else None,
+              "labels": f"labels/{app.labels.name}" if app.labels is not None else None}
+    health = {"format": 1, "kind": "command", "command": own.health_command, "expect": own.health_expect,
+              "imports": top_level_modules(site) if site is not None else []}
+    generated = {"app.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+                 probe_mod.SPEC: (json.dumps(health, indent=2, sort_keys=True) + "\n").encode()}
+    return _finish(_entries(files, cache), generated, cache, target, python, config, None)
+
+
+def top_level_modules(site: Path) -> list[str]:
+    """The importable names a site tree provides (``top_level.txt`` of each .dist-info, else its RECORD):
+    what the health check of an own app without a health command imports."""
+    names: set[str] = set()
+    for info in sorted(site.glob("*.dist-info")):
+        top = info / "top_level.txt"
+        if top.is_file():
+            names.update(ln.strip() for ln in top.read_text().splitlines())
+            continue
+        for line in (info / "RECORD").read_text().splitlines() if (info / "RECORD").is_file() else []:
+            first = line.split(",", 1)[0].split("/", 1)[0]
+            names.add(first[:-3] if first.endswith(".py") else first)
+    return sorted(n for n in names if n.isidentifier() and not n.startswith("_")
+                  and ((site / n).is_dir() or (site / f"{n}.py").is_file() or any(site.glob(f"{n}.*.so"))))
 
 
 def _tree_files(prefix: str, root: Path, suffixes: tuple[str, ...] | None = None) -> list[tuple[str, Path]]:
@@ -166,12 +223,16 @@ def _app_data(app: App) -> list[tuple[str, Path]]:
 
 
 def _entries(files: list[tuple[str, Path]], cache: HashCache) -> list[Entry]:
-    """One Entry per regular file (others are skipped); executables keep 0o755, the rest get 0o644."""
+    """One Entry per regular file (others are skipped); executables keep 0o755, the rest get 0o644; an own
+    app's tree is read-only (``apptree.release_mode``)."""
     entries = []
     for rel, src in files:
         st = src.stat()
         if not stat.S_ISREG(st.st_mode):
             continue
-        mode = 0o755 if st.st_mode & 0o111 else 0o644
+        if rel.startswith(apptree.PREFIX + "/"):
+            mode = apptree.release_mode(st.st_mode)
+        else:
+            mode = 0o755 if st.st_mode & 0o111 else 0o644
         entries.append(Entry(rel, st.st_size, cache.digest(src, st), mode, src=src))
     return entries

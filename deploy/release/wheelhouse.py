@@ -139,13 +139,19 @@ def site_for(target: Target, python: str, *, cache: Path | None = None, offline:
     return site
 
 
+def _pip_download(target: Target, python: str, dest: Path, deps: bool = False) -> list[str]:
+    """``pip download`` of binary wheels for the target's platforms and Python into ``dest``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check"]
+    cmd += [] if deps else ["--no-deps"]
+    for plat in target.platforms:
+        cmd += ["--platform", plat]
+    cmd += ["--python-version", python, "--implementation", "cp", "--abi", abi_tag(python), "--abi", "abi3", "--abi", "none"]
+    return cmd + ["-d", str(dest)]
+
+
 def _download(target: Target, python: str, reqs: list[str], dest: Path, *, offline: bool) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
-    base_cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "--disable-pip-version-check"]
-    for plat in target.platforms:
-        base_cmd += ["--platform", plat]
-    base_cmd += ["--python-version", python, "--implementation", "cp", "--abi", abi_tag(python), "--abi", "abi3", "--abi", "none"]
-    base_cmd += ["-d", str(dest)]
+    base_cmd = _pip_download(target, python, dest)
     found: list[Path] = []
     for req in reqs:
         # cached first: a second build on this machine needs no network
@@ -207,3 +213,88 @@ def _unpack(whl: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 20)
             mode = (info.external_attr >> 16) & 0o777
             os.chmod(out, 0o755 if mode & 0o111 or name.endswith(".so") else 0o644)
+
+
+# ---------------------------------------------------------------- an own app's requirements.txt
+
+REQ_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,\s-]*\])?\s*"
+                    r"((===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*(,\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*)*)?"
+                    r"(;[^#]*)?$")
+
+
+def read_requirements(path: Path) -> list[str]:
+    """The requirement lines of an app's requirements.txt: ``name[extras] (op version, ...) (; marker)``.
+
+    Options (``-r``, ``-e``, ``--index-url``), URLs and paths are refused in one line naming the file and
+    line: the board has no internet and builds nothing, so every requirement must be a binary wheel."""
+    out = []
+    for n, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        if not REQ_RE.match(line):
+            raise BuildError(f"{path}:{n}: not a requirement that resolves to a binary wheel: {raw.strip()!r} "
+                             "(write name, name==1.2 or name>=1.2; no options, URLs or paths)")
+        out.append(line)
+    return out
+
+
+def requirements_site(target: Target, python: str, reqs: list[str], *, cache: Path | None = None) -> Path:
+    """The unpacked tree of ``reqs`` and their dependencies as binary wheels for ``target`` on CPython
+    ``python``, built once per requirement set (``req-<hash>/`` beside the agent's trees). BuildError in one
+    line, naming the package, the target and the nearest version that has a wheel, when one has none."""
+    key = hashlib.sha256(json.dumps([sorted(reqs), list(target.platforms), _PRUNE_VERSION]).encode()).hexdigest()[:12]
+    base = (cache or cache_root()) / f"{target.platforms[0]}-{abi_tag(python)}"
+    site, stamp = base / f"req-{key}", base / f"req-{key}.json"
+    if site.is_dir() and stamp.is_file():
+        return site
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".req-", dir=base) as tmp:
+        listing = Path(tmp, "requirements.txt")
+        listing.write_text("\n".join(reqs) + "\n")
+        r = subprocess.run(_pip_download(target, python, Path(tmp, "wheels"), deps=True) + ["-r", str(listing)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(no_wheel_line(r.stderr, target, python))
+        unpacked = Path(tmp, "site")
+        unpacked.mkdir()
+        wheels = sorted(Path(tmp, "wheels").glob("*.whl"))
+        for whl in wheels:
+            _unpack(whl, unpacked)
+        if site.exists():
+            shutil.rmtree(site)
+        os.replace(unpacked, site)
+    stamp.write_text(json.dumps({"python": python, "platforms": target.platforms, "requirements": reqs,
+                                 "wheels": [w.name for w in wheels]}, indent=1))
+    return site
+
+
+def no_wheel_line(stderr: str, target: Target, python: str) -> str:
+    """pip's refusal as one line: the package, the target, and the nearest version that has a wheel."""
+    where = f"target {target.name} (Python {python}, {abi_tag(python)}, {target.platforms[0]})"
+    m = re.search(r"requirement ([^\s(]+) \(from versions: ([^)]*)\)", stderr)
+    if not m:
+        return f"the app's requirements do not resolve as binary wheels for {where}: {_last_error(stderr)}"
+    req, versions = m[1], [v.strip() for v in m[2].split(",") if v.strip() and v.strip() != "none"]
+    name = re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]
+    if not versions:
+        return f"{name}: no version has a binary wheel for {where} (sdist only, or none built for it)"
+    return f"{req}: no binary wheel for {where}; the nearest version that has one is {name}=={nearest(req, versions)}"
+
+
+def nearest(req: str, versions: list[str]) -> str:
+    """The version in ``versions`` closest to the one ``req`` pins (the newest when it pins none)."""
+
+    def key(v: str) -> tuple[int, ...]:
+        parts = [int(x) if x.isdigit() else 0 for x in re.split(r"[.+-]", v)]
+        return tuple((parts + [0, 0, 0, 0])[:4])
+
+    m = re.search(r"[=<>~!]=?\s*([0-9][A-Za-z0-9.]*)", req)
+    if not m:
+        return max(versions, key=key)
+    want = key(m[1])
+
+    def distance(v: str) -> int:
+        return sum(abs(a - b) * 1000 ** (3 - i) for i, (a, b) in enumerate(zip(key(v), want, strict=True)))
+
+    return min(versions, key=lambda v: (distance(v), key(v)))
