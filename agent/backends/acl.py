@@ -45,7 +45,7 @@ import time
 
 import numpy as np
 
-from . import Backend, BackendError, TensorSpec, guess_layout
+from .base import Backend, BackendError, TensorSpec, guess_layout
 
 ACL_SUCCESS = 0
 ACL_ERROR_REPEAT_INITIALIZE = 100002

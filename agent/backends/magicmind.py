@@ -28,7 +28,7 @@ Python 3.7; ``magicmind`` is imported at load, so ``import agent.backends`` work
 
 import numpy as np
 
-from . import Backend, BackendError, TensorSpec, guess_layout
+from .base import Backend, BackendError, TensorSpec, guess_layout
 
 _DTYPES = {
     "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",

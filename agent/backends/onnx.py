@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from . import Backend, BackendError, TensorSpec, guess_layout
+from .base import Backend, BackendError, TensorSpec, guess_layout
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
