@@ -9,29 +9,45 @@ A backend is created by :func:`get_backend`, then::
     backend.drain()                   # wait until every submitted batch's ``done`` has run
     backend.close()                   # idempotent
 
-Backends import their runtime lazily, so ``import agent.backends`` works on a board that has
-only one of onnxruntime / pyACL / MagicMind. Python 3.7 compatible.
+Each backend is described in one place, its module ``agent/backends/<name>.py``: its ``NAME``,
+the job's ``backend_options`` it takes (``OPTIONS``: option -> bool or int, which job.py checks),
+and its class (``BACKEND``), whose ``from_job`` turns a job into constructor arguments. This
+package only knows the modules' names and imports a module when that backend is asked for. A
+backend module imports only the stdlib and ``.base`` at its top (numpy and its runtime when it
+loads or runs), so ``import agent.backends`` and job validation work on a board that has only
+one of onnxruntime / pyACL / MagicMind, and without numpy. Python 3.7 compatible.
 """
+
+import importlib
 
 from .base import Backend, BackendError, TensorSpec, guess_layout, spec_dict
 
-__all__ = ["NAMES", "Backend", "BackendError", "TensorSpec", "get_backend", "guess_layout", "spec_dict"]
+__all__ = [
+    "NAMES", "Backend", "BackendError", "TensorSpec", "backend_options", "for_job", "get_backend", "guess_layout",
+    "module", "spec_dict",
+]  # fmt: skip
 
-NAMES = ("onnx", "acl", "magicmind")
+NAMES = ("onnx", "acl", "magicmind")  # agent/backends/<name>.py, imported when first used
+
+
+def module(name):
+    """The backend module ``name`` (imported now if it was not yet)."""
+    if name not in NAMES:
+        raise BackendError("unknown backend {!r} (known: {})".format(name, ", ".join(NAMES)))
+    return importlib.import_module("." + name, __name__)
+
+
+def backend_options(name):
+    """The job's ``backend_options`` backend ``name`` takes: {option: bool | int} ({} for none)."""
+    return module(name).OPTIONS
 
 
 def get_backend(name, **options):
     """A backend instance by name (not loaded yet). Options go to the backend's constructor."""
-    if name == "onnx":
-        from .onnx import OnnxBackend
+    return module(name).BACKEND(**options)
 
-        return OnnxBackend(**options)
-    if name == "acl":
-        from .acl import AclBackend
 
-        return AclBackend(**options)
-    if name == "magicmind":
-        from .magicmind import MagicMindBackend
-
-        return MagicMindBackend(**options)
-    raise BackendError("unknown backend {!r} (known: {})".format(name, ", ".join(NAMES)))
+def for_job(job, **overrides):
+    """The backend ``job`` asks for (not loaded yet), configured from the job's fields and
+    backend_options; ``overrides`` are constructor arguments that win over the job's."""
+    return module(job.backend).BACKEND.from_job(job, **overrides)

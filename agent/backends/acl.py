@@ -43,9 +43,12 @@ import queue
 import threading
 import time
 
-import numpy as np
-
 from .base import Backend, BackendError, TensorSpec, guess_layout
+
+NAME = "acl"
+# backend_options: async mode (seed 000's execute_async + callbacks), executions per launched
+# callback, device buffer sets in flight, device id.
+OPTIONS = {"async": bool, "callback_interval": int, "buffers": int, "device": int}
 
 ACL_SUCCESS = 0
 ACL_ERROR_REPEAT_INITIALIZE = 100002
@@ -109,7 +112,7 @@ class _Slot:
 
 
 class AclBackend(Backend):
-    name = "acl"
+    name = NAME
 
     def __init__(
         self,
@@ -159,6 +162,16 @@ class AclBackend(Backend):
         self.launch_failures = []  # launch_callback failures recovered from (batches delivered inline)
         self._closed = False
         self._use_bytes = None  # pointer API probe (_bytes_api)
+
+    @classmethod
+    def from_job(cls, job, **options):
+        opts = job.backend_options or {}
+        options.setdefault("async_mode", bool(opts.get("async", False)))
+        options.setdefault("callback_interval", opts.get("callback_interval", 1))
+        options.setdefault("pool_size", opts.get("buffers") or None)
+        options.setdefault("device_id", opts.get("device", 0))
+        options.setdefault("batch", job.batch)  # the gear of a dynamic-batch model
+        return cls(**options)
 
     # --- loading -----------------------------------------------------------------------------
     def _module(self):
@@ -228,6 +241,8 @@ class AclBackend(Backend):
         return [i for i in range(n_in) if i != index]
 
     def _describe(self):
+        import numpy as np
+
         acl, desc = self.acl, self.desc
         self.inputs, self.outputs = [], []
         n_in = acl.mdl.get_num_inputs(desc)
@@ -273,6 +288,8 @@ class AclBackend(Backend):
         self._copy_size = int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
 
     def _check_input_size(self, i, shape, dtype, size):
+        import numpy as np
+
         need = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if self._gear:
             need_max = size  # buffers hold the largest gear; the chosen gear must fit
@@ -335,6 +352,8 @@ class AclBackend(Backend):
         return self.acl.util.numpy_to_ptr(arr), arr
 
     def _copy_in(self, slot, batch):
+        import numpy as np
+
         acl = self.acl
         spec = self.inputs[0]
         src = np.asarray(batch)
@@ -364,6 +383,8 @@ class AclBackend(Backend):
 
     def _copy_out(self, index):
         """Each output copied once, from device memory into a new host array."""
+        import numpy as np
+
         slot = self._slots[index]
         kind = ACL_MEMCPY_DEVICE_TO_HOST if self.run_mode == ACL_HOST else ACL_MEMCPY_DEVICE_TO_DEVICE
         use_bytes = self._bytes_api()
@@ -636,3 +657,6 @@ def _collect(errors, what, call):
     if ret not in (None, ACL_SUCCESS):
         name = ERROR_NAMES.get(ret, "")
         errors.append(f"{what} ret={ret}{' (' + name + ')' if name else ''}")
+
+
+BACKEND = AclBackend

@@ -1,7 +1,8 @@
 """The interface every inference backend implements (how one is used: see agent.backends).
 
 The backend modules import it from here, never from the package, so ``agent.backends`` and its
-modules form no import circle. Stdlib only. Python 3.7 compatible.
+modules form no import circle. Stdlib only, like the top of every backend module: job validation
+imports them for their ``NAME`` and ``OPTIONS``. Python 3.7 compatible.
 """
 
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ class Backend:
     def __init__(self):
         self.inputs = []
         self.outputs = []
+
+    @classmethod
+    def from_job(cls, job, **options):
+        """An instance configured from ``job`` (a :class:`agent.job.Job`), not loaded yet; ``options``
+        are constructor arguments that win over the job's. By default the job adds nothing."""
+        return cls(**options)
 
     def load(self, model_path):
         raise NotImplementedError
