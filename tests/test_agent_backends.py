@@ -94,3 +94,15 @@ def test_for_job_turns_the_job_into_each_backends_settings():
     onnx = for_job(_job("onnx", threads=2))
     assert (onnx.threads, onnx.spinning) == (2, False)
     assert for_job(_job("onnx", threads=2), threads=1, spinning=True).threads == 1  # overrides win
+
+
+def test_backend_modules_stay_small():
+    """One concern a module (the acl backend is four: acl, acl_buffers, acl_async, acl_codes)."""
+    import os
+
+    sizes = {}
+    for fn in sorted(os.listdir(BACKENDS_DIR)):
+        if fn.endswith(".py"):
+            with open(os.path.join(BACKENDS_DIR, fn)) as f:
+                sizes[fn] = len(f.read().splitlines())
+    assert {fn: n for fn, n in sizes.items() if n > 400} == {}
