@@ -112,7 +112,7 @@ def _install_signals(stop):
     return restore
 
 
-def _stages(job, backend):
+def stages(job, backend):
     """The preprocessing, postprocessing and (eval mode) ground truth for this job and model."""
     spec = backend.inputs[0]
     cfg = preprocess.resolve(job.preprocess, spec.shape, spec.dtype, spec.layout)
@@ -151,7 +151,7 @@ def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
 
 def _classify(job, rundir, backend, stop):
     """Classify the job's images not yet done in ``rundir``; returns the run's summary (summary.json)."""
-    cfg, pre, post, truth = _stages(job, backend)
+    cfg, pre, post, truth = stages(job, backend)
     root, items, missing = collect([job.path(p) for p in job.inputs])
     done = rundir.done_images()
     todo = [it for it in items if it.id not in done]

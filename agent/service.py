@@ -448,8 +448,7 @@ class Service:
 
 def main(config_path, release):
     """The service's process: returns its exit code."""
-    from .runner import _stages as stages
-    from .runner import make_backend
+    from .runner import make_backend, stages
 
     try:
         cfg = load_config(config_path)

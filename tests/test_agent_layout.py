@@ -1,5 +1,6 @@
-"""agent.backends as a house: one module per backend describes it (NAME, OPTIONS, BACKEND.from_job), the
-package only knows their names, nothing imports in a circle, and job validation stays cheap."""
+"""The agent as a house: one module per backend describes it (NAME, OPTIONS, BACKEND.from_job), the backends
+package only knows their names, nothing imports in a circle, job validation stays cheap, and no module
+uses another's private names."""
 
 import ast
 import subprocess
@@ -106,3 +107,32 @@ def test_backend_modules_stay_small():
             with open(os.path.join(BACKENDS_DIR, fn)) as f:
                 sizes[fn] = len(f.read().splitlines())
     assert {fn: n for fn, n in sizes.items() if n > 400} == {}
+
+
+def test_no_agent_module_uses_another_modules_private_names():
+    """``from .x import _name`` or ``x._name`` across modules: what another module needs is public."""
+    import os
+
+    root = os.path.dirname(BACKENDS_DIR)
+    found = []
+    for folder, _dirs, files in os.walk(root):
+        for fn in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, fn)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            modules = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    modules.update(a.asname or a.name for a in node.names)
+                    found += [f"{fn}: from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+                elif isinstance(node, ast.Import):
+                    modules.update((a.asname or a.name).split(".")[0] for a in node.names)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name):
+                    if node.value.id in modules:
+                        found.append(f"{fn}:{node.lineno} {node.value.id}.{node.attr}")
+    assert found == []
+
+
+def _private(name):
+    return name.startswith("_") and not name.startswith("__")
