@@ -49,7 +49,8 @@ def test_no_backend_module_imports_the_package():
                 assert not [n for n in names if n.startswith("agent.backends")], fn
 
 
-def test_job_validation_and_the_package_import_no_numpy_or_runtime():
+def test_job_validation_the_backends_and_formats_import_no_numpy_or_runtime():
+    """The host may import agent.formats (the image suffixes) and agent.job without the board's dependencies."""
     code = (
         "import sys\n"
         "from agent import backends, job\n"
@@ -58,6 +59,7 @@ def test_job_validation_and_the_package_import_no_numpy_or_runtime():
         "job.from_dict(dict(base, backend='magicmind', backend_options={'device': 1}))\n"
         "job.from_dict(dict(base, backend='onnx'))\n"
         "for name in backends.NAMES: backends.module(name)\n"
+        "from agent import formats\n"
         "print(sorted(m for m in ('numpy', 'PIL', 'onnxruntime', 'acl', 'magicmind') if m in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
