@@ -46,7 +46,7 @@ from .acl_codes import (
     collect,
     dtype_name,
 )
-from .base import Backend, BackendError, TensorSpec, guess_layout
+from .base import Backend, BackendError, TensorSpec, guess_layout, import_runtime
 
 NAME = "acl"
 # backend_options: async mode (seed 000's execute_async + callbacks), executions per launched
@@ -109,13 +109,9 @@ class AclBackend(Backend):
     # --- loading -----------------------------------------------------------------------------
     def _module(self):
         if self.acl is None:
-            try:
-                import acl
-            except ImportError as exc:
-                raise BackendError(
-                    f"pyACL (import acl) is not available: source the CANN set_env.sh first ({exc})"
-                ) from exc
-            self.acl = acl
+            self.acl = import_runtime(
+                "acl", "pyACL (import acl) is not available: source the CANN set_env.sh first ({exc})"
+            )
         return self.acl
 
     def load(self, model_path):

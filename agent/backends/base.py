@@ -5,6 +5,7 @@ modules form no import circle. Stdlib only, like the top of every backend module
 imports them for their ``NAME`` and ``OPTIONS``. Python 3.7 compatible.
 """
 
+import importlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -26,6 +27,15 @@ class TensorSpec:
     def batch(self):
         """The fixed batch size, or None when the batch axis is dynamic."""
         return self.shape[0] if self.shape and isinstance(self.shape[0], int) else None
+
+
+def import_runtime(name, unavailable):
+    """The runtime module ``name`` (imported now); when this Python cannot import it, a BackendError
+    saying ``unavailable``, with the import's own message in place of ``{exc}``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise BackendError(unavailable.format(exc=exc)) from exc
 
 
 def guess_layout(shape):

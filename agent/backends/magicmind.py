@@ -27,7 +27,7 @@ Python 3.7; ``magicmind`` is imported at load and numpy at run, so importing thi
 validation reads ``OPTIONS``) needs neither.
 """
 
-from .base import Backend, BackendError, TensorSpec, guess_layout
+from .base import Backend, BackendError, TensorSpec, guess_layout, import_runtime
 
 NAME = "magicmind"
 OPTIONS = {"device": int}  # backend_options: the MLU device id (mm.Device().id)
@@ -72,13 +72,10 @@ class MagicMindBackend(Backend):
 
     def _module(self):
         if self.mm is None:
-            try:
-                import magicmind.python.runtime as mm
-            except ImportError as exc:
-                raise BackendError(
-                    f"MagicMind (import magicmind.python.runtime) is not available: source the Neuware env first ({exc})"
-                ) from exc
-            self.mm = mm
+            self.mm = import_runtime(
+                "magicmind.python.runtime",
+                "MagicMind (import magicmind.python.runtime) is not available: source the Neuware env first ({exc})",
+            )
         return self.mm
 
     def load(self, model_path):

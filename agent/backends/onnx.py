@@ -19,7 +19,7 @@ Threads (``threads=0``, the default, picks at load time from the core count):
 
 import os
 
-from .base import Backend, BackendError, TensorSpec, guess_layout
+from .base import Backend, BackendError, TensorSpec, guess_layout, import_runtime
 
 NAME = "onnx"
 OPTIONS = {}  # no backend_options: the job's ``threads`` and mode configure it
@@ -72,11 +72,7 @@ class OnnxBackend(Backend):
 
     def _runtime(self):
         if self._ort is None:
-            try:
-                import onnxruntime
-            except ImportError as exc:
-                raise BackendError(f"onnxruntime is not installed: {exc}") from exc
-            self._ort = onnxruntime
+            self._ort = import_runtime("onnxruntime", "onnxruntime is not installed: {exc}")
         return self._ort
 
     def session_options(self):
