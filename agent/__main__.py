@@ -125,7 +125,7 @@ def info(job_or_model, backend_name, threads=0):
 
     out["font"] = find_font_path()
     if job_or_model:
-        b = get_backend(backend_name, **({"threads": threads} if backend_name == "onnx" else {}))
+        b = get_backend(backend_name, threads=threads)  # every backend takes threads (onnx uses it)
         try:
             b.load(job_or_model)
             out["model"] = {

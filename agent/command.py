@@ -49,7 +49,7 @@ class CommandError(Exception):
 def link_tree(src, dst):
     """``dst`` as a tree of hard links to ``src``'s files (folders made afresh); returns the file count."""
     count = 0
-    for dirpath, dirnames, filenames in os.walk(src):
+    for dirpath, _dirnames, filenames in os.walk(src):
         rel = os.path.relpath(dirpath, src)
         here = dst if rel == "." else os.path.join(dst, rel)
         os.makedirs(here, exist_ok=True)

@@ -16,7 +16,8 @@ class EvalError(ValueError):
     """The label file is missing or malformed."""
 
 
-def _key(name):
+def image_key(name):
+    """How an image is matched against the label file: its base name up to the first dot."""
     return os.path.basename(name).split(".")[0]
 
 
@@ -32,7 +33,7 @@ def load_ground_truth(path):
                 if len(parts) < 2:
                     raise EvalError(f"{path}:{lineno}: expected 'NAME LABEL', got {line.strip()!r}")
                 try:
-                    truth[_key(parts[0])] = int(parts[-1])
+                    truth[image_key(parts[0])] = int(parts[-1])
                 except ValueError:
                     raise EvalError(f"{path}:{lineno}: label {parts[-1]!r} is not an integer") from None
     except OSError as exc:
@@ -48,7 +49,7 @@ def inline_truth(entries):
     for name, label in entries.items():
         if isinstance(label, bool) or not isinstance(label, int):
             raise EvalError(f"eval.truth: label of {name!r} is not an integer")
-        truth[_key(name)] = label
+        truth[image_key(name)] = label
     return truth
 
 
@@ -58,7 +59,7 @@ def evaluate(records, truth, classes=None, topn=TOPN):
     hits = [0] * topn
     counted = failed = unlabelled = 0
     for rec in records:
-        key = _key(rec["image"])
+        key = image_key(rec["image"])
         if key not in truth:
             unlabelled += 1
             continue
@@ -80,7 +81,7 @@ def evaluate(records, truth, classes=None, topn=TOPN):
         "classes": classes,
         "failed": failed,
         "unlabelled": unlabelled,
-        "missing": len(set(truth) - {_key(r["image"]) for r in records}),
+        "missing": len(set(truth) - {image_key(r["image"]) for r in records}),
         "top": acc,
     }
 
@@ -93,12 +94,12 @@ def seed003_files(records, truth, out_dir, classes=None, topn=TOPN):
     import os
 
     offset = 1 if classes == 1001 else 0
-    rows = sorted((r for r in records if r.get("ok") and _key(r["image"]) in truth), key=lambda r: r["image"])
+    rows = sorted((r for r in records if r.get("ok") and image_key(r["image"]) in truth), key=lambda r: r["image"])
     labels, top1, top5 = [], [], []
     for i, rec in enumerate(rows):
         idx = [int(e[0]) - offset for e in rec.get("topk", [])[:topn]]
         idx += [idx[-1] if idx else -1] * (topn - len(idx))
-        labels.append(f"[{i}]: {truth[_key(rec['image'])]}")
+        labels.append(f"[{i}]: {truth[image_key(rec['image'])]}")
         top1.append(f"[{i}]: {idx[0]}")
         top5.extend(f"[{i}]: {k}" for k in idx)
     for name, lines in (("eval_labels.txt", labels), ("eval_result_1.txt", top1), ("eval_result_5.txt", top5)):

@@ -25,10 +25,6 @@ MAX_PIXELS = 64 * 1024 * 1024
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-# Directory walks pick files by extension (like the vendor samples); a file named on the
-# command line or in job.inputs is always tried, whatever its name.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-
 # EXIF orientations that swap width and height.
 _SWAPS_AXES = (5, 6, 7, 8)
 _ORIENTATION_TAG = 0x0112

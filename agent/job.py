@@ -13,7 +13,7 @@ Example::
       "out_dir": "/home/u/HIAI_PROJECTS/classify/runs/20261121-223000-ab12",
       "model": "models/efficientnet_lite0.onnx",
       "backend": "onnx",                      # onnx | acl | magicmind
-      "backend_options": {"async": true, "callback_interval": 8, "buffers": 4},  # acl only (see below)
+      "backend_options": {"async": true, "callback_interval": 8, "buffers": 4},  # acl's (see OPTIONS in its module)
       "preprocess": {"preset": "imagenet"},   # preset name plus optional overrides (see agent.preprocess)
       "labels": "labels/imagenet_classes.txt",
       "inputs": ["images"],                   # files and/or directories
@@ -32,14 +32,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from . import backends
+
 MODES = ("run", "bench", "eval")
-BACKENDS = ("onnx", "acl", "magicmind")
-# backend_options the acl backend takes: async mode (seed 000's execute_async + callbacks),
-# executions per launched callback, device buffer sets in flight, device id.
-ACL_OPTIONS = {"async": bool, "callback_interval": int, "buffers": int, "device": int}
-# the magicmind backend's: the MLU device id (mm.Device().id)
-MAGICMIND_OPTIONS = {"device": int}
-OPTIONS = {"acl": ACL_OPTIONS, "magicmind": MAGICMIND_OPTIONS}
+BACKENDS = backends.NAMES
+# The backend_options each backend takes are declared by its module (agent/backends/<name>.py
+# OPTIONS); reading them imports neither numpy nor a runtime.
 
 
 class JobError(ValueError):
@@ -109,9 +107,10 @@ def _check_backend_options(job):
     opts = job.backend_options
     if not isinstance(opts, dict):
         raise JobError("backend_options must be a JSON object")
-    known = OPTIONS.get(job.backend, {})
+    known = backends.backend_options(job.backend)
     if opts and not known:
-        raise JobError(f"backend_options apply to the acl and magicmind backends only, not {job.backend}")
+        takers = " and ".join(name for name in BACKENDS if backends.backend_options(name))
+        raise JobError(f"backend_options apply to the {takers} backends only, not {job.backend}")
     for key, value in opts.items():
         kind = known.get(key)
         if kind is None:

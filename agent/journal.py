@@ -20,9 +20,10 @@ are never deleted. Python 3.7 compatible.
 """
 
 import errno
-import json
 import os
 import threading
+
+from .files import cut_torn_tail, json_line, records
 
 SEGMENT_DIGITS = 12
 
@@ -54,13 +55,7 @@ def read_ack(service_dir):
 
 
 def _records(data):
-    for raw in data.splitlines():
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("seq"), int):
-            yield rec
+    return (rec for rec in records(data) if isinstance(rec.get("seq"), int))
 
 
 class Journal:
@@ -82,14 +77,7 @@ class Journal:
         self.seq = read_ack(self.service_dir)
         if segs:
             path = segs[-1][1]
-            with open(path, "rb") as f:
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):  # a torn last line from a crash: drop it before appending
-                with open(path, "r+b") as f:
-                    f.truncate(end)
-                data = data[:end]
-            recs = list(_records(data))
+            recs = list(_records(cut_torn_tail(path)))  # a crash's torn last line is dropped before appending
             if recs:
                 self.seq = max(self.seq, recs[-1]["seq"])
                 self.max_claim = max(int(r.get("claim") or 0) for r in recs)
@@ -122,7 +110,7 @@ class Journal:
             seq = self.seq + 1
             rec = {"seq": seq}
             rec.update(record)
-            line = (json.dumps(rec, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+            line = json_line(rec)
             pos = os.fstat(self._f.fileno()).st_size  # O_APPEND: the record goes at the end
             try:
                 written = self._f.write(line)  # unbuffered: one write(2), nothing left behind in a buffer

@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import images, postprocess
+from .formats import IMAGE_EXTENSIONS
 from .images import ImageError
 
 
@@ -59,7 +60,7 @@ class Item:
         return f"Item({self.id!r})"
 
 
-def collect(inputs, extensions=images.IMAGE_EXTENSIONS):
+def collect(inputs, extensions=IMAGE_EXTENSIONS):
     """Images from files and directories (walked recursively, sorted, by extension).
 
     Returns (root, items, missing): ids are relative to the deepest common directory of the

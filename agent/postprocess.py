@@ -13,6 +13,8 @@ import threading
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .formats import JPEG_EXTENSIONS
+
 FONT_PATHS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",)
 FONT_GLOBS = ("/usr/share/fonts/truetype/*/*.ttf", "/usr/share/fonts/*/*.ttf", "/usr/share/fonts/**/*.ttf")
 
@@ -217,7 +219,7 @@ def draw_label(im, text, inplace=False):
 def labelled_path(out_dir, rel):
     """Where the labelled copy of image ``rel`` goes: labelled/<rel>, with .jpg added if needed."""
     path = os.path.join(out_dir, "labelled", rel)
-    if os.path.splitext(path)[1].lower() not in (".jpg", ".jpeg"):
+    if os.path.splitext(path)[1].lower() not in JPEG_EXTENSIONS:
         path += ".jpg"
     return path
 

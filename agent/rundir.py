@@ -17,6 +17,7 @@ import threading
 import time
 
 from . import protocol
+from .files import cut_torn_tail, json_line, records, write_atomic
 
 STATUSES = ("running", "ok", "partial", "failed")
 
@@ -49,9 +50,9 @@ class RunDir:
 
     def set_status(self, status):
         assert status in STATUSES, status
-        _write_atomic(self.path("status"), status + "\n")
+        write_atomic(self.path("status"), status + "\n")
         if status == "running":
-            _write_atomic(self.path("pid"), f"{os.getpid()}\n")
+            write_atomic(self.path("pid"), f"{os.getpid()}\n")
         else:
             try:
                 os.remove(self.path("pid"))
@@ -59,7 +60,7 @@ class RunDir:
                 pass
 
     def write_json(self, name, obj):
-        _write_atomic(self.path(name), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        write_atomic(self.path(name), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
     # --- events --------------------------------------------------------------------------
     def emit(self, _event, **fields):
@@ -87,26 +88,13 @@ class RunDir:
         done = {}
         if not os.path.exists(path):
             return done
-        with open(path, "rb") as f:
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line from a killed run: drop it before appending
-            with open(path, "r+b") as f:
-                f.truncate(end)
-            data = data[:end]
-        for raw in data.splitlines():
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("image"), str):
+        for rec in records(cut_torn_tail(path)):  # a killed run's torn last line is dropped before appending
+            if isinstance(rec.get("image"), str):
                 done[rec["image"]] = rec
         return done
 
     def add_result(self, record):
-        line = (json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode(
-            "utf-8"
-        )
+        line = json_line(record)
         with self._lock:
             if self._results is None:
                 self._results = open(self.path("results.jsonl"), "ab")
@@ -125,13 +113,6 @@ class RunDir:
                 self._probs = open(self.path("probs.jsonl"), "ab")
             self._probs.write(line)
             self._probs.flush()
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class Progress:

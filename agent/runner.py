@@ -12,14 +12,13 @@ Resuming: results.jsonl already in out_dir lists the images done; they are skipp
 Python 3.7 compatible.
 """
 
-import os
 import signal
 import threading
 import time
 import traceback
 
 from . import __version__, bench, evaluate, postprocess, preprocess
-from .backends import BackendError, get_backend
+from .backends import BackendError, for_job
 from .job import JobError
 from .pipeline import Item, Pipeline, Sink, batch_plan, collect
 from .rundir import Progress, RunDir
@@ -41,25 +40,8 @@ def status_of(ok, failed, interrupted=False):
 
 
 def make_backend(job, **options):
-    if job.backend == "onnx":
-        if job.mode == "bench":
-            # Pure inference, one stream (ais_bench style): all cores in one run, busy-waiting
-            # between operators (nothing else wants the cores; measured best single-stream).
-            options.setdefault("threads", job.threads or (os.cpu_count() or 1))
-            options.setdefault("spinning", True)
-        else:
-            # 0 = streams mode: 1 intra-op thread x one concurrent run per core (see backends.onnx).
-            options.setdefault("threads", job.threads)
-    elif job.backend == "acl":
-        opts = job.backend_options or {}
-        options.setdefault("async_mode", bool(opts.get("async", False)))
-        options.setdefault("callback_interval", opts.get("callback_interval", 1))
-        options.setdefault("pool_size", opts.get("buffers") or None)
-        options.setdefault("device_id", opts.get("device", 0))
-        options.setdefault("batch", job.batch)  # the gear of a dynamic-batch model
-    elif job.backend == "magicmind":
-        options.setdefault("device_id", (job.backend_options or {}).get("device", 0))
-    return get_backend(job.backend, **options)
+    """The job's backend, not loaded yet (its module turns the job into settings: backends.for_job)."""
+    return for_job(job, **options)
 
 
 def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
@@ -130,7 +112,7 @@ def _install_signals(stop):
     return restore
 
 
-def _stages(job, backend):
+def stages(job, backend):
     """The preprocessing, postprocessing and (eval mode) ground truth for this job and model."""
     spec = backend.inputs[0]
     cfg = preprocess.resolve(job.preprocess, spec.shape, spec.dtype, spec.layout)
@@ -169,7 +151,7 @@ def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
 
 def _classify(job, rundir, backend, stop):
     """Classify the job's images not yet done in ``rundir``; returns the run's summary (summary.json)."""
-    cfg, pre, post, truth = _stages(job, backend)
+    cfg, pre, post, truth = stages(job, backend)
     root, items, missing = collect([job.path(p) for p in job.inputs])
     done = rundir.done_images()
     todo = [it for it in items if it.id not in done]

@@ -31,6 +31,7 @@ import traceback
 from collections import deque
 
 from . import job as jobmod
+from .files import records, write_atomic
 from .images import safe_id
 from .inbox import Inbox
 from .journal import Journal, read_ack, segments
@@ -80,13 +81,6 @@ def job_for(release, service_dir):
     if app.get("backend_options"):
         data["backend_options"] = app["backend_options"]
     return jobmod.from_dict(data)
-
-
-def write_atomic(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_json(path):
@@ -243,15 +237,10 @@ class Service:
         after = int(prev.get("seq") or 0)
         for _first, path in segments(self.journal.dir):
             with open(path, "rb") as f:
-                for raw in f:
-                    if not raw.endswith(b"\n"):
-                        continue
-                    try:
-                        rec = json.loads(raw.decode("utf-8"))
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict) and int(rec.get("seq") or 0) > after:
-                        totals["ok" if rec.get("ok") else "failed"] += 1
+                data = f.read()
+            for rec in records(data[: data.rfind(b"\n") + 1]):  # whole lines only
+                if int(rec.get("seq") or 0) > after:
+                    totals["ok" if rec.get("ok") else "failed"] += 1
         return totals
 
     # --- the loop --------------------------------------------------------------------------
@@ -448,8 +437,7 @@ class Service:
 
 def main(config_path, release):
     """The service's process: returns its exit code."""
-    from .runner import _stages as stages
-    from .runner import make_backend
+    from .runner import make_backend, stages
 
     try:
         cfg = load_config(config_path)

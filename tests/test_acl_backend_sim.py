@@ -119,10 +119,10 @@ def test_5_output_dtypes_are_read_as_what_they_are(monkeypatch, tiny, tmp_path):
     out = b.run(_x(10, 20))[0]
     assert out.dtype == np.uint16 and out.tolist() == _expect(weights, 10, 20).astype(np.uint16).tolist()
     b.close()
-    from agent.backends.acl import _dtype
+    from agent.backends.acl_codes import dtype_name
 
     with pytest.raises(BackendError, match="aclDataType 13"):
-        _dtype(13, "output 0")
+        dtype_name(13, "output 0")
 
 
 def _aipp_om(tiny, name, fmt):

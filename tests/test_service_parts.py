@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from agent import journal as journal_mod
+from agent import runner
 from agent.inbox import Inbox
-from agent.runner import _stages, make_backend
+from agent.runner import make_backend
 from agent.service import Service, job_for
 from deploy.board import main as board_main
 from deploy.board import protocol
@@ -113,7 +114,7 @@ def stages(demo, tmp_path_factory):
     job = job_for(str(rel), str(rel))
     backend = make_backend(job)
     backend.load(job.path(job.model))
-    yield rel, backend, _stages(job, backend)
+    yield rel, backend, runner.stages(job, backend)
     backend.close()
 
 
@@ -316,7 +317,7 @@ def test_with_one_backend_stream_a_pass_ends_when_the_inbox_is_empty_and_nothing
     one.load(job.path(job.model))
     try:
         assert one.streams == 1
-        r = Running((rel, one, _stages(job, one)), tmp_path)
+        r = Running((rel, one, runner.stages(job, one)), tmp_path)
         with r:
             for i in range(3):
                 os.rename(_copy(demo / "images" / "rocket.jpg", tmp_path / "x.jpg"), r.inbox / f"r{i}.jpg")

@@ -9,105 +9,45 @@ A backend is created by :func:`get_backend`, then::
     backend.drain()                   # wait until every submitted batch's ``done`` has run
     backend.close()                   # idempotent
 
-Backends import their runtime lazily, so ``import agent.backends`` works on a board that has
-only one of onnxruntime / pyACL / MagicMind. Python 3.7 compatible.
+Each backend is described in one place, its module ``agent/backends/<name>.py``: its ``NAME``,
+the job's ``backend_options`` it takes (``OPTIONS``: option -> bool or int, which job.py checks),
+and its class (``BACKEND``), whose ``from_job`` turns a job into constructor arguments. This
+package only knows the modules' names and imports a module when that backend is asked for. A
+backend module imports only the stdlib and ``.base`` at its top (numpy and its runtime when it
+loads or runs), so ``import agent.backends`` and job validation work on a board that has only
+one of onnxruntime / pyACL / MagicMind, and without numpy. Python 3.7 compatible.
 """
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+import importlib
 
-NAMES = ("onnx", "acl", "magicmind")
+from .base import Backend, BackendError, TensorSpec, guess_layout, spec_dict
 
+__all__ = [
+    "NAMES", "Backend", "BackendError", "TensorSpec", "backend_options", "for_job", "get_backend", "guess_layout",
+    "module", "spec_dict",
+]  # fmt: skip
 
-class BackendError(RuntimeError):
-    """The runtime is missing, the model cannot be loaded, or an inference call failed."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: shape entries are None where the dimension is dynamic."""
-
-    name: str
-    shape: Tuple[Optional[int], ...]
-    dtype: str  # numpy dtype name: float32 | float16 | uint8 | int64 ...
-    layout: Optional[str] = None  # NCHW | NHWC for 4-D image inputs, else None
-
-    @property
-    def batch(self):
-        """The fixed batch size, or None when the batch axis is dynamic."""
-        return self.shape[0] if self.shape and isinstance(self.shape[0], int) else None
+NAMES = ("onnx", "acl", "magicmind")  # agent/backends/<name>.py, imported when first used
 
 
-def guess_layout(shape):
-    if len(shape) != 4:
-        return None
-    if shape[1] in (1, 3):
-        return "NCHW"
-    if shape[3] in (1, 3):
-        return "NHWC"
-    return None
+def module(name):
+    """The backend module ``name`` (imported now if it was not yet)."""
+    if name not in NAMES:
+        raise BackendError("unknown backend {!r} (known: {})".format(name, ", ".join(NAMES)))
+    return importlib.import_module("." + name, __name__)
 
 
-class Backend:
-    """Base class: subclasses implement load, run and close; submit/drain default to run."""
-
-    name = "base"
-
-    def __init__(self):
-        self.inputs = []
-        self.outputs = []
-
-    def load(self, model_path):
-        raise NotImplementedError
-
-    def run(self, batch):
-        raise NotImplementedError
-
-    def submit(self, batch, tag, done):
-        """Synchronous by default: run, then call done(tag, outputs, None) or done(tag, None, exc)."""
-        try:
-            outs = self.run(batch)
-        except Exception as exc:
-            done(tag, None, exc)
-        else:
-            done(tag, outs, None)
-
-    def drain(self):
-        return None
-
-    def close(self):
-        return None
-
-    def describe(self):
-        return {
-            "backend": self.name,
-            "inputs": [spec_dict(s) for s in self.inputs],
-            "outputs": [spec_dict(s) for s in self.outputs],
-        }
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def spec_dict(spec):
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype, "layout": spec.layout}
+def backend_options(name):
+    """The job's ``backend_options`` backend ``name`` takes: {option: bool | int} ({} for none)."""
+    return module(name).OPTIONS
 
 
 def get_backend(name, **options):
     """A backend instance by name (not loaded yet). Options go to the backend's constructor."""
-    if name == "onnx":
-        from .onnx import OnnxBackend
+    return module(name).BACKEND(**options)
 
-        return OnnxBackend(**options)
-    if name == "acl":
-        from .acl import AclBackend
 
-        return AclBackend(**options)
-    if name == "magicmind":
-        from .magicmind import MagicMindBackend
-
-        return MagicMindBackend(**options)
-    raise BackendError("unknown backend {!r} (known: {})".format(name, ", ".join(NAMES)))
+def for_job(job, **overrides):
+    """The backend ``job`` asks for (not loaded yet), configured from the job's fields and
+    backend_options; ``overrides`` are constructor arguments that win over the job's."""
+    return module(job.backend).BACKEND.from_job(job, **overrides)

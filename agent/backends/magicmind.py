@@ -23,12 +23,14 @@ magicmind.md section 1) and run in the tests against the simulated runtime of
 * Teardown has no destroy calls in Python: ``close`` drops the references in MMRunner's order
   (inputs, context, engine, model, queue, device). Idempotent.
 
-Python 3.7; ``magicmind`` is imported at load, so ``import agent.backends`` works without it.
+Python 3.7; ``magicmind`` is imported at load and numpy at run, so importing this module (job
+validation reads ``OPTIONS``) needs neither.
 """
 
-import numpy as np
+from .base import Backend, BackendError, TensorSpec, guess_layout, import_runtime
 
-from . import Backend, BackendError, TensorSpec, guess_layout
+NAME = "magicmind"
+OPTIONS = {"device": int}  # backend_options: the MLU device id (mm.Device().id)
 
 _DTYPES = {
     "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
@@ -50,7 +52,7 @@ def _dtype(data_type, what):
 
 
 class MagicMindBackend(Backend):
-    name = "magicmind"
+    name = NAME
 
     def __init__(self, device_id=0, mm_module=None, threads=0, batch=None):
         """``mm_module``: the runtime module (default: ``import magicmind.python.runtime``); tests pass
@@ -63,15 +65,17 @@ class MagicMindBackend(Backend):
         self._inputs = None
         self._outputs = []
 
+    @classmethod
+    def from_job(cls, job, **options):
+        options.setdefault("device_id", (job.backend_options or {}).get("device", 0))
+        return cls(**options)
+
     def _module(self):
         if self.mm is None:
-            try:
-                import magicmind.python.runtime as mm
-            except ImportError as exc:
-                raise BackendError(
-                    f"MagicMind (import magicmind.python.runtime) is not available: source the Neuware env first ({exc})"
-                ) from exc
-            self.mm = mm
+            self.mm = import_runtime(
+                "magicmind.python.runtime",
+                "MagicMind (import magicmind.python.runtime) is not available: source the Neuware env first ({exc})",
+            )
         return self.mm
 
     def load(self, model_path):
@@ -125,6 +129,8 @@ class MagicMindBackend(Backend):
             )
 
     def run(self, batch):
+        import numpy as np
+
         if self.context is None:
             raise BackendError("model not loaded")
         spec = self.inputs[0]
@@ -146,3 +152,6 @@ class MagicMindBackend(Backend):
         self.model = None
         self.queue = None
         self.dev = None
+
+
+BACKEND = MagicMindBackend

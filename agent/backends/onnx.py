@@ -19,9 +19,10 @@ Threads (``threads=0``, the default, picks at load time from the core count):
 
 import os
 
-import numpy as np
+from .base import Backend, BackendError, TensorSpec, guess_layout, import_runtime
 
-from . import Backend, BackendError, TensorSpec, guess_layout
+NAME = "onnx"
+OPTIONS = {}  # no backend_options: the job's ``threads`` and mode configure it
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -39,7 +40,7 @@ def _dims(shape):
 
 
 class OnnxBackend(Backend):
-    name = "onnx"
+    name = NAME
 
     def __init__(self, threads=0, spinning=False, optimize=True, ort_module=None, streams=0):
         """threads: intra-op threads (0 = streams mode: 1 thread x ``streams`` concurrent runs);
@@ -57,13 +58,21 @@ class OnnxBackend(Backend):
         self._in_name = None
         self._out_names = None
 
+    @classmethod
+    def from_job(cls, job, **options):
+        if job.mode == "bench":
+            # Pure inference, one stream (ais_bench style): all cores in one run, busy-waiting
+            # between operators (nothing else wants the cores; measured best single-stream).
+            options.setdefault("threads", job.threads or (os.cpu_count() or 1))
+            options.setdefault("spinning", True)
+        else:
+            # 0 = streams mode: 1 intra-op thread x one concurrent run per core (see the module's doc).
+            options.setdefault("threads", job.threads)
+        return cls(**options)
+
     def _runtime(self):
         if self._ort is None:
-            try:
-                import onnxruntime
-            except ImportError as exc:
-                raise BackendError(f"onnxruntime is not installed: {exc}") from exc
-            self._ort = onnxruntime
+            self._ort = import_runtime("onnxruntime", "onnxruntime is not installed: {exc}")
         return self._ort
 
     def session_options(self):
@@ -106,6 +115,8 @@ class OnnxBackend(Backend):
         return self
 
     def run(self, batch):
+        import numpy as np
+
         if self.session is None:
             raise BackendError("model not loaded")
         try:
@@ -115,3 +126,6 @@ class OnnxBackend(Backend):
 
     def close(self):
         self.session = None
+
+
+BACKEND = OnnxBackend
