@@ -106,6 +106,8 @@ def op_facts(wire, req):
         out.cnmon = probe_cnmon()
     if req.pythons:
         out.pythons = probe_pythons(req.pythons)
+    for path in req.files:
+        out.files[path] = os.path.isfile(path)
     for mod in req.modules:
         out.modules[mod] = _run([sys.executable, "-c", "import " + mod]).returncode == 0
     wire.reply(out)

@@ -55,8 +55,10 @@ def read_spec(release):
         return None
     try:
         spec = json.loads(text)
+        if spec.get("kind") == "command":
+            return spec
         safe_rel(spec["probe"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise Fail(f"{SPEC} of release {os.path.basename(release)} is malformed") from None
     return spec
 
@@ -88,15 +90,16 @@ def run_agent(base, probe, timeout):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _agent(release, scratch, timeout):
+def _agent(release, scratch, timeout, args=None):
     """Run the agent to completion (its own session, killed as a group on timeout); an error line or None."""
     import subprocess
 
     from .runs import pinned_env
 
+    args = args or ["-m", "agent", "run", "--job", os.path.join(scratch, "job.json")]
     with open(os.path.join(scratch, "agent.log"), "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--job", os.path.join(scratch, "job.json")],
+            [sys.executable] + args,
             cwd=release, env=pinned_env(release, os.environ), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -132,6 +135,60 @@ def _verdict(scratch, release):
     return None, error and str(error).replace(release + "/", "")
 
 
+def command_check(base, release, spec, timeout):
+    """An own app's check: its health command (run as a run is, in a scratch tree, by ``agent.command``)
+    must exit 0 and its output match ``expect``; without one, the release's interpreter must start and
+    import the app's requirements. Returns (what was checked, error line or None)."""
+    import subprocess
+
+    from .runs import pinned_env
+
+    if not spec.get("command"):
+        code = "import " + ", ".join(spec.get("imports") or ["sys"])
+        try:
+            r = subprocess.run([sys.executable, "-c", code], cwd=release, env=pinned_env(release, os.environ),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return code, f"`{code}` did not finish within {timeout:g}s"
+        last = [ln for ln in r.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
+        return code, None if r.returncode == 0 else (last[-1] if last else f"exit status {r.returncode}")
+    scratch = os.path.join(base, f"{SCRATCH}{os.getpid()}")
+    os.makedirs(scratch)
+    try:
+        with open(os.path.join(release, "app.json")) as f:
+            app = json.load(f)
+        job = {"v": 1, "kind": "command", "run_id": "health-check", "release": release, "out_dir": scratch,
+               "command": spec["command"], "tree": app.get("tree", "app"), "workdir": app.get("workdir") or ".",
+               "outputs": None, "images": os.path.join(release, app["images"]) if app.get("images") else None,
+               "model": os.path.join(release, app["model"]) if app.get("model") else None}
+        return spec["command"], _command_verdict(release, scratch, job, spec.get("expect"), timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _command_verdict(release, scratch, job, expect, timeout):
+    import re
+
+    with open(os.path.join(scratch, "job.json"), "w") as f:
+        json.dump(job, f)
+    error = _agent(release, scratch, timeout, ["-m", "agent.command", "--job", os.path.join(scratch, "job.json")])
+    try:
+        with open(os.path.join(scratch, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return error or "the health command left no summary"
+    if summary.get("status") != "ok":
+        return "the health command " + str(summary.get("reason") or "failed")
+    if expect:
+        out = "".join(read_text(os.path.join(scratch, n)) or "" for n in ("stdout.log", "stderr.log"))
+        if not re.search(expect, out, re.M):
+            last = [ln for ln in out.splitlines() if ln.strip()]
+            return "the health command's output does not match {!r} (last line: {!r})".format(
+                expect, last[-1][:200] if last else "")
+    return None
+
+
 def revert(base, rid):
     """Switch back to the release current before ``rid`` (or remove ``current``), then remove ``rid``."""
 
@@ -159,11 +216,17 @@ def check(base, rid, req):
     if spec is None:
         return protocol.HealthReply(status="skipped", reason="the release ships no probe", release=rid, current=rid)
     t0 = time.monotonic()
-    got, error = run_agent(base, spec["probe"], float(req.timeout))
-    reply = protocol.HealthReply(release=rid, probe=spec["probe"], source=spec.get("source", ""),
-                                 expected=spec.get("expected"), got=got, agent_error=error,
-                                 seconds=round(time.monotonic() - t0, 3))
-    ok = matches(reply.expected, got)
+    if spec.get("kind") == "command":
+        what, error = command_check(base, release, spec, float(req.timeout))
+        reply = protocol.HealthReply(release=rid, probe=what, source=what, agent_error=error,
+                                     seconds=round(time.monotonic() - t0, 3))
+        ok = error is None
+    else:
+        got, error = run_agent(base, spec["probe"], float(req.timeout))
+        reply = protocol.HealthReply(release=rid, probe=spec["probe"], source=spec.get("source", ""),
+                                     expected=spec.get("expected"), got=got, agent_error=error,
+                                     seconds=round(time.monotonic() - t0, 3))
+        ok = matches(reply.expected, got)
     record(base, rid, ok)
     if ok:
 

@@ -4,6 +4,7 @@ Python 3.7 + stdlib only. ``pull`` streams a run directory as tar; links on the 
 never followed and never sent.
 """
 
+import json
 import os
 import tarfile
 
@@ -41,15 +42,41 @@ def run_files(run_dir, skip):
     return files
 
 
+def command_files(run_dir, skip):
+    """An own app's run: its own files (logs, events, summary; not the working tree) and, as ``outputs/``,
+    what the app wrote under ``app.outputs`` in its tree. Links are never followed, and an outputs path
+    that is (or passes through) a link is refused: it could lead anywhere on the board."""
+    pairs = [(p, os.path.relpath(p, run_dir)) for p in run_files(run_dir, set(skip) | {"tree"})]
+    job = json.loads(read_text(os.path.join(run_dir, "job.json")) or "{}")
+    if not job.get("outputs"):
+        return pairs
+    tree = os.path.join(run_dir, "tree")
+    out = os.path.normpath(os.path.join(tree, job.get("workdir") or ".", job["outputs"]))
+    rel = os.path.relpath(out, tree)
+    if rel == ".." or rel.startswith("../"):
+        raise Fail(f"app.outputs {job['outputs']!r} leaves the run's tree")
+    walk = tree
+    for part in [] if rel == "." else rel.split("/"):
+        walk = os.path.join(walk, part)
+        if os.path.islink(walk):
+            raise Fail(f"app.outputs: {rel} passes through a symbolic link on the board; it is never followed")
+    if os.path.isdir(out):
+        pairs += [(p, "outputs/" + os.path.relpath(p, out)) for p in run_files(out, set())]
+    return pairs
+
+
 def op_pull(wire, req):
     base = wire.app_dir(req.app)
     run_id = pick_run(base, req.run_id)
     run_dir = os.path.join(runs_dir(base), run_id)
-    files = run_files(run_dir, set(req.exclude))
-    wire.reply(protocol.PullHead(run_id=run_id, files=len(files), bytes=sum(os.path.getsize(p) for p in files)))
+    if os.path.isdir(os.path.join(run_dir, "tree")):
+        pairs = command_files(run_dir, req.exclude)
+    else:
+        pairs = [(p, os.path.relpath(p, run_dir)) for p in run_files(run_dir, set(req.exclude))]
+    wire.reply(protocol.PullHead(run_id=run_id, files=len(pairs), bytes=sum(os.path.getsize(p) for p, _ in pairs)))
     with tarfile.open(fileobj=wire.stdout, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        for p in files:
-            tf.add(p, arcname=os.path.relpath(p, run_dir), recursive=False)
+        for p, name in pairs:
+            tf.add(p, arcname=name, recursive=False)
     wire.stdout.flush()
 
 

@@ -136,6 +136,7 @@ class Facts(Message):
     cnmon: CommandProbe | None = None  # `cnmon` (the MLU table), Cambricon targets
     modules: dict[str, bool] = {}
     pythons: list[list[str]] = []  # per interpreter candidate asked for: [name, path or "", version or ""]
+    files: dict[str, bool] = {}  # per file asked for: whether it is there (the fonts Huawei's samples draw with)
     NESTED = {"acl": ImportProbe, "npu_smi": CommandProbe, "magicmind": ImportProbe, "cnmon": CommandProbe}
 
     @property
@@ -148,6 +149,7 @@ class FactsRequest(Message):
     modules: list[str] = []
     pythons: list[str] = []  # interpreter candidates to locate and ask for their version
     cann_env: list[str] = []  # set_env.sh candidates to source for the acl probe when no env.sh is yet
+    files: list[str] = []  # absolute paths whose presence to report
 
 
 # ---------------------------------------------------------------- releases

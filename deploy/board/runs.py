@@ -60,6 +60,8 @@ def new_job(base, run_dir, req):
     release = os.path.realpath(cur)
     with open(os.path.join(release, "app.json")) as f:
         app = json.load(f)
+    if app.get("kind") == "command":
+        return command_job(app, release, run_dir, req)
     job = {
         "v": 1,
         "mode": req.mode,
@@ -81,6 +83,28 @@ def new_job(base, run_dir, req):
         raise Fail("the app has no images and none were given (use --images DIR)")
     job.update({"run_id": req.run_id, "release": release, "out_dir": run_dir})
     return job
+
+
+def command_job(app, release, run_dir, req):
+    """The job of an own app's run (``agent/command.py``): its command, tree, workdir and outputs, and the
+    board paths of ``{images}`` (an upload, else the release's images) and ``{model}``."""
+    if req.mode != "run":
+        raise Fail(f"--mode {req.mode} is the built-in classifier's; this app runs its own command")
+    images = os.path.join(run_dir, "inputs") if req.upload else (
+        os.path.join(release, app["images"]) if app.get("images") else None)
+    return {
+        "v": 1, "kind": "command", "mode": "command", "run_id": req.run_id, "release": release, "out_dir": run_dir,
+        "command": app["command"], "tree": app.get("tree", "app"), "workdir": app.get("workdir") or ".",
+        "outputs": app.get("outputs"), "images": images,
+        "model": os.path.join(release, app["model"]) if app.get("model") else None,
+    }
+
+
+def agent_argv(job, job_path):
+    """How the agent is started for ``job``: the classifier's mode, or the own app's supervisor."""
+    if job.get("kind") == "command":
+        return [sys.executable, "-m", "agent.command", "--job", job_path]
+    return [sys.executable, "-m", "agent", job.get("mode", "run"), "--job", job_path]
 
 
 def resumed_job(job_path, run_id):
@@ -123,7 +147,7 @@ def op_run(wire, req):
     release = job["release"]
     with open(os.path.join(run_dir, "agent.log"), "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", job.get("mode", "run"), "--job", os.path.join(run_dir, "job.json")],
+            agent_argv(job, os.path.join(run_dir, "job.json")),
             cwd=release, env=pinned_env(release, os.environ), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,  # the run survives the SSH session that started it
         )

@@ -61,7 +61,7 @@ def _run(inv, board, conn, prog, *, mode: str, images: Path | None, overrides: d
     task = prog.add_task(f"{board.name}: starting", total=None, rate="")
     try:
         res = runs.run(inv, board, conn, images=images, mode=mode, overrides=overrides,
-                       on_event=run_events(prog, task, board, echo=False))
+                       on_event=run_events(prog, task, board, echo=None))
     finally:
         prog.remove_task(task)
     if not res.ended or res.summary.get("status") == "failed":

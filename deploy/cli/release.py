@@ -113,7 +113,8 @@ def cmd_exec(args) -> int:
         raise DeployError("nothing to run: deploy exec BOARD -- CMD [ARGS...]")
 
     def action(inv, board, conn, prog):
-        chan = conn.channel(user_command(inv.app.name, argv))
+        own = inv.app.own
+        chan = conn.channel(user_command(inv.app.name, argv, f"app/{own.workdir}" if own else None))
         chan.shutdown_write()
         stdout, stderr = chan.makefile("rb"), chan.makefile_stderr("rb")
         if args.json:

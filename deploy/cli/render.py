@@ -41,7 +41,7 @@ def print_plan(con: Console, plan) -> None:
     )
     for diff in (plan.env_diff, plan.bashrc_diff):
         if diff:
-            con.print(escape(diff.rstrip()), highlight=False)
+            con.print(escape(diff.rstrip()), highlight=False, soft_wrap=True)
 
 
 def push_json(res) -> dict:
@@ -161,6 +161,8 @@ def event_line(ev: dict) -> str:
 
 
 def run_json(res) -> dict:
+    if res.summary.get("exit_status") is not None or res.kind == "command":
+        return command_run_json(res)
     return {
         "board": res.board,
         "ok": res.success,
@@ -177,7 +179,47 @@ def run_json(res) -> dict:
     }
 
 
+def command_run_json(res) -> dict:
+    """An own app's run: its exit status, reason, duration and what it wrote."""
+    s = res.summary
+    row = {"board": res.board, "ok": res.success, "run_id": res.run_id, "release": res.release, "kind": "command",
+           "ended": res.ended, "exit_status": s.get("exit_status"), "signal": s.get("signal"),
+           "reason": s.get("reason"), "duration_s": s.get("elapsed_s"), "output_bytes": s.get("output_bytes"),
+           "outputs": s.get("outputs"), "run_tree_s": s.get("run_tree_s"), "summary": s,
+           "seconds": round(res.seconds, 3)}
+    if not res.success:
+        row["error"] = f"{res.board}: run {res.run_id}: " + (s.get("reason") or "the run did not end (deploy run "
+                                                              f"{res.board} --attach {res.run_id})")
+    return row
+
+
+def print_command_run(con: Console, res) -> None:
+    s = res.summary
+    if res.success:
+        what = f"[green]the command exited 0[/] ({s.get('elapsed_s', 0):.1f}s"
+        what += f", {_size(s.get('output_bytes') or 0)} under {escape(str(s['outputs']))})" if s.get("outputs") else ")"
+    else:
+        what = f"[red]failed[/]: {escape(safe(str(s.get('reason') or 'the run did not end')))}"
+    con.print(f"run {res.run_id} on [bold]{escape(res.board)}[/]: {what} (release {res.release or '?'}); "
+              f"pull with: deploy pull {escape(res.board)} --run {res.run_id}")
+
+
+def log_line(board: str | None, ev: dict) -> str:
+    """One line an own app printed, as rich markup: board-prefixed with several boards, stderr dimmed red."""
+    text = escape(safe(str(ev.get("message", ""))))
+    prefix = f"[bold]{escape(board)}[/]: " if board else ""
+    return prefix + (f"[red]{text}[/]" if ev.get("stream") == "stderr" else text)
+
+
+def safe(text: str) -> str:
+    """Text from a board made harmless for a terminal: control characters shown, not obeyed."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def print_run(con: Console, res) -> None:
+    if res.summary.get("exit_status") is not None or res.kind == "command":
+        print_command_run(con, res)
+        return
     if res.summary.get("bench"):
         print_bench(con, res)
         return
@@ -231,9 +273,9 @@ def pull_json(res) -> dict:
 
 def print_pull(con: Console, res) -> None:
     path = Path(res.path)
-    t = Table("image", "top-1", "score", "status", title=f"{res.board} run {res.run_id}")
     results = path / "results.jsonl"
     if results.exists():
+        t = Table("image", "top-1", "score", "status", title=f"{res.board} run {res.run_id}")
         for line in results.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
@@ -241,10 +283,15 @@ def print_pull(con: Console, res) -> None:
                 continue
             if rec.get("ok"):
                 top = rec["topk"][0]
-                t.add_row(escape(str(rec["image"])), escape(str(top[1])), f"{top[2]:.3f}", "[green]ok[/]")
+                t.add_row(escape(safe(str(rec["image"]))), escape(safe(str(top[1]))), f"{top[2]:.3f}", "[green]ok[/]")
             else:
-                t.add_row(escape(str(rec.get("image"))), "", "", f"[red]{escape(str(rec.get('kind')))}[/]")
-    con.print(t)
+                t.add_row(escape(safe(str(rec.get("image")))), "", "", f"[red]{escape(safe(str(rec.get('kind'))))}[/]")
+        con.print(t)
+    elif (path / "outputs").is_dir():  # an own app's run: what it wrote under app.outputs
+        t = Table("file", "size", title=f"{res.board} run {res.run_id}: outputs/")
+        for f in sorted(p for p in (path / "outputs").rglob("*") if p.is_file()):
+            t.add_row(escape(safe(f.relative_to(path / "outputs").as_posix())), _size(f.stat().st_size))
+        con.print(t)
     con.print(f"pulled {res.files} files ({_size(res.bytes)}) into {escape(str(path))}")
 
 

@@ -24,7 +24,7 @@ def cmd_run(args) -> int:
 
     def action(inv, board, conn, prog):
         task = prog.add_task(f"{board.name}: starting", total=None, rate="")
-        on_event = run_events(prog, task, board, echo=single and not args.json and not args.quiet)
+        on_event = run_events(prog, task, board, echo=None if args.json or args.quiet else ("one" if single else "many"))
         try:
             if args.attach:
                 res = runs.attach(inv, board, conn, args.attach, on_event=on_event)
@@ -40,21 +40,29 @@ def cmd_run(args) -> int:
     return run_exit(each_board(args, action, view=lambda: ui.count_progress(False), exit_code=run_exit))
 
 
-def run_events(prog, task, board, echo: bool):
-    """The live row of one board's run, from the agent's events."""
+def run_events(prog, task, board, echo: str | None):
+    """The live row of one board's run, from the agent's events. ``echo``: "one" (a single board: per-image
+    lines, and an own app's output as it prints it), "many" (its output, each line with the board's name),
+    None (nothing but the row)."""
     bench = []
 
     def on_event(ev):
         kind = ev["event"]
         if kind == "start":
             bench.append(ev.get("mode") == "bench")
-            prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
+            prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"] or None,
                         completed=ev.get("skipped", 0))
+        elif kind == "log":
+            if echo:  # the app's stdout on ours, its stderr on ours (through the live display on a terminal)
+                con = ui.err() if ev.get("stream") == "stderr" else ui.out()
+                con.print(render.log_line(None if echo == "one" else board.name, ev), highlight=False, soft_wrap=True)
+        elif kind == "progress" and not ev.get("ips") and ev.get("total"):  # an own app's [n/N]
+            prog.update(task, total=ev["total"], completed=ev["done"])
         elif kind == "progress" and bench and bench[0]:  # a bench counts loops, not images
             prog.update(task, completed=ev.get("done", 0), rate=f"{ev.get('ips', 0):.1f} it/s")
         elif kind in ("result", "error"):
             prog.advance(task)
-            if echo:
+            if echo == "one":
                 prog.console.print(render.event_line(ev))
         elif kind == "progress" and ev.get("ips"):
             prog.update(task, rate=f"{ev['ips']:.1f} img/s")

@@ -19,6 +19,8 @@ def prepare_model(inv, board) -> None:
     from ..models.simulated import prepare_model as build
     from ..targets import for_board
 
+    if inv.app.own is not None and not inv.app.models:
+        return  # an own app without app.models ships its model in its own tree
     build(inv.app, for_board(board), board, inv.state_dir)
 
 

@@ -367,9 +367,12 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def user_command(app: str, argv: list[str]) -> str:
-    """``deploy exec``: run argv in the current release directory with env.sh sourced."""
+def user_command(app: str, argv: list[str], workdir: str | None = None) -> str:
+    """``deploy exec``: run argv in the current release directory (an own app: its workdir in the release's
+    tree) with env.sh sourced."""
     cur = f'"$HOME"/HIAI_PROJECTS/{shlex.quote(app)}/current'
+    if workdir:
+        cur += "/" + shlex.quote(workdir)
     words = " ".join(shlex.quote(a) for a in argv)
     return env_prefix(app) + f"{{ cd {cur} 2>/dev/null || true; }} && {words}"
 

@@ -18,6 +18,7 @@ from ..link.ssh import Connection
 from ..targets import Target, for_board
 from ..targets import get as get_target
 
+FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 MIN_FREE_BYTES = 512 * 1024 * 1024  # a release with its site/ is ~150-250 MB; two must fit during a push
 
 
@@ -36,8 +37,28 @@ def gather(inv: Inventory, board: Board, conn: Connection, target: Target) -> pr
         probes = ["cnmon", "magicmind"]
     else:
         probes = ["npu-smi"] + (["acl"] if target.backend == "acl" else [])
-    req = protocol.FactsRequest(probe=probes, pythons=list(conn.endpoint.pythons), cann_env=list(target.cann_env))
+    pythons = list(conn.endpoint.pythons)
+    if inv.app.own is not None and "python3" not in pythons:
+        pythons.append("python3")  # what `python3` on the board's PATH is, beside the one a command gets
+    req = protocol.FactsRequest(probe=probes, pythons=pythons, cann_env=list(target.cann_env),
+                                files=list(FONTS) if inv.app.own is not None else [])
     return call(conn, "facts", req, app=inv.app.name)
+
+
+def own_app_findings(app, facts: protocol.Facts) -> list[Finding]:
+    """An own app: which interpreter ``python3`` at the start of its command becomes, and the fonts Huawei's
+    samples draw their labels with (``ImageFont.truetype("/usr/share/fonts/truetype/dejavu/...")``)."""
+    out = []
+    words = app.own.command.split()
+    if words and words[0] in ("python3", "python"):
+        seen = next(((p, v) for n, p, v in facts.pythons if n == "python3" and p), None)
+        other = f"; `python3` on the board's PATH is {seen[0]} ({seen[1] or '?'})" if seen and seen[0] != facts.python_exe else ""
+        out.append(Finding(f"{words[0]} in app.command", True, f"runs {facts.python_exe} (Python {facts.python}), "
+                                                                f"the interpreter deploy found{other}"))
+    missing = [f for f in FONTS if not facts.files.get(f)]
+    out.append(Finding("fonts", not missing, f"missing: {', '.join(missing)} (Debian/Ubuntu package fonts-dejavu-core)"
+                       if missing else f"present: {', '.join(FONTS)}", "warning"))
+    return out
 
 
 def _python_findings(board: Board, facts: protocol.Facts) -> list[Finding]:
@@ -133,7 +154,8 @@ def evaluate(board: Board, target: Target, facts: protocol.Facts) -> list[Findin
 def check(inv: Inventory, board: Board, conn: Connection) -> tuple[protocol.Facts, list[Finding]]:
     target = for_board(board)
     facts = gather(inv, board, conn, target)
-    return facts, evaluate(board, target, facts)
+    found = evaluate(board, target, facts)
+    return facts, found + (own_app_findings(inv.app, facts) if inv.app.own is not None else [])
 
 
 # ---------------------------------------------------------------- the board's Python, cached

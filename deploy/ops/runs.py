@@ -53,6 +53,7 @@ class RunResult:
     summary: dict = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    kind: str = "agent"  # "command": an own app's run (its exit status decides)
 
     @property
     def success(self) -> bool:
@@ -145,6 +146,7 @@ def _follow(c: Call, result: RunResult, on_event) -> None:
         kind = ev["event"]
         if kind == "start":
             result.total = ev.get("total", 0)
+            result.kind = "command" if ev.get("mode") == "command" else "agent"
         elif kind == "result":
             result.ok += 1
         elif kind == "error":
