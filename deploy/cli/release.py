@@ -52,9 +52,15 @@ def cmd_push(args) -> int:
             render.print_push(ui.out(), res)
         return render.push_json(res)
 
+    checked = []
+
     def prepare(inv, board):  # plan before acting: the model variant this board needs must exist
+        from ..release.bundle import check_local
         from .tools import prepare_model  # a sandbox Atlas board's simulated .om, built once
 
+        if not checked:  # the app's own tree and requirements: once, whatever the number of boards
+            check_local(inv.app)
+            checked.append(True)
         prepare_model(inv, board)
 
     rollout = fleet.Rollout(forks=args.forks or fleet.DEFAULT_FORKS, canary=args.canary or 0, batch=args.batch,

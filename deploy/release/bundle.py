@@ -152,6 +152,15 @@ def _build_own(app: App, board: Board, target: Target, python: str, cache: HashC
     return _finish(_entries(files, cache), generated, cache, target, python, config, None)
 
 
+def check_local(app: App) -> None:
+    """What a release of ``app`` needs from this host that no board decides, checked before any board is
+    touched: an own app's tree (globs, links) and its requirements file's lines. BuildError in one line."""
+    if app.own is not None:
+        apptree.tree_files(app.own)
+        if app.own.requirements:
+            wheelhouse.read_requirements(app.own.requirements)
+
+
 def top_level_modules(site: Path) -> list[str]:
     """The importable names a site tree provides (``top_level.txt`` of each .dist-info, else its RECORD):
     what the health check of an own app without a health command imports."""

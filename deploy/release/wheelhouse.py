@@ -293,8 +293,11 @@ def nearest(req: str, versions: list[str]) -> str:
     if not m:
         return max(versions, key=key)
     want = key(m[1])
+    below = [v for v in versions if key(v) <= want]
+    above = [v for v in versions if key(v) > want]
+    neighbours = ([max(below, key=key)] if below else []) + ([min(above, key=key)] if above else [])
 
     def distance(v: str) -> int:
         return sum(abs(a - b) * 1000 ** (3 - i) for i, (a, b) in enumerate(zip(key(v), want, strict=True)))
 
-    return min(versions, key=lambda v: (distance(v), key(v)))
+    return min(neighbours, key=lambda v: (distance(v), key(v)))
