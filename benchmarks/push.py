@@ -105,6 +105,11 @@ TARGETS = {
         lambda r: r["one_change_payload_bytes"] <= r["one_change_file_bytes"] + 65536,
     "cli_startup_s.help<=0.12": lambda r: r["cli_startup_s"]["help"] <= 0.12,
     "cli_startup_s.status<=0.12": lambda r: r["cli_startup_s"]["status"] <= 0.12,
+    # issue 20: an own app's unchanged push sends nothing and costs no more than the built-in app's (noise: 10%)
+    "own_redeploy_payload_bytes==0": lambda r: r["own_redeploy_payload_bytes"] == 0,
+    "own_redeploy_over_redeploy<=1.1": lambda r: r["own_redeploy_over_redeploy"] <= 1.1,
+    "run_tree_s<=0.2 (2000 files)": lambda r: r["run_tree_s"] <= 0.2,
+    "run_tree_disk_bytes<=1MB": lambda r: r["run_tree_disk_bytes"] <= 1 << 20,
 }
 
 
@@ -475,6 +480,44 @@ class Bench:
         shutil.copy2(DEMO / "images" / "coffee.jpg", photo)
         self.forget("HIAI_PROJECTS/onechange")
 
+    def own_app(self, files: int = 2000) -> None:
+        """An own app (issue 20): a tree of ``files`` files shipped with its layout, redeployed with nothing
+        changed (against the built-in app's no-change push in this run), and run: what the run's working tree
+        costs on the board (``run_tree_s``, and the disk its folders and links take)."""
+        src = self.root / "ownapp"
+        for k in range(files):
+            d = src / "lib" / f"pkg{k // 100:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"mod{k % 100:03d}.py").write_text(f"VALUE = {k}\n" + "# padding\n" * 20)
+        (src / "src").mkdir()
+        (src / "src" / "main.py").write_text("import os\nos.makedirs('../out', exist_ok=True)\n"
+                                             "open('../out/done.txt', 'w').write('ok')\nprint('[1/1] done')\n")
+        self.project.app_extra = {"source": str(src), "workdir": "src", "command": "python3 main.py",
+                                  "outputs": "../out"}
+        try:
+            self.configure("own")
+            _, res = self.cli_push()
+            assert res["switched"] and res["plan"]["files"] > files, res
+            for _ in range(self.repeat):
+                _, res = self.cli_push("own_redeploy_s")
+                self.record("own_redeploy_payload_bytes", res["payload_bytes"])
+            trees, disk = [], []
+            for i in range(self.repeat):
+                _, r = self.deploy("run", BOARD, "--run-id", f"own{i}", "--json")
+                row = json.loads(r.stdout)["boards"][0]
+                assert row["ok"], row
+                trees.append(row["run_tree_s"])
+                tree = self.home / "HIAI_PROJECTS" / "own" / "runs" / f"own{i}" / "tree"
+                disk.append(sum(p.lstat().st_blocks * 512 for p in [tree, *tree.rglob("*")] if p.is_dir()))
+            self.samples["run_tree_s"] = trees
+            self.samples["run_tree_disk_bytes"] = [float(d) for d in disk]
+            log(f"own app ({files} files): no-change push {self.best('own_redeploy_s'):.2f} s, "
+                f"{self.most('own_redeploy_payload_bytes')} B sent; run tree {min(trees) * 1000:.0f} ms, "
+                f"{max(disk) / 1e3:.0f} kB of folders (files are hard links)")
+        finally:
+            self.project.app_extra = {}
+            self.forget("HIAI_PROJECTS/own")
+
     def teardown(self) -> bool:
         """``deploy sandbox down --purge``: stops the sshd this project started (by its recorded PID), removes
         the board's home and user. True when nothing of it is left running."""
@@ -677,6 +720,11 @@ class Bench:
             "bundle_bytes": self.facts["bundle_bytes"],
             "small_files": self.n_files,
             "small_file_bytes": 4096,
+            "own_redeploy_s": b("own_redeploy_s"),
+            "own_redeploy_payload_bytes": most("own_redeploy_payload_bytes"),
+            "own_redeploy_over_redeploy": b("own_redeploy_s") / b("redeploy_s"),
+            "run_tree_s": b("run_tree_s"),
+            "run_tree_disk_bytes": most("run_tree_disk_bytes"),
         }
 
     def _rtt(self) -> dict:
@@ -840,6 +888,7 @@ def main() -> int:
         bench.first_and_redeploy()
         bench.small_files()
         bench.one_change()
+        bench.own_app()
         if args.rtt_ms > 0:
             bench.with_latency()
         if args.mbit > 0:
