@@ -59,3 +59,24 @@ def test_check_push_run_pull_on_emulated_aarch64(arm):
     assert top1(recs["chelsea.jpg"]) in CAT
     assert top1(recs["coffee.jpg"]) in ESPRESSO
     assert top1(recs["rocket.jpg"]) in ROCKET
+
+
+def test_an_own_app_with_a_compiled_wheel_runs_on_emulated_aarch64(arm):
+    """Issue 20: the user's own app, its requirements cross-built as aarch64 cp39 wheels (msgpack's C extension)."""
+    from test_own_app import OWN, make_app
+
+    make_app(arm.root)
+    arm.app_extra = dict(OWN)
+    arm.configure()
+    try:
+        pushed = arm.deploy_json("push", "board1")["boards"][0]
+        assert pushed["ok"] and pushed["health"]["status"] == "passed", pushed
+        sos = [p.name for p in (arm.app_dir / "current" / "site" / "msgpack").glob("*.so")]
+        assert sos and all("aarch64" in n for n in sos), sos
+        r = arm.deploy("run", "board1", "--images", str(arm.images))
+        assert "[3/3]" in r.stdout and "python 3.9." in r.stderr
+        out = Path(arm.deploy_json("pull", "board1")["boards"][0]["path"]) / "outputs"
+        assert len(list(out.iterdir())) == 3
+    finally:
+        arm.app_extra = {}
+        arm.configure()
