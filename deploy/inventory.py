@@ -62,6 +62,15 @@ PLACEHOLDERS = ("images", "model")
 
 
 @dataclass(frozen=True)
+class Build:
+    """``app.build``: a C/C++ app built on the host for each board's target with CMake (seed 000)."""
+
+    cmake: str  # the folder with CMakeLists.txt, relative to source
+    artifacts: tuple[str, ...]  # what the build leaves in the tree (relative to source), checked
+    dir: str = "build/intermediates/host"  # the build folder, relative to source (Huawei's samples' layout)
+
+
+@dataclass(frozen=True)
 class OwnApp:
     """The user's own app (``app.command`` set): a tree shipped with its layout kept, and what runs it.
 
@@ -78,6 +87,7 @@ class OwnApp:
     follow_links: bool = False  # symlinks inside the tree are shipped as their targets' content
     health_command: str | None = None  # app.health.command: run after the switch (roll back on failure)
     health_expect: str | None = None  # app.health.expect: a regex its output must match
+    build: Build | None = None  # app.build: built on the host per target (C/C++ apps)
 
     @property
     def outputs_in_tree(self) -> str | None:
@@ -125,6 +135,7 @@ class Board:
     # reach the board through this SSH host: another board's name or [user@]host[:port] (see Jump);
     # None: ~/.ssh/config decides (ProxyJump/ProxyCommand); "none": never through a jump host
     jump: str | None = None
+    ddk: Path | None = None  # the Ascend toolkit's arm64-linux (or x86_64-linux) folder C++ apps build against
 
 
 @dataclass(frozen=True)
@@ -405,13 +416,13 @@ def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dic
     return members_node.value, where_members, settings
 
 
-_OWN_KEYS = {"source", "include", "exclude", "workdir", "command", "outputs", "requirements", "follow_links"}
+_OWN_KEYS = {"source", "include", "exclude", "workdir", "command", "outputs", "requirements", "follow_links", "build"}
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
              "backend_options", "health", "service"} | _OWN_KEYS
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
                 "device": (int, (0, 63))}
-_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch", "jump"}
+_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch", "jump", "ddk"}
 _SHARED_KEYS = _BOARD_KEYS - {"sandbox", "host"}  # what defaults: and groups: may set for their boards
 
 
@@ -510,8 +521,34 @@ def _own(doc: _Doc, node: yaml.Node, m: dict, base: Path, models: dict) -> OwnAp
         exclude=DEFAULT_EXCLUDES + (_globs(doc, m["exclude"][1], "app.exclude") if "exclude" in m else ()),
         requirements=_requirements(doc, m["requirements"][1], source) if "requirements" in m else None,
         follow_links=doc.boolean(m["follow_links"][1], "app.follow_links") if "follow_links" in m else False,
+        build=_build(doc, m["build"][1], source) if "build" in m else None,
         **health,
     )  # fmt: skip
+
+
+def _build(doc: _Doc, node: yaml.Node, source: Path) -> Build:
+    """app.build: ``{cmake: src, artifacts: [out/main], dir: build/intermediates/host}``."""
+    bm = doc.mapping(node, "app.build")
+    doc.check_keys(bm, {"cmake", "artifacts", "dir"}, "app.build")
+    if "cmake" not in bm:
+        raise doc.fail(node, "app.build.cmake", "required: the folder of the app's CMakeLists.txt (relative to source)")
+    cmake = _tree_path(doc, bm["cmake"][1], "app.build.cmake", None)
+    if not (source / cmake / "CMakeLists.txt").is_file():
+        raise doc.fail(bm["cmake"][1], "app.build.cmake", f"no CMakeLists.txt in {cmake} of app.source")
+    if "artifacts" not in bm:
+        raise doc.fail(node, "app.build.artifacts", "required: what the build leaves in the tree (out/main)")
+    artifacts = tuple(_tree_path(doc, n, f"app.build.artifacts[{i}]", None)
+                      for i, n in enumerate(_list(doc, bm["artifacts"][1], "app.build.artifacts")))
+    out = {"dir": _tree_path(doc, bm["dir"][1], "app.build.dir", None)} if "dir" in bm else {}
+    return Build(cmake=cmake, artifacts=artifacts, **out)
+
+
+def _list(doc: _Doc, node: yaml.Node, where: str) -> list[yaml.Node]:
+    if isinstance(node, yaml.ScalarNode):
+        return [node]
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise doc.fail(node, where, "must be a path or a list of paths")
+    return list(node.value)
 
 
 def _tree_path(doc: _Doc, node: yaml.Node, where: str, path: str | None) -> str:
@@ -683,6 +720,7 @@ def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> B
         arch=arch,
         line=knode.start_mark.line + 1,
         jump=get("jump", doc.string),
+        ddk=get("ddk", _path_conv(doc, base)),
     )
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from deploy.testing import SANDBOX_BOARD, Project
 
 MAIN = textwrap.dedent('''

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import vendor
-from deploy.testing import DEMO, REPO, Project, deploy_environ
+
+from deploy.testing import REPO, Project, deploy_environ
 
 CLS = "python/level2_simple_inference/1_classification"
 DK = {"sandbox": True, "target": "atlas200dk", "arch": "x86_64"}
