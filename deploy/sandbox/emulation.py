@@ -41,6 +41,13 @@ VARIANT = "minbase"
 # ca-certificates (pip over https from inside, if ever needed), procps (ps/pkill for the agent's
 # detached runs), fonts-dejavu-core (the font the Ascend samples draw labels with).
 PACKAGES = ("openssh-server", "python3", "libgomp1", "ca-certificates", "procps", "fonts-dejavu-core")
+# What C and C++ on the board need beyond that: libpython3.9 (the simulated AscendCL C library of a
+# simulated Atlas board embeds the board's Python, deploy/sandbox/capi.py), libc6-dev and
+# libstdc++-10-dev (the rootfs is the aarch64 cross-compilers' sysroot: the board's headers, crt
+# files and the link-time names of its own C and C++ libraries, so what is built runs on its glibc
+# 2.31). The stamp records them apart (`sysroot_packages`): a rootfs built before they were wanted
+# gets them with apt inside it instead of a rebuild.
+SYSROOT_PACKAGES = ("libpython3.9", "libc6-dev", "libstdc++-10-dev")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 QEMU = "/usr/bin/qemu-aarch64-static"
@@ -189,39 +196,84 @@ def ensure_rootfs(cache: Path | None = None, progress: Callable[[str], None] | N
     The build (about 4 min with a fast mirror on 2 cores, much longer on a slow network; 220 MB)
     runs into a temporary sibling directory that is renamed into place only once complete and
     stamped, so an interrupted build never leaves a half rootfs that a later run would trust. The stamp records
-    suite/arch/variant/packages; a rootfs with a different stamp is rebuilt (unless in use).
-    `progress` receives debootstrap's output lines.
+    suite/arch/variant/packages; a rootfs with a different stamp is rebuilt (unless in use). A rootfs that
+    lacks only SYSROOT_PACKAGES gets them with apt inside it (about a minute under emulation).
+    `progress` receives debootstrap's (or apt's) output lines.
     """
     rootfs = (Path(cache) if cache is not None else default_rootfs_path()).absolute()
-    if _stamp_ok(rootfs):
+    if _stamp_ok(rootfs) and not _missing_sysroot(rootfs):
         return rootfs
     _require_root()
     ensure_binfmt()
-    if not shutil.which("debootstrap"):
-        raise EmulationError("debootstrap is not installed: apt-get install debootstrap")
     with _locked(rootfs):
-        if _stamp_ok(rootfs):  # built by another process while we waited for the lock
+        if _stamp_ok(rootfs):  # ours but without the sysroot packages, or built by another process meanwhile
+            _top_up(rootfs, progress)
             return rootfs
-        for stale in rootfs.parent.glob(f".{rootfs.name}.build-*"):
-            _remove_tree(stale)  # interrupted earlier builds; we hold the lock, so none is running
-        if rootfs.exists() and _mounts_under(rootfs):
-            raise EmulationError(f"{rootfs} is out of date but in use by running boards: stop them first")
-        build = rootfs.parent / f".{rootfs.name}.build-{os.getpid()}"
-        try:
-            _debootstrap(build, progress)
-            _finish_rootfs(build)
-        except BaseException:
-            _keep_debootstrap_log(build, rootfs)
-            _remove_tree(build)
-            raise
-        if rootfs.exists():
-            old = rootfs.parent / f".{rootfs.name}.old-{os.getpid()}"
-            os.rename(rootfs, old)
-            os.rename(build, rootfs)
-            _remove_tree(old)
-        else:
-            os.rename(build, rootfs)
+        if not shutil.which("debootstrap"):
+            raise EmulationError("debootstrap is not installed: apt-get install debootstrap")
+        _build(rootfs, progress)
     return rootfs
+
+
+def _build(rootfs: Path, progress: Callable[[str], None] | None) -> None:
+    """debootstrap into a sibling, finish, stamp and rename into place (the lock is held)."""
+    for stale in rootfs.parent.glob(f".{rootfs.name}.build-*"):
+        _remove_tree(stale)  # interrupted earlier builds; we hold the lock, so none is running
+    if rootfs.exists() and _mounts_under(rootfs):
+        raise EmulationError(f"{rootfs} is out of date but in use by running boards: stop them first")
+    build = rootfs.parent / f".{rootfs.name}.build-{os.getpid()}"
+    try:
+        _debootstrap(build, progress)
+        _finish_rootfs(build)
+    except BaseException:
+        _keep_debootstrap_log(build, rootfs)
+        _remove_tree(build)
+        raise
+    if rootfs.exists():
+        old = rootfs.parent / f".{rootfs.name}.old-{os.getpid()}"
+        os.rename(rootfs, old)
+        os.rename(build, rootfs)
+        _remove_tree(old)
+    else:
+        os.rename(build, rootfs)
+
+
+def _missing_sysroot(rootfs: Path) -> list[str]:
+    try:
+        have = json.loads((rootfs / STAMP_NAME).read_text()).get("sysroot_packages") or []
+    except (OSError, ValueError):
+        have = []
+    return sorted(set(SYSROOT_PACKAGES) - set(have))
+
+
+def _top_up(rootfs: Path, progress: Callable[[str], None] | None) -> None:
+    """apt-get install the missing SYSROOT_PACKAGES inside the rootfs (the lock is held); stamp them."""
+    missing = _missing_sysroot(rootfs)
+    if not missing:
+        return
+    apt = ["chroot", str(rootfs), "/usr/bin/apt-get", "-q", "-y", "-o", "APT::Sandbox::User=root"]
+    env = {**CHROOT_ENV, "DEBIAN_FRONTEND": "noninteractive"}
+    state = _load_state(rootfs)
+    holder = {"id": f"apt-{uuid.uuid4().hex}", "pid": os.getpid(), "start": _start_time(os.getpid())}
+    try:
+        _mount_all(rootfs, state)
+        state["holders"].append(holder)
+        _save_state(rootfs, state)
+        code, tail = proc.stream([*apt, "install", "--no-install-recommends", *missing], progress, keep=5, env=env)
+        if code != 0:  # the package lists debootstrap left may be outdated: refresh them once
+            proc.stream([*apt, "update"], progress, keep=5, env=env)
+            code, tail = proc.stream([*apt, "install", "--no-install-recommends", *missing], progress, keep=5,
+                                     env=env)
+        if code != 0:
+            raise EmulationError(f"installing {' '.join(missing)} into {rootfs} failed: "
+                                 f"{proc.last_line(tail, f'exit status {code}')}")
+        proc.stream([*apt, "clean"], None, keep=1, env=env)
+    finally:
+        _release(rootfs, state, holder["id"])
+        _save_state(rootfs, state)
+    stamp = json.loads((rootfs / STAMP_NAME).read_text())
+    stamp["sysroot_packages"] = sorted(SYSROOT_PACKAGES)
+    (rootfs / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
 
 
 def debootstrap_command(target: Path, mirror: str | None = None) -> list[str]:
@@ -230,7 +282,7 @@ def debootstrap_command(target: Path, mirror: str | None = None) -> list[str]:
         "debootstrap",
         f"--arch={ARCH}",
         f"--variant={VARIANT}",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(PACKAGES + SYSROOT_PACKAGES)}",
         SUITE,
         str(target),
         mirror or os.environ.get("DEPLOY_DEBIAN_MIRROR", DEFAULT_MIRROR),
@@ -265,7 +317,7 @@ def _finish_rootfs(root: Path) -> None:
     skel = root / "etc" / "skel" / ".bashrc"
     if not skel.is_file() or not _BASHRC_GUARD.search(skel.read_text()):
         raise EmulationError(f"{skel} lacks the interactive-shell guard the board .bashrc must have")
-    stamp = dict(_wanted_stamp(), mirror=debootstrap_command(root)[-1])
+    stamp = dict(_wanted_stamp(), sysroot_packages=sorted(SYSROOT_PACKAGES), mirror=debootstrap_command(root)[-1])
     (root / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
 
 
@@ -535,6 +587,7 @@ def stop_chroot(rootfs: Path, pid: int | None = None) -> bool:
 __all__ = [
     "CHROOT_ENV",
     "PACKAGES",
+    "SYSROOT_PACKAGES",
     "EmulationError",
     "add_board_user",
     "chroot_run",
