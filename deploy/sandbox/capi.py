@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SandboxError
+from . import sysroot
 
 SOURCE = Path(__file__).parent / "ascend" / "capi"
 CFLAGS = ["-std=gnu11", "-O2", "-g", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra",
@@ -53,28 +54,6 @@ def compiler(arch: str) -> tuple[str, str]:
     return cc, package
 
 
-def sysroot_flags(rootfs: Path | None, cxx: bool = False) -> list[str]:
-    """Flags that make Debian's cross gcc/g++ build against the board's own libraries in ``rootfs``
-    (emulation.SYSROOT_PACKAGES) instead of its own newer glibc and libstdc++, whose symbol versions the
-    board lacks. [] for a native build."""
-    if rootfs is None:
-        return []
-    r = Path(rootfs)
-    triplet = "aarch64-linux-gnu"
-    flags = [f"--sysroot={r}"]
-    if cxx:
-        cxxdirs = sorted(glob.glob(str(r / "usr/include/c++/*")))
-        if cxxdirs:
-            ver = Path(cxxdirs[-1]).name
-            flags += ["-nostdinc++", "-isystem", f"{r}/usr/include/c++/{ver}", "-isystem",
-                      f"{r}/usr/include/{triplet}/c++/{ver}", "-isystem", f"{r}/usr/include/c++/{ver}/backward",
-                      "-L", f"{r}/usr/lib/gcc/{triplet}/{ver}"]  # fmt: skip
-    flags += ["-isystem", f"{r}/usr/include/{triplet}", "-isystem", f"{r}/usr/include", "-B", f"{r}/usr/lib/{triplet}/",
-              "-L", f"{r}/usr/lib/{triplet}", "-L", f"{r}/lib/{triplet}",
-              f"-Wl,-rpath-link,{r}/lib/{triplet}:{r}/usr/lib/{triplet}"]  # fmt: skip
-    return flags
-
-
 def _digest(cc: str, flags: list[str]) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in SOURCE.rglob("*") if p.is_file() and p.suffix in (".c", ".h")):
@@ -90,7 +69,7 @@ def build(arch: str, rootfs: Path | None = None) -> Path:
     cc, _ = compiler(arch)
     if rootfs is None and cc != "gcc":
         raise SandboxError(f"the {arch} simulated AscendCL library is built against the emulated board's rootfs: none given")
-    flags = sysroot_flags(rootfs if cc != "gcc" else None)
+    flags = sysroot.flags(rootfs) if cc != "gcc" else []
     out = cache_root() / f"{arch}-{_digest(cc, flags)}"
     if (out / "lib64" / "libascendcl.so").is_file():
         return out

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import EmulationError  # a SandboxError; re-exported under its old name
+from . import sysroot
 
 SUITE = "bullseye"  # Python 3.9: the newest the 200I DK A2's CANN supports; glibc 2.31
 ARCH = "arm64"
@@ -41,13 +42,8 @@ VARIANT = "minbase"
 # ca-certificates (pip over https from inside, if ever needed), procps (ps/pkill for the agent's
 # detached runs), fonts-dejavu-core (the font the Ascend samples draw labels with).
 PACKAGES = ("openssh-server", "python3", "libgomp1", "ca-certificates", "procps", "fonts-dejavu-core")
-# What C and C++ on the board need beyond that: libpython3.9 (the simulated AscendCL C library of a
-# simulated Atlas board embeds the board's Python, deploy/sandbox/capi.py), libc6-dev and
-# libstdc++-10-dev (the rootfs is the aarch64 cross-compilers' sysroot: the board's headers, crt
-# files and the link-time names of its own C and C++ libraries, so what is built runs on its glibc
-# 2.31). The stamp records them apart (`sysroot_packages`): a rootfs built before they were wanted
-# gets them with apt inside it instead of a rebuild.
-SYSROOT_PACKAGES = ("libpython3.9", "libc6-dev", "libstdc++-10-dev")
+# What C and C++ need of the board (sysroot.py), stamped apart: an older rootfs gets them by apt, no rebuild.
+SYSROOT_PACKAGES = sysroot.PACKAGES
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 QEMU = "/usr/bin/qemu-aarch64-static"
@@ -193,12 +189,10 @@ def _locked(rootfs: Path) -> Iterator[None]:
 def ensure_rootfs(cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Return the path of a ready arm64 rootfs, building it with debootstrap the first time.
 
-    The build (about 4 min with a fast mirror on 2 cores, much longer on a slow network; 220 MB)
-    runs into a temporary sibling directory that is renamed into place only once complete and
-    stamped, so an interrupted build never leaves a half rootfs that a later run would trust. The stamp records
-    suite/arch/variant/packages; a rootfs with a different stamp is rebuilt (unless in use). A rootfs that
-    lacks only SYSROOT_PACKAGES gets them with apt inside it (about a minute under emulation).
-    `progress` receives debootstrap's (or apt's) output lines.
+    The build (about 4 min with a fast mirror on 2 cores; 220 MB) runs into a temporary sibling directory renamed
+    into place only once complete and stamped, so an interrupted build never leaves a half rootfs that a later run
+    would trust. A rootfs with another stamp (suite/arch/variant/packages) is rebuilt (unless in use); one that
+    lacks only SYSROOT_PACKAGES gets them by apt inside it (15 s). `progress` gets debootstrap's or apt's lines.
     """
     rootfs = (Path(cache) if cache is not None else default_rootfs_path()).absolute()
     if _stamp_ok(rootfs) and not _missing_sysroot(rootfs):
@@ -229,28 +223,33 @@ def _build(rootfs: Path, progress: Callable[[str], None] | None) -> None:
         _keep_debootstrap_log(build, rootfs)
         _remove_tree(build)
         raise
+    old = rootfs.parent / f".{rootfs.name}.old-{os.getpid()}"
     if rootfs.exists():
-        old = rootfs.parent / f".{rootfs.name}.old-{os.getpid()}"
         os.rename(rootfs, old)
-        os.rename(build, rootfs)
-        _remove_tree(old)
-    else:
-        os.rename(build, rootfs)
+    os.rename(build, rootfs)
+    _remove_tree(old)  # nothing when there was no rootfs before
 
 
 def _missing_sysroot(rootfs: Path) -> list[str]:
-    try:
-        have = json.loads((rootfs / STAMP_NAME).read_text()).get("sysroot_packages") or []
-    except (OSError, ValueError):
-        have = []
-    return sorted(set(SYSROOT_PACKAGES) - set(have))
+    """SYSROOT_PACKAGES the rootfs lacks, plus "(links)" while its library links are not yet relative."""
+    stamp = json.loads((rootfs / STAMP_NAME).read_text())  # _stamp_ok read it
+    missing = sorted(set(SYSROOT_PACKAGES) - set(stamp.get("sysroot_packages") or []))
+    return missing + ([] if stamp.get("sysroot_links") == "relative" else ["(links)"])
 
 
 def _top_up(rootfs: Path, progress: Callable[[str], None] | None) -> None:
-    """apt-get install the missing SYSROOT_PACKAGES inside the rootfs (the lock is held); stamp them."""
-    missing = _missing_sysroot(rootfs)
-    if not missing:
-        return
+    """The missing SYSROOT_PACKAGES by apt inside the rootfs, relative library links (the lock is held); stamped."""
+    missing = [p for p in _missing_sysroot(rootfs) if p != "(links)"]
+    if missing:
+        _apt_install(rootfs, missing, progress)
+    sysroot.relative_links(rootfs)
+    stamp = json.loads((rootfs / STAMP_NAME).read_text())
+    stamp.update(sysroot_packages=sorted(SYSROOT_PACKAGES), sysroot_links="relative")
+    (rootfs / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+
+
+def _apt_install(rootfs: Path, missing: list[str], progress: Callable[[str], None] | None) -> None:
+    """apt-get install ``missing`` inside the rootfs, with /proc, /dev ... mounted (the lock is held)."""
     apt = ["chroot", str(rootfs), "/usr/bin/apt-get", "-q", "-y", "-o", "APT::Sandbox::User=root"]
     env = {**CHROOT_ENV, "DEBIAN_FRONTEND": "noninteractive"}
     state = _load_state(rootfs)
@@ -259,21 +258,18 @@ def _top_up(rootfs: Path, progress: Callable[[str], None] | None) -> None:
         _mount_all(rootfs, state)
         state["holders"].append(holder)
         _save_state(rootfs, state)
-        code, tail = proc.stream([*apt, "install", "--no-install-recommends", *missing], progress, keep=5, env=env)
-        if code != 0:  # the package lists debootstrap left may be outdated: refresh them once
-            proc.stream([*apt, "update"], progress, keep=5, env=env)
-            code, tail = proc.stream([*apt, "install", "--no-install-recommends", *missing], progress, keep=5,
-                                     env=env)
-        if code != 0:
-            raise EmulationError(f"installing {' '.join(missing)} into {rootfs} failed: "
-                                 f"{proc.last_line(tail, f'exit status {code}')}")
+        for refresh in (False, True):  # the package lists debootstrap left may be outdated: refresh them once
+            if refresh:
+                proc.stream([*apt, "update"], progress, keep=5, env=env)
+            code, tail = proc.stream([*apt, "install", "--no-install-recommends", *missing], progress, keep=5, env=env)
+            if code == 0:
+                break
+        else:
+            raise EmulationError(f"installing {' '.join(missing)} failed: {proc.last_line(tail, f'exit {code}')}")
         proc.stream([*apt, "clean"], None, keep=1, env=env)
     finally:
         _release(rootfs, state, holder["id"])
         _save_state(rootfs, state)
-    stamp = json.loads((rootfs / STAMP_NAME).read_text())
-    stamp["sysroot_packages"] = sorted(SYSROOT_PACKAGES)
-    (rootfs / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
 
 
 def debootstrap_command(target: Path, mirror: str | None = None) -> list[str]:
@@ -317,7 +313,9 @@ def _finish_rootfs(root: Path) -> None:
     skel = root / "etc" / "skel" / ".bashrc"
     if not skel.is_file() or not _BASHRC_GUARD.search(skel.read_text()):
         raise EmulationError(f"{skel} lacks the interactive-shell guard the board .bashrc must have")
-    stamp = dict(_wanted_stamp(), sysroot_packages=sorted(SYSROOT_PACKAGES), mirror=debootstrap_command(root)[-1])
+    sysroot.relative_links(root)
+    stamp = dict(_wanted_stamp(), sysroot_packages=sorted(SYSROOT_PACKAGES), sysroot_links="relative",
+                 mirror=debootstrap_command(root)[-1])
     (root / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
 
 
@@ -587,7 +585,6 @@ def stop_chroot(rootfs: Path, pid: int | None = None) -> bool:
 __all__ = [
     "CHROOT_ENV",
     "PACKAGES",
-    "SYSROOT_PACKAGES",
     "EmulationError",
     "add_board_user",
     "chroot_run",
