@@ -7,10 +7,12 @@ build inside the emulated rootfs is slow (root only)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,16 @@ def test_cross_built_app_on_the_emulated_aarch64_dk(tmp_path):
         check_answers(r.stdout, 4)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_benchmark_prints_c_sim_over_py_sim(nnrt):
+    """benchmarks/clib.py at tiny sizes: every figure there and positive (no timing threshold: the
+    machine is shared). Its interleaved part drives the library through ctypes from the board's
+    Python, i.e. the library serving a process that already runs Python."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "clib.py"
+    r = subprocess.run([sys.executable, str(bench), "--json", "--iterations", "3", "--rounds", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["c_sim_over_py_sim"] > 0 and got["processes"]["c_sim_over_py_sim"] > 0
+    assert got["py_sim_ms"] > 0 and got["c_sim_ms"] > 0 and got["py_call_us"] > 0 and got["c_call_us"] > 0

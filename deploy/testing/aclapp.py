@@ -41,10 +41,11 @@ def install_cann(home: Path, arch: str = "x86_64", rootfs: Path | None = None) -
     return home / "Ascend" / "nnrt"
 
 
-def convert(out: Path, aipp: bool = False, fp16_input: bool = False) -> Path:
-    """The demo EfficientNet-Lite0 as a simulated .om at ``out`` (``deploy model convert --simulate``)."""
-    argv = [sys.executable, "-m", "deploy", "model", "convert", str(DEMO / "models" / "efficientnet_lite0.onnx"),
-            "--target", TARGET, "--simulate", "-o", str(out)]  # fmt: skip
+def convert(out: Path, aipp: bool = False, fp16_input: bool = False, onnx_path: Path | None = None) -> Path:
+    """The demo EfficientNet-Lite0 (or ``onnx_path``) as a simulated .om at ``out`` (``deploy model convert --simulate``)."""
+    onnx_path = onnx_path or DEMO / "models" / "efficientnet_lite0.onnx"
+    argv = [sys.executable, "-m", "deploy", "model", "convert", str(onnx_path), "--target", TARGET, "--simulate",
+            "-o", str(out)]  # fmt: skip
     argv += ["--aipp", "app"] if aipp else []
     argv += ["--fp16-input", "input"] if fp16_input else []
     r = subprocess.run(argv, capture_output=True, text=True, cwd=str(REPO))

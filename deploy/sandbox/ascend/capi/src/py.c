@@ -187,8 +187,8 @@ static void start(void) {
     }
     int (*probe)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
     int running = probe && probe();
-    void *h = running ? RTLD_DEFAULT : open_libpython();
-    if (!h) return;
+    void *h = running ? RTLD_DEFAULT : open_libpython(); /* RTLD_DEFAULT is NULL in glibc */
+    if (!running && !h) return;
     for (size_t i = 0; i < sizeof(SYMBOLS) / sizeof(SYMBOLS[0]); i++) {
         *SYMBOLS[i].slot = dlsym(h, SYMBOLS[i].name);
         if (!*SYMBOLS[i].slot) {
