@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import collections
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 
-def stream(argv: Sequence[str], progress: Callable[[str], None] | None = None, keep: int = 20) -> tuple[int, list[str]]:
-    """Run ``argv`` with stdout+stderr merged, passing each line to ``progress``.
+def stream(argv: Sequence[str], progress: Callable[[str], None] | None = None, keep: int = 20,
+           env: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run ``argv`` with stdout+stderr merged, passing each line to ``progress`` (``env``: the whole environment).
 
     Returns (exit status, the last ``keep`` lines): such tools print the reason of a failure
     last, so the tail is what an error message should carry.
     """
     tail: collections.deque[str] = collections.deque(maxlen=keep)
     with subprocess.Popen(
-        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace"
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
+        env=dict(env) if env is not None else None,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-pkgs=(openssh-server openssh-client rsync qemu-user-static binfmt-support debootstrap fonts-dejavu-core chromium)
+pkgs=(openssh-server openssh-client rsync qemu-user-static binfmt-support debootstrap fonts-dejavu-core chromium
+      gcc g++ cmake g++-aarch64-linux-gnu)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

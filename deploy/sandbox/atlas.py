@@ -15,7 +15,9 @@
 * ``npu-smi`` in ``usr/local/bin`` (the documented ``npu-smi info`` table, this target's chip);
 * CANN in ``~/Ascend/nnrt/``: ``set_env.sh`` (``import acl`` works only after sourcing it) and
   the simulated pyACL runtime, plus ONNX Runtime for the board's interpreter in
-  ``~/Ascend/nnrt/sim-deps/`` (the simulator executes models with it; last on PYTHONPATH).
+  ``~/Ascend/nnrt/sim-deps/`` (the simulator executes models with it; last on PYTHONPATH); the
+  simulated AscendCL C library in ``runtime/include/acl``, ``runtime/lib64`` (``capi.py``), which
+  embeds that interpreter's shared libpython to run models with the same simulator.
 
 Nothing here ships to a real board: it is the board, not the release.
 """
@@ -174,10 +176,14 @@ def board_path(sysroot_on_board: str) -> str:
     return ":".join([*own, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
 
 
-def install_cann(home: Path, target: Target, python: str, arch: str) -> None:
-    """~/Ascend/nnrt: set_env.sh and the simulated pyACL, with ONNX Runtime for CPython ``python`` on ``arch``."""
+def install_cann(home: Path, target: Target, python: str, arch: str, interpreter: str | None = None,
+                 rootfs: Path | None = None) -> None:
+    """~/Ascend/nnrt: set_env.sh and the simulated pyACL, with ONNX Runtime for CPython ``python`` on ``arch``;
+    with ``interpreter`` (that CPython, as atlas.interpreters links it; inside ``rootfs`` for an emulated
+    board) also the simulated AscendCL C library (``capi.py``) under runtime/include and runtime/lib64."""
     from ..release import wheelhouse
     from ..targets import platforms_for
+    from . import capi
 
     nnrt = home / "Ascend" / "nnrt"
     if nnrt.exists():
@@ -190,6 +196,8 @@ def install_cann(home: Path, target: Target, python: str, arch: str) -> None:
     except Exception as exc:  # BuildError: no network and no cache
         raise SandboxError(f"simulated CANN needs ONNX Runtime for Python {python} ({arch}): {exc}") from None
     shutil.copytree(site, nnrt / "sim-deps", copy_function=link_or_copy)
+    if interpreter is not None:
+        capi.install(nnrt, arch, interpreter, rootfs)
     env = (ASCEND / "set_env.sh").read_text()
     env += f'export ACL_SIM_SOC_VERSION="${{ACL_SIM_SOC_VERSION:-{target.soc_version}}}"\n'
     env += 'export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}$HOME/Ascend/nnrt/sim-deps"\n'

@@ -222,7 +222,7 @@ def _shape_atlas(board: Board, target, login: _Login, rootfs: Path | None, log) 
     mm = atlas.interpreter_version(cann_python, rootfs)
     if log:
         log(f"{board.name}: simulated CANN for Python {mm} ({board.arch})")
-    atlas.install_cann(login.home_on_host, target, mm, board.arch)
+    atlas.install_cann(login.home_on_host, target, mm, board.arch, cann_python, rootfs)
     env = (*login.env, ("PATH", atlas.board_path(sys_on_board)))
     return replace(login, env=env), [f"/{rel}: {what}" for rel, _, what in layout]
 

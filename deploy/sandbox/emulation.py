@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import EmulationError  # a SandboxError; re-exported under its old name
+from . import sysroot
 
 SUITE = "bullseye"  # Python 3.9: the newest the 200I DK A2's CANN supports; glibc 2.31
 ARCH = "arm64"
@@ -41,6 +42,8 @@ VARIANT = "minbase"
 # ca-certificates (pip over https from inside, if ever needed), procps (ps/pkill for the agent's
 # detached runs), fonts-dejavu-core (the font the Ascend samples draw labels with).
 PACKAGES = ("openssh-server", "python3", "libgomp1", "ca-certificates", "procps", "fonts-dejavu-core")
+# What C and C++ need of the board (sysroot.py), stamped apart: an older rootfs gets them by apt, no rebuild.
+SYSROOT_PACKAGES = sysroot.PACKAGES
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 QEMU = "/usr/bin/qemu-aarch64-static"
@@ -186,42 +189,87 @@ def _locked(rootfs: Path) -> Iterator[None]:
 def ensure_rootfs(cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Return the path of a ready arm64 rootfs, building it with debootstrap the first time.
 
-    The build (about 4 min with a fast mirror on 2 cores, much longer on a slow network; 220 MB)
-    runs into a temporary sibling directory that is renamed into place only once complete and
-    stamped, so an interrupted build never leaves a half rootfs that a later run would trust. The stamp records
-    suite/arch/variant/packages; a rootfs with a different stamp is rebuilt (unless in use).
-    `progress` receives debootstrap's output lines.
+    The build (about 4 min with a fast mirror on 2 cores; 220 MB) runs into a temporary sibling directory renamed
+    into place only once complete and stamped, so an interrupted build never leaves a half rootfs that a later run
+    would trust. A rootfs with another stamp (suite/arch/variant/packages) is rebuilt (unless in use); one that
+    lacks only SYSROOT_PACKAGES gets them by apt inside it (15 s). `progress` gets debootstrap's or apt's lines.
     """
     rootfs = (Path(cache) if cache is not None else default_rootfs_path()).absolute()
-    if _stamp_ok(rootfs):
+    if _stamp_ok(rootfs) and not _missing_sysroot(rootfs):
         return rootfs
     _require_root()
     ensure_binfmt()
-    if not shutil.which("debootstrap"):
-        raise EmulationError("debootstrap is not installed: apt-get install debootstrap")
     with _locked(rootfs):
-        if _stamp_ok(rootfs):  # built by another process while we waited for the lock
+        if _stamp_ok(rootfs):  # ours but without the sysroot packages, or built by another process meanwhile
+            _top_up(rootfs, progress)
             return rootfs
-        for stale in rootfs.parent.glob(f".{rootfs.name}.build-*"):
-            _remove_tree(stale)  # interrupted earlier builds; we hold the lock, so none is running
-        if rootfs.exists() and _mounts_under(rootfs):
-            raise EmulationError(f"{rootfs} is out of date but in use by running boards: stop them first")
-        build = rootfs.parent / f".{rootfs.name}.build-{os.getpid()}"
-        try:
-            _debootstrap(build, progress)
-            _finish_rootfs(build)
-        except BaseException:
-            _keep_debootstrap_log(build, rootfs)
-            _remove_tree(build)
-            raise
-        if rootfs.exists():
-            old = rootfs.parent / f".{rootfs.name}.old-{os.getpid()}"
-            os.rename(rootfs, old)
-            os.rename(build, rootfs)
-            _remove_tree(old)
-        else:
-            os.rename(build, rootfs)
+        if not shutil.which("debootstrap"):
+            raise EmulationError("debootstrap is not installed: apt-get install debootstrap")
+        _build(rootfs, progress)
     return rootfs
+
+
+def _build(rootfs: Path, progress: Callable[[str], None] | None) -> None:
+    """debootstrap into a sibling, finish, stamp and rename into place (the lock is held)."""
+    for stale in rootfs.parent.glob(f".{rootfs.name}.build-*"):
+        _remove_tree(stale)  # interrupted earlier builds; we hold the lock, so none is running
+    if rootfs.exists() and _mounts_under(rootfs):
+        raise EmulationError(f"{rootfs} is out of date but in use by running boards: stop them first")
+    build = rootfs.parent / f".{rootfs.name}.build-{os.getpid()}"
+    try:
+        _debootstrap(build, progress)
+        _finish_rootfs(build)
+    except BaseException:
+        _keep_debootstrap_log(build, rootfs)
+        _remove_tree(build)
+        raise
+    old = rootfs.parent / f".{rootfs.name}.old-{os.getpid()}"
+    if rootfs.exists():
+        os.rename(rootfs, old)
+    os.rename(build, rootfs)
+    _remove_tree(old)  # nothing when there was no rootfs before
+
+
+def _missing_sysroot(rootfs: Path) -> list[str]:
+    """SYSROOT_PACKAGES the rootfs lacks, plus "(links)" while its library links are not yet relative."""
+    stamp = json.loads((rootfs / STAMP_NAME).read_text())  # _stamp_ok read it
+    missing = sorted(set(SYSROOT_PACKAGES) - set(stamp.get("sysroot_packages") or []))
+    return missing + ([] if stamp.get("sysroot_links") == "relative" else ["(links)"])
+
+
+def _top_up(rootfs: Path, progress: Callable[[str], None] | None) -> None:
+    """The missing SYSROOT_PACKAGES by apt inside the rootfs, relative library links (the lock is held); stamped."""
+    missing = [p for p in _missing_sysroot(rootfs) if p != "(links)"]
+    if missing:
+        _apt_install(rootfs, missing, progress)
+    sysroot.relative_links(rootfs)
+    stamp = json.loads((rootfs / STAMP_NAME).read_text())
+    stamp.update(sysroot_packages=sorted(SYSROOT_PACKAGES), sysroot_links="relative")
+    (rootfs / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+
+
+def _apt_install(rootfs: Path, missing: list[str], progress: Callable[[str], None] | None) -> None:
+    """apt-get install ``missing`` inside the rootfs, with /proc, /dev ... mounted (the lock is held)."""
+    apt = ["chroot", str(rootfs), "/usr/bin/apt-get", "-q", "-y", "-o", "APT::Sandbox::User=root"]
+    env = {**CHROOT_ENV, "DEBIAN_FRONTEND": "noninteractive"}
+    state = _load_state(rootfs)
+    holder = {"id": f"apt-{uuid.uuid4().hex}", "pid": os.getpid(), "start": _start_time(os.getpid())}
+    try:
+        _mount_all(rootfs, state)
+        state["holders"].append(holder)
+        _save_state(rootfs, state)
+        for refresh in (False, True):  # the package lists debootstrap left may be outdated: refresh them once
+            if refresh:
+                proc.stream([*apt, "update"], progress, keep=5, env=env)
+            code, tail = proc.stream([*apt, "install", "--no-install-recommends", *missing], progress, keep=5, env=env)
+            if code == 0:
+                break
+        else:
+            raise EmulationError(f"installing {' '.join(missing)} failed: {proc.last_line(tail, f'exit {code}')}")
+        proc.stream([*apt, "clean"], None, keep=1, env=env)
+    finally:
+        _release(rootfs, state, holder["id"])
+        _save_state(rootfs, state)
 
 
 def debootstrap_command(target: Path, mirror: str | None = None) -> list[str]:
@@ -230,7 +278,7 @@ def debootstrap_command(target: Path, mirror: str | None = None) -> list[str]:
         "debootstrap",
         f"--arch={ARCH}",
         f"--variant={VARIANT}",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(PACKAGES + SYSROOT_PACKAGES)}",
         SUITE,
         str(target),
         mirror or os.environ.get("DEPLOY_DEBIAN_MIRROR", DEFAULT_MIRROR),
@@ -265,7 +313,9 @@ def _finish_rootfs(root: Path) -> None:
     skel = root / "etc" / "skel" / ".bashrc"
     if not skel.is_file() or not _BASHRC_GUARD.search(skel.read_text()):
         raise EmulationError(f"{skel} lacks the interactive-shell guard the board .bashrc must have")
-    stamp = dict(_wanted_stamp(), mirror=debootstrap_command(root)[-1])
+    sysroot.relative_links(root)
+    stamp = dict(_wanted_stamp(), sysroot_packages=sorted(SYSROOT_PACKAGES), sysroot_links="relative",
+                 mirror=debootstrap_command(root)[-1])
     (root / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
 
 

@@ -70,7 +70,8 @@ NPU = Npu()
 
 
 class Model:
-    def __init__(self, header, onnx_bytes):
+    def __init__(self, header, onnx_bytes=None):
+        """``onnx_bytes`` None: the description only (sizes, dims), no session."""
         self.header = header
         self.inputs = header["inputs"]
         self.outputs = header["outputs"]
@@ -78,7 +79,8 @@ class Model:
         self.batch = None  # current gear (set_dynamic_batch_size)
         self.session = None
         self._sizes = {}  # (input/output name, batch) -> bytes
-        if not os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE") or os.environ.get("ACL_SIM_TIMING_COMPUTE"):
+        timing_only = os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE") and not os.environ.get("ACL_SIM_TIMING_COMPUTE")
+        if onnx_bytes is not None and not timing_only:
             self.session = _session(onnx_bytes)
 
     def dims(self, spec, batch=None):
@@ -107,13 +109,14 @@ class Model:
         dims = self.dims(spec, batch)
         return int(np.prod(dims)) * np.dtype(DTYPES[spec["dtype"]][1]).itemsize
 
-    def batch_for(self, in_bufs):
-        """The batch this execution runs at, or (None, code) when it cannot run."""
+    def batch_for(self, ins):
+        """The batch this execution runs at, or (None, code) when it cannot run. ``ins`` are the
+        input views (see :meth:`run`)."""
         if not self.gears:
             return self.inputs[0]["dims"][0], 0
         index = [s["name"] for s in self.inputs].index(simom.MBATCH_INPUT)
-        view = M.device_view(in_bufs[index][0], 8)
-        batch = int(np.frombuffer(view, dtype=np.int64)[0]) if view is not None else 0
+        view = ins[index]
+        batch = int(np.frombuffer(view, dtype=np.int64, count=1)[0]) if view is not None and len(view) >= 8 else 0
         if batch not in self.gears:
             return None, C.fail(
                 C.ACL_ERROR_INVALID_PARAM,
@@ -127,12 +130,21 @@ class Model:
         return self.execute_at(in_bufs, out_bufs)[0]
 
     def execute_at(self, in_bufs, out_bufs, ready_at=None):
-        """:meth:`execute` as a stream runs it: (code, the time it ended on the device). In timing
-        mode it starts at ``ready_at`` (when its stream got to it) or later, never earlier."""
-        batch, code = self.batch_for(in_bufs)
+        """:meth:`run` on (ptr, size) buffers of simulated device memory (what acl.mdl hands over)."""
+        ins = [M.device_view(ptr, size) for ptr, size in in_bufs]
+        outs = [M.device_view(ptr, size) for ptr, size in out_bufs]
+        return self.run(ins, outs, ready_at)
+
+    def run(self, ins, outs, ready_at=None):
+        """One execution, shared by the Python runtime and the C library (``acl._capi``): ``ins`` /
+        ``outs`` are writable byte views of the caller's buffers, one per model input / output
+        (None where the buffer is not device memory). Returns (code, the time it ended on the
+        device); in timing mode it starts at ``ready_at`` (when its stream got to it) or later.
+        Sizes are checked before anything is read or written."""
+        batch, code = self.batch_for(ins)
         if code:
             return code, time.monotonic()
-        code = self._check_buffers(in_bufs, out_bufs, batch)
+        code = self._check_views(ins, outs, batch)
         if code:
             return code, time.monotonic()
         ms = os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE")
@@ -141,34 +153,26 @@ class Model:
             if self.session is None:
                 return 0, end
         self.batch = batch
-        return self._compute(in_bufs, out_bufs, batch), time.monotonic()
+        return self._compute(ins, outs, batch), time.monotonic()
 
-    def _check_buffers(self, in_bufs, out_bufs, batch):
-        for spec, (ptr, size) in zip(self.inputs, in_bufs):
-            if size < self.size(spec, batch) or M.device_view(ptr, self.size(spec, batch)) is None:
-                return C.fail(
-                    C.ACL_ERROR_MODEL_INPUT_NOT_MATCH,
-                    "execute: input {} buffer ({} bytes at {:#x}) is not {} bytes of device memory".format(
-                        spec["name"], size, ptr or 0, self.size(spec, batch)
-                    ),
-                )
-        for spec, (ptr, size) in zip(self.outputs, out_bufs):
-            if size < self.size(spec, batch) or M.device_view(ptr, self.size(spec, batch)) is None:
-                return C.fail(
-                    C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
-                    "execute: output {} buffer ({} bytes) is not {} bytes of device memory".format(
-                        spec["name"], size, self.size(spec, batch)
-                    ),
-                )
+    def _check_views(self, ins, outs, batch):
+        for kind, specs, views, code in (
+            ("input", self.inputs, ins, C.ACL_ERROR_MODEL_INPUT_NOT_MATCH),
+            ("output", self.outputs, outs, C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH),
+        ):
+            for spec, view in zip(specs, views):
+                need = self.size(spec, batch)
+                if view is None or len(view) < need:
+                    got = "not device memory" if view is None else f"{len(view)} bytes"
+                    return C.fail(code, f"execute: {kind} {spec['name']} buffer is {got}, the model needs {need} bytes")
         return 0
 
-    def _compute(self, in_bufs, out_bufs, batch):
+    def _compute(self, ins, outs, batch):
         feed = {}
-        for spec, (ptr, _) in zip(self.inputs, in_bufs):
+        for spec, view in zip(self.inputs, ins):
             if spec["name"] == simom.MBATCH_INPUT:
                 continue
-            n = self.size(spec, batch)
-            raw = M.device_view(ptr, n)
+            raw = view[: self.size(spec, batch)]
             if spec.get("aipp"):
                 x = _aipp.apply(spec["aipp"], raw, batch)
             else:
@@ -178,7 +182,7 @@ class Model:
             )
         names = [o["onnx_name"] for o in self.outputs]
         results = self.session.run(names, feed)
-        for spec, (ptr, _), value in zip(self.outputs, out_bufs, results):
+        for spec, view, value in zip(self.outputs, outs, results):
             out = np.ascontiguousarray(value, dtype=DTYPES[spec["dtype"]][1])
             n = self.size(spec, batch)
             if out.nbytes != n:
@@ -186,8 +190,28 @@ class Model:
                     C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
                     "execute: output {} is {} bytes, expected {}".format(spec["name"], out.nbytes, n),
                 )
-            M.device_view(ptr, n)[:] = out.tobytes()
+            view[:n] = out.tobytes()
         return 0
+
+
+def load(data, soc_version, what):
+    """(Model, 0) from the bytes of a simulated model, or (None, code) with the reason recorded
+    (acl.get_recent_err_msg): 100013 for a file that is not a (valid) simulated model, was built for
+    another soc_version, or whose graph ONNX Runtime refuses. Shared by acl.mdl and acl._capi."""
+    try:
+        header, onnx_bytes = simom.loads(data)
+    except simom.SimOmError as exc:
+        return None, C.fail(C.ACL_ERROR_PARSE_MODEL, f"{what}: {exc}")
+    soc = header.get("soc_version")
+    if soc != soc_version:
+        return None, C.fail(
+            C.ACL_ERROR_PARSE_MODEL,
+            f"ModelCheckCompatibility failed, supported socVersion={soc_version}, but the model socVersion={soc}",
+        )
+    try:
+        return Model(header, onnx_bytes), 0
+    except Exception as exc:  # onnxruntime refused the graph
+        return None, C.fail(C.ACL_ERROR_PARSE_MODEL, f"{what}: graph does not load: {exc}")
 
 
 def _to_onnx(x, onnx_dtype, rounded_in_graph=False):

@@ -9,26 +9,13 @@ import numpy as np
 
 from . import _core as C
 from . import _memory as M
-from . import simom
-from ._model import DTYPES, FORMATS, Model
+from . import _model
+from ._model import DTYPES, FORMATS
 
 
 def _load(data, what):
-    try:
-        header, onnx_bytes = simom.loads(data)
-    except simom.SimOmError as exc:
-        return 0, C.fail(C.ACL_ERROR_PARSE_MODEL, f"{what}: {exc}")
-    soc = header.get("soc_version")
-    if soc != C.STATE.soc_version:
-        return 0, C.fail(
-            C.ACL_ERROR_PARSE_MODEL,
-            f"ModelCheckCompatibility failed, supported socVersion={C.STATE.soc_version}, but the model socVersion={soc}",
-        )
-    try:
-        model = Model(header, onnx_bytes)
-    except Exception as exc:  # onnxruntime refused the graph
-        return 0, C.fail(C.ACL_ERROR_PARSE_MODEL, f"{what}: graph does not load: {exc}")
-    return C.new_handle("model", model), C.ACL_SUCCESS
+    model, ret = _model.load(data, C.STATE.soc_version, what)
+    return (C.new_handle("model", model), ret) if model is not None else (0, ret)
 
 
 def load_from_file(model_path):
