@@ -506,7 +506,7 @@ def _own(doc: _Doc, node: yaml.Node, m: dict, base: Path, models: dict) -> OwnAp
     if not source.is_dir():
         raise doc.fail(m["source"][1], "app.source", f"not a folder: {source}")
     workdir = _tree_path(doc, m["workdir"][1], "app.workdir", None) if "workdir" in m else "."
-    if not (source / workdir).is_dir():
+    if not (source / workdir).is_dir() and "build" not in m:  # a build may make it (out/)
         raise doc.fail(m["workdir"][1], "app.workdir", f"not a folder of app.source: {workdir}")
     outputs = None
     if "outputs" in m:

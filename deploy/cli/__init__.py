@@ -87,6 +87,11 @@ def _add_release_commands(sub) -> None:
                     help="never compress the object stream")
     sp.set_defaults(func="release:cmd_push")
 
+    sp = sub.add_parser("build", help="build a C/C++ app (app.build) for the boards' targets without pushing; "
+                        "prints where each build went")
+    _common(sp)
+    sp.set_defaults(func="release:cmd_build")
+
     sp = sub.add_parser("releases", help="list releases on boards")
     _common(sp)
     sp.set_defaults(func="release:cmd_releases")

@@ -45,7 +45,8 @@ def cmd_push(args) -> int:
             res = push_mod.push(inv, board, conn, dry_run=args.dry_run, on_plan=on_plan,
                                 on_bytes=lambda n: prog.advance(task, n), cache=cache,
                                 health_check=not args.no_health_check, compress=args.compress,
-                                on_phase=lambda phase: prog.update(task, description=f"{board.name}: {phase}"))
+                                on_phase=lambda phase: prog.update(task, description=f"{board.name}: {phase}"),
+                                built=built.get(board.name))
         finally:
             prog.remove_task(task)
         if not args.json:
@@ -53,15 +54,17 @@ def cmd_push(args) -> int:
         return render.push_json(res)
 
     checked = []
+    built: dict = {}
 
     def prepare(inv, board):  # plan before acting: the model variant this board needs must exist
         from ..release.bundle import check_local
-        from .tools import prepare_model  # a sandbox Atlas board's simulated .om, built once
+        from .tools import build_app, prepare_model  # a sandbox Atlas board's simulated .om, built once
 
         if not checked:  # the app's own tree and requirements: once, whatever the number of boards
             check_local(inv.app)
             checked.append(True)
         prepare_model(inv, board)
+        built[board.name] = build_app(inv, board, cache)  # a C/C++ app: built (cached) before any board is touched
 
     rollout = fleet.Rollout(forks=args.forks or fleet.DEFAULT_FORKS, canary=args.canary or 0, batch=args.batch,
                             serial=args.serial, max_fail=args.max_fail)
@@ -144,3 +147,37 @@ def cmd_exec(args) -> int:
     out_lock = threading.Lock()
     many = len(inventory(args).select(args.target)) > 1
     return worst(each_board(args, action))  # a failed row's code is the command's own exit status
+
+
+def cmd_build(args) -> int:
+    """``deploy build``: each selected board's build of the app (cached), without touching any board."""
+    from ..errors import DeployError, UsageError
+    from ..release.hashcache import HashCache
+    from .boards import error_row
+    from .tools import build_app, toolchain_for
+
+    inv = inventory(args)
+    own = inv.app.own
+    if own is None or own.build is None:
+        raise UsageError("the app has no app.build: there is nothing to build on the host")
+    cache = HashCache(inv.state_dir / "hashcache.json")
+    rows = []
+    for board in inv.select(args.target):
+        try:
+            with ui.status(f"{board.name}: building"):
+                tc = toolchain_for(inv, board)
+                built = build_app(inv, board, cache)
+        except DeployError as exc:
+            rows.append(error_row(board, exc))
+            continue
+        rows.append({"board": board.name, "ok": True, "arch": tc.arch, "path": str(built.root),
+                     "artifacts": list(built.artifacts), "cached": built.cached, "seconds": round(built.seconds, 3),
+                     "toolchain": tc.describe})
+        if not args.json:
+            what = "cached" if built.cached else f"built in {built.seconds:.1f}s"
+            ui.out().print(f"[bold]{ui.escape(board.name)}[/]: {', '.join(built.artifacts)} for {tc.arch} ({what}) in "
+                           f"{ui.escape(str(built.root))}; {ui.escape(tc.describe)}", soft_wrap=True)
+    code = worst(rows)
+    if args.json:
+        ui.emit_json({"command": "build", "boards": rows, "exit_code": code})
+    return code

@@ -13,6 +13,128 @@ from . import ui
 from .boards import inventory
 
 
+def toolchain_for(inv, board, progress=None):
+    """How ``board``'s C/C++ app is built here (``release/cbuild.Toolchain``). A sandbox aarch64 board: Debian's
+    cross compilers against the emulated board's rootfs (its glibc and libstdc++ first: sandbox/sysroot.py); an
+    x86_64 one: this host's compilers; a simulated Ascend board: the simulated AscendCL headers and stub as its
+    DDK. A real board: the cross compilers and its ``ddk:`` (or ``DDK_PATH``), checked for the board's arch."""
+    import platform
+    import shutil
+
+    from ..errors import BuildError
+    from ..release import cbuild
+    from ..targets import for_board
+
+    target = for_board(board)
+    arch = board.arch if board.sandbox else target.arch
+    native = platform.machine() == arch
+    cxx = "g++" if native else f"{arch}-linux-gnu-g++"
+    if shutil.which(cxx) is None:
+        package = "g++" if native else f"g++-{arch.replace('_', '-')}-linux-gnu"
+        raise BuildError(f"{board.name}: building for {arch} needs {cxx}: apt-get install {package}")
+    version = subprocess_line([cxx, "-dumpfullversion"])
+    rootfs = _sysroot(board, arch, native, progress)
+    toolchain_file = _toolchain_file(inv, arch, rootfs) if not native else None
+    ddk = _ddk(inv, board, target, arch, rootfs)
+    libs = _library_dirs(arch, rootfs, native)
+    board_libs = tuple(p.name for p in (ddk / "runtime" / "lib64" / "stub").glob("*.so*")) if ddk else ()
+    return cbuild.Toolchain(
+        arch=arch, cmake_toolchain=toolchain_file, ddk=ddk, library_dirs=libs, board_libs=board_libs,
+        identity=f"{cxx} {version} sysroot={rootfs or '-'} ddk={_ddk_identity(ddk)}",
+        describe=f"{cxx} {version}" + (f" with the emulated board's rootfs {rootfs} as sysroot" if rootfs else ""),
+    )  # fmt: skip
+
+
+def subprocess_line(argv: list[str]) -> str:
+    import subprocess
+
+    return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+
+def _sysroot(board, arch: str, native: bool, progress):
+    """The emulated board's rootfs for a sandbox aarch64 board built from an x86_64 host, else None."""
+    if native or not board.sandbox:
+        return None
+    from ..sandbox import emulation
+
+    return emulation.ensure_rootfs(progress=progress)
+
+
+def _toolchain_file(inv, arch: str, rootfs):
+    from ..sandbox import sysroot
+
+    dest = inv.state_dir / "toolchains" / f"{arch}-{'sandbox' if rootfs else 'cross'}.cmake"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if rootfs is not None:
+        return sysroot.cmake_toolchain(rootfs, dest)
+    dest.write_text(f"set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR {arch})\n"
+                    f"set(CMAKE_C_COMPILER {arch}-linux-gnu-gcc)\nset(CMAKE_CXX_COMPILER {arch}-linux-gnu-g++)\n")
+    return dest
+
+
+def _library_dirs(arch: str, rootfs, native: bool) -> tuple:
+    triplet = f"{arch}-linux-gnu"
+    if rootfs is not None:
+        root = Path(rootfs)
+    elif native:
+        root = Path("/")
+    else:
+        return (Path(f"/usr/{triplet}/lib"),)  # a real board: the cross toolchain's idea of it
+    return tuple(root / d for d in (f"lib/{triplet}", f"usr/lib/{triplet}", "lib", "usr/lib", "lib64"))
+
+
+def _ddk(inv, board, target, arch: str, rootfs):
+    """The DDK a board's C++ app builds against: the simulated one for a sandbox Ascend board, else
+    ``boards.X.ddk`` or ``DDK_PATH`` (checked: a toolkit folder for the board's arch)."""
+    import os
+
+    from ..errors import BuildError
+    from ..release.cbuild import elf_arch
+
+    if board.sandbox and target.backend == "acl":
+        from ..sandbox import capi
+
+        built = capi.build(arch, rootfs)
+        ddk = inv.state_dir / "ddk" / arch
+        (ddk).mkdir(parents=True, exist_ok=True)
+        link = ddk / "runtime"
+        if not link.is_symlink() or link.resolve() != built.resolve():
+            link.unlink(missing_ok=True)
+            link.symlink_to(built)
+        return ddk
+    given = board.ddk or (Path(os.environ["DDK_PATH"]).expanduser() if os.environ.get("DDK_PATH") else None)
+    if given is None:
+        return None
+    stub = given / "runtime" / "lib64" / "stub" / "libascendcl.so"
+    if not stub.is_file():
+        raise BuildError(f"{board.name}: ddk {given} has no runtime/lib64/stub/libascendcl.so: not a CANN toolkit's "
+                         f"{'arm64-linux' if arch == 'aarch64' else arch + '-linux'} folder")
+    found = elf_arch(stub)
+    if found != arch:
+        raise BuildError(f"{board.name}: ddk {given} is the {found} toolkit; the board is {arch}: use the toolkit's "
+                         f"{'arm64-linux' if arch == 'aarch64' else arch + '-linux'} folder")
+    return given
+
+
+def _ddk_identity(ddk) -> str:
+    import hashlib
+
+    if ddk is None:
+        return "-"
+    stub = ddk / "runtime" / "lib64" / "stub" / "libascendcl.so"
+    return hashlib.sha256(stub.read_bytes()).hexdigest()[:16] if stub.is_file() else str(ddk)
+
+
+def build_app(inv, board, cache, progress=None):
+    """The board's build of an own app with ``app.build`` (cached), or None for other apps."""
+    from ..release import cbuild
+
+    own = inv.app.own
+    if own is None or own.build is None:
+        return None
+    return cbuild.build(own, toolchain_for(inv, board, progress), cache, inv.state_dir, board.name, progress)
+
+
 def prepare_model(inv, board) -> None:
     """Build what ``board``'s release needs that the inventory does not name: a sandbox Atlas (or MLU)
     board's simulated model of ``app.models.onnx``, built once and cached (``models/simulated.py``)."""

@@ -35,6 +35,7 @@ from ..link.ssh import Connection
 from ..release import bundle as bundle_mod
 from ..release import envblock
 from ..release.bundle import Bundle
+from ..release.cbuild import Built
 from ..release.hashcache import HashCache
 from ..targets import for_board
 from . import health as health_mod
@@ -83,12 +84,14 @@ class PushResult:
     link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
 
 
-def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None) -> Bundle:
+def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None,
+              built: Built | None = None) -> Bundle:
+    """The release for ``board`` (one build per target and Python in a command); ``built``: its C/C++ build."""
     target = for_board(board)
     python = board_python(inv, board, conn, target)
-    key = (target, python, board.sandbox, site)  # what a release depends on besides the app
+    key = (target, python, board.sandbox, site, built.root if built else None)  # what it depends on besides the app
     return cache.once(key, lambda: bundle_mod.build(inv.app, board, target, python, cache, site=site,
-                                                    state_dir=inv.state_dir))
+                                                    state_dir=inv.state_dir, built=built))
 
 
 class _Stale(Exception):
@@ -193,6 +196,7 @@ def push(
     health_check: bool = True,
     on_phase: Callable[[str], None] | None = None,
     compress: str = "auto",
+    built: Built | None = None,
 ) -> PushResult:
     """Push the app's release for ``board``'s target; the previous release stays current on any failure.
 
@@ -200,11 +204,12 @@ def push(
     ``on_bytes(n)`` as content goes out. With ``dry_run`` nothing on the board changes. Unless
     ``health_check`` is False, a release made current is health-checked (:func:`health_step`);
     HealthCheckFailed when it fails, the board back on its previous release. ``compress``: "auto"
-    (compress the object stream when the link proves slower than the compressor), "on" or "off".
+    (compress the object stream when the link proves slower than the compressor), "on" or "off". ``built``:
+    the board's build of a C/C++ app (``release/cbuild.py``), made before any board was touched.
     """
     t0 = time.perf_counter()
     cache = cache or HashCache(inv.state_dir / "hashcache.json")
-    bundle = build_for(inv, board, conn, cache)
+    bundle = build_for(inv, board, conn, cache, built=built)
     check = health_check and bundle.checkable
     try:
         res = _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, check=check,
@@ -212,7 +217,7 @@ def push(
     except _Stale as stale:  # the plan reply already carried the board's facts: no extra round trip
         remember_facts(inv, board, stale.facts)
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
-                    health_check=health_check, on_phase=on_phase, compress=compress)
+                    health_check=health_check, on_phase=on_phase, compress=compress, built=built)
     health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
     moved = None
     if res.service_enabled and not res.dry_run:  # only now, after the check: the service follows a good release

@@ -23,6 +23,7 @@ from ..inventory import App, Board
 from ..targets import Target
 from . import apptree, wheelhouse
 from . import probe as probe_mod
+from .cbuild import Built
 from .hashcache import HashCache
 from .probe import Probe
 from .variant import model_for
@@ -82,6 +83,7 @@ def build(
     *,
     site: Path | None = None,
     state_dir: Path | None = None,
+    built: Built | None = None,
 ) -> Bundle:
     """Plan one release for ``board``: every file with its digest, ``app.json``, and the release id.
 
@@ -94,7 +96,7 @@ def build(
     target's model, the labels file, the images folder or app.health.probe is missing.
     """
     if app.own is not None:
-        return _build_own(app, board, target, python, cache, state_dir)
+        return _build_own(app, board, target, python, cache, state_dir, built)
     files = _tree_files("agent", hostagent.AGENT_DIR, (".py",))
     if site is None:
         site = wheelhouse.site_for(target, python)
@@ -126,12 +128,15 @@ def _finish(entries: list[Entry], generated: dict[str, bytes], cache: HashCache,
 
 
 def _build_own(app: App, board: Board, target: Target, python: str, cache: HashCache,
-               state_dir: Path | None) -> Bundle:
+               state_dir: Path | None, built: Built | None = None) -> Bundle:
     """The user's own app: its tree under ``app/`` (read-only), the wheels of its requirements.txt in
     ``site/``, this board's model variant when app.models names one, its images, and the agent (the run's
     supervisor, ``agent/command.py``). ``health/health.json`` says what the health check runs."""
     own = app.own
-    files = _tree_files("agent", hostagent.AGENT_DIR, (".py",)) + apptree.tree_files(own)
+    if own.build is not None and built is None:
+        raise BuildError(f"board {board.name}: the app is built per target (app.build) and was not built")
+    tree = built.files if built is not None else apptree.tree_files(own)
+    files = _tree_files("agent", hostagent.AGENT_DIR, (".py",)) + tree
     reqs = wheelhouse.read_requirements(own.requirements) if own.requirements else []
     site = wheelhouse.requirements_site(target, python, reqs) if reqs else None
     if site is not None:

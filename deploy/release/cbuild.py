@@ -152,7 +152,8 @@ def first_errors(output: str, n: int = 3) -> str:
 def check_artifacts(tree: Path, own: OwnApp, tc: Toolchain, board: str) -> None:
     """Each artifact: there, an ELF for the board's arch, every NEEDED library on the board or in the tree."""
     have = {p.name for d in tc.library_dirs if d.is_dir() for p in d.iterdir()} | set(tc.board_libs)
-    have |= {p.name for p in tree.rglob("*.so*") if p.is_file()}
+    build_dir = (tree / own.build.dir).resolve()  # what stays here: the build folder does not travel
+    have |= {p.name for p in tree.rglob("*.so*") if p.is_file() and build_dir not in p.resolve().parents}
     for rel in own.build.artifacts:
         path = tree / rel
         if not path.is_file():
