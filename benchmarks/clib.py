@@ -11,7 +11,8 @@ embeds). Only the execute call is timed (wall clock, after 3 warm-up executions)
   ``aclmdlExecute`` of the C library (through ctypes; the library then runs its model in that
   interpreter), alternating which goes first, medians over iterations x rounds calls each. Interleaving
   call by call is what makes the figure hold on a shared 2-core machine, where the load moves the time
-  of one execution by +-50% between two runs a second apart.
+  of one execution by +-50% between two runs a second apart. (Both take longer here than alone: the
+  two ONNX Runtime sessions' thread pools share the cores, alike for both.)
 * ``processes``  the same from a C program (data fread into aclrtMalloc'd memory, the board's Python
   embedded) and a Python script, in alternating processes (``rounds`` of each): what a user's app
   sees, and as noisy as the machine.

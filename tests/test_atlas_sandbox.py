@@ -74,6 +74,17 @@ def test_the_board_is_shaped_like_a_dk(dk):
     assert "No module named 'acl'" in lines[5]  # as on a DK: only after sourcing set_env.sh
     shape = dk.status("dk1")["shape"]
     assert any(s.startswith("/usr/bin/python3.7: ") for s in shape), shape
+    assert_has_c_library(dk, "003e")  # EM_X86_64
+
+
+def assert_has_c_library(project: Project, machine: str) -> None:
+    """The simulated AscendCL C library (sandbox/capi.py) where C++ apps find it, for the board's arch,
+    naming the board's CANN Python (whose shared libpython it embeds)."""
+    nnrt = "~/Ascend/nnrt/runtime"
+    r = board_ssh(project, "dk1", f"cd {nnrt} && ls include/acl/acl.h lib64/stub/libascendcl.so && "
+                                  "od -An -tx2 -j18 -N2 lib64/libascendcl.so && cat lib64/acl-sim.conf")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[2] == machine and "python=" in r.stdout and "libpython=" in r.stdout, r.stdout
 
 
 def test_check_picks_cann_python_and_not_python3(dk):
@@ -180,6 +191,7 @@ def test_emulated_aarch64_dk(tmp_path, demo):
         found = {f["check"]: f for f in row["findings"]}
         assert row["ok"] and row["facts"]["arch"] == "aarch64", row
         assert "stands in" in found["python version"]["detail"]  # the rootfs's 3.9 at the DK's 3.7 place
+        assert_has_c_library(proj, "00b7")  # EM_AARCH64, built against the rootfs
         pushed = proj.deploy_json("push", "dk1", timeout=900)["boards"][0]
         assert pushed["ok"] and pushed["python"] == "3.9"
         run = proj.deploy_json("run", "dk1", "-q", timeout=900)["boards"][0]

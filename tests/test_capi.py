@@ -216,3 +216,15 @@ def test_benchmark_prints_c_sim_over_py_sim(nnrt):
     got = json.loads(r.stdout)
     assert got["c_sim_over_py_sim"] > 0 and got["processes"]["c_sim_over_py_sim"] > 0
     assert got["py_sim_ms"] > 0 and got["c_sim_ms"] > 0 and got["py_call_us"] > 0 and got["c_call_us"] > 0
+
+
+def test_timing_mode_is_the_python_simulators(app, nnrt):
+    """ACL_SIM_DEVICE_MS_PER_IMAGE: each execution takes that long on the simulated NPU (one at a time,
+    the shared Python code's timeline), sync and async alike; outputs are not computed."""
+    import time
+
+    start = time.monotonic()
+    r = aclapp.run_app(app, nnrt, ["6", "2"], env={"ACL_SIM_DEVICE_MS_PER_IMAGE": "150"})
+    elapsed = time.monotonic() - start
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(aclapp.answers(r.stdout)) == 2 + 6 and elapsed >= 8 * 0.150

@@ -234,6 +234,7 @@ static aclError prepare(Run *run, uint32_t modelId, const aclmdlDataset *input, 
     if (!m) return sim_fail(ACL_ERROR_INVALID_MODEL_ID, "%s: no model %u", api, modelId);
     aclError ret = ACL_SUCCESS;
     if (n_in < 0 || n_out < 0) ret = sim_fail(ACL_ERROR_INVALID_PARAM, "%s: bad input or output dataset", api);
+    else if (n_in > MAX_IO || n_out > MAX_IO) ret = sim_fail(ACL_ERROR_INVALID_PARAM, "%s: more than %d buffers", api, MAX_IO);
     else if ((size_t)n_in != m->n_in)
         ret = sim_fail(ACL_ERROR_MODEL_INPUT_NOT_MATCH, "%s: the model has %zu inputs, the dataset %ld", api, m->n_in, n_in);
     else if ((size_t)n_out != m->n_out)

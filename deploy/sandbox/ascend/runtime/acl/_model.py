@@ -1,6 +1,7 @@
 """A loaded simulated model: its I/O description and its execution through ONNX Runtime.
 
-Execution reads the inputs from simulated device memory, applies what atc baked in (static
+Execution (:meth:`Model.run`, on byte views of the caller's buffers: simulated device memory for
+acl.mdl, the app's own memory for the C library through acl._capi) reads the inputs, applies what atc baked in (static
 AIPP for uint8 image inputs, fp16 inputs widened, every float input rounded through fp16 as
 the Ascend 310's default precision mode does), runs the ONNX graph on the CPU and writes the
 outputs, cast to their baked-in type, back to device memory.
