@@ -63,7 +63,7 @@ def run_events(prog, task, board, echo: str | None):
         elif kind in ("result", "error"):
             prog.advance(task)
             if echo == "one":
-                prog.console.print(render.event_line(ev))
+                ui.out().print(render.event_line(ev))
         elif kind == "progress" and ev.get("ips"):
             prog.update(task, rate=f"{ev['ips']:.1f} img/s")
 

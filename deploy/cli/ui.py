@@ -45,7 +45,10 @@ class _Routed:
         live = _live()
         stream = sys.stderr if self.stderr else sys.stdout
         if live is not None and stream.isatty():
-            live.console.print(*objects, **kwargs)
+            # under the display's own lock: rich positions the cursor for a print when it renders it and
+            # writes it later, so a refresh from its thread in between left stale rows in the scrollback
+            with live.live._lock:
+                live.console.print(*objects, **kwargs)
         else:
             self._own.print(*objects, **kwargs)
 
