@@ -195,3 +195,11 @@ def test_the_board_code_is_python37_stdlib_and_never_imports_the_host():
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+deploy(\.|\s|$)", text, re.M), path
         assert "paramiko" not in text and "rich" not in text, path
+
+
+def test_a_held_lock_names_its_holder(home):
+    from deploy.board.files import Lock
+
+    with Lock(str(app_dir(home)), "push"):
+        reply = op(home, "rollback", protocol.RollbackRequest(app=APP))
+    assert re.match(r"a push \(pid \d+\) since \d\d:\d\d:\d\d UTC, \d+s ago holds the lock on this app", reply[0]["error"])

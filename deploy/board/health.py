@@ -241,7 +241,7 @@ def op_health(wire, req):
     base = wire.app_dir(req.app)
     rid = check_id(req.release, "release id")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped link must not stop a switch back half-way
-    with Lock(base):
+    with Lock(base, "health check"):
         clean_scratch(base)
         cur = current_release(base)
         if cur != rid:

@@ -240,7 +240,7 @@ def service_enabled(base):
 
 def op_push(wire, req):
     session = PushSession(wire, req)
-    with Lock(session.base):
+    with Lock(session.base, "push"):
         state = session.plan()
         wire.reply(state)
         cmd = wire.read(protocol.PushCommit)

@@ -153,7 +153,7 @@ def rollback_target(base, cur, rels, to):
 
 def op_rollback(wire, req):
     base = wire.app_dir(req.app)
-    with Lock(base):
+    with Lock(base, "rollback"):
         cur = current_release(base)
         to = rollback_target(base, cur, list_releases(base), req.to)
         if to != cur:
