@@ -48,12 +48,14 @@ def objects_stream(blobs: dict[str, bytes]) -> bytes:
 
 
 def release(files: dict[str, bytes]) -> tuple[str, list[list], dict[str, bytes]]:
-    rows = [[path, len(data), hashlib.sha256(data).hexdigest(), 0o644] for path, data in sorted(files.items())]
+    rows = [[path, len(data), hashlib.sha256(data).hexdigest(), 0o600 if path == "env.sh" else 0o644]
+            for path, data in sorted(files.items())]
     rid = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
     return rid, rows, {hashlib.sha256(d).hexdigest(): d for d in files.values()}
 
 
 def push(home: Path, files: dict[str, bytes], *, keep: int = 5, bashrc: str | None = None, corrupt: bool = False):
+    files = {"env.sh": b"export A=1\n", **files}  # a release carries its environment
     rid, rows, blobs = release(files)
     req = protocol.PushRequest(app=APP, release=rid, manifest=rows, keep=keep)
     plan = op(home, "push", req, then=[protocol.PushCommit(action="abort")])[0]
@@ -61,7 +63,7 @@ def push(home: Path, files: dict[str, bytes], *, keep: int = 5, bashrc: str | No
     send = {sha: blobs[sha] for sha in state.missing}
     if corrupt:
         send = {sha: data[::-1] + b"!" for sha, data in send.items()}
-    commit = protocol.PushCommit(action="commit", env_sh="export A=1\n", bashrc=bashrc)
+    commit = protocol.PushCommit(action="commit", bashrc=bashrc)
     replies = op(home, "push", req, then=[commit], stream=objects_stream(send) if send else b"")
     return rid, state, replies
 
@@ -79,8 +81,8 @@ def app_dir(home: Path) -> Path:
 def test_push_sends_only_what_is_missing_and_switches_current(home):
     rid1, state1, replies = push(home, {"a.txt": b"alpha", "sub/b.txt": b"beta"})
     done = protocol.decode(protocol.PushDone, replies[1])
-    assert state1.current is None and len(state1.missing) == 2 and state1.facts.python
-    assert done.switched and done.release == rid1 and done.received_objects == 2
+    assert state1.current is None and len(state1.missing) == 3 and state1.facts.python
+    assert done.switched and done.release == rid1 and done.received_objects == 3
     assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
     assert (app_dir(home) / "current" / "sub" / "b.txt").read_bytes() == b"beta"
     assert (app_dir(home) / "env.sh").stat().st_mode & 0o777 == 0o600
@@ -88,7 +90,7 @@ def test_push_sends_only_what_is_missing_and_switches_current(home):
     rid2, state2, replies = push(home, {"a.txt": b"alpha", "sub/b.txt": b"beta", "c.txt": b"gamma"})
     done = protocol.decode(protocol.PushDone, replies[1])
     assert state2.current == rid1 and state2.missing == [hashlib.sha256(b"gamma").hexdigest()]
-    assert done.linked == 2 and done.previous == rid1
+    assert done.linked == 3 and done.previous == rid1
     same = app_dir(home) / "releases"
     assert (same / rid1 / "a.txt").stat().st_ino == (same / rid2 / "a.txt").stat().st_ino  # hard-linked
 
@@ -120,7 +122,7 @@ def test_rollback_prune_and_releases(home):
     bad = op(home, "rollback", protocol.RollbackRequest(app=APP, to="zzz"))
     assert "no single release matches 'zzz'" in bad[0]["error"]
     check = protocol.decode(protocol.VerifyReply, op(home, "verify", protocol.VerifyRequest(app=APP))[0])
-    assert check.release == made[1] and check.bad == [] and check.files == 1
+    assert check.release == made[1] and check.bad == [] and check.files == 2
 
 
 def test_status_and_pull_of_a_run_never_follow_links(home):
@@ -197,9 +199,23 @@ def test_the_board_code_is_python37_stdlib_and_never_imports_the_host():
         assert "paramiko" not in text and "rich" not in text, path
 
 
+def test_env_sh_switches_with_current_and_an_older_boards_file_is_kept_by_its_releases(home):
+    base = app_dir(home)
+    rid1, _, _ = push(home, {"a.txt": b"alpha"})
+    (base / "env.sh").unlink()
+    (base / "releases" / rid1 / "env.sh").unlink()  # as an older version left it: no env.sh in the release ...
+    (base / "env.sh").write_text("export OLD=1\n")  # ... and a file beside releases/
+    rid2, _, _ = push(home, {"a.txt": b"alpha", "env.sh": b"export NEW=1\n"})
+    assert os.readlink(base / "env.sh") == "current/env.sh" and (base / "env.sh").read_text() == "export NEW=1\n"
+    assert (base / "releases" / rid1 / "env.sh").read_text() == "export OLD=1\n"  # the environment it ran with
+    op(home, "rollback", protocol.RollbackRequest(app=APP))
+    assert (base / "env.sh").read_text() == "export OLD=1\n"
+
+
 def test_a_held_lock_names_its_holder(home):
     from deploy.board.files import Lock
 
     with Lock(str(app_dir(home)), "push"):
         reply = op(home, "rollback", protocol.RollbackRequest(app=APP))
     assert re.match(r"a push \(pid \d+\) since \d\d:\d\d:\d\d UTC, \d+s ago holds the lock on this app", reply[0]["error"])
+

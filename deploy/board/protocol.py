@@ -27,6 +27,14 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESERVED_RUN_IDS = ("service",)
 
 
+#: inventory env keys whose values are never shown (status, releases, dry-run diffs): masked by key
+SECRET_KEY_RE = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH)", re.I)
+
+
+def secret_key(key):
+    return bool(SECRET_KEY_RE.search(key))
+
+
 def valid_id(value):
     return isinstance(value, str) and bool(ID_RE.match(value))
 
@@ -159,6 +167,8 @@ class ReleaseInfo(Message):
     id: str = ""
     current: bool = False
     created: float | None = None
+    env: dict[str, str] = {}  # the inventory's variables its env.sh sets (secret-looking values "***")
+    env_sha: str = ""  # the first 12 hex digits of its env.sh's sha256 ("" when it has none)
 
 
 class PushRequest(Message):
@@ -186,10 +196,10 @@ class PushState(Message):
 
 
 class PushCommit(Message):
-    """Phase 2: "commit" (then the object stream, if anything is missing) or "abort"."""
+    """Phase 2: "commit" (then the object stream, if anything is missing) or "abort". The app's env.sh is a
+    file of the release (``releases/<id>/env.sh``), sent as any other."""
 
     action: str = "abort"
-    env_sh: str | None = None
     bashrc: str | None = None
 
 

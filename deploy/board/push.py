@@ -21,7 +21,7 @@ from .facts import gather
 from .files import Lock, read_text, sha_text, write_atomic
 from .health import passed
 from .layout import current_release, releases_dir
-from .releases import content_index, list_releases, prune, switch_current
+from .releases import content_index, link_env, list_releases, prune, switch_current
 from .wire import SHA_RE, Fail, check_id, safe_rel
 
 
@@ -132,8 +132,8 @@ def assemble(rows, index, objdir, staging):
             made_dirs.add(parent)
         obj = os.path.join(objdir, sha)
         if os.path.exists(obj):  # a fresh object: the first path takes it, later identical files copy
+            os.chmod(obj, mode)  # before it appears in the tree: env.sh is 0600 from its first moment there
             os.rename(obj, dst)
-            os.chmod(dst, mode)
             index[sha] = (dst, mode, size)
             continue
         src, src_mode, _ = index[sha]
@@ -184,7 +184,7 @@ class PushSession:
             return received, linked
         staging = os.path.join(releases_dir(self.base), f".staging-{self.rid}-{os.getpid()}")
         objdir = os.path.join(staging, ".objects")
-        os.makedirs(objdir)
+        os.makedirs(objdir, 0o700)  # objects in flight (env.sh among them) are nobody else's to read
         if self.need:
             sizes = {row[2]: row[1] for row in self.req.manifest}
             received = receive_objects(self.wire.stdin, objdir, {sha: sizes[sha] for sha in self.need})
@@ -194,10 +194,6 @@ class PushSession:
         write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
         os.rename(staging, os.path.join(releases_dir(self.base), self.rid))
         return received, linked
-
-    def write_env(self, env_sh):
-        if env_sh is not None and env_sh != read_text(self.env_path):
-            write_atomic(self.env_path, env_sh.encode("utf-8"), 0o600)
 
     def write_bashrc(self, new):
         """Replace ~/.bashrc only if it is still what the plan saw; the first original is kept as a backup."""
@@ -215,7 +211,7 @@ class PushSession:
 
     def commit(self, cmd):
         received, linked = self.stage()
-        self.write_env(cmd.env_sh)
+        link_env(self.base)  # env.sh is the release's: <app>/env.sh -> current/env.sh
         bashrc_changed = self.write_bashrc(cmd.bashrc)
         switched = self.cur != self.rid
         if switched:

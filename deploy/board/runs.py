@@ -60,6 +60,7 @@ def new_job(base, run_dir, req):
     release = os.path.realpath(cur)
     with open(os.path.join(release, "app.json")) as f:
         app = json.load(f)
+    check_python(app, release)
     if app.get("kind") == "command":
         return command_job(app, release, run_dir, req)
     job = {
@@ -83,6 +84,16 @@ def new_job(base, run_dir, req):
         raise Fail("the app has no images and none were given (use --images DIR)")
     job.update({"run_id": req.run_id, "release": release, "out_dir": run_dir})
     return job
+
+
+def check_python(app, release):
+    """The interpreter is part of the release: it was built (its site/ wheels) for the Python its app.json names,
+    and this interpreter was found by the release's own env.sh; a different one is refused in one line."""
+    want, have = app.get("python"), "{}.{}".format(*sys.version_info[:2])
+    if want and want != have:
+        rid = os.path.basename(release)
+        raise Fail(f"release {rid} was built for Python {want}, but the board's interpreter is {sys.executable} "
+                   f"(Python {have}); fix app.env or the board's python:, and push again")
 
 
 def command_job(app, release, run_dir, req):

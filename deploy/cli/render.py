@@ -144,10 +144,19 @@ def _health_note(h) -> str:
 
 def print_releases(con: Console, board: str, info) -> None:
     """``info``: a ``protocol.ReleasesReply``."""
-    t = Table("release", "created", "current", title=f"{board} releases")
+    t = Table("release", "created", "current", "env", title=f"{board} releases")
     for r in info.releases:
-        t.add_row(r.id, _when(r.created), "[green]*[/]" if r.current else "")
+        t.add_row(r.id, _when(r.created), "[green]*[/]" if r.current else "", escape(env_text(r)))
     con.print(t)
+
+
+def env_text(r) -> str:
+    """The environment a release carries, one line: the inventory's variables (secrets masked on the board)
+    and its env.sh's digest, so two releases that differ only there tell apart."""
+    if not r.env_sha:
+        return "no env.sh (pushed before env.sh was part of releases)"
+    pairs = " ".join(f"{k}={v}" for k, v in sorted(r.env.items()))
+    return f"{pairs or 'no app.env'} (env.sh {r.env_sha[:8]})"
 
 
 # ---------------------------------------------------------------- run
@@ -308,6 +317,9 @@ def print_status(con: Console, board: str, info) -> None:
         f"{_size(facts.free_bytes)} free)\n  current release: {info.current or 'none'}; "
         f"releases: {len(info.releases)}; env.sh: {'yes' if info.env_sh else 'no'}; .bashrc block: {block}"
     )
+    current = next((r for r in info.releases if r.current), None)
+    if current is not None:
+        con.print(f"  env: {escape(env_text(current))}", highlight=False, soft_wrap=True)
     if getattr(info, "service", None) is not None:
         con.print("  " + escape(service_line(info.service)), soft_wrap=True)
     if info.runs:

@@ -4,9 +4,10 @@ Plan, then act, over a single SSH channel (one round trip for the plan):
 
 1. the host sends the release manifest; the board answers with what it already has
    (``current``, whether this release exists, the sha256s it lacks, ``env.sh``, ``~/.bashrc``);
-2. the host computes the new ``env.sh`` and ``.bashrc`` (pure functions in ``envblock``) and,
-   unless this is a dry run, sends them plus one tar stream whose members are the missing
-   objects named by sha256;
+2. the host computes the new ``.bashrc`` (a pure function in ``envblock``) and, unless this is a
+   dry run, sends it plus one tar stream whose members are the missing objects named by sha256
+   (the release's ``env.sh`` is one of its files: a push that changes only the environment is a
+   new release of one new file);
 3. the board verifies every digest, hard-links unchanged files from older releases, renames
    the staged release into place, switches ``current`` by renaming a fresh symlink over it,
    and prunes to ``keep_releases``;
@@ -118,7 +119,7 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
     for e in bundle.entries:
         by_sha.setdefault(e.sha256, e)
     send = [by_sha[s] for s in state.missing]
-    new_env = envblock.env_sh(app.name, bundle.target, app.env)
+    new_env = bundle.env_sh  # a file of the release: switched, checked and rolled back with it
     new_bashrc = envblock.apply_block(state.bashrc, app.name)
     plan = PushPlan(
         board=board.name,
@@ -270,8 +271,7 @@ def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_b
             c.read(protocol.PushDone)
             c.close()
             return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
-        c.send(protocol.PushCommit(action="commit", env_sh=new_env,
-                                   bashrc=new_bashrc if new_bashrc != state.bashrc else None))
+        c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None))
         stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
         try:
             done = c.read(protocol.PushDone)
