@@ -171,7 +171,7 @@ def boot(home: Path, header: bytes, request: protocol.Message, op_name: str = "s
     digest, _ = remote.code_archive()
     src = (Path(remote.BOARD_DIR) / "boot.py").read_text()
     body = header + json.dumps(request.to_json()).encode() + b"\n"
-    r = subprocess.run([sys.executable, "-I", "-c", src, digest, op_name], input=body, capture_output=True,
+    r = subprocess.run([sys.executable, "-I", "-B", "-c", src, digest, op_name], input=body, capture_output=True,
                        env={"HOME": str(home), "PATH": os.environ["PATH"]}, timeout=60)
     return r.returncode, [json.loads(line) for line in r.stdout.splitlines()]
 
@@ -190,6 +190,21 @@ def test_bootstrap_installs_the_code_archive_once_and_verifies_it(home):
     fresh = home / "other"
     fresh.mkdir()
     assert boot(fresh, b"code %d\n" % len(bad) + bytes(bad), req) == (1, [{"error": "board code archive arrived corrupted"}])
+
+
+def test_the_board_codes_bytecode_is_written_at_install_and_a_damaged_cache_is_sent_again(home):
+    digest, archive = remote.code_archive()
+    req = protocol.StatusRequest(app=APP)
+    assert boot(home, b"code %d\n" % len(archive) + archive, req)[0] == 0
+    cache = home / ".cache" / "atlas-deploy" / "board" / digest / "deploy_board" / "__pycache__"
+    pycs = sorted(cache.glob("*.pyc"))
+    assert len(pycs) == len(list(cache.parent.glob("*.py")))  # every module, written whole by boot.py
+    main = next(p for p in pycs if p.name.startswith("main."))
+    main.write_bytes(main.read_bytes()[:40])  # as CPython's writer leaves it with 32 KiB free
+    assert boot(home, b"cached\n", req) == (0, [{"boot": "need-code"}])  # removed: the host sends it again
+    code, lines = boot(home, b"code %d\n" % len(archive) + archive, req)
+    assert code == 0 and lines[0] == {"boot": "ok"} and "current" in lines[1]
+    assert sorted(p.name for p in cache.glob("*")) == [p.name for p in pycs]  # the op (-B) wrote none
 
 
 def test_the_board_code_is_python37_stdlib_and_never_imports_the_host():
@@ -219,3 +234,19 @@ def test_a_held_lock_names_its_holder(home):
         reply = op(home, "rollback", protocol.RollbackRequest(app=APP))
     assert re.match(r"a push \(pid \d+\) since \d\d:\d\d:\d\d UTC, \d+s ago holds the lock on this app", reply[0]["error"])
 
+
+def test_a_releases_bytecode_is_written_at_push_and_shared_with_the_next_release(home):
+    import importlib.util
+
+    from deploy.board.bytecode import ours
+
+    rid1, _, _ = push(home, {"agent/x.py": b"X = 1\n", "agent/bad.py": b"print 'py2'\n"})
+    rid2, _, _ = push(home, {"agent/x.py": b"X = 1\n", "agent/y.py": b"Y = 2\n"})
+    rel = app_dir(home) / "releases"
+    pyc1, pyc2 = (Path(importlib.util.cache_from_source(str(rel / r / "agent" / "x.py"))) for r in (rid1, rid2))
+    assert ours(pyc1) and pyc1.stat().st_ino == pyc2.stat().st_ino  # unchanged source: its bytecode linked
+    assert ours(importlib.util.cache_from_source(str(rel / rid2 / "agent" / "y.py")))
+    assert not Path(importlib.util.cache_from_source(str(rel / rid1 / "agent" / "bad.py"))).exists()
+    out = subprocess.run([sys.executable, "-B", "-c", "import x; print(x.X)"], cwd=rel / rid2 / "agent",
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert out.stdout.strip() == "1"

@@ -17,6 +17,7 @@ import time
 import zlib
 
 from . import protocol
+from .bytecode import compile_release
 from .facts import gather
 from .files import Lock, read_text, sha_text, write_atomic
 from .health import passed
@@ -190,6 +191,7 @@ class PushSession:
             received = receive_objects(self.wire.stdin, objdir, {sha: sizes[sha] for sha in self.need})
         linked = assemble(self.req.manifest, self.index, objdir, staging)
         os.rmdir(objdir)
+        compile_release(staging, self.req.manifest, self.index)  # the only bytecode its agent will read
         manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.req.manifest}
         write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
         os.rename(staging, os.path.join(releases_dir(self.base), self.rid))

@@ -40,7 +40,8 @@ def extract_inputs(inp, dest):
 
 
 def pinned_env(release, environ):
-    """The agent's environment: PYTHONPATH entries through ``current`` pinned to this release."""
+    """The agent's environment: PYTHONPATH entries through ``current`` pinned to this release, and no bytecode
+    written as it imports (CPython's writer leaves torn .pyc files on a full disk)."""
     env = dict(environ)
     link = os.path.join(os.path.dirname(os.path.dirname(release)), "current")
     parts = [p.replace(link, release, 1) if p.startswith(link) else p for p in env.get("PYTHONPATH", "").split(":") if p]
@@ -49,6 +50,7 @@ def pinned_env(release, environ):
             parts.insert(0, p)
     env["PYTHONPATH"] = ":".join(parts)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the release's bytecode was written at push (bytecode.py), checked
     return env
 
 

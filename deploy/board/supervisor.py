@@ -44,7 +44,7 @@ SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 # The agent's command: env.sh sourced (CANN paths, the app's env), PYTHONPATH pinned to the release
 AGENT_SH = (
     'if [ -r "$1" ]; then . "$1"; fi; '
-    'PYTHONPATH="$2/site:$2${PYTHONPATH:+:$PYTHONPATH}"; export PYTHONPATH PYTHONUNBUFFERED=1; '
+    'PYTHONPATH="$2/site:$2${PYTHONPATH:+:$PYTHONPATH}"; export PYTHONPATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1; '
     'cd "$2" && exec "$3" -m agent service --config "$4" --release "$2"'
 )
 

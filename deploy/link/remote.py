@@ -70,7 +70,7 @@ def helper_command(op: str, pythons: tuple[str, ...], app: str | None) -> str:
     so an interpreter that env.sh puts on PATH counts; the boot code then checks its version.
     """
     digest, _ = code_archive()
-    args = " ".join(shlex.quote(w) for w in ("-I", "-c", _boot_source(), digest, op))
+    args = " ".join(shlex.quote(w) for w in ("-I", "-B", "-c", _boot_source(), digest, op))  # -B: boot.py
     if len(pythons) == 1:
         return env_prefix(app) + f"{shlex.quote(pythons[0])} {args}"
     tried = ", ".join(pythons)
