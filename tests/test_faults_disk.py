@@ -6,7 +6,9 @@ Every case ends the same way: once the space is freed, every command works again
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -59,8 +61,17 @@ class SmallBoard:
         if size > 0:
             subprocess.run(["fallocate", "-l", str(size), str(self.filler)], check=True)
 
+    def fill_now(self) -> None:
+        """Take what is free right now, while the board writes (``unfill`` gives it back)."""
+        for i in range(20):
+            n = self.free_bytes() - 64 * KiB
+            if n <= 0:
+                return
+            subprocess.run(["fallocate", "-l", str(n), f"{self.filler}-{i}"], capture_output=True)
+
     def unfill(self) -> None:
-        self.filler.unlink(missing_ok=True)
+        for p in self.home.glob(".filler*"):
+            p.unlink()
 
     def close(self) -> None:
         self.unfill()
@@ -115,3 +126,41 @@ def test_bytecode_written_on_a_nearly_full_disk_never_poisons_later_commands(sma
         for args in (("status", "board1"), ("run", "board1", "--quiet")):
             r = proj.deploy(*args, check=False)
             assert r.returncode == 0, f"{leave // KiB} KiB free: deploy {' '.join(args)}: {r.stdout}{r.stderr}"
+
+
+# ---------------------------------------------------------------- 3: a push that does not fit
+
+
+def staging_dirs(proj: Project) -> list[str]:
+    return [p.name for p in (proj.app_dir / "releases").iterdir() if p.name.startswith(".staging-")]
+
+
+def test_a_push_that_cannot_fit_is_refused_before_sending_and_one_that_meets_a_full_disk_says_so(small):
+    proj = small.proj
+    before = proj.current_release()
+    noise = proj.images / "noise.bin"
+    noise.write_bytes(os.urandom(60 * MiB))  # incompressible: 60 MB to send and to unpack
+    try:
+        small.fill(40 * MiB)
+        r = proj.deploy("push", "board1", "--json", check=False)
+        row = json.loads(r.stdout)["boards"][0]
+        assert r.returncode == 1 and re.fullmatch(
+            r"board1: needs 6\d MB on ~/HIAI_PROJECTS/classify, 4\d MB free; nothing was sent, the previous release "
+            r"is still current", row["error"]), row["error"]
+        assert r.stderr.count("\n") == 1 and proj.current_release() == before and not staging_dirs(proj)
+
+        small.fill(90 * MiB)  # room enough by the plan, then the disk fills while the objects arrive
+        push = proj.start("push", "board1")
+        deadline = time.monotonic() + 30
+        while not staging_dirs(proj) and push.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        small.fill_now()
+        out, err = push.communicate(timeout=120)
+        assert push.returncode == 1 and "No space left on device on the board" in err, err
+        assert "Socket is closed" not in err and len(err.strip().splitlines()) == 1
+        assert proj.current_release() == before and not staging_dirs(proj)  # its 40 MB are not left behind
+    finally:
+        small.unfill()
+        noise.unlink()
+    proj.deploy("push", "board1")
+    assert proj.deploy_json("run", "board1")["boards"][0]["images_ok"] == 3

@@ -192,6 +192,7 @@ class PushState(Message):
     env_sh: str | None = None
     bashrc: str | None = None
     debris: list[str] = []
+    free_bytes: int = -1  # free for the board user on the app directory's filesystem (-1: unknown, an older board)
     NESTED = {"facts": Facts}
 
 

@@ -7,6 +7,7 @@ pushes, so a staging directory found while holding the lock is debris of an inte
 push and is removed.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -173,17 +174,31 @@ class PushSession:
             self.index = content_index(self.base, ordered)
             self.need = sorted({row[2] for row in self.req.manifest if row[2] not in self.index})
         self.bashrc = read_text(self.bashrc_path)
+        st = os.statvfs(self.base)
         return protocol.PushState(
             facts=gather(self.wire.home), current=self.cur, releases=rels, exists=self.exists, missing=self.need,
-            env_sh=read_text(self.env_path), bashrc=self.bashrc, debris=debris,
+            env_sh=read_text(self.env_path), bashrc=self.bashrc, debris=debris, free_bytes=st.f_bavail * st.f_frsize,
         )
 
     def stage(self):
-        """Receive the missing objects and rename the assembled release into place; nothing is switched yet."""
-        received, linked = {}, 0
+        """Receive the missing objects and rename the assembled release into place; nothing is switched yet.
+        On any failure the staging directory is removed at once: a full disk is not left full."""
         if self.exists:
-            return received, linked
+            return {}, 0
         staging = os.path.join(releases_dir(self.base), f".staging-{self.rid}-{os.getpid()}")
+        try:
+            return self._stage(staging)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                st = os.statvfs(self.base)
+                free = st.f_bavail * st.f_frsize >> 20
+                raise Fail(f"{exc.strerror} on the board ({self.base}); the push's staging directory is removed "
+                           f"({free} MB free now), the previous release is still current") from None
+            raise
+
+    def _stage(self, staging):
+        received, linked = {}, 0
         objdir = os.path.join(staging, ".objects")
         os.makedirs(objdir, 0o700)  # objects in flight (env.sh among them) are nobody else's to read
         if self.need:

@@ -34,7 +34,8 @@ def _when(ts: float | None) -> str:
 
 
 def print_plan(con: Console, plan) -> None:
-    state = "already on the board" if plan.exists else f"{plan.send_files} files, {_size(plan.send_bytes)} to send"
+    state = "already on the board" if plan.exists else (f"{plan.send_files} files, {_size(plan.send_bytes)} to send, "
+                                                         f"{_size(plan.needed_bytes)} of {_size(plan.free_bytes)} free")
     con.print(
         f"[bold]{escape(plan.board)}[/]: release {plan.release} ({plan.files} files, {_size(plan.total_bytes)}): {state}; "
         f"current {plan.current or 'none'}"
@@ -76,6 +77,8 @@ def push_json(res) -> dict:
             "exists": res.plan.exists,
             "env_diff": res.plan.env_diff,
             "bashrc_diff": res.plan.bashrc_diff,
+            "needed_bytes": res.plan.needed_bytes,
+            "free_bytes": res.plan.free_bytes,
         }
     return out
 

@@ -22,6 +22,7 @@ app lock. The payload counted here is file content actually sent.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,8 @@ class PushPlan:
     env_diff: str
     bashrc_diff: str
     facts: protocol.Facts
+    needed_bytes: int = 0  # what the push writes on the board's disk (``needed_bytes``)
+    free_bytes: int = -1  # free there for the board user (-1: the board did not say)
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,41 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
         env_diff=envblock.redact(envblock.diff(state.env_sh, new_env, "env.sh"), app.env),
         bashrc_diff=envblock.diff(state.bashrc, new_bashrc, "~/.bashrc"),
         facts=state.facts,
+        needed_bytes=needed_bytes(bundle, send, state.exists),
+        free_bytes=state.free_bytes,
     )
     return plan, send, new_env, new_bashrc
+
+
+BLOCK = 4096
+MiB = 1 << 20
+
+
+def needed_bytes(bundle: Bundle, send: list, exists: bool) -> int:
+    """What a push writes on the board's disk: the objects sent, unpacked (each rounded up to 4 KiB blocks), the
+    bytecode of the Python files among them (at most their size), two directory blocks per folder (itself and
+    its ``__pycache__``), the manifest, and 1 MiB to spare. Unchanged files are hard links: they cost nothing.
+    A release already on the board costs nothing."""
+    if exists:
+        return 0
+
+    def blocks(n: int) -> int:
+        return -(-n // BLOCK) * BLOCK
+
+    folders = {e.path.rpartition("/")[0] for e in bundle.entries}
+    return (sum(blocks(e.size) for e in send) + sum(blocks(e.size) for e in send if e.path.endswith(".py"))
+            + 2 * BLOCK * len(folders) + blocks(160 * len(bundle.entries)) + MiB)
+
+
+def mb(n: int) -> str:
+    return f"{n / MiB:.0f} MB" if n >= 10 * MiB else f"{n / MiB:.1f} MB"
+
+
+def check_space(board: Board, app: str, plan: PushPlan) -> None:
+    """Refuse, before anything is sent, a push that cannot fit on the board's disk (one line)."""
+    if 0 <= plan.free_bytes < plan.needed_bytes:
+        raise PushError(f"{board.name}: needs {mb(plan.needed_bytes)} on ~/HIAI_PROJECTS/{app}, {mb(plan.free_bytes)} "
+                        "free; nothing was sent, the previous release is still current")
 
 
 def _link_lost(transport) -> bool:
@@ -179,7 +215,20 @@ def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "a
         if _link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
             raise ConnectError(f"{board.name}: connection lost during the transfer ({exc}); "
                                "the previous release is still current") from None
-        raise PushError(f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
+        board_said = board_error(c)  # the board stopped reading: its own reason (a full disk) is on the channel
+        raise PushError(board_said or f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
+
+
+def board_error(c: Call, wait: float = 10.0) -> str | None:
+    """The error line a board wrote before it stopped reading a stream we were sending (its disk is full,
+    an object arrived corrupted), as one line naming the board; None when it wrote none."""
+    try:
+        obj = json.loads(c.readline(wait) or b"null")
+    except (RemoteError, ValueError):
+        return None
+    if isinstance(obj, dict) and "error" in obj:
+        return f"{c.board}: {obj['error']}"
+    return None
 
 
 def push(
@@ -266,6 +315,11 @@ def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_b
         plan, send, new_env, new_bashrc = make_plan(inv, board, bundle, state)
         if on_plan:
             on_plan(plan)
+        try:
+            check_space(board, app.name, plan)  # before anything is sent
+        except PushError:
+            c.send(protocol.PushCommit(action="abort"))
+            raise
         if dry_run:
             c.send(protocol.PushCommit(action="abort"))
             c.read(protocol.PushDone)
