@@ -31,6 +31,7 @@ busy without a queue. Measured on 2 cores (EfficientNet-Lite0, 96 mixed JPEGs): 
 completion order, not input order (ids make them unambiguous).
 """
 
+import errno
 import os
 import queue
 import threading
@@ -171,6 +172,8 @@ class Sink:
             path = postprocess.labelled_path(self.labelled_dir, item.rel)
             postprocess.save_labelled(preview, text, path, inplace=True)
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a full disk ends the run (runner.failure_summary), it is not one image's trouble
             self.rundir.emit("log", message=f"labelled copy of {item.id} failed: {exc}", image=item.id)
         finally:
             if release:
@@ -386,6 +389,7 @@ class Pipeline:
                 self._deliver(*entry)
         except BaseException as exc:  # surfaces in run(); keep taking entries so done() never blocks
             errors.append(exc)
+            self.stop.set()  # and classify no more: nothing more could be recorded
             while pending.get() is not _END:
                 pass
 

@@ -12,6 +12,7 @@ Resuming: results.jsonl already in out_dir lists the images done; they are skipp
 Python 3.7 compatible.
 """
 
+import errno
 import signal
 import threading
 import time
@@ -51,34 +52,8 @@ def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
     stop = threading.Event()
     restore = _install_signals(stop) if handle_signals else None
     t0 = time.monotonic()
-    summary = None
     try:
-        try:
-            if backend is None:
-                backend = make_backend(job)
-            backend.load(job.path(job.model))
-            if job.mode == "bench":
-                summary = _bench(job, rundir, backend, stop)
-            else:
-                summary = _classify(job, rundir, backend, stop)
-        except (JobError, BackendError, preprocess.PreprocessError, evaluate.EvalError, OSError) as exc:
-            rundir.emit("log", level="error", message=f"{type(exc).__name__}: {exc}")
-            summary = {"ok": 0, "failed": 0, "total": 0, "status": "failed", "error": str(exc)}
-        except Exception as exc:  # a bug: still end the run properly, with the traceback in the log
-            rundir.emit("log", level="error", message=traceback.format_exc())
-            summary = {
-                "ok": 0,
-                "failed": 0,
-                "total": 0,
-                "status": "failed",
-                "error": f"internal: {exc}",
-            }
-        finally:
-            if backend is not None:
-                try:
-                    backend.close()
-                except Exception as exc:
-                    rundir.emit("log", level="error", message=f"backend close: {exc}")
+        summary = _attempt(job, rundir, backend, stop)
         summary.setdefault("elapsed_s", round(time.monotonic() - t0, 3))
         summary.setdefault("ips", 0.0)
         rundir.write_json("summary.json", summary)
@@ -92,6 +67,49 @@ def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
         if restore:
             restore()
         rundir.close()
+
+
+def _attempt(job, rundir, backend, stop):
+    """The run's summary, whatever happens: a failure is a summary with its reason, not an exception."""
+    try:
+        try:
+            if backend is None:
+                backend = make_backend(job)
+            backend.load(job.path(job.model))
+            if job.mode == "bench":
+                return _bench(job, rundir, backend, stop)
+            return _classify(job, rundir, backend, stop)
+        finally:
+            if backend is not None:
+                try:
+                    backend.close()
+                except Exception as exc:
+                    rundir.emit("log", level="error", message=f"backend close: {exc}")
+    except Exception as exc:
+        return failure_summary(rundir, exc)
+
+
+def disk_full(exc):
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def failure_summary(rundir, exc):
+    """A run that cannot go on: what it keeps (results.jsonl, resumable) and why, in one line (``reason``).
+    A full disk frees the run's reserve first, so the log line, the summary and the end event still fit."""
+    if disk_full(exc):
+        rundir.release_reserve()
+        why = f"disk full on the board ({exc.strerror}: {exc.filename or rundir.out_dir})"
+        rundir.emit("log", level="error", message=why)
+    elif isinstance(exc, (JobError, BackendError, preprocess.PreprocessError, evaluate.EvalError, OSError)):
+        why = str(exc)
+        rundir.emit("log", level="error", message=f"{type(exc).__name__}: {exc}")
+    else:  # a bug, or out of memory: still end the run properly, with the traceback in the log
+        why = "out of memory" if isinstance(exc, MemoryError) else f"internal: {exc}"
+        rundir.emit("log", level="error", message=traceback.format_exc())
+    done = rundir.done_images()
+    ok = sum(1 for r in done.values() if r.get("ok"))
+    return {"ok": ok, "failed": len(done) - ok, "total": max(rundir.total, len(done)), "status": "failed",
+            "error": why, "reason": why}
 
 
 def _install_signals(stop):
@@ -155,6 +173,7 @@ def _classify(job, rundir, backend, stop):
     root, items, missing = collect([job.path(p) for p in job.inputs])
     done = rundir.done_images()
     todo = [it for it in items if it.id not in done]
+    rundir.total = len(items) + len(missing)
     batch, fixed = batch_plan(backend, job.batch)
     _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed)
     progress = Progress(rundir, len(todo))

@@ -175,7 +175,7 @@ def event_line(ev: dict) -> str:
 def run_json(res) -> dict:
     if res.summary.get("exit_status") is not None or res.kind == "command":
         return command_run_json(res)
-    return {
+    row = {
         "board": res.board,
         "ok": res.success,
         "run_id": res.run_id,
@@ -184,11 +184,24 @@ def run_json(res) -> dict:
         "images_failed": res.failed,
         "total": res.total,
         "ended": res.ended,
-        "exit_code": res.exit_code,
+        "agent_exit": res.exit_code,  # the agent's own status (0 ok, 2 partial, 1 failed): not this process's
+        "reason": run_reason(res),
         "summary": res.summary,
         "errors": [{"image": e["image"], "kind": e["kind"], "message": e["message"]} for e in res.errors],
         "seconds": round(res.seconds, 3),
     }
+    if not res.success:
+        row["exit_code"] = 1  # run_exit makes it 5 when the run ended with only some images failed
+        if row["reason"]:
+            row["error"] = f"{res.board}: run {res.run_id}: {row['reason']}"
+    return row
+
+
+def run_reason(res) -> str | None:
+    """Why a run ended before its images were done (a full disk, a signal, the agent's own error), or None."""
+    if not res.ended:
+        return f"the run did not end: follow it with deploy run {res.board} --attach {res.run_id}"
+    return res.summary.get("reason") or res.summary.get("error") or None
 
 
 def command_run_json(res) -> dict:
@@ -242,6 +255,10 @@ def print_run(con: Console, res) -> None:
         f"[{colour}]run {res.run_id}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
         f"{rate} (release {res.release or '?'}); pull with: deploy pull {escape(res.board)} --run {res.run_id}"
     )
+    why = run_reason(res) if not res.success else None
+    if why:
+        more = f"; finished images are kept: deploy run {escape(res.board)} --resume {res.run_id}" if res.ended else ""
+        con.print(f"[red]run {res.run_id} ended[/]: {escape(safe(why))}{more}", soft_wrap=True)
 
 
 def print_bench(con: Console, res) -> None:
@@ -326,12 +343,13 @@ def print_status(con: Console, board: str, info) -> None:
     if getattr(info, "service", None) is not None:
         con.print("  " + escape(service_line(info.service)), soft_wrap=True)
     if info.runs:
-        t = Table("run", "status", "ok", "failed", "img/s", title="last runs")
+        t = Table("run", "status", "ok", "failed", "img/s", "reason", title="last runs")
         for r in info.runs:
             s = r.summary or {}
             ips = s.get("ips")
             t.add_row(r.id, str(r.status or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
-                      f"{ips:.1f}" if isinstance(ips, (int, float)) else "-")
+                      f"{ips:.1f}" if isinstance(ips, (int, float)) else "-",
+                      escape(safe(str(s.get("reason") or ""))[:120]))
         con.print(t)
 
 
