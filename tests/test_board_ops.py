@@ -132,6 +132,8 @@ def test_status_and_pull_of_a_run_never_follow_links(home):
     (run / "inputs" / "x.jpg").write_bytes(b"jpeg")
     (run / "results.jsonl").write_text('{"ok": true}\n')
     (run / "summary.json").write_text('{"ok": 1, "ips": 2.5}')
+    (run / "job.json").write_text("{}")  # a run that started
+    (run / "status").write_text("ok\n")
     (run / "secret").symlink_to("/etc/passwd")
     status = protocol.decode(protocol.StatusReply, op(home, "status", protocol.StatusRequest(app=APP, marker_begin="#"))[0])
     assert status.runs[0].id == "r1" and status.runs[0].summary["ips"] == 2.5 and status.env_sh
@@ -139,9 +141,9 @@ def test_status_and_pull_of_a_run_never_follow_links(home):
     req = json.dumps(protocol.PullRequest(app=APP, exclude=["inputs"]).to_json()).encode() + b"\n"
     assert board_main.run("pull", Wire(io.BytesIO(req), stdout, str(home))) == 0
     head, tar = stdout.getvalue().split(b"\n", 1)
-    assert protocol.decode(protocol.PullHead, json.loads(head)).files == 2
+    assert protocol.decode(protocol.PullHead, json.loads(head)).files == 4
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-        assert sorted(tf.getnames()) == ["results.jsonl", "summary.json"]
+        assert sorted(tf.getnames()) == ["job.json", "results.jsonl", "status", "summary.json"]
 
 
 def test_bad_requests_get_one_error_line(home):

@@ -9,9 +9,15 @@ ids are checked before any board is contacted (item 11). The full-disk cases (it
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
-from deploy.testing import TEST_ENV, Project
+from deploy.testing import TEST_ENV, Project, pid_alive, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +89,95 @@ def test_a_malformed_run_id_is_refused_before_the_board_is_contacted(tmp_path, d
     r = proj.deploy("pull", "board1", "--run", "../../etc", check=False)
     assert r.returncode == 2, r.stderr
     assert "--run" in r.stderr and "invalid run id '../../etc'" in r.stderr
+
+
+# ---------------------------------------------------------------- 4: every run ends with a reason
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, demo) -> Path:
+    """600 photos (copies: a folder of hard links is its own case, in test_an_upload_...)."""
+    folder = tmp_path_factory.mktemp("many")
+    photos = sorted((demo / "images").glob("*.jpg"))
+    for i in range(600):
+        shutil.copyfile(photos[i % len(photos)], folder / f"{i:04d}.jpg")
+    return folder
+
+
+def wait_for_results(run_dir: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        results = run_dir / "results.jsonl"
+        if results.exists() and results.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} results in {run_dir} within {timeout}s")
+
+
+def run_row(pushed: Project, run_id: str) -> dict:
+    rows = pushed.deploy_json("status", "board1")["boards"][0]["runs"]
+    return next(r for r in rows if r["id"] == run_id)
+
+
+def test_a_killed_agent_ends_its_run_with_the_signal_everywhere(pushed, many):
+    run = pushed.start("run", "board1", "--images", str(many), "--run-id", "killed", "--quiet")
+    run_dir = pushed.app_dir / "runs" / "killed"
+    wait_for_results(run_dir, 20)
+    agent = int((run_dir / "launcher.pid").read_text())
+    os.kill(agent, signal.SIGKILL)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 1, (run.returncode, out, err)  # a documented code, not 247
+    assert "killed by SIGKILL" in out + err and "--resume killed" in out + err
+    row = run_row(pushed, "killed")
+    assert row["status"] == "failed" and row["summary"]["reason"] == "killed by SIGKILL"
+    assert 20 <= row["summary"]["ok"] < 600 and row["summary"]["total"] == 600
+    assert "killed by SIGKILL" in pushed.deploy("status", "board1").stdout
+    attach = pushed.deploy("run", "board1", "--attach", "killed", check=False)
+    assert attach.returncode == 1 and "killed by SIGKILL" in attach.stdout + attach.stderr
+    resumed = pushed.deploy_json("run", "board1", "--resume", "killed")["boards"][0]
+    assert resumed["ok"] and resumed["summary"]["ok"] == 600
+
+
+def test_a_run_whose_agent_and_watcher_are_gone_is_ended_by_the_next_command(pushed, many):
+    run = pushed.start("run", "board1", "--images", str(many), "--run-id", "orphan", "--quiet")
+    run_dir = pushed.app_dir / "runs" / "orphan"
+    wait_for_results(run_dir, 20)
+    watcher, agent = (int((run_dir / n).read_text()) for n in ("watcher.pid", "launcher.pid"))
+    os.kill(watcher, signal.SIGKILL)  # as a reboot would: nobody left to see the agent end
+    os.kill(agent, signal.SIGKILL)
+    assert wait_gone([watcher, agent])
+    run.communicate(timeout=120)
+    assert run.returncode == 1
+    row = run_row(pushed, "orphan")
+    assert row["status"] == "failed" and "the agent is gone" in row["summary"]["reason"]
+    assert not pid_alive(agent)
+
+
+# ---------------------------------------------------------------- 5: uploads: no half state
+
+
+def test_an_upload_cut_off_on_the_board_leaves_nothing_the_next_command_keeps(pushed, many):
+    runs = pushed.app_dir / "runs"
+    run = pushed.start("run", "board1", "--images", str(many), "--run-id", "cutoff", "--quiet")
+    deadline = time.monotonic() + 60
+    new = []
+    while not new and time.monotonic() < deadline:
+        new = [p for p in runs.glob(".new-cutoff-*")] if runs.is_dir() else []
+        time.sleep(0.002)
+    assert new, "the upload was over before it could be cut off"
+    op = int(new[0].name.rpartition("-")[2])
+    os.kill(op, signal.SIGKILL)  # the board's end of the upload, killed mid-stream
+    run.communicate(timeout=60)
+    assert run.returncode in (1, 4) and not (runs / "cutoff").exists()
+    assert wait_gone([op])
+    pushed.deploy("status", "board1")
+    assert not list(runs.glob(".new-*"))  # removed by the next command
+
+
+def test_an_upload_of_hard_linked_images_sends_each_as_itself(pushed, tmp_path, demo):
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    for i in range(4):
+        os.link(demo / "images" / "coffee.jpg", folder / f"coffee-{i}.jpg")
+    row = pushed.deploy_json("run", "board1", "--images", str(folder))["boards"][0]
+    assert row["ok"] and row["images_ok"] == 4

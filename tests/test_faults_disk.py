@@ -164,3 +164,63 @@ def test_a_push_that_cannot_fit_is_refused_before_sending_and_one_that_meets_a_f
         noise.unlink()
     proj.deploy("push", "board1")
     assert proj.deploy_json("run", "board1")["boards"][0]["images_ok"] == 3
+
+
+# ---------------------------------------------------------------- 4 and 5: a full disk during a run
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, demo) -> Path:
+    folder = tmp_path_factory.mktemp("many")
+    photos = sorted((demo / "images").glob("*.jpg"))
+    for i in range(600):
+        shutil.copyfile(photos[i % len(photos)], folder / f"{i:04d}.jpg")
+    return folder
+
+
+def run_ids(proj: Project) -> list[str]:
+    return sorted(p.name for p in (proj.app_dir / "runs").iterdir()) if (proj.app_dir / "runs").is_dir() else []
+
+
+def test_an_upload_that_meets_a_full_disk_leaves_no_run(small, many):
+    proj = small.proj
+    before = run_ids(proj)
+    small.fill(5 * MiB)  # the 40 MB of images do not fit
+    try:
+        r = proj.deploy("run", "board1", "--images", str(many), check=False)
+    finally:
+        small.unfill()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "No space left on device on the board while the images arrived" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert run_ids(proj) == before  # no run, no half-written inputs/, no .new- directory
+    pulled = proj.deploy("pull", "board1", check=False)  # the latest run that started, not an empty one
+    assert (pulled.returncode == 0) == bool(before), pulled.stderr
+
+
+def test_a_full_disk_during_a_run_ends_it_with_a_reason_and_it_resumes(small, many):
+    proj = small.proj
+    images = proj.images
+    proj.images = many  # 600 photos in the release: nothing to upload, the run's own files fill the disk
+    proj.configure(images=many)
+    try:
+        proj.deploy("push", "board1")
+        small.fill(3 * MiB)
+        try:
+            r = proj.deploy("run", "board1", "--run-id", "diskfull", "--quiet", check=False)
+            row = proj.deploy_json("status", "board1")["boards"][0]
+        finally:
+            small.unfill()
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert "disk full on the board" in r.stdout and "--resume diskfull" in r.stdout, r.stdout
+        run = next(x for x in row["runs"] if x["id"] == "diskfull")
+        assert run["status"] == "failed" and run["summary"]["reason"].startswith("disk full on the board")
+        assert 0 < run["summary"]["ok"] < 600
+        done = proj.deploy_json("run", "board1", "--resume", "diskfull")["boards"][0]
+        assert done["ok"] and done["summary"]["ok"] == 600
+        for args in (("status", "board1"), ("pull", "board1", "--run", "diskfull")):
+            proj.deploy(*args)
+    finally:
+        proj.images = images
+        proj.configure()
+        proj.deploy("push", "board1")

@@ -133,6 +133,17 @@ class Call:
         except (TypeError, ValueError) as exc:
             raise RemoteError(f"{self.board}: {self.op}: malformed {cls.__name__}: {exc}") from None
 
+    def error_after_stream(self, wait: float = 10.0) -> str | None:
+        """The error line a board wrote before it stopped reading bytes we were sending it (its disk is full,
+        an object arrived corrupted), as one line naming the board; None when it wrote none."""
+        try:
+            obj = json.loads(self.readline(wait) or b"null")
+        except (RemoteError, ValueError):
+            return None
+        if isinstance(obj, dict) and "error" in obj:
+            return f"{self.board}: {obj['error']}"
+        return None
+
     def _stderr_tail(self) -> str:
         code = self.chan.recv_exit_status()
         err = self.chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip().splitlines()

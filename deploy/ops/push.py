@@ -22,7 +22,6 @@ app lock. The payload counted here is file content actually sent.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -215,20 +214,8 @@ def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "a
         if _link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
             raise ConnectError(f"{board.name}: connection lost during the transfer ({exc}); "
                                "the previous release is still current") from None
-        board_said = board_error(c)  # the board stopped reading: its own reason (a full disk) is on the channel
+        board_said = c.error_after_stream()  # the board stopped reading: its reason (a full disk) is on the channel
         raise PushError(board_said or f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
-
-
-def board_error(c: Call, wait: float = 10.0) -> str | None:
-    """The error line a board wrote before it stopped reading a stream we were sending (its disk is full,
-    an object arrived corrupted), as one line naming the board; None when it wrote none."""
-    try:
-        obj = json.loads(c.readline(wait) or b"null")
-    except (RemoteError, ValueError):
-        return None
-    if isinstance(obj, dict) and "error" in obj:
-        return f"{c.board}: {obj['error']}"
-    return None
 
 
 def push(
