@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from deploy.testing import TEST_ENV, Project, pid_alive, wait_gone
+from deploy.testing.relay import Relay
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +183,52 @@ def test_an_upload_of_hard_linked_images_sends_each_as_itself(pushed, tmp_path, 
         os.link(demo / "images" / "coffee.jpg", folder / f"coffee-{i}.jpg")
     row = pushed.deploy_json("run", "board1", "--images", str(folder))["boards"][0]
     assert row["ok"] and row["images_ok"] == 4
+
+
+# ---------------------------------------------------------------- 6: interrupted pulls leave no debris
+
+
+@pytest.fixture(scope="module")
+def slow(pushed, many):
+    """board1 also as "slow", through a relay of 40 Mbit/s (a pull of the 600-image run takes ~10 s), with that
+    run on the board."""
+    if not (pushed.app_dir / "runs" / "big").is_dir():
+        pushed.deploy("run", "board1", "--images", str(many), "--run-id", "big", "--quiet")
+    with Relay(pushed.status()["port"], mbit=40) as relay:
+        pushed.boards["slow"] = pushed.relay_board(relay.port)
+        pushed.configure()
+        try:
+            yield "slow"
+        finally:
+            del pushed.boards["slow"]
+            pushed.configure()
+
+
+def partials(pushed: Project, board: str) -> list[Path]:
+    return list((pushed.root / "outputs" / board).glob(".*.partial-*"))
+
+
+def interrupted_pull(pushed: Project, board: str, sig: int) -> subprocess.Popen:
+    pull = pushed.start("pull", board, "--run", "big", "--include-inputs")
+    deadline = time.monotonic() + 60
+    while not partials(pushed, board) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # some files extracted
+    assert partials(pushed, board) and pull.poll() is None
+    pull.send_signal(sig)
+    pull.communicate(timeout=60)
+    return pull
+
+
+def test_an_interrupted_pull_leaves_no_partial_directory(pushed, slow):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C: the worker thread stops too, nothing lands later
+        pull = interrupted_pull(pushed, slow, sig)
+        assert pull.returncode == 130 and not partials(pushed, slow)
+        time.sleep(1.0)
+        assert not (pushed.root / "outputs" / slow / "big").exists() and not partials(pushed, slow)
+    pull = interrupted_pull(pushed, slow, signal.SIGKILL)
+    left = partials(pushed, slow)
+    assert pull.returncode == -signal.SIGKILL and len(left) == 1 and str(pull.pid) in left[0].name
+    (pushed.root / "outputs" / slow / f".other.partial-{2**22 + 7}").mkdir()  # a gone process's, not ours
+    pushed.deploy("pull", slow, "--run", "big")  # the next pull removes every leftover whose process is gone
+    assert not partials(pushed, slow)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent import protocol as events
 
+from .. import fleet
 from ..board import protocol
 from ..errors import ConnectError, RemoteError, RunError, UsageError
 from ..inventory import Board, Inventory
@@ -80,10 +81,26 @@ def _upload_images(writer, images: Path) -> int:
     return len(files)
 
 
+class _Interruptible:
+    """A writer that stops when the command is interrupted (the board then removes the half-received run)."""
+
+    def __init__(self, writer, board: str):
+        self.writer = writer
+        self.board = board
+
+    def write(self, data) -> int:
+        if fleet.CANCEL.is_set():
+            raise RunError(f"{self.board}: upload interrupted; the board keeps no part of it")
+        return self.writer.write(data)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
 def upload(c: Call, board: Board, images: Path) -> int:
     """Send the images of a run; a board that stopped reading says why (a full disk: no run was made)."""
     try:
-        return _upload_images(c.writer(), images)
+        return _upload_images(_Interruptible(c.writer(), board.name), images)
     except OSError as exc:
         transport = c.chan.get_transport()
         if transport is None or not transport.is_active():
