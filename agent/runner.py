@@ -13,12 +13,13 @@ Python 3.7 compatible.
 """
 
 import errno
+import os
 import signal
 import threading
 import time
 import traceback
 
-from . import __version__, bench, evaluate, postprocess, preprocess
+from . import __version__, bench, evaluate, images, postprocess, preprocess
 from .backends import BackendError, for_job
 from .job import JobError
 from .pipeline import Item, Pipeline, Sink, batch_plan, collect
@@ -148,7 +149,10 @@ def stages(job, backend):
     return cfg, preprocess.Preprocessor(cfg), postprocess.Postprocessor(labels, k), truth
 
 
-def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
+NOT_TAKEN_SHOWN = 100  # files not taken, listed by name in the start event and the summary (all are counted)
+
+
+def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed, not_taken=()):
     rundir.emit(
         "start",
         run_id=job.run_id,
@@ -162,6 +166,8 @@ def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
         root=root,
         preprocess=_cfg_dict(cfg),
         agent=__version__,
+        not_taken=list(not_taken[:NOT_TAKEN_SHOWN]),
+        not_taken_total=len(not_taken),
     )
     if fixed and batch != job.batch:
         rundir.emit("log", message=f"model has a fixed batch of {batch}; using it instead of {job.batch}")
@@ -170,12 +176,16 @@ def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
 def _classify(job, rundir, backend, stop):
     """Classify the job's images not yet done in ``rundir``; returns the run's summary (summary.json)."""
     cfg, pre, post, truth = stages(job, backend)
-    root, items, missing = collect([job.path(p) for p in job.inputs])
+    skipped = []
+    root, items, missing = collect([job.path(p) for p in job.inputs], not_taken=skipped)
+    not_taken = [{"file": images.safe_id(os.path.relpath(p, root)), "reason": why} for p, why in skipped]
+    if not items and not missing:
+        raise JobError(no_images(root, not_taken))
     done = rundir.done_images()
     todo = [it for it in items if it.id not in done]
     rundir.total = len(items) + len(missing)
     batch, fixed = batch_plan(backend, job.batch)
-    _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed)
+    _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed, not_taken)
     progress = Progress(rundir, len(todo))
     labelled = job.out_dir if job.labelled else None
     # Labelled copies are written by the thread that delivers the image's result (no extra
@@ -193,6 +203,7 @@ def _classify(job, rundir, backend, stop):
         sink.close()
     clock = (time.monotonic() - t0, time.process_time() - cpu0)  # cpu: all threads (decode, inference, writing)
     summary = _summary(done, items, missing, todo, sink, pipe, stop, batch, clock)
+    summary.update(not_taken=len(not_taken), not_taken_files=not_taken[:NOT_TAKEN_SHOWN])
     if truth is not None:
         records = list(rundir.done_images().values())
         classes = post.classes if getattr(post, "classes", None) else _classes(backend)
@@ -201,6 +212,15 @@ def _classify(job, rundir, backend, stop):
         evaluate.seed003_files(records, truth, job.out_dir, classes)  # scored by compute_top1_and_top5.py
         summary["eval"] = metrics
     return summary
+
+
+def no_images(root, not_taken):
+    """The reason of a run given no image: an empty folder, or files none of which is one."""
+    if not not_taken:
+        return f"no images: {root} has no files"
+    shown = ", ".join("{} ({})".format(n["file"], n["reason"]) for n in not_taken[:5])
+    more = f" and {len(not_taken) - 5} more" if len(not_taken) > 5 else ""
+    return f"no images: none of the {len(not_taken)} files in {root} is taken: {shown}{more}"
 
 
 def _summary(done, items, missing, todo, sink, pipe, stop, batch, clock):

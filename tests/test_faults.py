@@ -9,6 +9,7 @@ ids are checked before any board is contacted (item 11). The full-disk cases (it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -232,3 +233,36 @@ def test_an_interrupted_pull_leaves_no_partial_directory(pushed, slow):
     (pushed.root / "outputs" / slow / f".other.partial-{2**22 + 7}").mkdir()  # a gone process's, not ours
     pushed.deploy("pull", slow, "--run", "big")  # the next pull removes every leftover whose process is gone
     assert not partials(pushed, slow)
+
+
+# ---------------------------------------------------------------- 7: nothing silently dropped
+
+
+def test_every_file_given_to_a_run_is_classified_an_error_or_listed_with_its_reason(pushed, tmp_path, demo):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    coffee = (demo / "images" / "coffee.jpg").read_bytes()
+    long_name = "x" * 251 + ".png"  # 255 bytes: classified, and its labelled copy (".jpg" added) must fit too
+    for name, data in {"coffee.jpg": coffee, "photo-without-suffix": coffee, ".hidden.jpg": coffee,
+                       "notes.txt": b"not an image\n", "broken.jpg": b"\xff\xd8 not a jpeg", long_name: coffee}.items():
+        (folder / name).write_bytes(data)
+    r = pushed.deploy("run", "board1", "--images", str(folder), "--json", check=False)
+    row = json.loads(r.stdout)["boards"][0]
+    assert r.returncode == 5 and row["images_ok"] == 2 and row["images_failed"] == 1  # broken.jpg: an error record
+    assert row["files_not_taken"] == 3 and row["images_ok"] + row["images_failed"] + row["files_not_taken"] == 6
+    reasons = {n["file"]: n["reason"] for n in row["summary"]["not_taken_files"]}
+    assert reasons == {".hidden.jpg": "a dot-name (hidden, or a file still being written)",
+                       "notes.txt": "not an image suffix (.txt)", "photo-without-suffix": "not an image suffix (none)"}
+    text = pushed.deploy("run", "board1", "--images", str(folder), "--quiet", check=False).stdout
+    assert "3 files not taken" in text and "photo-without-suffix (not an image suffix (none))" in text
+    pulled = Path(pushed.deploy_json("pull", "board1", "--run", row["run_id"])["boards"][0]["path"])
+    labelled = sorted(p.name for p in (pulled / "labelled").iterdir())
+    assert len(labelled) == 2 and "coffee.jpg" in labelled and all(len(n.encode()) <= 255 for n in labelled)
+    assert not [p for p in (pulled / "labelled").iterdir() if p.name.endswith(".part") or p.name.startswith(".")]
+
+
+def test_an_empty_folder_says_there_are_no_images(pushed, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = pushed.deploy("run", "board1", "--images", str(empty), check=False)
+    assert r.returncode == 1 and "no images" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -186,6 +186,7 @@ def run_json(res) -> dict:
         "ended": res.ended,
         "agent_exit": res.exit_code,  # the agent's own status (0 ok, 2 partial, 1 failed): not this process's
         "reason": run_reason(res),
+        "files_not_taken": res.summary.get("not_taken", 0),
         "summary": res.summary,
         "errors": [{"image": e["image"], "kind": e["kind"], "message": e["message"]} for e in res.errors],
         "seconds": round(res.seconds, 3),
@@ -255,9 +256,15 @@ def print_run(con: Console, res) -> None:
         f"[{colour}]run {res.run_id}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
         f"{rate} (release {res.release or '?'}); pull with: deploy pull {escape(res.board)} --run {res.run_id}"
     )
+    skipped = res.summary.get("not_taken_files") or []
+    if skipped:
+        names = ", ".join(f"{n['file']} ({n['reason']})" for n in skipped[:5])
+        more = f" and {res.summary['not_taken'] - 5} more (--json lists {len(skipped)})" if res.summary["not_taken"] > 5 else ""
+        con.print(f"  [yellow]{res.summary['not_taken']} files not taken[/]: {escape(safe(names))}{more}", soft_wrap=True)
     why = run_reason(res) if not res.success else None
     if why:
-        more = f"; finished images are kept: deploy run {escape(res.board)} --resume {res.run_id}" if res.ended else ""
+        more = (f"; finished images are kept: deploy run {escape(res.board)} --resume {res.run_id}"
+                if res.ended and res.total else "")
         con.print(f"[red]run {res.run_id} ended[/]: {escape(safe(why))}{more}", soft_wrap=True)
 
 
