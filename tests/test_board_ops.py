@@ -252,3 +252,15 @@ def test_a_releases_bytecode_is_written_at_push_and_shared_with_the_next_release
     out = subprocess.run([sys.executable, "-B", "-c", "import x; print(x.X)"], cwd=rel / rid2 / "agent",
                          capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert out.stdout.strip() == "1"
+
+
+def test_a_release_waiting_for_its_health_check_is_never_pinned_by_a_service_start(home):
+    files = {"env.sh": b"export A=1\n", "a.txt": b"alpha"}
+    rid, rows, blobs = release(files)
+    req = protocol.PushRequest(app=APP, release=rid, manifest=rows, health=True)
+    op(home, "push", req, then=[protocol.PushCommit(action="commit")], stream=objects_stream(blobs))
+    start = op(home, "service", protocol.ServiceRequest(app=APP, action="start", wait=0))
+    assert f"release {rid} became current at" in start[0]["error"] and "no health-check verdict yet" in start[0]["error"]
+    assert not (app_dir(home) / "service" / "release").exists()
+    verdict = op(home, "health", protocol.HealthRequest(app=APP, release=rid))[0]
+    assert verdict["status"] == "skipped" and not (app_dir(home) / ".checking").exists()  # the verdict clears it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,3 +267,53 @@ def test_an_empty_folder_says_there_are_no_images(pushed, tmp_path):
     empty.mkdir()
     r = pushed.deploy("run", "board1", "--images", str(empty), check=False)
     assert r.returncode == 1 and "no images" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- 9 and 10: the service
+
+
+def service(pushed: Project) -> dict:
+    return pushed.deploy_json("service", "status", "board1")["boards"][0]["service"]
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_crash_looping_service_shows_what_is_waiting_and_no_uptime(pushed, demo):
+    pushed.deploy("service", "start", "board1")
+    inbox = pushed.app_dir / "inbox"
+    model = next((pushed.app_dir / "current" / "models").glob("*.onnx"))
+    away = model.with_name(".away")
+    os.rename(model, away)  # every start of the agent now fails to load its model
+    try:
+        os.kill(service(pushed)["agent_pid"], signal.SIGKILL)
+        for i in range(20):
+            shutil.copyfile(demo / "images" / "coffee.jpg", inbox / f".w{i}.part")
+            os.rename(inbox / f".w{i}.part", inbox / f"w{i}.jpg")
+        info = wait_for(lambda: (s := service(pushed))["agent_pid"] is None and s["supervisor"] in ("backoff", "crash-loop")
+                        and s["restarts"] >= 2 and s, what="a crashing agent")
+        assert info["waiting"] == 20 and info["since"] is None and info["ips"] == 0.0, info
+        text = pushed.deploy("service", "status", "board1").stdout
+        assert "agent not running" in text and " up " not in text and "waiting 20" in text, text
+    finally:
+        os.rename(away, model)
+        pushed.deploy("service", "stop", "board1")
+
+
+def test_a_held_app_lock_is_one_line_naming_its_holder(pushed):
+    from deploy.board.files import Lock
+
+    with Lock(str(pushed.app_dir), "push"):
+        for args in (("service", "start", "board1"), ("rollback", "board1")):
+            r = pushed.deploy(*args, check=False)
+            assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert re.search(rf"board1: a push \(pid {os.getpid()}\) since \d\d:\d\d:\d\d UTC, \d+s ago holds the lock "
+                             "on this app; try again when it ends", r.stderr), r.stderr
+    assert not service(pushed)["enabled"]  # the refused start changed nothing

@@ -21,7 +21,7 @@ from . import protocol
 from .bytecode import compile_release
 from .facts import gather
 from .files import Lock, read_text, sha_text, write_atomic
-from .health import passed
+from .health import mark_checking, passed
 from .layout import current_release, releases_dir
 from .releases import content_index, link_env, list_releases, prune, switch_current
 from .wire import SHA_RE, Fail, check_id, safe_rel
@@ -232,6 +232,8 @@ class PushSession:
         bashrc_changed = self.write_bashrc(cmd.bashrc)
         switched = self.cur != self.rid
         if switched:
+            if self.req.health:
+                mark_checking(self.base, self.rid)  # no service start pins it before its verdict
             switch_current(self.base, self.rid, "push")
         checked = not switched and passed(self.base, self.rid)
         # a health check follows unless the release was already current and checked: it prunes once it

@@ -381,7 +381,8 @@ def service_line(info) -> str:
     if info.supervisor in ("backoff", "crash-loop", "dead"):
         state = info.supervisor
     mb = 1 << 20
-    line = (f"service: {state} ({info.method}), release {info.release or '-'}, up {_ago(info.since)}; "
+    up = f"up {_ago(info.since)}" if info.agent_pid else "agent not running"
+    line = (f"service: {state} ({info.method}), release {info.release or '-'}, {up}; "
             f"done {info.ok}, failed {info.failed}, waiting {info.waiting}, {info.ips:.1f} img/s; "
             f"disk {info.disk_used / mb:.1f}/{info.max_disk / mb:.0f} MiB; journal {info.seq}, collected {info.acked}")
     if info.restarts:
