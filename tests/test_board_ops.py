@@ -264,3 +264,16 @@ def test_a_release_waiting_for_its_health_check_is_never_pinned_by_a_service_sta
     assert not (app_dir(home) / "service" / "release").exists()
     verdict = op(home, "health", protocol.HealthRequest(app=APP, release=rid))[0]
     assert verdict["status"] == "skipped" and not (app_dir(home) / ".checking").exists()  # the verdict clears it
+
+
+def test_a_plan_request_may_carry_only_the_rows_that_differ_from_a_release_the_board_has(home):
+    rid1, _, _ = push(home, {"a.txt": b"alpha", "b.txt": b"beta"})
+    files = {"env.sh": b"export A=2\n", "a.txt": b"alpha", "c.txt": b"gamma"}
+    rid2, rows, blobs = release(files)
+    delta = {"base": rid1, "changed": [r for r in rows if r[0] in ("env.sh", "c.txt")], "removed": ["b.txt"]}
+    state = op(home, "push", protocol.PushRequest(app=APP, release=rid2, **delta), then=[protocol.PushCommit()])[0]
+    assert not state["need_manifest"] and sorted(state["missing"]) == sorted(
+        hashlib.sha256(files[p]).hexdigest() for p in ("env.sh", "c.txt"))
+    for wrong in ({**delta, "base": "0123456789ab"}, {**delta, "removed": []}):  # base gone; rows not the release's
+        state = op(home, "push", protocol.PushRequest(app=APP, release=rid2, **wrong), then=[protocol.PushCommit()])[0]
+        assert state["need_manifest"] and not state["missing"]

@@ -85,6 +85,15 @@ def test_an_env_only_change_is_a_new_release_of_one_small_file_checked_and_rolle
         pushed.deploy("push", "board1")
 
 
+def test_a_plan_request_against_a_release_the_board_no_longer_has_is_made_again_whole(pushed):
+    remembered = pushed.root / ".deploy" / "pushed" / "board1.json"
+    doc = json.loads(remembered.read_text())
+    assert doc["release"] == pushed.current_release()  # the next plan sends only the rows that differ from it
+    remembered.write_text(json.dumps({**doc, "release": "0123456789ab"}))  # pruned, or another host's push
+    row = pushed.deploy_json("push", "board1")["boards"][0]
+    assert row["ok"] and row["release"] == doc["release"] and json.loads(remembered.read_text()) == doc
+
+
 # ---------------------------------------------------------------- 11: run ids before any board
 
 

@@ -172,13 +172,17 @@ class ReleaseInfo(Message):
 
 
 class PushRequest(Message):
-    """Phase 1 of a push: the release's manifest rows are [path, size, sha256, mode]."""
+    """Phase 1 of a push: the release's manifest rows are [path, size, sha256, mode]: all of them, or (``base``)
+    those that differ from release ``base``'s, which the host pushed last and the board may still have."""
 
     app: str = ""
     release: str = ""
     manifest: list[list] = []
     keep: int = 5
     health: bool = False  # a health check follows a switch: the push leaves pruning to it
+    base: str = ""  # the manifest is ``base``'s with ``changed`` rows put in and ``removed`` paths taken out
+    changed: list[list] = []
+    removed: list[str] = []
 
 
 class PushState(Message):
@@ -193,6 +197,7 @@ class PushState(Message):
     bashrc: str | None = None
     debris: list[str] = []
     free_bytes: int = -1  # free for the board user on the app directory's filesystem (-1: unknown, an older board)
+    need_manifest: bool = False  # the board lacks ``base`` (pruned): the host asks again with the whole manifest
     NESTED = {"facts": Facts}
 
 

@@ -23,7 +23,7 @@ from .facts import gather
 from .files import Lock, read_text, sha_text, write_atomic
 from .health import mark_checking, passed
 from .layout import current_release, releases_dir
-from .releases import content_index, link_env, list_releases, prune, switch_current
+from .releases import content_index, link_env, list_releases, load_manifest, prune, switch_current
 from .wire import SHA_RE, Fail, check_id, safe_rel
 
 
@@ -157,12 +157,30 @@ class PushSession:
     def __init__(self, wire, req):
         self.wire = wire
         self.req = req
+        self.manifest = req.manifest
         self.base = wire.app_dir(req.app)
         self.rid = check_id(req.release, "release id")
         self.bashrc_path = os.path.join(wire.home, ".bashrc")
         self.env_path = os.path.join(self.base, "env.sh")
 
+    def resolve_manifest(self):
+        """The whole manifest from a delta against release ``base`` (checked: its rows must hash to the release
+        id); False when ``base`` is not here."""
+        if self.manifest or not self.req.base:
+            return True
+        try:
+            rows = {row[0]: row for row in load_manifest(self.base, check_id(self.req.base, "release id"))}
+        except (OSError, ValueError, KeyError):
+            return False
+        for path in self.req.removed:
+            rows.pop(path, None)
+        rows.update((row[0], row) for row in self.req.changed)
+        self.manifest = [rows[p] for p in sorted(rows)]
+        return hashlib.sha256(json.dumps(self.manifest).encode()).hexdigest()[:12] == self.rid
+
     def plan(self):
+        if not self.resolve_manifest():
+            return protocol.PushState(need_manifest=True)
         debris = clean_debris(self.base)
         rels = list_releases(self.base)
         self.cur = current_release(self.base)
@@ -172,7 +190,7 @@ class PushSession:
         if not self.exists:
             ordered = ([self.cur] if self.cur in rels else []) + [r for r in reversed(rels) if r != self.cur]
             self.index = content_index(self.base, ordered)
-            self.need = sorted({row[2] for row in self.req.manifest if row[2] not in self.index})
+            self.need = sorted({row[2] for row in self.manifest if row[2] not in self.index})
         self.bashrc = read_text(self.bashrc_path)
         st = os.statvfs(self.base)
         return protocol.PushState(
@@ -202,12 +220,12 @@ class PushSession:
         objdir = os.path.join(staging, ".objects")
         os.makedirs(objdir, 0o700)  # objects in flight (env.sh among them) are nobody else's to read
         if self.need:
-            sizes = {row[2]: row[1] for row in self.req.manifest}
+            sizes = {row[2]: row[1] for row in self.manifest}
             received = receive_objects(self.wire.stdin, objdir, {sha: sizes[sha] for sha in self.need})
-        linked = assemble(self.req.manifest, self.index, objdir, staging)
+        linked = assemble(self.manifest, self.index, objdir, staging)
         os.rmdir(objdir)
-        compile_release(staging, self.req.manifest, self.index)  # the only bytecode its agent will read
-        manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.req.manifest}
+        compile_release(staging, self.manifest, self.index)  # the only bytecode its agent will read
+        manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.manifest}
         write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
         os.rename(staging, os.path.join(releases_dir(self.base), self.rid))
         return received, linked
@@ -259,7 +277,7 @@ def op_push(wire, req):
         state = session.plan()
         wire.reply(state)
         cmd = wire.read(protocol.PushCommit)
-        if cmd.action != "commit":
+        if cmd.action != "commit" or state.need_manifest:
             wire.reply(protocol.PushDone(ok=True, aborted=True))
             return
         done = session.commit(cmd)

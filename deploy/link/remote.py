@@ -1,7 +1,7 @@
 """The host end of the board protocol: ``call(conn, op, request) -> reply`` and multi-step sessions.
 
 How the board code travels (Ansible's module transport, cached): the command line carries only
-``boot.py`` (about 2 KB) plus the code archive's sha256 and the op; the archive itself (the
+``boot.py`` (about 4 KB) plus the code archive's sha256 and the op; the archive itself (the
 ``deploy/board`` package, zipped, about 19 KB) goes on stdin only when the board does not have
 that version yet, and is kept there in ``~/.cache/atlas-deploy/board/<sha256>/``. So a board op
 is one round trip, and the code's size is not capped by the kernel's argv limit.

@@ -22,6 +22,8 @@ app lock. The payload counted here is file content actually sent.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -251,6 +253,8 @@ def push(
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
                     health_check=health_check, on_phase=on_phase, compress=compress)
     health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
+    if not res.dry_run:  # the next plan request sends only what differs from it (a failed one is gone)
+        remember_pushed(inv, board, bundle)
     moved = None
     if res.service_enabled and not res.dry_run:  # only now, after the check: the service follows a good release
         from . import service as service_mod  # noqa: I001 - only a push that moves a service needs it
@@ -287,38 +291,87 @@ def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool
     return replace(result, reason=(probe.note if probe else "") or result.reason)
 
 
+def pushed_path(inv: Inventory, board: Board) -> Path:
+    """Where the host keeps the manifest of the release it last pushed to ``board``."""
+    return inv.state_dir / "pushed" / f"{board.name}.json"
+
+
+def manifest_fields(inv: Inventory, board: Board, bundle: Bundle) -> dict:
+    """The manifest as the plan request carries it: only the rows that differ from the release last pushed to
+    this board (which keeps it until it is pruned; a push that changes only app.env sends one row), else all."""
+    rows = bundle.manifest()
+    try:
+        last = json.loads(pushed_path(inv, board).read_text())
+        base, old = last["release"], {row[0]: row for row in last["files"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {"manifest": rows}
+    paths = {row[0] for row in rows}
+    return {"base": base, "changed": [row for row in rows if old.get(row[0]) != row],
+            "removed": sorted(set(old) - paths)}
+
+
+def remember_pushed(inv: Inventory, board: Board, bundle: Bundle) -> None:
+    path = pushed_path(inv, board)
+    try:
+        if json.loads(path.read_text()).get("release") == bundle.release_id:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"release": bundle.release_id, "files": bundle.manifest()}))
+    os.replace(tmp, path)
+
+
 def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check,
           compress: str = "auto") -> PushResult:
+    """One push op; asked again with the whole manifest when the board no longer has the release the delta of
+    ``manifest_fields`` is against (pruned, or another host pushed there)."""
     app = inv.app
-    req = protocol.PushRequest(app=app.name, release=bundle.release_id, manifest=bundle.manifest(),
-                               keep=app.keep_releases, health=check)
-    with session(conn, "push", req, app=app.name) as c:
-        state = c.read(protocol.PushState)
-        try:
-            _check_board(board, bundle, state.facts)
-        except BaseException:
-            c.send(protocol.PushCommit(action="abort"))
-            raise
-        plan, send, new_env, new_bashrc = make_plan(inv, board, bundle, state)
-        if on_plan:
-            on_plan(plan)
-        try:
-            check_space(board, app.name, plan)  # before anything is sent
-        except PushError:
-            c.send(protocol.PushCommit(action="abort"))
-            raise
-        if dry_run:
-            c.send(protocol.PushCommit(action="abort"))
-            c.read(protocol.PushDone)
-            c.close()
-            return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
-        c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None))
-        stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
-        try:
-            done = c.read(protocol.PushDone)
-        except RemoteError as exc:
-            raise PushError(f"{exc}; the previous release is still current") from None
+    fields = manifest_fields(inv, board, bundle)
+    for attempt in (0, 1):
+        req = protocol.PushRequest(app=app.name, release=bundle.release_id, keep=app.keep_releases, health=check,
+                                   **fields)
+        with session(conn, "push", req, app=app.name) as c:
+            state = c.read(protocol.PushState)
+            if state.need_manifest and not attempt:
+                c.send(protocol.PushCommit(action="abort"))
+                c.read(protocol.PushDone)
+                fields = {"manifest": bundle.manifest()}
+                continue
+            return _act(inv, board, bundle, c, state, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes,
+                        compress=compress)
+    raise PushError(f"{board.name}: the board could not rebuild release {bundle.release_id}'s manifest")
+
+
+def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: float, *, dry_run, on_plan, on_bytes,
+         compress: str) -> PushResult:
+    """The push after the board's plan: check it, show it, then commit and send what the board lacks."""
+    try:
+        _check_board(board, bundle, state.facts)
+    except BaseException:
+        c.send(protocol.PushCommit(action="abort"))
+        raise
+    plan, send, new_env, new_bashrc = make_plan(inv, board, bundle, state)
+    if on_plan:
+        on_plan(plan)
+    try:
+        check_space(board, inv.app.name, plan)  # before anything is sent
+    except PushError:
+        c.send(protocol.PushCommit(action="abort"))
+        raise
+    if dry_run:
+        c.send(protocol.PushCommit(action="abort"))
+        c.read(protocol.PushDone)
         c.close()
+        return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
+    c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None))
+    stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
+    try:
+        done = c.read(protocol.PushDone)
+    except RemoteError as exc:
+        raise PushError(f"{exc}; the previous release is still current") from None
+    c.close()
     return replace(_result(board, bundle, plan, t0, done, stream.content), wire_bytes=stream.wire,
                    compressed_objects=stream.compressed, link_bytes_per_s=stream.link_bytes_per_s)
 
