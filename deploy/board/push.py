@@ -18,7 +18,6 @@ import time
 import zlib
 
 from . import protocol
-from .bytecode import compile_release
 from .facts import gather
 from .files import Lock, read_text, sha_text, write_atomic
 from .health import mark_checking, passed
@@ -224,6 +223,9 @@ class PushSession:
             received = receive_objects(self.wire.stdin, objdir, {sha: sizes[sha] for sha in self.need})
         linked = assemble(self.manifest, self.index, objdir, staging)
         os.rmdir(objdir)
+        # imported here: only a push that stages needs importlib.util, not one of nothing new
+        from .bytecode import compile_release
+
         compile_release(staging, self.manifest, self.index)  # the only bytecode its agent will read
         manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.manifest}
         write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
