@@ -31,6 +31,7 @@ busy without a queue. Measured on 2 cores (EfficientNet-Lite0, 96 mixed JPEGs): 
 completion order, not input order (ids make them unambiguous).
 """
 
+import errno
 import os
 import queue
 import threading
@@ -60,12 +61,13 @@ class Item:
         return f"Item({self.id!r})"
 
 
-def collect(inputs, extensions=IMAGE_EXTENSIONS):
+def collect(inputs, extensions=IMAGE_EXTENSIONS, not_taken=None):
     """Images from files and directories (walked recursively, sorted, by extension).
 
     Returns (root, items, missing): ids are relative to the deepest common directory of the
     inputs, so they are unique and stable across restarts; ``missing`` lists inputs that do not
-    exist (each becomes an error record).
+    exist (each becomes an error record). A file a directory walk does not take (a dot-name, no
+    image suffix) is appended to ``not_taken`` as (path, reason): nothing given is dropped unsaid.
     """
     files, missing = [], []
     for raw in inputs:
@@ -74,10 +76,11 @@ def collect(inputs, extensions=IMAGE_EXTENSIONS):
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames.sort()
                 for name in sorted(filenames):
-                    if name.startswith("."):
-                        continue
-                    if os.path.splitext(name)[1].lower() in extensions:
+                    why = not_an_image(name, extensions)
+                    if why is None:
                         files.append(os.path.join(dirpath, name))
+                    elif not_taken is not None:
+                        not_taken.append((os.path.join(dirpath, name), why))
         elif os.path.lexists(p):
             files.append(p)
         else:
@@ -94,6 +97,16 @@ def collect(inputs, extensions=IMAGE_EXTENSIONS):
             seen.add(rel)
             items.append(Item(rel, f))
     return root, items, missing
+
+
+def not_an_image(name, extensions=IMAGE_EXTENSIONS):
+    """Why a directory walk does not take a file of this name, or None when it does."""
+    if name.startswith("."):
+        return "a dot-name (hidden, or a file still being written)"
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix not in extensions:
+        return "not an image suffix ({})".format(suffix or "none")
+    return None
 
 
 class _Batch:
@@ -171,6 +184,8 @@ class Sink:
             path = postprocess.labelled_path(self.labelled_dir, item.rel)
             postprocess.save_labelled(preview, text, path, inplace=True)
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a full disk ends the run (runner.failure_summary), it is not one image's trouble
             self.rundir.emit("log", message=f"labelled copy of {item.id} failed: {exc}", image=item.id)
         finally:
             if release:
@@ -386,6 +401,7 @@ class Pipeline:
                 self._deliver(*entry)
         except BaseException as exc:  # surfaces in run(); keep taking entries so done() never blocks
             errors.append(exc)
+            self.stop.set()  # and classify no more: nothing more could be recorded
             while pending.get() is not _END:
                 pass
 

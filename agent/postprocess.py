@@ -13,7 +13,7 @@ import threading
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .formats import JPEG_EXTENSIONS
+from .formats import labelled_rel
 
 FONT_PATHS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",)
 FONT_GLOBS = ("/usr/share/fonts/truetype/*/*.ttf", "/usr/share/fonts/*/*.ttf", "/usr/share/fonts/**/*.ttf")
@@ -217,17 +217,16 @@ def draw_label(im, text, inplace=False):
 
 
 def labelled_path(out_dir, rel):
-    """Where the labelled copy of image ``rel`` goes: labelled/<rel>, with .jpg added if needed."""
-    path = os.path.join(out_dir, "labelled", rel)
-    if os.path.splitext(path)[1].lower() not in JPEG_EXTENSIONS:
-        path += ".jpg"
-    return path
+    """Where the labelled copy of image ``rel`` goes: labelled/<rel>, with .jpg added if needed, a name too
+    long for the filesystem cut (``formats.labelled_rel``)."""
+    return os.path.join(out_dir, "labelled", labelled_rel(rel))
 
 
 def save_labelled(im, text, path, quality=80, inplace=False):
-    """Draw the label (on ``im`` itself if ``inplace``) and write a JPEG atomically."""
+    """Draw the label (on ``im`` itself if ``inplace``) and write a JPEG atomically (through a short temporary
+    name: ``<name>.part`` would not fit beside a 255-byte name)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".part"
+    tmp = os.path.join(os.path.dirname(path), f".part-{os.getpid()}-{threading.get_ident()}")
     draw_label(im, text, inplace).save(tmp, "JPEG", quality=quality)
     os.replace(tmp, path)
 

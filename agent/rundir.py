@@ -20,6 +20,8 @@ from . import protocol
 from .files import cut_torn_tail, json_line, records, write_atomic
 
 STATUSES = ("running", "ok", "partial", "failed")
+RESERVE = ".reserve"  # the board's watcher (deploy/board/watch.py) frees it too
+RESERVE_BYTES = 64 << 10
 
 
 class RunDir:
@@ -31,6 +33,7 @@ class RunDir:
         self._events = None
         self._results = None
         self._probs = None
+        self.total = 0  # images given to the run (set once they are collected)
         os.makedirs(out_dir, exist_ok=True)
 
     def path(self, name):
@@ -39,7 +42,18 @@ class RunDir:
     # --- lifecycle -----------------------------------------------------------------------
     def open(self):
         self._events = open(self.path("events.jsonl"), "ab")
+        try:  # spare blocks, freed when the disk fills: the run's last words (summary, end event) still fit
+            with open(self.path(RESERVE), "wb") as f:
+                f.write(b"\0" * RESERVE_BYTES)
+        except OSError:
+            self.release_reserve()
         return self
+
+    def release_reserve(self):
+        try:
+            os.remove(self.path(RESERVE))
+        except OSError:
+            pass
 
     def close(self):
         with self._lock:
@@ -47,6 +61,7 @@ class RunDir:
                 if f is not None:
                     f.close()
             self._events = self._results = self._probs = None
+        self.release_reserve()
 
     def set_status(self, status):
         assert status in STATUSES, status

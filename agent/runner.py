@@ -12,12 +12,14 @@ Resuming: results.jsonl already in out_dir lists the images done; they are skipp
 Python 3.7 compatible.
 """
 
+import errno
+import os
 import signal
 import threading
 import time
 import traceback
 
-from . import __version__, bench, evaluate, postprocess, preprocess
+from . import __version__, bench, evaluate, images, postprocess, preprocess
 from .backends import BackendError, for_job
 from .job import JobError
 from .pipeline import Item, Pipeline, Sink, batch_plan, collect
@@ -51,34 +53,8 @@ def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
     stop = threading.Event()
     restore = _install_signals(stop) if handle_signals else None
     t0 = time.monotonic()
-    summary = None
     try:
-        try:
-            if backend is None:
-                backend = make_backend(job)
-            backend.load(job.path(job.model))
-            if job.mode == "bench":
-                summary = _bench(job, rundir, backend, stop)
-            else:
-                summary = _classify(job, rundir, backend, stop)
-        except (JobError, BackendError, preprocess.PreprocessError, evaluate.EvalError, OSError) as exc:
-            rundir.emit("log", level="error", message=f"{type(exc).__name__}: {exc}")
-            summary = {"ok": 0, "failed": 0, "total": 0, "status": "failed", "error": str(exc)}
-        except Exception as exc:  # a bug: still end the run properly, with the traceback in the log
-            rundir.emit("log", level="error", message=traceback.format_exc())
-            summary = {
-                "ok": 0,
-                "failed": 0,
-                "total": 0,
-                "status": "failed",
-                "error": f"internal: {exc}",
-            }
-        finally:
-            if backend is not None:
-                try:
-                    backend.close()
-                except Exception as exc:
-                    rundir.emit("log", level="error", message=f"backend close: {exc}")
+        summary = _attempt(job, rundir, backend, stop)
         summary.setdefault("elapsed_s", round(time.monotonic() - t0, 3))
         summary.setdefault("ips", 0.0)
         rundir.write_json("summary.json", summary)
@@ -92,6 +68,49 @@ def execute(job, echo=True, backend=None, stream=None, handle_signals=True):
         if restore:
             restore()
         rundir.close()
+
+
+def _attempt(job, rundir, backend, stop):
+    """The run's summary, whatever happens: a failure is a summary with its reason, not an exception."""
+    try:
+        try:
+            if backend is None:
+                backend = make_backend(job)
+            backend.load(job.path(job.model))
+            if job.mode == "bench":
+                return _bench(job, rundir, backend, stop)
+            return _classify(job, rundir, backend, stop)
+        finally:
+            if backend is not None:
+                try:
+                    backend.close()
+                except Exception as exc:
+                    rundir.emit("log", level="error", message=f"backend close: {exc}")
+    except Exception as exc:
+        return failure_summary(rundir, exc)
+
+
+def disk_full(exc):
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def failure_summary(rundir, exc):
+    """A run that cannot go on: what it keeps (results.jsonl, resumable) and why, in one line (``reason``).
+    A full disk frees the run's reserve first, so the log line, the summary and the end event still fit."""
+    if disk_full(exc):
+        rundir.release_reserve()
+        why = f"disk full on the board ({exc.strerror}: {exc.filename or rundir.out_dir})"
+        rundir.emit("log", level="error", message=why)
+    elif isinstance(exc, (JobError, BackendError, preprocess.PreprocessError, evaluate.EvalError, OSError)):
+        why = str(exc)
+        rundir.emit("log", level="error", message=f"{type(exc).__name__}: {exc}")
+    else:  # a bug, or out of memory: still end the run properly, with the traceback in the log
+        why = "out of memory" if isinstance(exc, MemoryError) else f"internal: {exc}"
+        rundir.emit("log", level="error", message=traceback.format_exc())
+    done = rundir.done_images()
+    ok = sum(1 for r in done.values() if r.get("ok"))
+    return {"ok": ok, "failed": len(done) - ok, "total": max(rundir.total, len(done)), "status": "failed",
+            "error": why, "reason": why}
 
 
 def _install_signals(stop):
@@ -130,7 +149,10 @@ def stages(job, backend):
     return cfg, preprocess.Preprocessor(cfg), postprocess.Postprocessor(labels, k), truth
 
 
-def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
+NOT_TAKEN_SHOWN = 100  # files not taken, listed by name in the start event and the summary (all are counted)
+
+
+def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed, not_taken=()):
     rundir.emit(
         "start",
         run_id=job.run_id,
@@ -144,6 +166,8 @@ def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
         root=root,
         preprocess=_cfg_dict(cfg),
         agent=__version__,
+        not_taken=list(not_taken[:NOT_TAKEN_SHOWN]),
+        not_taken_total=len(not_taken),
     )
     if fixed and batch != job.batch:
         rundir.emit("log", message=f"model has a fixed batch of {batch}; using it instead of {job.batch}")
@@ -152,11 +176,16 @@ def _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed):
 def _classify(job, rundir, backend, stop):
     """Classify the job's images not yet done in ``rundir``; returns the run's summary (summary.json)."""
     cfg, pre, post, truth = stages(job, backend)
-    root, items, missing = collect([job.path(p) for p in job.inputs])
+    skipped = []
+    root, items, missing = collect([job.path(p) for p in job.inputs], not_taken=skipped)
+    not_taken = [{"file": images.safe_id(os.path.relpath(p, root)), "reason": why} for p, why in skipped]
+    if not items and not missing:
+        raise JobError(no_images(root, not_taken))
     done = rundir.done_images()
     todo = [it for it in items if it.id not in done]
+    rundir.total = len(items) + len(missing)
     batch, fixed = batch_plan(backend, job.batch)
-    _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed)
+    _announce(job, rundir, backend, cfg, root, items, todo, batch, fixed, not_taken)
     progress = Progress(rundir, len(todo))
     labelled = job.out_dir if job.labelled else None
     # Labelled copies are written by the thread that delivers the image's result (no extra
@@ -174,6 +203,7 @@ def _classify(job, rundir, backend, stop):
         sink.close()
     clock = (time.monotonic() - t0, time.process_time() - cpu0)  # cpu: all threads (decode, inference, writing)
     summary = _summary(done, items, missing, todo, sink, pipe, stop, batch, clock)
+    summary.update(not_taken=len(not_taken), not_taken_files=not_taken[:NOT_TAKEN_SHOWN])
     if truth is not None:
         records = list(rundir.done_images().values())
         classes = post.classes if getattr(post, "classes", None) else _classes(backend)
@@ -182,6 +212,15 @@ def _classify(job, rundir, backend, stop):
         evaluate.seed003_files(records, truth, job.out_dir, classes)  # scored by compute_top1_and_top5.py
         summary["eval"] = metrics
     return summary
+
+
+def no_images(root, not_taken):
+    """The reason of a run given no image: an empty folder, or files none of which is one."""
+    if not not_taken:
+        return f"no images: {root} has no files"
+    shown = ", ".join("{} ({})".format(n["file"], n["reason"]) for n in not_taken[:5])
+    more = f" and {len(not_taken) - 5} more" if len(not_taken) > 5 else ""
+    return f"no images: none of the {len(not_taken)} files in {root} is taken: {shown}{more}"
 
 
 def _summary(done, items, missing, todo, sink, pipe, stop, batch, clock):

@@ -24,6 +24,10 @@ from .errors import UsageError
 
 DEFAULT_FORKS = 8
 
+#: set when the command is interrupted (Ctrl-C; the command face turns SIGTERM into one): work that streams
+#: (a pull, an upload) checks it, stops and removes what it half wrote, instead of running on in its thread
+CANCEL = threading.Event()
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -127,11 +131,15 @@ def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
 
     start = 0
     with ThreadPoolExecutor(max_workers=rollout.forks, thread_name_prefix="board") as pool:
-        for size in stages(len(boards), rollout):
-            _stage(pool, list(enumerate(boards))[start:start + size], one, over, rollout.forks)
-            start += size
-            if over():
-                break
+        try:
+            for size in stages(len(boards), rollout):
+                _stage(pool, list(enumerate(boards))[start:start + size], one, over, rollout.forks)
+                start += size
+                if over():
+                    break
+        except BaseException:  # interrupted: the boards' threads stop before the pool is waited for
+            CANCEL.set()
+            raise
     skip = on_skip or _skipped
     return [rows[i] if i in rows else skip(b) for i, b in enumerate(boards)]
 

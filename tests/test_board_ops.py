@@ -48,12 +48,14 @@ def objects_stream(blobs: dict[str, bytes]) -> bytes:
 
 
 def release(files: dict[str, bytes]) -> tuple[str, list[list], dict[str, bytes]]:
-    rows = [[path, len(data), hashlib.sha256(data).hexdigest(), 0o644] for path, data in sorted(files.items())]
+    rows = [[path, len(data), hashlib.sha256(data).hexdigest(), 0o600 if path == "env.sh" else 0o644]
+            for path, data in sorted(files.items())]
     rid = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
     return rid, rows, {hashlib.sha256(d).hexdigest(): d for d in files.values()}
 
 
 def push(home: Path, files: dict[str, bytes], *, keep: int = 5, bashrc: str | None = None, corrupt: bool = False):
+    files = {"env.sh": b"export A=1\n", **files}  # a release carries its environment
     rid, rows, blobs = release(files)
     req = protocol.PushRequest(app=APP, release=rid, manifest=rows, keep=keep)
     plan = op(home, "push", req, then=[protocol.PushCommit(action="abort")])[0]
@@ -61,7 +63,7 @@ def push(home: Path, files: dict[str, bytes], *, keep: int = 5, bashrc: str | No
     send = {sha: blobs[sha] for sha in state.missing}
     if corrupt:
         send = {sha: data[::-1] + b"!" for sha, data in send.items()}
-    commit = protocol.PushCommit(action="commit", env_sh="export A=1\n", bashrc=bashrc)
+    commit = protocol.PushCommit(action="commit", bashrc=bashrc)
     replies = op(home, "push", req, then=[commit], stream=objects_stream(send) if send else b"")
     return rid, state, replies
 
@@ -79,8 +81,8 @@ def app_dir(home: Path) -> Path:
 def test_push_sends_only_what_is_missing_and_switches_current(home):
     rid1, state1, replies = push(home, {"a.txt": b"alpha", "sub/b.txt": b"beta"})
     done = protocol.decode(protocol.PushDone, replies[1])
-    assert state1.current is None and len(state1.missing) == 2 and state1.facts.python
-    assert done.switched and done.release == rid1 and done.received_objects == 2
+    assert state1.current is None and len(state1.missing) == 3 and state1.facts.python
+    assert done.switched and done.release == rid1 and done.received_objects == 3
     assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
     assert (app_dir(home) / "current" / "sub" / "b.txt").read_bytes() == b"beta"
     assert (app_dir(home) / "env.sh").stat().st_mode & 0o777 == 0o600
@@ -88,7 +90,7 @@ def test_push_sends_only_what_is_missing_and_switches_current(home):
     rid2, state2, replies = push(home, {"a.txt": b"alpha", "sub/b.txt": b"beta", "c.txt": b"gamma"})
     done = protocol.decode(protocol.PushDone, replies[1])
     assert state2.current == rid1 and state2.missing == [hashlib.sha256(b"gamma").hexdigest()]
-    assert done.linked == 2 and done.previous == rid1
+    assert done.linked == 3 and done.previous == rid1
     same = app_dir(home) / "releases"
     assert (same / rid1 / "a.txt").stat().st_ino == (same / rid2 / "a.txt").stat().st_ino  # hard-linked
 
@@ -98,9 +100,9 @@ def test_a_corrupted_object_is_refused_and_nothing_switches(home):
     rid2, _, replies = push(home, {"a.txt": b"alpha", "big.bin": b"x" * 5000}, corrupt=True)
     assert "arrived corrupted" in replies[1]["error"] and replies[-1]["exit"] == 1
     assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
-    assert [p.name for p in (app_dir(home) / "releases").iterdir() if p.name.startswith(".staging-")]
+    assert not [p.name for p in (app_dir(home) / "releases").iterdir() if p.name.startswith(".staging-")]
     _, state, replies = push(home, {"a.txt": b"alpha", "big.bin": b"x" * 5000})
-    assert state.debris and protocol.decode(protocol.PushDone, replies[1]).switched  # the next push cleans up
+    assert protocol.decode(protocol.PushDone, replies[1]).switched
     assert not [p for p in (app_dir(home) / "releases").iterdir() if p.name.startswith(".staging-")]
 
 
@@ -120,7 +122,7 @@ def test_rollback_prune_and_releases(home):
     bad = op(home, "rollback", protocol.RollbackRequest(app=APP, to="zzz"))
     assert "no single release matches 'zzz'" in bad[0]["error"]
     check = protocol.decode(protocol.VerifyReply, op(home, "verify", protocol.VerifyRequest(app=APP))[0])
-    assert check.release == made[1] and check.bad == [] and check.files == 1
+    assert check.release == made[1] and check.bad == [] and check.files == 2
 
 
 def test_status_and_pull_of_a_run_never_follow_links(home):
@@ -130,6 +132,8 @@ def test_status_and_pull_of_a_run_never_follow_links(home):
     (run / "inputs" / "x.jpg").write_bytes(b"jpeg")
     (run / "results.jsonl").write_text('{"ok": true}\n')
     (run / "summary.json").write_text('{"ok": 1, "ips": 2.5}')
+    (run / "job.json").write_text("{}")  # a run that started
+    (run / "status").write_text("ok\n")
     (run / "secret").symlink_to("/etc/passwd")
     status = protocol.decode(protocol.StatusReply, op(home, "status", protocol.StatusRequest(app=APP, marker_begin="#"))[0])
     assert status.runs[0].id == "r1" and status.runs[0].summary["ips"] == 2.5 and status.env_sh
@@ -137,9 +141,9 @@ def test_status_and_pull_of_a_run_never_follow_links(home):
     req = json.dumps(protocol.PullRequest(app=APP, exclude=["inputs"]).to_json()).encode() + b"\n"
     assert board_main.run("pull", Wire(io.BytesIO(req), stdout, str(home))) == 0
     head, tar = stdout.getvalue().split(b"\n", 1)
-    assert protocol.decode(protocol.PullHead, json.loads(head)).files == 2
+    assert protocol.decode(protocol.PullHead, json.loads(head)).files == 4
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-        assert sorted(tf.getnames()) == ["results.jsonl", "summary.json"]
+        assert sorted(tf.getnames()) == ["job.json", "results.jsonl", "status", "summary.json"]
 
 
 def test_bad_requests_get_one_error_line(home):
@@ -169,7 +173,7 @@ def boot(home: Path, header: bytes, request: protocol.Message, op_name: str = "s
     digest, _ = remote.code_archive()
     src = (Path(remote.BOARD_DIR) / "boot.py").read_text()
     body = header + json.dumps(request.to_json()).encode() + b"\n"
-    r = subprocess.run([sys.executable, "-I", "-c", src, digest, op_name], input=body, capture_output=True,
+    r = subprocess.run([sys.executable, "-I", "-B", "-c", src, digest, op_name], input=body, capture_output=True,
                        env={"HOME": str(home), "PATH": os.environ["PATH"]}, timeout=60)
     return r.returncode, [json.loads(line) for line in r.stdout.splitlines()]
 
@@ -190,8 +194,86 @@ def test_bootstrap_installs_the_code_archive_once_and_verifies_it(home):
     assert boot(fresh, b"code %d\n" % len(bad) + bytes(bad), req) == (1, [{"error": "board code archive arrived corrupted"}])
 
 
+def test_the_board_codes_bytecode_is_written_at_install_and_a_damaged_cache_is_sent_again(home):
+    digest, archive = remote.code_archive()
+    req = protocol.StatusRequest(app=APP)
+    assert boot(home, b"code %d\n" % len(archive) + archive, req)[0] == 0
+    cache = home / ".cache" / "atlas-deploy" / "board" / digest / "deploy_board" / "__pycache__"
+    pycs = sorted(cache.glob("*.pyc"))
+    assert len(pycs) == len(list(cache.parent.glob("*.py")))  # every module, written whole by boot.py
+    main = next(p for p in pycs if p.name.startswith("main."))
+    main.write_bytes(main.read_bytes()[:40])  # as CPython's writer leaves it with 32 KiB free
+    assert boot(home, b"cached\n", req) == (0, [{"boot": "need-code"}])  # removed: the host sends it again
+    code, lines = boot(home, b"code %d\n" % len(archive) + archive, req)
+    assert code == 0 and lines[0] == {"boot": "ok"} and "current" in lines[1]
+    assert sorted(p.name for p in cache.glob("*")) == [p.name for p in pycs]  # the op (-B) wrote none
+
+
 def test_the_board_code_is_python37_stdlib_and_never_imports_the_host():
     for path in Path(remote.BOARD_DIR).glob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+deploy(\.|\s|$)", text, re.M), path
         assert "paramiko" not in text and "rich" not in text, path
+
+
+def test_env_sh_switches_with_current_and_an_older_boards_file_is_kept_by_its_releases(home):
+    base = app_dir(home)
+    rid1, _, _ = push(home, {"a.txt": b"alpha"})
+    (base / "env.sh").unlink()
+    (base / "releases" / rid1 / "env.sh").unlink()  # as an older version left it: no env.sh in the release ...
+    (base / "env.sh").write_text("export OLD=1\n")  # ... and a file beside releases/
+    rid2, _, _ = push(home, {"a.txt": b"alpha", "env.sh": b"export NEW=1\n"})
+    assert os.readlink(base / "env.sh") == "current/env.sh" and (base / "env.sh").read_text() == "export NEW=1\n"
+    assert (base / "releases" / rid1 / "env.sh").read_text() == "export OLD=1\n"  # the environment it ran with
+    op(home, "rollback", protocol.RollbackRequest(app=APP))
+    assert (base / "env.sh").read_text() == "export OLD=1\n"
+
+
+def test_a_held_lock_names_its_holder(home):
+    from deploy.board.files import Lock
+
+    with Lock(str(app_dir(home)), "push"):
+        reply = op(home, "rollback", protocol.RollbackRequest(app=APP))
+    assert re.match(r"a push \(pid \d+\) since \d\d:\d\d:\d\d UTC, \d+s ago holds the lock on this app", reply[0]["error"])
+
+
+def test_a_releases_bytecode_is_written_at_push_and_shared_with_the_next_release(home):
+    import importlib.util
+
+    from deploy.board.bytecode import ours
+
+    rid1, _, _ = push(home, {"agent/x.py": b"X = 1\n", "agent/bad.py": b"print 'py2'\n"})
+    rid2, _, _ = push(home, {"agent/x.py": b"X = 1\n", "agent/y.py": b"Y = 2\n"})
+    rel = app_dir(home) / "releases"
+    pyc1, pyc2 = (Path(importlib.util.cache_from_source(str(rel / r / "agent" / "x.py"))) for r in (rid1, rid2))
+    assert ours(pyc1) and pyc1.stat().st_ino == pyc2.stat().st_ino  # unchanged source: its bytecode linked
+    assert ours(importlib.util.cache_from_source(str(rel / rid2 / "agent" / "y.py")))
+    assert not Path(importlib.util.cache_from_source(str(rel / rid1 / "agent" / "bad.py"))).exists()
+    out = subprocess.run([sys.executable, "-B", "-c", "import x; print(x.X)"], cwd=rel / rid2 / "agent",
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert out.stdout.strip() == "1"
+
+
+def test_a_release_waiting_for_its_health_check_is_never_pinned_by_a_service_start(home):
+    files = {"env.sh": b"export A=1\n", "a.txt": b"alpha"}
+    rid, rows, blobs = release(files)
+    req = protocol.PushRequest(app=APP, release=rid, manifest=rows, health=True)
+    op(home, "push", req, then=[protocol.PushCommit(action="commit")], stream=objects_stream(blobs))
+    start = op(home, "service", protocol.ServiceRequest(app=APP, action="start", wait=0))
+    assert f"release {rid} became current at" in start[0]["error"] and "no health-check verdict yet" in start[0]["error"]
+    assert not (app_dir(home) / "service" / "release").exists()
+    verdict = op(home, "health", protocol.HealthRequest(app=APP, release=rid))[0]
+    assert verdict["status"] == "skipped" and not (app_dir(home) / ".checking").exists()  # the verdict clears it
+
+
+def test_a_plan_request_may_carry_only_the_rows_that_differ_from_a_release_the_board_has(home):
+    rid1, _, _ = push(home, {"a.txt": b"alpha", "b.txt": b"beta"})
+    files = {"env.sh": b"export A=2\n", "a.txt": b"alpha", "c.txt": b"gamma"}
+    rid2, rows, blobs = release(files)
+    delta = {"base": rid1, "changed": [r for r in rows if r[0] in ("env.sh", "c.txt")], "removed": ["b.txt"]}
+    state = op(home, "push", protocol.PushRequest(app=APP, release=rid2, **delta), then=[protocol.PushCommit()])[0]
+    assert not state["need_manifest"] and sorted(state["missing"]) == sorted(
+        hashlib.sha256(files[p]).hexdigest() for p in ("env.sh", "c.txt"))
+    for wrong in ({**delta, "base": "0123456789ab"}, {**delta, "removed": []}):  # base gone; rows not the release's
+        state = op(home, "push", protocol.PushRequest(app=APP, release=rid2, **wrong), then=[protocol.PushCommit()])[0]
+        assert state["need_manifest"] and not state["missing"]

@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.formats import labelled_rel
+
 THUMB = 160
 SHEET_COLUMNS = 6
 MAX_THUMBS = 120  # a page stays small; the sheet says how many more there were
@@ -95,9 +97,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _labelled(run: RunData, image: str) -> Path | None:
-    p = run.path / "labelled" / image
-    if p.suffix.lower() not in (".jpg", ".jpeg"):
-        p = p.with_name(p.name + ".jpg")
+    p = run.path / "labelled" / labelled_rel(image)  # the agent's own rule (a too-long name is cut)
     return p if p.is_file() else None
 
 

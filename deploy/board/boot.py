@@ -1,4 +1,4 @@
-# The bootstrap: the only code sent on the command line (``python3 -I -c BOOT HASH OP``).
+# The bootstrap: the only code sent on the command line (``python3 -I -B -c BOOT HASH OP``).
 # Python 3.7 + stdlib only, and small on purpose. It installs the board code archive once per
 # version into ~/.cache/atlas-deploy/board/<HASH>/ (atomically, verified by sha256), then runs OP.
 # stdin starts with "cached\n" or "code <length>\n" + the zip archive, then the op's request line.
@@ -9,7 +9,8 @@ import sys
 
 
 def _install(data, digest, dest):
-    """Unpack the archive into ``dest`` (atomically); False if it does not hash to ``digest``."""
+    """Unpack the archive into ``dest`` (atomically), its bytecode written and checked here (the ops run with
+    -B: CPython's own writer leaves torn .pyc files on a full disk); False if it does not hash to ``digest``."""
     import hashlib
     import io
     import shutil
@@ -21,16 +22,52 @@ def _install(data, digest, dest):
         return True
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.tmp-{os.getpid()}"
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for name in zf.namelist():
-            if name.startswith("/") or ".." in name.split("/"):
-                return False
-        zf.extractall(tmp)
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for name in zf.namelist():
+                if name.startswith("/") or ".." in name.split("/"):
+                    return False
+            zf.extractall(tmp)
+        _compile(os.path.join(tmp, "deploy_board"), os.path.join(dest, "deploy_board"))
         os.rename(tmp, dest)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another op installed it first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(dest):  # else another op installed it first
+            raise
     return True
+
+
+def _compile(pkg, final):
+    import importlib.util as util
+    import marshal
+
+    os.mkdir(os.path.join(pkg, "__pycache__"))
+    for name in os.listdir(pkg):
+        if name.endswith(".py"):
+            with open(os.path.join(pkg, name), "rb") as f:
+                src = f.read()
+            code = compile(src, os.path.join(final, name), "exec", dont_inherit=True)
+            view = memoryview(util.MAGIC_NUMBER + b"\1\0\0\0" + util.source_hash(src) + marshal.dumps(code))
+            fd = os.open(util.cache_from_source(os.path.join(pkg, name)), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]  # every byte checked (a short write, then ENOSPC)
+            finally:
+                os.close(fd)
+
+
+def _load(dest):
+    """The board code's entry points, or None when the cache is damaged (removed: the host sends it again)."""
+    sys.path.insert(0, dest)
+    try:
+        from deploy_board.main import run
+        from deploy_board.wire import Wire
+    except (EOFError, ValueError, ImportError, SyntaxError):
+        import shutil
+
+        shutil.rmtree(dest, ignore_errors=True)
+        return None
+    return run, Wire
 
 
 def _boot():
@@ -43,21 +80,24 @@ def _boot():
     home = os.path.expanduser("~")
     dest = os.path.join(home, ".cache", "atlas-deploy", "board", digest)
     head = inp.readline().split()
-    if head[:1] == [b"code"]:
-        if not _install(inp.read(int(head[1])), digest, dest):
+    try:
+        if head[:1] == [b"code"] and not _install(inp.read(int(head[1])), digest, dest):
             out.write(b'{"error": "board code archive arrived corrupted"}\n')
             return 1
-    elif not os.path.isdir(dest):
-        out.write(b'{"boot": "need-code"}\n')
+    except OSError as exc:  # a full disk: said in one line, nothing half-installed left
+        import json
+
+        out.write((json.dumps({"error": f"cannot install the board code in {dest}: {exc}"}) + "\n").encode())
+        return 1
+    entry = _load(dest) if os.path.isdir(dest) else None
+    if entry is None:
+        out.write(b'{"boot": "need-code"}\n' if head[:1] != [b"code"] else b'{"error": "board code does not load"}\n')
         out.flush()
         return 0
     out.write(b'{"boot": "ok"}\n')
     out.flush()
-    sys.path.insert(0, dest)
-    from deploy_board.main import run
-    from deploy_board.wire import Wire
-
-    return run(op, Wire(inp, out, home))
+    run, wire = entry
+    return run(op, wire(inp, out, home))
 
 
 sys.exit(_boot())

@@ -4,6 +4,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import time
 
 from .wire import Fail
 
@@ -43,23 +44,46 @@ def sha_file(path):
 
 
 class Lock:
-    """The per-app lock (``<app>/.lock``): one push or rollback at a time, refused rather than queued."""
+    """The per-app lock (``<app>/.lock``): one push, health check, rollback or service start/stop at a time,
+    refused rather than queued. The holder writes what it is, its pid and since when into the file, so a
+    refusal names it in one line."""
 
-    def __init__(self, base):
+    def __init__(self, base, what="deploy operation"):
         os.makedirs(base, exist_ok=True)
-        self.f = open(os.path.join(base, ".lock"), "a")
+        self.what = what
+        self.f = open(os.path.join(base, ".lock"), "a+")
 
     def __enter__(self):
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            holder = held_by(self.f)
             self.f.close()
-            raise Fail("another deploy operation holds the lock on this app; try again when it ends") from None
+            raise Fail(f"{holder} holds the lock on this app; try again when it ends") from None
+        try:  # best effort: a full disk must not stop a rollback
+            self.f.seek(0)
+            self.f.truncate()
+            self.f.write(f"{self.what}\t{os.getpid()}\t{time.time():.3f}\n")
+            self.f.flush()
+        except OSError:
+            pass
         return self
 
     def __exit__(self, *exc):
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
+
+
+def held_by(f):
+    """``a push (pid 123) since 12:00:03 UTC, 5s ago`` from a lock file's first line, or a plain phrase."""
+    try:
+        f.seek(0)
+        what, pid, since = f.readline().rstrip("\n").split("\t")
+        since = float(since)
+    except (OSError, ValueError):
+        return "another deploy operation"
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(since))
+    return f"a {what} (pid {pid}) since {when}, {max(0, time.time() - since):.0f}s ago"
 
 
 def pid_alive(pid):

@@ -43,6 +43,29 @@ def passed(base, rid):
     return verdict == "pass"
 
 
+CHECKING = ".checking"  # "<release>\t<time>": made current by a push whose health check has not answered yet
+
+
+def mark_checking(base, rid):
+    """Say that ``rid`` was just made current and a health check follows (``service start`` will not pin it)."""
+    with open(os.path.join(base, CHECKING), "w") as f:
+        f.write(f"{rid}\t{time.time():.3f}\n")
+
+
+def checking(base):
+    """(release, since) made current by a push and not checked yet, or None."""
+    try:
+        rid, since = (read_text(os.path.join(base, CHECKING)) or "").split()
+        return rid, float(since)
+    except ValueError:
+        return None
+
+
+def clear_checking(base, rid):
+    if (checking(base) or ("",))[0] == rid:
+        os.unlink(os.path.join(base, CHECKING))
+
+
 def record(base, rid, ok):
     with open(os.path.join(base, "health.log"), "a") as f:
         f.write("{:.3f} {} {}\n".format(time.time(), rid, "pass" if ok else "fail"))
@@ -241,11 +264,15 @@ def op_health(wire, req):
     base = wire.app_dir(req.app)
     rid = check_id(req.release, "release id")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped link must not stop a switch back half-way
-    with Lock(base):
+    with Lock(base, "health check"):
         clean_scratch(base)
         cur = current_release(base)
         if cur != rid:
+            clear_checking(base, rid)
             raise Fail(f"current is {cur or 'none'}, not {rid}: another push or rollback came between; "
                        "nothing was checked or switched")
-        reply = check(base, rid, req)
+        try:
+            reply = check(base, rid, req)
+        finally:
+            clear_checking(base, rid)
     wire.reply(reply)

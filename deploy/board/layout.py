@@ -56,9 +56,9 @@ def list_runs(base):
     return sorted(names, key=lambda n: os.path.getmtime(os.path.join(rdir, n)))
 
 
-def read_pid(run_dir):
-    """The pid of the agent a run was started as (``launcher.pid``), or None."""
-    text = read_text(os.path.join(run_dir, "launcher.pid"))
+def read_pid(run_dir, name="launcher.pid"):
+    """The pid of the agent a run was started as (``launcher.pid``; its watcher: ``watcher.pid``), or None."""
+    text = read_text(os.path.join(run_dir, name))
     try:
         return int(text.strip()) if text else None
     except ValueError:

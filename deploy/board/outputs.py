@@ -13,20 +13,23 @@ from .facts import gather
 from .files import read_text
 from .layout import current_release, list_runs, runs_dir
 from .releases import release_infos
-from .runs import run_info
+from .runs import clean_debris, run_info
+from .watch import settle
 from .wire import Fail, check_run_id
 
 
 def pick_run(base, run_id):
-    runs = list_runs(base)
+    """The run to pull (the newest that started, by default), ended first if its agent is gone without an end."""
+    runs = [r for r in list_runs(base) if os.path.isfile(os.path.join(runs_dir(base), r, "job.json"))]
     if run_id:
         check_run_id(run_id)
         if run_id not in runs:
             raise Fail("no run {} on the board (have: {})".format(run_id, ", ".join(runs[-5:]) or "none"))
-        return run_id
-    if not runs:
+    elif not runs:
         raise Fail("no runs on the board yet: start one with `deploy run`")
-    return runs[-1]
+    run_id = run_id or runs[-1]
+    settle(os.path.join(runs_dir(base), run_id))
+    return run_id
 
 
 def run_files(run_dir, skip):
@@ -88,6 +91,7 @@ def _service_info(base):
 
 def op_status(wire, req):
     base = wire.app_dir(req.app)
+    clean_debris(base)  # uploads whose op was killed before its run was whole
     cur = current_release(base)
     bashrc = read_text(os.path.join(wire.home, ".bashrc")) or ""
     runs = list_runs(base)[-int(req.runs):]

@@ -27,6 +27,14 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESERVED_RUN_IDS = ("service",)
 
 
+#: inventory env keys whose values are never shown (status, releases, dry-run diffs): masked by key
+SECRET_KEY_RE = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH)", re.I)
+
+
+def secret_key(key):
+    return bool(SECRET_KEY_RE.search(key))
+
+
 def valid_id(value):
     return isinstance(value, str) and bool(ID_RE.match(value))
 
@@ -159,16 +167,22 @@ class ReleaseInfo(Message):
     id: str = ""
     current: bool = False
     created: float | None = None
+    env: dict[str, str] = {}  # the inventory's variables its env.sh sets (secret-looking values "***")
+    env_sha: str = ""  # the first 12 hex digits of its env.sh's sha256 ("" when it has none)
 
 
 class PushRequest(Message):
-    """Phase 1 of a push: the release's manifest rows are [path, size, sha256, mode]."""
+    """Phase 1 of a push: the release's manifest rows are [path, size, sha256, mode]: all of them, or (``base``)
+    those that differ from release ``base``'s, which the host pushed last and the board may still have."""
 
     app: str = ""
     release: str = ""
     manifest: list[list] = []
     keep: int = 5
     health: bool = False  # a health check follows a switch: the push leaves pruning to it
+    base: str = ""  # the manifest is ``base``'s with ``changed`` rows put in and ``removed`` paths taken out
+    changed: list[list] = []
+    removed: list[str] = []
 
 
 class PushState(Message):
@@ -182,14 +196,16 @@ class PushState(Message):
     env_sh: str | None = None
     bashrc: str | None = None
     debris: list[str] = []
+    free_bytes: int = -1  # free for the board user on the app directory's filesystem (-1: unknown, an older board)
+    need_manifest: bool = False  # the board lacks ``base`` (pruned): the host asks again with the whole manifest
     NESTED = {"facts": Facts}
 
 
 class PushCommit(Message):
-    """Phase 2: "commit" (then the object stream, if anything is missing) or "abort"."""
+    """Phase 2: "commit" (then the object stream, if anything is missing) or "abort". The app's env.sh is a
+    file of the release (``releases/<id>/env.sh``), sent as any other."""
 
     action: str = "abort"
-    env_sh: str | None = None
     bashrc: str | None = None
 
 

@@ -7,6 +7,7 @@ pushes, so a staging directory found while holding the lock is debris of an inte
 push and is removed.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -19,9 +20,9 @@ import zlib
 from . import protocol
 from .facts import gather
 from .files import Lock, read_text, sha_text, write_atomic
-from .health import passed
+from .health import mark_checking, passed
 from .layout import current_release, releases_dir
-from .releases import content_index, list_releases, prune, switch_current
+from .releases import content_index, link_env, list_releases, load_manifest, prune, switch_current
 from .wire import SHA_RE, Fail, check_id, safe_rel
 
 
@@ -132,8 +133,8 @@ def assemble(rows, index, objdir, staging):
             made_dirs.add(parent)
         obj = os.path.join(objdir, sha)
         if os.path.exists(obj):  # a fresh object: the first path takes it, later identical files copy
+            os.chmod(obj, mode)  # before it appears in the tree: env.sh is 0600 from its first moment there
             os.rename(obj, dst)
-            os.chmod(dst, mode)
             index[sha] = (dst, mode, size)
             continue
         src, src_mode, _ = index[sha]
@@ -155,12 +156,30 @@ class PushSession:
     def __init__(self, wire, req):
         self.wire = wire
         self.req = req
+        self.manifest = req.manifest
         self.base = wire.app_dir(req.app)
         self.rid = check_id(req.release, "release id")
         self.bashrc_path = os.path.join(wire.home, ".bashrc")
         self.env_path = os.path.join(self.base, "env.sh")
 
+    def resolve_manifest(self):
+        """The whole manifest from a delta against release ``base`` (checked: its rows must hash to the release
+        id); False when ``base`` is not here."""
+        if self.manifest or not self.req.base:
+            return True
+        try:
+            rows = {row[0]: row for row in load_manifest(self.base, check_id(self.req.base, "release id"))}
+        except (OSError, ValueError, KeyError):
+            return False
+        for path in self.req.removed:
+            rows.pop(path, None)
+        rows.update((row[0], row) for row in self.req.changed)
+        self.manifest = [rows[p] for p in sorted(rows)]
+        return hashlib.sha256(json.dumps(self.manifest).encode()).hexdigest()[:12] == self.rid
+
     def plan(self):
+        if not self.resolve_manifest():
+            return protocol.PushState(need_manifest=True)
         debris = clean_debris(self.base)
         rels = list_releases(self.base)
         self.cur = current_release(self.base)
@@ -170,34 +189,48 @@ class PushSession:
         if not self.exists:
             ordered = ([self.cur] if self.cur in rels else []) + [r for r in reversed(rels) if r != self.cur]
             self.index = content_index(self.base, ordered)
-            self.need = sorted({row[2] for row in self.req.manifest if row[2] not in self.index})
+            self.need = sorted({row[2] for row in self.manifest if row[2] not in self.index})
         self.bashrc = read_text(self.bashrc_path)
+        st = os.statvfs(self.base)
         return protocol.PushState(
             facts=gather(self.wire.home), current=self.cur, releases=rels, exists=self.exists, missing=self.need,
-            env_sh=read_text(self.env_path), bashrc=self.bashrc, debris=debris,
+            env_sh=read_text(self.env_path), bashrc=self.bashrc, debris=debris, free_bytes=st.f_bavail * st.f_frsize,
         )
 
     def stage(self):
-        """Receive the missing objects and rename the assembled release into place; nothing is switched yet."""
-        received, linked = {}, 0
+        """Receive the missing objects and rename the assembled release into place; nothing is switched yet.
+        On any failure the staging directory is removed at once: a full disk is not left full."""
         if self.exists:
-            return received, linked
+            return {}, 0
         staging = os.path.join(releases_dir(self.base), f".staging-{self.rid}-{os.getpid()}")
+        try:
+            return self._stage(staging)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                st = os.statvfs(self.base)
+                free = st.f_bavail * st.f_frsize >> 20
+                raise Fail(f"{exc.strerror} on the board ({self.base}); the push's staging directory is removed "
+                           f"({free} MB free now), the previous release is still current") from None
+            raise
+
+    def _stage(self, staging):
+        received, linked = {}, 0
         objdir = os.path.join(staging, ".objects")
-        os.makedirs(objdir)
+        os.makedirs(objdir, 0o700)  # objects in flight (env.sh among them) are nobody else's to read
         if self.need:
-            sizes = {row[2]: row[1] for row in self.req.manifest}
+            sizes = {row[2]: row[1] for row in self.manifest}
             received = receive_objects(self.wire.stdin, objdir, {sha: sizes[sha] for sha in self.need})
-        linked = assemble(self.req.manifest, self.index, objdir, staging)
+        linked = assemble(self.manifest, self.index, objdir, staging)
         os.rmdir(objdir)
-        manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.req.manifest}
+        # imported here: only a push that stages needs importlib.util, not one of nothing new
+        from .bytecode import compile_release
+
+        compile_release(staging, self.manifest, self.index)  # the only bytecode its agent will read
+        manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.manifest}
         write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
         os.rename(staging, os.path.join(releases_dir(self.base), self.rid))
         return received, linked
-
-    def write_env(self, env_sh):
-        if env_sh is not None and env_sh != read_text(self.env_path):
-            write_atomic(self.env_path, env_sh.encode("utf-8"), 0o600)
 
     def write_bashrc(self, new):
         """Replace ~/.bashrc only if it is still what the plan saw; the first original is kept as a backup."""
@@ -215,10 +248,12 @@ class PushSession:
 
     def commit(self, cmd):
         received, linked = self.stage()
-        self.write_env(cmd.env_sh)
+        link_env(self.base)  # env.sh is the release's: <app>/env.sh -> current/env.sh
         bashrc_changed = self.write_bashrc(cmd.bashrc)
         switched = self.cur != self.rid
         if switched:
+            if self.req.health:
+                mark_checking(self.base, self.rid)  # no service start pins it before its verdict
             switch_current(self.base, self.rid, "push")
         checked = not switched and passed(self.base, self.rid)
         # a health check follows unless the release was already current and checked: it prunes once it
@@ -240,11 +275,11 @@ def service_enabled(base):
 
 def op_push(wire, req):
     session = PushSession(wire, req)
-    with Lock(session.base):
+    with Lock(session.base, "push"):
         state = session.plan()
         wire.reply(state)
         cmd = wire.read(protocol.PushCommit)
-        if cmd.action != "commit":
+        if cmd.action != "commit" or state.need_manifest:
             wire.reply(protocol.PushDone(ok=True, aborted=True))
             return
         done = session.commit(cmd)

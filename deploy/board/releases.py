@@ -12,7 +12,7 @@ import stat
 import time
 
 from . import protocol
-from .files import Lock, pid_alive, read_text, sha_file
+from .files import Lock, pid_alive, read_text, sha_file, sha_text
 from .layout import current_release, list_runs, read_pid, releases_dir, runs_dir, switch_log
 from .wire import Fail, check_id
 
@@ -81,6 +81,59 @@ def switch_current(base, rid, how):
         f.write(f"{time.time():.3f} {rid} {how}\n")
 
 
+ENV = "env.sh"
+ENV_LINK = os.path.join("current", ENV)  # <app>/env.sh: the environment switches with ``current``
+APP_ENV_MARK = "# app.env"  # envblock.env_sh: the inventory's variables follow this line
+
+
+def link_env(base):
+    """Make ``<app>/env.sh`` the link ``current/env.sh`` (what ~/.bashrc's block and every command source), so
+    the environment is switched, checked, reverted and rolled back with ``current`` in the same rename.
+
+    A board pushed to by an older version has a file there: it is given to every release that has no env.sh
+    of its own (it was theirs: the environment they ran with), then replaced by the link in one rename.
+    """
+    path = os.path.join(base, ENV)
+    if os.path.islink(path) and os.readlink(path) == ENV_LINK:
+        return False
+    if os.path.isfile(path) and not os.path.islink(path):
+        for rid in list_releases(base):
+            own = os.path.join(releases_dir(base), rid, ENV)
+            if not os.path.lexists(own):
+                os.link(path, own)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(ENV_LINK, tmp)
+    os.replace(tmp, path)
+    return True
+
+
+def release_env(base, rid):
+    """(the inventory's variables a release's env.sh sets, secret-looking values masked by key; the first 12
+    hex digits of its sha256, "" without one)."""
+    import shlex
+
+    path = os.path.join(releases_dir(base), rid, ENV)
+    try:
+        text = read_text(path)
+    except OSError:  # not ours to read
+        return {}, "?"
+    if text is None:
+        return {}, ""
+    env, ours = {}, False
+    for line in text.splitlines():
+        ours = ours or line.startswith(APP_ENV_MARK)
+        if ours and line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export "):].partition("=")
+            try:
+                words = shlex.split(value)
+            except ValueError:
+                words = [value]
+            env[key] = "***" if protocol.secret_key(key) else (words[0] if words else "")
+    return env, sha_text(text)[:12]
+
+
 def releases_in_use(base):
     """Releases that running agents were started from: never pruned under a live run."""
     used = set()
@@ -119,7 +172,11 @@ def prune(base, keep):
 def release_infos(base):
     cur = current_release(base)
     created = history(base)[1]
-    return [protocol.ReleaseInfo(id=r, current=r == cur, created=created.get(r)) for r in list_releases(base)]
+    out = []
+    for r in list_releases(base):
+        env, env_sha = release_env(base, r)
+        out.append(protocol.ReleaseInfo(id=r, current=r == cur, created=created.get(r), env=env, env_sha=env_sha))
+    return out
 
 
 def op_releases(wire, req):
@@ -153,7 +210,7 @@ def rollback_target(base, cur, rels, to):
 
 def op_rollback(wire, req):
     base = wire.app_dir(req.app)
-    with Lock(base):
+    with Lock(base, "rollback"):
         cur = current_release(base)
         to = rollback_target(base, cur, list_releases(base), req.to)
         if to != cur:

@@ -28,7 +28,8 @@ import sys
 import time
 
 from . import protocol
-from .files import pid_alive, read_text, write_atomic
+from .files import Lock, pid_alive, read_text, write_atomic
+from .health import checking
 from .layout import current_release, releases_dir
 from .wire import Fail, check_id
 
@@ -180,6 +181,8 @@ def info(base):
         state, agent = "starting", dict(agent, state="starting", reason="", ips=0.0, updated=None)
     if agent_pid is None and supervisor in ("backoff", "crash-loop"):
         state = supervisor
+    if agent_pid is None:  # the last agent's figures are not now's: no uptime, no rate, the inbox counted here
+        agent = dict(agent, since=None, ips=0.0, waiting=inbox_waiting(cfg.get("inbox") or "", cfg.get("policy")))
     return protocol.ServiceInfo(
         enabled=not stopped, method=cfg.get("method", ""), supervisor=supervisor, supervisor_pid=sup_pid,
         agent_pid=agent_pid, state=state, reason=agent.get("reason", "") if agent_pid else sup.get("reason", ""),
@@ -192,6 +195,28 @@ def info(base):
         inbox=cfg.get("inbox", ""), policy=cfg.get("policy", ""), watch=agent.get("watch", ""),
         updated=agent.get("updated"), note=cfg.get("note", ""),
     )
+
+
+def inbox_waiting(inbox, policy):
+    """Images waiting while no agent runs: the inbox's regular files (dot-names are never taken; with policy
+    keep, less those kept in place, ``.work/kept.idx``) and, moved out of it, those claimed but not recorded."""
+    kept = set()
+    if policy == "keep":  # a claim is a hard link: the image is still in the inbox, counted there
+        for line in (read_text(os.path.join(inbox, ".work", "kept.idx")) or "").splitlines():
+            parts = line.split("\t", 3)
+            if len(parts) == 4 and parts[0].isdigit():
+                kept.add((parts[3], int(parts[0])))
+    count = 0
+    try:
+        with os.scandir(inbox) as it:
+            for e in it:
+                if not e.name.startswith(".") and e.is_file(follow_symlinks=False) and (e.name, e.inode()) not in kept:
+                    count += 1
+        if policy != "keep":
+            count += sum(1 for n in os.listdir(os.path.join(inbox, ".work")) if n.partition("~")[0].isdigit())
+    except OSError:
+        pass
+    return count
 
 
 def _ack(svc):
@@ -232,11 +257,35 @@ def op_service(wire, req):
 def _check_start(base, req):
     if req.policy not in POLICIES:
         raise Fail("service policy must be one of {}, not {!r}".format(", ".join(POLICIES), req.policy))
-    if current_release(base) is None or not os.path.isdir(os.path.join(base, "current")):
+    cur = current_release(base)
+    if cur is None or not os.path.isdir(os.path.join(base, "current")):
         raise Fail("nothing deployed for this app yet: run `deploy push` first")
+    pending = checking(base)
+    if pending and pending[0] == cur:
+        raise Fail("release {} became current at {} and has no health-check verdict yet: the service starts on a "
+                   "checked release (push again if that push was cut off)".format(
+                       cur, time.strftime("%H:%M:%S UTC", time.gmtime(pending[1]))))
 
 
 def start(wire, base, req):
+    """Install or reconfigure the service and start it, under the app lock (what it pins is what is current
+    and checked: a push or rollback cannot switch ``current`` under it); then wait, the lock released."""
+    with Lock(base, "service start"):
+        _install(wire, base, req)
+    started = time.time()
+
+    def running(now):
+        if now is None:
+            return False
+        if now.agent_pid is None:  # not up (yet): a crash loop is an answer; a backoff or no supervisor, after a while
+            late = time.time() - started > 5.0
+            return now.supervisor == "crash-loop" or (late and now.supervisor in ("backoff", "dead"))
+        return now.state in ("running", "idle", "disk-full") and (now.updated or 0) >= started - 0.5
+
+    return _wait(base, running, float(req.wait)) or protocol.ServiceInfo()
+
+
+def _install(wire, base, req):
     import shutil
     import subprocess
 
@@ -279,17 +328,6 @@ def start(wire, base, req):
         with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
             subprocess.Popen(supervisor_argv(svc), stdin=null_in, stdout=null_out, stderr=null_out, cwd=wire.home,
                              start_new_session=True)  # outlives this SSH session, as it would from cron
-    started = time.time()
-
-    def running(now):
-        if now is None:
-            return False
-        if now.agent_pid is None:  # not up (yet): a crash loop is an answer; a backoff or no supervisor, after a while
-            late = time.time() - started > 5.0
-            return now.supervisor == "crash-loop" or (late and now.supervisor in ("backoff", "dead"))
-        return now.state in ("running", "idle", "disk-full") and (now.updated or 0) >= started - 0.5
-
-    return _wait(base, running, float(req.wait)) or protocol.ServiceInfo()
 
 
 def remove_cron_quietly(app):
@@ -313,17 +351,18 @@ def stop(wire, base, req):
     svc = service_dir(base)
     if not os.path.isfile(os.path.join(svc, "config.json")):
         raise Fail(f"no service of {req.app} on this board")
-    write_atomic(os.path.join(svc, "stop"), b"stopped by deploy service stop\n")
-    cfg = _read_json(os.path.join(svc, "config.json"))
-    if cfg.get("method") == "systemd":
-        remove_systemd(req.app, wire.home)
-    remove_cron_quietly(req.app)
-    sup = _pid(os.path.join(svc, "supervisor.pid"))
-    if sup:
-        os.kill(sup, signal.SIGTERM)
-    agent = _pid(os.path.join(svc, "agent.pid"))
-    if agent and not sup:
-        os.kill(agent, signal.SIGTERM)
+    with Lock(base, "service stop"):
+        write_atomic(os.path.join(svc, "stop"), b"stopped by deploy service stop\n")
+        cfg = _read_json(os.path.join(svc, "config.json"))
+        if cfg.get("method") == "systemd":
+            remove_systemd(req.app, wire.home)
+        remove_cron_quietly(req.app)
+        sup = _pid(os.path.join(svc, "supervisor.pid"))
+        if sup:
+            os.kill(sup, signal.SIGTERM)
+        agent = _pid(os.path.join(svc, "agent.pid"))
+        if agent and not sup:
+            os.kill(agent, signal.SIGTERM)
     deadline = time.monotonic() + 20.0
     while time.monotonic() < deadline and ((sup and pid_alive(sup)) or (agent and pid_alive(agent))):
         time.sleep(0.1)
@@ -337,9 +376,10 @@ def switch(base, req):
     if now is None or not now.enabled:
         return now or protocol.ServiceInfo()
     rid = check_id(req.release, "release id")
-    if not os.path.isdir(os.path.join(releases_dir(base), rid)):
-        raise Fail(f"no release {rid} on the board")
-    write_atomic(os.path.join(svc, "release"), (rid + "\n").encode())
+    with Lock(base, "service switch"):
+        if not os.path.isdir(os.path.join(releases_dir(base), rid)):
+            raise Fail(f"no release {rid} on the board")
+        write_atomic(os.path.join(svc, "release"), (rid + "\n").encode())
 
     def moved(now):
         return now is None or now.supervisor_pid is None or (

@@ -8,7 +8,7 @@ copies this file to ``~/HIAI_PROJECTS/<app>/service/supervisor.py``, so what the
 
 One supervisor per service (``supervisor.lock``, flock): a second one exits at once. It starts the
 agent in the release named by ``service/release`` (``current`` when that one is gone), with the
-app's ``env.sh`` sourced and ``PYTHONPATH`` pinned to that release, stdout/stderr to ``agent.log``.
+release's own ``env.sh`` sourced and ``PYTHONPATH`` pinned to that release, stdout/stderr to ``agent.log``.
 
 Restarts: exit 3 (the pinned release changed) and exit 0 without a stop request (the agent was asked
 to end, e.g. for a new configuration) restart at once; anything else is a crash: wait ``BACKOFF`` (1, 2, 4, ... 30 s), and after
@@ -44,7 +44,7 @@ SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 # The agent's command: env.sh sourced (CANN paths, the app's env), PYTHONPATH pinned to the release
 AGENT_SH = (
     'if [ -r "$1" ]; then . "$1"; fi; '
-    'PYTHONPATH="$2/site:$2${PYTHONPATH:+:$PYTHONPATH}"; export PYTHONPATH PYTHONUNBUFFERED=1; '
+    'PYTHONPATH="$2/site:$2${PYTHONPATH:+:$PYTHONPATH}"; export PYTHONPATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1; '
     'cd "$2" && exec "$3" -m agent service --config "$4" --release "$2"'
 )
 
@@ -109,8 +109,11 @@ class Supervisor:
     def start_agent(self, release):
         out = open(os.path.join(self.dir, "agent.log"), "ab")
         try:
+            env = os.path.join(release, "env.sh")  # the release's own environment (older releases: the app's)
+            if not os.path.exists(env):
+                env = os.path.join(self.app_dir, "env.sh")
             self.child = subprocess.Popen(
-                [SHELL, "-c", AGENT_SH, "agent", os.path.join(self.app_dir, "env.sh"), release, self.python,
+                [SHELL, "-c", AGENT_SH, "agent", env, release, self.python,
                  os.path.join(self.dir, "config.json")],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=release,
             )

@@ -261,10 +261,17 @@ def _add_trust(sub) -> None:
     sp.set_defaults(func="tools:cmd_trust")
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: what it half wrote is removed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the command, and turn every ``DeployError`` into one line and its exit code."""
     args = build_parser().parse_args(argv)
     import importlib
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
 
     from ..errors import DeployError
     from . import ui

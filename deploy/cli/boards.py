@@ -108,8 +108,9 @@ def worst(rows: list[dict]) -> int:
 
 
 def run_exit(rows: list[dict]) -> int:
-    """:func:`worst`, except 5 (partial) when every board that failed finished its run with some images classified."""
+    """:func:`worst`, except 5 (partial) when every board that failed finished its run with some images classified
+    and no reason to stop early (a run ended by a full disk, a signal or an error is 1: it did not finish)."""
     if all(r["ok"] for r in rows):
         return 0
-    partial = all(r["ok"] or (r.get("ended") and r.get("images_ok")) for r in rows)
+    partial = all(r["ok"] or (r.get("ended") and r.get("images_ok") and not r.get("reason")) for r in rows)
     return EXIT_PARTIAL if partial else worst(rows)

@@ -34,7 +34,8 @@ def _when(ts: float | None) -> str:
 
 
 def print_plan(con: Console, plan) -> None:
-    state = "already on the board" if plan.exists else f"{plan.send_files} files, {_size(plan.send_bytes)} to send"
+    state = "already on the board" if plan.exists else (f"{plan.send_files} files, {_size(plan.send_bytes)} to send, "
+                                                         f"{_size(plan.needed_bytes)} of {_size(plan.free_bytes)} free")
     con.print(
         f"[bold]{escape(plan.board)}[/]: release {plan.release} ({plan.files} files, {_size(plan.total_bytes)}): {state}; "
         f"current {plan.current or 'none'}"
@@ -76,6 +77,8 @@ def push_json(res) -> dict:
             "exists": res.plan.exists,
             "env_diff": res.plan.env_diff,
             "bashrc_diff": res.plan.bashrc_diff,
+            "needed_bytes": res.plan.needed_bytes,
+            "free_bytes": res.plan.free_bytes,
         }
     return out
 
@@ -144,10 +147,19 @@ def _health_note(h) -> str:
 
 def print_releases(con: Console, board: str, info) -> None:
     """``info``: a ``protocol.ReleasesReply``."""
-    t = Table("release", "created", "current", title=f"{board} releases")
+    t = Table("release", "created", "current", "env", title=f"{board} releases")
     for r in info.releases:
-        t.add_row(r.id, _when(r.created), "[green]*[/]" if r.current else "")
+        t.add_row(r.id, _when(r.created), "[green]*[/]" if r.current else "", escape(env_text(r)))
     con.print(t)
+
+
+def env_text(r) -> str:
+    """The environment a release carries, one line: the inventory's variables (secrets masked on the board)
+    and its env.sh's digest, so two releases that differ only there tell apart."""
+    if not r.env_sha:
+        return "no env.sh (pushed before env.sh was part of releases)"
+    pairs = " ".join(f"{k}={v}" for k, v in sorted(r.env.items()))
+    return f"{pairs or 'no app.env'} (env.sh {r.env_sha[:8]})"
 
 
 # ---------------------------------------------------------------- run
@@ -163,7 +175,7 @@ def event_line(ev: dict) -> str:
 def run_json(res) -> dict:
     if res.summary.get("exit_status") is not None or res.kind == "command":
         return command_run_json(res)
-    return {
+    row = {
         "board": res.board,
         "ok": res.success,
         "run_id": res.run_id,
@@ -172,11 +184,25 @@ def run_json(res) -> dict:
         "images_failed": res.failed,
         "total": res.total,
         "ended": res.ended,
-        "exit_code": res.exit_code,
+        "agent_exit": res.exit_code,  # the agent's own status (0 ok, 2 partial, 1 failed): not this process's
+        "reason": run_reason(res),
+        "files_not_taken": res.summary.get("not_taken", 0),
         "summary": res.summary,
         "errors": [{"image": e["image"], "kind": e["kind"], "message": e["message"]} for e in res.errors],
         "seconds": round(res.seconds, 3),
     }
+    if not res.success:
+        row["exit_code"] = 1  # run_exit makes it 5 when the run ended with only some images failed
+        if row["reason"]:
+            row["error"] = f"{res.board}: run {res.run_id}: {row['reason']}"
+    return row
+
+
+def run_reason(res) -> str | None:
+    """Why a run ended before its images were done (a full disk, a signal, the agent's own error), or None."""
+    if not res.ended:
+        return f"the run did not end: follow it with deploy run {res.board} --attach {res.run_id}"
+    return res.summary.get("reason") or res.summary.get("error") or None
 
 
 def command_run_json(res) -> dict:
@@ -230,6 +256,16 @@ def print_run(con: Console, res) -> None:
         f"[{colour}]run {res.run_id}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
         f"{rate} (release {res.release or '?'}); pull with: deploy pull {escape(res.board)} --run {res.run_id}"
     )
+    skipped = res.summary.get("not_taken_files") or []
+    if skipped:
+        names = ", ".join(f"{n['file']} ({n['reason']})" for n in skipped[:5])
+        more = f" and {res.summary['not_taken'] - 5} more (--json lists {len(skipped)})" if res.summary["not_taken"] > 5 else ""
+        con.print(f"  [yellow]{res.summary['not_taken']} files not taken[/]: {escape(safe(names))}{more}", soft_wrap=True)
+    why = run_reason(res) if not res.success else None
+    if why:
+        more = (f"; finished images are kept: deploy run {escape(res.board)} --resume {res.run_id}"
+                if res.ended and res.total else "")
+        con.print(f"[red]run {res.run_id} ended[/]: {escape(safe(why))}{more}", soft_wrap=True)
 
 
 def print_bench(con: Console, res) -> None:
@@ -308,15 +344,19 @@ def print_status(con: Console, board: str, info) -> None:
         f"{_size(facts.free_bytes)} free)\n  current release: {info.current or 'none'}; "
         f"releases: {len(info.releases)}; env.sh: {'yes' if info.env_sh else 'no'}; .bashrc block: {block}"
     )
+    current = next((r for r in info.releases if r.current), None)
+    if current is not None:
+        con.print(f"  env: {escape(env_text(current))}", highlight=False, soft_wrap=True)
     if getattr(info, "service", None) is not None:
         con.print("  " + escape(service_line(info.service)), soft_wrap=True)
     if info.runs:
-        t = Table("run", "status", "ok", "failed", "img/s", title="last runs")
+        t = Table("run", "status", "ok", "failed", "img/s", "reason", title="last runs")
         for r in info.runs:
             s = r.summary or {}
             ips = s.get("ips")
             t.add_row(r.id, str(r.status or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
-                      f"{ips:.1f}" if isinstance(ips, (int, float)) else "-")
+                      f"{ips:.1f}" if isinstance(ips, (int, float)) else "-",
+                      escape(safe(str(s.get("reason") or ""))[:120]))
         con.print(t)
 
 
@@ -341,7 +381,8 @@ def service_line(info) -> str:
     if info.supervisor in ("backoff", "crash-loop", "dead"):
         state = info.supervisor
     mb = 1 << 20
-    line = (f"service: {state} ({info.method}), release {info.release or '-'}, up {_ago(info.since)}; "
+    up = f"up {_ago(info.since)}" if info.agent_pid else "agent not running"
+    line = (f"service: {state} ({info.method}), release {info.release or '-'}, {up}; "
             f"done {info.ok}, failed {info.failed}, waiting {info.waiting}, {info.ips:.1f} img/s; "
             f"disk {info.disk_used / mb:.1f}/{info.max_disk / mb:.0f} MiB; journal {info.seq}, collected {info.acked}")
     if info.restarts:

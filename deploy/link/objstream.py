@@ -131,6 +131,21 @@ def _prepare(entry, policy: Policy):
     return entry, _deflate(data, policy), True
 
 
+class _Tar(tarfile.TarFile):
+    """A tar stream that ends with its two zero blocks, not padded to tarfile's 10 KiB record: the board stops
+    at the first zero block, and a push of one small file (an env.sh) is then about 2 KiB on the wire."""
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.mode == "w":
+                self.fileobj.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        finally:
+            self.fileobj.close()
+
+
 def write(fileobj, entries: Iterable, policy: Policy,
           on_member: Callable[[int, int], None] | None = None) -> Stats:
     """Write the tar of ``entries`` (``.sha256``, ``.size``, ``.open()``) to ``fileobj``; compressed members
@@ -164,7 +179,7 @@ def write(fileobj, entries: Iterable, policy: Policy,
     try:
         # tarfile's stream buffer is a bytes object grown with `buf += data` (a full copy per 16 KiB
         # write): keep it at its default record size; the caller's writer batches (ChannelWriter: 1 MiB)
-        with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+        with _Tar.open(fileobj=fileobj, mode="w|", format=tarfile.GNU_FORMAT) as tf:
             while (item := todo.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item

@@ -1,7 +1,7 @@
 """The host end of the board protocol: ``call(conn, op, request) -> reply`` and multi-step sessions.
 
 How the board code travels (Ansible's module transport, cached): the command line carries only
-``boot.py`` (about 2 KB) plus the code archive's sha256 and the op; the archive itself (the
+``boot.py`` (about 4 KB) plus the code archive's sha256 and the op; the archive itself (the
 ``deploy/board`` package, zipped, about 19 KB) goes on stdin only when the board does not have
 that version yet, and is kept there in ``~/.cache/atlas-deploy/board/<sha256>/``. So a board op
 is one round trip, and the code's size is not capped by the kernel's argv limit.
@@ -70,7 +70,7 @@ def helper_command(op: str, pythons: tuple[str, ...], app: str | None) -> str:
     so an interpreter that env.sh puts on PATH counts; the boot code then checks its version.
     """
     digest, _ = code_archive()
-    args = " ".join(shlex.quote(w) for w in ("-I", "-c", _boot_source(), digest, op))
+    args = " ".join(shlex.quote(w) for w in ("-I", "-B", "-c", _boot_source(), digest, op))  # -B: boot.py
     if len(pythons) == 1:
         return env_prefix(app) + f"{shlex.quote(pythons[0])} {args}"
     tried = ", ".join(pythons)
@@ -132,6 +132,17 @@ class Call:
             return protocol.decode(cls, obj)
         except (TypeError, ValueError) as exc:
             raise RemoteError(f"{self.board}: {self.op}: malformed {cls.__name__}: {exc}") from None
+
+    def error_after_stream(self, wait: float = 10.0) -> str | None:
+        """The error line a board wrote before it stopped reading bytes we were sending it (its disk is full,
+        an object arrived corrupted), as one line naming the board; None when it wrote none."""
+        try:
+            obj = json.loads(self.readline(wait) or b"null")
+        except (RemoteError, ValueError):
+            return None
+        if isinstance(obj, dict) and "error" in obj:
+            return f"{self.board}: {obj['error']}"
+        return None
 
     def _stderr_tail(self) -> str:
         code = self.chan.recv_exit_status()

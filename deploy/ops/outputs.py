@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .. import fleet
 from ..board import protocol
 from ..errors import RunError
 from ..inventory import Board, Inventory
@@ -73,10 +74,10 @@ def pull(
         final = root / rid
         tmp = root / f".{rid}.partial-{os.getpid()}"
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_partials(root)
         tmp.mkdir()
         try:
-            files, size = _extract(_CountingReader(c.out, on_bytes), tmp)
+            files, size = _extract(_CountingReader(c.out, on_bytes, board.name), tmp)
             c.close()
             _carry_over(final, tmp, keep)
             if final.exists():
@@ -89,6 +90,31 @@ def pull(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return PullResult(board=board.name, run_id=rid, path=final, files=files, bytes=size, seconds=time.perf_counter() - t0)
+
+
+def clean_partials(root: Path) -> list[str]:
+    """Remove the half-extracted pulls under ``outputs/<board>/`` whose process is gone (killed: SIGKILL leaves
+    them) and this process's own; returns their names."""
+    removed = []
+    for p in root.glob(".*.partial-*"):
+        pid = p.name.rpartition("-")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has ended
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _carry_over(old: Path, new: Path, names: tuple[str, ...]) -> None:
@@ -122,11 +148,16 @@ def _extract(stream, dest: Path) -> tuple[int, int]:
 
 
 class _CountingReader:
-    def __init__(self, f, on_bytes):
+    """The pull's stream, counted for the progress bar; it stops when the command is interrupted."""
+
+    def __init__(self, f, on_bytes, board: str = ""):
         self.f = f
         self.on_bytes = on_bytes
+        self.board = board
 
     def read(self, n=-1):
+        if fleet.CANCEL.is_set():
+            raise RunError(f"{self.board}: pull interrupted")
         data = self.f.read(n)
         if data and self.on_bytes:
             self.on_bytes(len(data))

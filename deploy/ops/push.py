@@ -4,9 +4,10 @@ Plan, then act, over a single SSH channel (one round trip for the plan):
 
 1. the host sends the release manifest; the board answers with what it already has
    (``current``, whether this release exists, the sha256s it lacks, ``env.sh``, ``~/.bashrc``);
-2. the host computes the new ``env.sh`` and ``.bashrc`` (pure functions in ``envblock``) and,
-   unless this is a dry run, sends them plus one tar stream whose members are the missing
-   objects named by sha256;
+2. the host computes the new ``.bashrc`` (a pure function in ``envblock``) and, unless this is a
+   dry run, sends it plus one tar stream whose members are the missing objects named by sha256
+   (the release's ``env.sh`` is one of its files: a push that changes only the environment is a
+   new release of one new file);
 3. the board verifies every digest, hard-links unchanged files from older releases, renames
    the staged release into place, switches ``current`` by renaming a fresh symlink over it,
    and prunes to ``keep_releases``;
@@ -21,6 +22,8 @@ app lock. The payload counted here is file content actually sent.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -55,6 +58,8 @@ class PushPlan:
     env_diff: str
     bashrc_diff: str
     facts: protocol.Facts
+    needed_bytes: int = 0  # what the push writes on the board's disk (``needed_bytes``)
+    free_bytes: int = -1  # free there for the board user (-1: the board did not say)
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
     for e in bundle.entries:
         by_sha.setdefault(e.sha256, e)
     send = [by_sha[s] for s in state.missing]
-    new_env = envblock.env_sh(app.name, bundle.target, app.env)
+    new_env = bundle.env_sh  # a file of the release: switched, checked and rolled back with it
     new_bashrc = envblock.apply_block(state.bashrc, app.name)
     plan = PushPlan(
         board=board.name,
@@ -135,8 +140,41 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
         env_diff=envblock.redact(envblock.diff(state.env_sh, new_env, "env.sh"), app.env),
         bashrc_diff=envblock.diff(state.bashrc, new_bashrc, "~/.bashrc"),
         facts=state.facts,
+        needed_bytes=needed_bytes(bundle, send, state.exists),
+        free_bytes=state.free_bytes,
     )
     return plan, send, new_env, new_bashrc
+
+
+BLOCK = 4096
+MiB = 1 << 20
+
+
+def needed_bytes(bundle: Bundle, send: list, exists: bool) -> int:
+    """What a push writes on the board's disk: the objects sent, unpacked (each rounded up to 4 KiB blocks), the
+    bytecode of the Python files among them (at most their size), two directory blocks per folder (itself and
+    its ``__pycache__``), the manifest, and 1 MiB to spare. Unchanged files are hard links: they cost nothing.
+    A release already on the board costs nothing."""
+    if exists:
+        return 0
+
+    def blocks(n: int) -> int:
+        return -(-n // BLOCK) * BLOCK
+
+    folders = {e.path.rpartition("/")[0] for e in bundle.entries}
+    return (sum(blocks(e.size) for e in send) + sum(blocks(e.size) for e in send if e.path.endswith(".py"))
+            + 2 * BLOCK * len(folders) + blocks(160 * len(bundle.entries)) + MiB)
+
+
+def mb(n: int) -> str:
+    return f"{n / MiB:.0f} MB" if n >= 10 * MiB else f"{n / MiB:.1f} MB"
+
+
+def check_space(board: Board, app: str, plan: PushPlan) -> None:
+    """Refuse, before anything is sent, a push that cannot fit on the board's disk (one line)."""
+    if 0 <= plan.free_bytes < plan.needed_bytes:
+        raise PushError(f"{board.name}: needs {mb(plan.needed_bytes)} on ~/HIAI_PROJECTS/{app}, {mb(plan.free_bytes)} "
+                        "free; nothing was sent, the previous release is still current")
 
 
 def _link_lost(transport) -> bool:
@@ -181,7 +219,8 @@ def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "a
         if _link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
             raise ConnectError(f"{board.name}: connection lost during the transfer ({exc}); "
                                "the previous release is still current") from None
-        raise PushError(f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
+        board_said = c.error_after_stream()  # the board stopped reading: its reason (a full disk) is on the channel
+        raise PushError(board_said or f"{board.name}: transfer failed: {exc}; the previous release is still current") from None
 
 
 def push(
@@ -219,6 +258,8 @@ def push(
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
                     health_check=health_check, on_phase=on_phase, compress=compress, built=built)
     health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
+    if not res.dry_run:  # the next plan request sends only what differs from it (a failed one is gone)
+        remember_pushed(inv, board, bundle)
     moved = None
     if res.service_enabled and not res.dry_run:  # only now, after the check: the service follows a good release
         from . import service as service_mod  # noqa: I001 - only a push that moves a service needs it
@@ -255,34 +296,87 @@ def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool
     return replace(result, reason=(probe.note if probe else "") or result.reason)
 
 
+def pushed_path(inv: Inventory, board: Board) -> Path:
+    """Where the host keeps the manifest of the release it last pushed to ``board``."""
+    return inv.state_dir / "pushed" / f"{board.name}.json"
+
+
+def manifest_fields(inv: Inventory, board: Board, bundle: Bundle) -> dict:
+    """The manifest as the plan request carries it: only the rows that differ from the release last pushed to
+    this board (which keeps it until it is pruned; a push that changes only app.env sends one row), else all."""
+    rows = bundle.manifest()
+    try:
+        last = json.loads(pushed_path(inv, board).read_text())
+        base, old = last["release"], {row[0]: row for row in last["files"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {"manifest": rows}
+    paths = {row[0] for row in rows}
+    return {"base": base, "changed": [row for row in rows if old.get(row[0]) != row],
+            "removed": sorted(set(old) - paths)}
+
+
+def remember_pushed(inv: Inventory, board: Board, bundle: Bundle) -> None:
+    path = pushed_path(inv, board)
+    try:
+        if json.loads(path.read_text()).get("release") == bundle.release_id:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"release": bundle.release_id, "files": bundle.manifest()}))
+    os.replace(tmp, path)
+
+
 def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check,
           compress: str = "auto") -> PushResult:
+    """One push op; asked again with the whole manifest when the board no longer has the release the delta of
+    ``manifest_fields`` is against (pruned, or another host pushed there)."""
     app = inv.app
-    req = protocol.PushRequest(app=app.name, release=bundle.release_id, manifest=bundle.manifest(),
-                               keep=app.keep_releases, health=check)
-    with session(conn, "push", req, app=app.name) as c:
-        state = c.read(protocol.PushState)
-        try:
-            _check_board(board, bundle, state.facts)
-        except BaseException:
-            c.send(protocol.PushCommit(action="abort"))
-            raise
-        plan, send, new_env, new_bashrc = make_plan(inv, board, bundle, state)
-        if on_plan:
-            on_plan(plan)
-        if dry_run:
-            c.send(protocol.PushCommit(action="abort"))
-            c.read(protocol.PushDone)
-            c.close()
-            return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
-        c.send(protocol.PushCommit(action="commit", env_sh=new_env,
-                                   bashrc=new_bashrc if new_bashrc != state.bashrc else None))
-        stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
-        try:
-            done = c.read(protocol.PushDone)
-        except RemoteError as exc:
-            raise PushError(f"{exc}; the previous release is still current") from None
+    fields = manifest_fields(inv, board, bundle)
+    for attempt in (0, 1):
+        req = protocol.PushRequest(app=app.name, release=bundle.release_id, keep=app.keep_releases, health=check,
+                                   **fields)
+        with session(conn, "push", req, app=app.name) as c:
+            state = c.read(protocol.PushState)
+            if state.need_manifest and not attempt:
+                c.send(protocol.PushCommit(action="abort"))
+                c.read(protocol.PushDone)
+                fields = {"manifest": bundle.manifest()}
+                continue
+            return _act(inv, board, bundle, c, state, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes,
+                        compress=compress)
+    raise PushError(f"{board.name}: the board could not rebuild release {bundle.release_id}'s manifest")
+
+
+def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: float, *, dry_run, on_plan, on_bytes,
+         compress: str) -> PushResult:
+    """The push after the board's plan: check it, show it, then commit and send what the board lacks."""
+    try:
+        _check_board(board, bundle, state.facts)
+    except BaseException:
+        c.send(protocol.PushCommit(action="abort"))
+        raise
+    plan, send, new_env, new_bashrc = make_plan(inv, board, bundle, state)
+    if on_plan:
+        on_plan(plan)
+    try:
+        check_space(board, inv.app.name, plan)  # before anything is sent
+    except PushError:
+        c.send(protocol.PushCommit(action="abort"))
+        raise
+    if dry_run:
+        c.send(protocol.PushCommit(action="abort"))
+        c.read(protocol.PushDone)
         c.close()
+        return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
+    c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None))
+    stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
+    try:
+        done = c.read(protocol.PushDone)
+    except RemoteError as exc:
+        raise PushError(f"{exc}; the previous release is still current") from None
+    c.close()
     return replace(_result(board, bundle, plan, t0, done, stream.content), wire_bytes=stream.wire,
                    compressed_objects=stream.compressed, link_bytes_per_s=stream.link_bytes_per_s)
 

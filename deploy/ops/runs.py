@@ -19,8 +19,9 @@ from pathlib import Path
 
 from agent import protocol as events
 
+from .. import fleet
 from ..board import protocol
-from ..errors import RemoteError, RunError, UsageError
+from ..errors import ConnectError, RemoteError, RunError, UsageError
 from ..inventory import Board, Inventory
 from ..link.remote import Call, call, session
 from ..link.ssh import Connection
@@ -71,11 +72,40 @@ def _upload_images(writer, images: Path) -> int:
                 p = Path(dirpath, fn)
                 if p.is_file() and not p.is_symlink():
                     files.append((p, p.relative_to(images).as_posix()))
-    with tarfile.open(fileobj=writer, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT) as tf:
+    # dereference: a file hard-linked to another is sent as itself (tarfile would make it a link member,
+    # which the board refuses); symbolic links were left out above
+    with tarfile.open(fileobj=writer, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT, dereference=True) as tf:
         for path, arcname in files:
             tf.add(path, arcname=arcname, recursive=False)
     writer.flush()
     return len(files)
+
+
+class _Interruptible:
+    """A writer that stops when the command is interrupted (the board then removes the half-received run)."""
+
+    def __init__(self, writer, board: str):
+        self.writer = writer
+        self.board = board
+
+    def write(self, data) -> int:
+        if fleet.CANCEL.is_set():
+            raise RunError(f"{self.board}: upload interrupted; the board keeps no part of it")
+        return self.writer.write(data)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+def upload(c: Call, board: Board, images: Path) -> int:
+    """Send the images of a run; a board that stopped reading says why (a full disk: no run was made)."""
+    try:
+        return _upload_images(_Interruptible(c.writer(), board.name), images)
+    except OSError as exc:
+        transport = c.chan.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectError(f"{board.name}: connection lost while the images were sent ({exc})") from None
+        raise RunError(c.error_after_stream() or f"{board.name}: upload failed: {exc}") from None
 
 
 def run(
@@ -99,7 +129,7 @@ def run(
                               upload=images is not None, follow=True)
     with session(conn, "run", req, app=inv.app.name) as c:
         if images is not None:
-            _upload_images(c.writer(), images)
+            upload(c, board, images)
         started = c.read(protocol.RunStarted)
         result = RunResult(board=board.name, run_id=run_id, release=started.release)
         _follow(c, result, on_event)

@@ -21,7 +21,7 @@ from .. import hostagent
 from ..errors import BuildError
 from ..inventory import App, Board
 from ..targets import Target
-from . import apptree, wheelhouse
+from . import apptree, envblock, wheelhouse
 from . import probe as probe_mod
 from .cbuild import Built
 from .hashcache import HashCache
@@ -29,6 +29,7 @@ from .probe import Probe
 from .variant import model_for
 
 RELEASE_FORMAT = 1
+ENV_SH = "env.sh"  # the release's environment (the inventory's app.env among it): mode 0600, secrets inside
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class Bundle:
     def checkable(self) -> bool:
         """Whether a health check has something to run: the agent's probe, or the own app's check."""
         return self.probe is not None or self.own
+
+    @property
+    def env_sh(self) -> str:
+        """The release's ``env.sh`` (what every command on the board sources while it is current)."""
+        entry = next(e for e in self.entries if e.path == ENV_SH)
+        return entry.data.decode("utf-8")
 
     @property
     def total_bytes(self) -> int:
@@ -109,7 +116,8 @@ def build(
     if probe is not None:
         files.append((probe.path, probe.image))
     entries = _entries(files, cache)
-    generated = {"app.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
+    generated = {"app.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+                 ENV_SH: envblock.env_sh(app.name, target, app.env).encode("utf-8")}
     if probe is not None:
         generated[probe_mod.SPEC] = probe.spec()
     return _finish(entries, generated, cache, target, python, config, probe)
@@ -119,7 +127,8 @@ def _finish(entries: list[Entry], generated: dict[str, bytes], cache: HashCache,
             config: dict, probe: Probe | None) -> Bundle:
     """The generated files added, sorted, the cache saved, and the release id from the manifest."""
     for path, data in generated.items():
-        entries.append(Entry(path, len(data), hashlib.sha256(data).hexdigest(), 0o644, data=data))
+        mode = 0o600 if path == ENV_SH else 0o644
+        entries.append(Entry(path, len(data), hashlib.sha256(data).hexdigest(), mode, data=data))
     entries.sort(key=lambda e: e.path)
     cache.save()
     rid = hashlib.sha256(json.dumps([e.row() for e in entries]).encode()).hexdigest()[:12]
@@ -153,7 +162,8 @@ def _build_own(app: App, board: Board, target: Target, python: str, cache: HashC
     health = {"format": 1, "kind": "command", "command": own.health_command, "expect": own.health_expect,
               "imports": top_level_modules(site) if site is not None else []}
     generated = {"app.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-                 probe_mod.SPEC: (json.dumps(health, indent=2, sort_keys=True) + "\n").encode()}
+                 probe_mod.SPEC: (json.dumps(health, indent=2, sort_keys=True) + "\n").encode(),
+                 ENV_SH: envblock.env_sh(app.name, target, app.env).encode("utf-8")}
     return _finish(_entries(files, cache), generated, cache, target, python, config, None)
 
 

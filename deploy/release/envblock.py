@@ -4,13 +4,15 @@ Why two pieces: a stock Ubuntu ``~/.bashrc`` starts with ``case $- in *i*) ;; *)
 so anything appended at its end (what the vendor guides do, once per run, piling up) never
 runs for ``ssh board cmd``. We therefore
 
-1. keep every export in ``~/HIAI_PROJECTS/<app>/env.sh`` and source it explicitly in each
+1. keep every export in the release's ``env.sh`` (``releases/<id>/env.sh``, a file of the release
+   like any other; ``~/HIAI_PROJECTS/<app>/env.sh`` is the link ``current/env.sh``, so the environment
+   is switched, health-checked and rolled back with ``current``) and source it explicitly in each
    command the tool runs (never relying on ``.bashrc``), and
 2. keep exactly one managed block per app in ``~/.bashrc`` that sources ``env.sh``, placed
    *before* the interactive guard, so the user's own ``ssh board python3 ...`` gets it too.
 
-Both are computed here on the host (pure functions, so ``--dry-run`` can show a diff) and
-written on the board atomically. Applying the block is idempotent and leaves every byte
+Both are computed here on the host (pure functions, so ``--dry-run`` can show a diff); env.sh travels
+as a file of the release, the block is written on the board atomically. Applying the block is idempotent and leaves every byte
 outside it untouched.
 """
 
@@ -20,9 +22,10 @@ import difflib
 import re
 import shlex
 
+from ..board.protocol import SECRET_KEY_RE as SECRET_RE
 from ..targets import Target
 
-SECRET_RE = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH)", re.I)
+APP_ENV_MARK = "# app.env"  # the board's releases op reads the inventory's variables after this line
 
 # Lines that end a non-interactive bash early, in the forms distributions ship.
 GUARD_RE = re.compile(
@@ -107,6 +110,7 @@ def env_sh(app: str, target: Target, env: dict[str, str]) -> str:
         "# the app's release: its agent and its cross-built dependencies",
         'export PYTHONPATH="$HIAI_APP_HOME/current/site:$HIAI_APP_HOME/current${PYTHONPATH:+:$PYTHONPATH}"',
     ]
+    lines.append(f"{APP_ENV_MARK} (the inventory's variables)")
     for key in sorted(env):
         lines.append(f"export {key}={shlex.quote(env[key])}")
     return "\n".join(lines) + "\n"
