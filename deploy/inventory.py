@@ -21,11 +21,22 @@ import yaml
 from .errors import InventoryError
 from .targets import PROFILES
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# patterns end in \Z, not $ (which matches before a final newline too): a value is exactly what its grammar says
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# a login name; a host (DNS name, IPv4, IPv6 without brackets): no space, control, shell metacharacter or leading -
+USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
+HOST_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,252}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9._-]+)?)\Z")
+PYTHON_RE = re.compile(r"^[A-Za-z0-9_./~+][A-Za-z0-9_./~+-]{0,255}\Z")  # an interpreter: a name or a path
 # a jump host: [user@]host[:port]; an IPv6 address in brackets ([fe80::1]:22)
 JUMP_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
-                     r"(?P<host>\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?$")
+                     r"(?P<host>\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?\Z")
+PATH_RE = re.compile(r"^[^\x00-\x1f\x7f]+\Z")  # a path has no control character (nor has an env value but tab)
+# env keys that change how the board runs code (shell, loader: LD_* too, Python's imports): only with app.env_unsafe
+UNSAFE_ENV = frozenset({"PATH", "BASH_ENV", "ENV", "IFS", "CDPATH", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND",
+                        "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONINSPECT",
+                        "PYTHONWARNINGS", "GCONV_PATH"})
+MAX_BYTES, MAX_DEPTH = 1 << 20, 32  # an inventory's size (refused before parsing) and YAML nesting
 BACKENDS = ("onnx", "om", "magicmind")  # app.models kinds: ONNX, Ascend .om, a MagicMind model
 PRESETS = ("imagenet", "caffe", "cifar", "raw-u8")
 
@@ -44,6 +55,11 @@ class Service:
 
 SERVICE_POLICIES = ("keep", "move", "delete")
 SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+
+
+def unsafe_env(keys) -> list[str]:
+    """The env keys among ``keys`` that change how the board runs code (``UNSAFE_ENV``, ``LD_*``), sorted."""
+    return sorted(k for k in keys if k in UNSAFE_ENV or k.startswith("LD_"))
 
 
 def parse_size(text: str | int) -> int | None:
@@ -68,6 +84,7 @@ class App:
     keep_releases: int = 5
     env: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device
+    env_unsafe: bool = False  # app.env_unsafe: env may set keys that change how the board runs code (unsafe_env)
     probe: Path | None = None  # app.health.probe: the health check's image (None: chosen from app.images)
     health_timeout: int = 60  # app.health.timeout: seconds the board's agent may take for the check
     service: Service = field(default_factory=Service)  # app.service
@@ -213,7 +230,8 @@ def load(path: str | Path) -> Inventory:
     """Read and validate an inventory file. Raises InventoryError with file:line: field: message."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            text = f.read(MAX_BYTES + 1).decode("utf-8")
     except FileNotFoundError:
         raise InventoryError(f"{path}: inventory not found (pass -i/--inventory PATH)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -275,10 +293,30 @@ def _check_jumps(doc: _Doc, boards: dict[str, Board], sources: dict[str, tuple[y
             raise doc.fail(node, where, f"jump hosts loop back to {name} ({' -> '.join([*chain, end])})")
 
 
+class _Loader(yaml.SafeLoader):
+    """Refuses aliases (``*name``: one line can stand for billions of nodes) and nesting past ``MAX_DEPTH``."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        why = "aliases (*name) are not allowed in an inventory" if isinstance(event, yaml.AliasEvent) else (
+            f"nested deeper than {MAX_DEPTH} levels" if self.depth >= MAX_DEPTH else None)
+        if why:
+            raise yaml.MarkedYAMLError(problem=why, problem_mark=event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def _compose(text: str, path: Path) -> yaml.Node:
-    """The YAML as nodes (which keep their line numbers); syntax errors and emptiness as InventoryError."""
+    """The YAML as nodes (which keep their line numbers); syntax errors, size and emptiness as InventoryError."""
+    if len(text) > MAX_BYTES:
+        raise InventoryError(f"{path}:1: inventory larger than {MAX_BYTES >> 20} MiB; refusing to parse it")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -369,7 +407,7 @@ def _group_spec(doc: _Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dic
 
 
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
-             "backend_options", "health", "service"}
+             "backend_options", "health", "service", "env_unsafe"}
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
                 "device": (int, (0, 63))}
@@ -378,7 +416,7 @@ _SHARED_KEYS = _BOARD_KEYS - {"sandbox", "host"}  # what defaults: and groups: m
 
 
 def _path(doc: _Doc, node: yaml.Node, where: str, base: Path) -> Path:
-    p = Path(doc.string(node, where)).expanduser()
+    p = Path(doc.string(node, where, PATH_RE, "a path cannot hold control characters")).expanduser()
     return p if p.is_absolute() else base / p
 
 
@@ -414,13 +452,8 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
                 v = preprocess[key]
                 if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
                     raise doc.fail(pnode, f"app.preprocess.{key}", "must be a list of three numbers")
-    env = {}
-    if "env" in m:
-        for k, (knode, vnode) in doc.mapping(m["env"][1], "app.env").items():
-            if not ENV_KEY_RE.match(k):
-                raise doc.fail(knode, f"app.env.{k}", "not a valid environment variable name")
-            val = doc.scalar(vnode, f"app.env.{k}")
-            env[k] = "" if val is None else str(val)
+    env_unsafe = doc.boolean(m["env_unsafe"][1], "app.env_unsafe") if "env_unsafe" in m else False
+    env = _env(doc, m["env"][1], env_unsafe) if "env" in m else {}
     return App(
         name=name,
         models=models,
@@ -431,10 +464,27 @@ def _app(doc: _Doc, node: yaml.Node, base: Path) -> App:
         batch=doc.integer(m["batch"][1], "app.batch", 1, 1024) if "batch" in m else 1,
         keep_releases=doc.integer(m["keep_releases"][1], "app.keep_releases", 1, 100) if "keep_releases" in m else 5,
         env=env,
+        env_unsafe=env_unsafe,
         backend_options=_backend_options(doc, m["backend_options"][1]) if "backend_options" in m else {},
         **(_health(doc, m["health"][1], base) if "health" in m else {}),
         **({"service": _service(doc, m["service"][1])} if "service" in m else {}),
     )
+
+
+def _env(doc: _Doc, node: yaml.Node, unsafe_ok: bool) -> dict[str, str]:
+    """app.env: shell names, values without control characters but tab; ``unsafe_env`` keys only if allowed."""
+    env = {}
+    for k, (knode, vnode) in doc.mapping(node, "app.env").items():
+        if not ENV_KEY_RE.match(k):
+            raise doc.fail(knode, f"app.env.{k}", "not a valid environment variable name")
+        val = doc.scalar(vnode, f"app.env.{k}")
+        env[k] = "" if val is None else str(val)
+        if env[k] and not PATH_RE.match(env[k].replace("\t", " ")):
+            raise doc.fail(vnode, f"app.env.{k}", "a value cannot hold control characters (newlines included)")
+        if unsafe_env([k]) and not unsafe_ok:
+            raise doc.fail(knode, f"app.env.{k}", "changes how the board runs code (the shell, the loader or Python's "
+                           "imports); set app.env_unsafe: true to allow it")
+    return env
 
 
 def _service(doc: _Doc, node: yaml.Node) -> Service:
@@ -443,7 +493,7 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
     doc.check_keys(sm, {"inbox", "policy", "max_disk", "settle", "rotate", "log_max"}, "app.service")
     out: dict[str, Any] = {}
     if "inbox" in sm:
-        out["inbox"] = doc.string(sm["inbox"][1], "app.service.inbox")
+        out["inbox"] = doc.string(sm["inbox"][1], "app.service.inbox", PATH_RE, "a path cannot hold control characters")
     if "policy" in sm:
         policy = doc.string(sm["policy"][1], "app.service.policy")
         if policy not in SERVICE_POLICIES:
@@ -513,7 +563,7 @@ def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> B
         return conv(node, w, *args)
 
     sandbox = get("sandbox", doc.boolean, default=False)
-    host = get("host", doc.string)
+    host = get("host", doc.string, HOST_RE, "not a host name or address")
     if not sandbox and not host:
         raise doc.fail(knode, f"{where}.host", "required for a real board (or set sandbox: true)")
     if sandbox and host:
@@ -534,9 +584,9 @@ def _board(doc: _Doc, name: str, knode, vnode, inherited: dict, base: Path) -> B
         sandbox=sandbox,
         host=host,
         port=get("port", doc.integer, 1, 65535, default=22),
-        user=get("user", doc.string),
+        user=get("user", doc.string, USER_RE, "not a login name (letters, digits, '.', '_', '-')"),
         key=key,
-        python=get("python", doc.string),
+        python=get("python", doc.string, PYTHON_RE, "not an interpreter name or path"),
         arch=arch,
         line=knode.start_mark.line + 1,
         jump=get("jump", doc.string),
