@@ -41,15 +41,38 @@ def run_files(run_dir, skip):
     return files
 
 
+class _Exactly:
+    """A file read as exactly ``size`` bytes: what grew since the listing is not sent, and what shrank fails."""
+
+    def __init__(self, f, size):
+        self.f = f
+        self.left = size
+
+    def read(self, n=-1):
+        data = self.f.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
 def op_pull(wire, req):
+    """The run directory as a tar stream of exactly what PullHead announced (each file's size as listed, so a
+    results.jsonl that grows during the pull cannot make the stream larger than the host was told)."""
     base = wire.app_dir(req.app)
     run_id = pick_run(base, req.run_id)
     run_dir = os.path.join(runs_dir(base), run_id)
-    files = run_files(run_dir, set(req.exclude))
-    wire.reply(protocol.PullHead(run_id=run_id, files=len(files), bytes=sum(os.path.getsize(p) for p in files)))
+    members = []
+    for p in run_files(run_dir, set(req.exclude)):
+        info = tarfile.TarInfo(os.path.relpath(p, run_dir))
+        st = os.stat(p)
+        if st.st_size > 1 << 26 and st.st_blocks * 512 < st.st_size // 2:  # nothing a run writes has holes
+            raise Fail(f"{info.name} is a sparse file of {st.st_size} bytes; not pulled")
+        info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
+        members.append((p, info))
+    wire.reply(protocol.PullHead(run_id=run_id, files=len(members), bytes=sum(i.size for _, i in members)))
     with tarfile.open(fileobj=wire.stdout, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        for p in files:
-            tf.add(p, arcname=os.path.relpath(p, run_dir), recursive=False)
+        for p, info in members:
+            with open(p, "rb") as f:
+                tf.addfile(info, _Exactly(f, info.size))
     wire.stdout.flush()
 
 
