@@ -80,7 +80,7 @@ def cmd_rollback(args) -> int:
     def action(inv, board, conn, prog):
         info = releases.rollback(inv, conn, args.to)
         if not args.json:
-            ui.out().print(f"{board.name}: current {info.previous} -> [bold]{info.current}[/]")
+            ui.out().print(f"{board.name}: current {ui.escape(info.previous)} -> [bold]{ui.escape(info.current)}[/]")
         return info.to_json()
 
     return worst(each_board(args, action))

@@ -48,7 +48,7 @@ def run_events(prog, task, board, echo: bool):
         kind = ev["event"]
         if kind == "start":
             bench.append(ev.get("mode") == "bench")
-            prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"],
+            prog.update(task, description=f"{board.name}: {ui.escape(ev.get('run_id'))}", total=ev["total"],
                         completed=ev.get("skipped", 0))
         elif kind == "progress" and bench and bench[0]:  # a bench counts loops, not images
             prog.update(task, completed=ev.get("done", 0), rate=f"{ev.get('ips', 0):.1f} it/s")
