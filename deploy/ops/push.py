@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..board import protocol
 from ..errors import ConnectError, PushError, RemoteError
-from ..inventory import Board, Inventory
+from ..inventory import Board, Inventory, unsafe_env
 from ..link import objstream
 from ..link.remote import Call, session
 from ..link.ssh import Connection
@@ -81,6 +81,7 @@ class PushResult:
     wire_bytes: int = 0  # the object stream as sent: tar framing included, compressed members compressed
     compressed_objects: int = 0
     link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
+    unsafe_env: tuple[str, ...] = ()  # env keys that change how the board runs code (app.env_unsafe allowed them)
 
 
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None) -> Bundle:
@@ -129,7 +130,7 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
         total_bytes=bundle.total_bytes,
         send_files=len(send),
         send_bytes=sum(e.size for e in send),
-        env_diff=envblock.redact(envblock.diff(state.env_sh, new_env, "env.sh"), app.env),
+        env_diff=envblock.env_diff(state.env_sh, new_env, app.env),
         bashrc_diff=envblock.diff(state.bashrc, new_bashrc, "~/.bashrc"),
         facts=state.facts,
     )
@@ -222,7 +223,7 @@ def push(
             on_phase("moving the service")
         moved = service_mod.follow_push(inv, conn, res.release)
     return replace(res, health=health, pruned=res.pruned + health.pruned, seconds=time.perf_counter() - t0,
-                   service=moved)
+                   service=moved, unsafe_env=tuple(unsafe_env(inv.app.env)))
 
 
 def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool,
