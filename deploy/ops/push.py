@@ -89,7 +89,7 @@ def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, 
     python = board_python(inv, board, conn, target)
     key = (target, python, board.sandbox, site)  # what a release depends on besides the app
     return cache.once(key, lambda: bundle_mod.build(inv.app, board, target, python, cache, site=site,
-                                                    state_dir=inv.state_dir))
+                                                    state_dir=inv.state_dir, root=inv.root))
 
 
 class _Stale(Exception):
