@@ -1,6 +1,6 @@
 """What the host's guards cost (issue 23): a no-change push and a pull of a run with 5,000 results.
 
-    python benchmarks/guards.py [--json] [--repeat 7] [--results 5000] [--keep-tmp]
+    python benchmarks/guards.py [--json] [--repeat 7] [--results 5000] [--keep-tmp] [--against DIR]
 
 Starts its own sandbox board in a throwaway project (stopped by PID at the end, in a ``finally``), pushes
 the app once, then times, as a user types them (subprocesses, best and median of ``--repeat`` interleaved
@@ -12,8 +12,11 @@ rounds):
                image (``labelled/``, ~6 KiB each): the table of every result is printed (stdout to a file);
 * ``pull_json_s`` the same pull with ``--json`` (no table).
 
-The script only drives the CLI, so the same file measures any checkout: run it with ``PYTHONPATH`` at an
-older tree to compare (the board code travels from whatever ``deploy`` is imported).
+The script only drives the CLI, so the same file measures any checkout. ``--against DIR`` measures the
+checkout at DIR too, in the same rounds (a second project and sandbox board whose commands run with
+``PYTHONPATH=DIR``, so the board code travels from there as well), alternating the two per sample: on a
+shared machine that is the only fair comparison. Its figures are ``against_*`` and the ratios ``*_ratio``
+(this checkout over DIR).
 """
 
 from __future__ import annotations
@@ -72,25 +75,35 @@ def main() -> int:
     ap.add_argument("--results", type=int, default=5000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep-tmp", action="store_true")
+    ap.add_argument("--against", type=Path, help="another checkout, measured in the same rounds")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-guards-"))
-    project = Project(root, DEMO)
-    samples: dict[str, list[float]] = {"push_s": [], "pull_s": [], "pull_json_s": []}
+    projects = {"": Project(root / "this", DEMO)}
+    if args.against:
+        projects["against_"] = Project(root / "against", DEMO)
+        projects["against_"].environ["PYTHONPATH"] = str(args.against.resolve())
+    samples: dict[str, list[float]] = {}
     try:
-        project.up()
-        project.deploy("push", "board1")
-        size = make_run(project.home, project.app, args.results)
+        for project in projects.values():
+            project.up()
+            project.deploy("push", "board1")
+            size = make_run(project.home, project.app, args.results)
         for _ in range(args.repeat):
-            samples["push_s"].append(timed(project, "push", "board1"))
-            samples["pull_s"].append(timed(project, "pull", "board1", "--run", "big"))
-            samples["pull_json_s"].append(timed(project, "pull", "board1", "--run", "big", "--json"))
+            for key, cmd in (("push_s", ("push", "board1")), ("pull_s", ("pull", "board1", "--run", "big")),
+                             ("pull_json_s", ("pull", "board1", "--run", "big", "--json"))):
+                for prefix, project in projects.items():
+                    samples.setdefault(prefix + key, []).append(timed(project, *cmd))
     finally:
-        project.down()
+        for project in projects.values():
+            project.down()
         if not args.keep_tmp:
             shutil.rmtree(root, ignore_errors=True)
     out = {"results": args.results, "run_bytes": size, "samples": samples,
            **{f"best_{k}": round(min(v), 3) for k, v in samples.items()},
            **{f"median_{k}": round(statistics.median(v), 3) for k, v in samples.items()}}
+    if args.against:
+        out.update({f"{k}_ratio": round(min(v) / min(samples["against_" + k]), 3)
+                    for k, v in samples.items() if not k.startswith("against_")})
     if args.json:
         print(json.dumps(out, indent=2))
     else:
