@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.formats import IMAGE_EXTENSIONS
-
 from agent import evaluate as agent_eval  # the agent's own parser (stdlib only): one reading of val_label.txt
+from agent.formats import IMAGE_EXTENSIONS
 
 from ..errors import UsageError
 

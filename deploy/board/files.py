@@ -10,13 +10,24 @@ from .wire import Fail
 
 
 def write_atomic(path, data, mode=0o644):
-    """Write, fsync, chmod, then rename over ``path``: readers see the old or the new file, never half."""
+    """Write, fsync, then rename over ``path``: readers see the old or the new file, never half.
+
+    The temporary file is created 0600 (``O_CREAT | O_EXCL``: never an existing file or a link someone
+    left there), so a file holding secrets (``env.sh``) is never readable by anyone else, not for the
+    moment between creating and chmodding it; it gets ``mode`` only once written."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileExistsError:  # debris of an earlier op that had our pid
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(tmp, mode)
+        if mode != 0o600:
+            os.fchmod(f.fileno(), mode)
     os.replace(tmp, path)
 
 

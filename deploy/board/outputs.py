@@ -68,7 +68,22 @@ def command_files(run_dir, skip):
     return pairs
 
 
+class _Exactly:
+    """A file read as exactly ``size`` bytes: what grew since the listing is not sent, and what shrank fails."""
+
+    def __init__(self, f, size):
+        self.f = f
+        self.left = size
+
+    def read(self, n=-1):
+        data = self.f.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
 def op_pull(wire, req):
+    """The run directory as a tar stream of exactly what PullHead announced (each file's size as listed, so a
+    results.jsonl that grows during the pull cannot make the stream larger than the host was told)."""
     base = wire.app_dir(req.app)
     run_id = pick_run(base, req.run_id)
     run_dir = os.path.join(runs_dir(base), run_id)
@@ -76,10 +91,19 @@ def op_pull(wire, req):
         pairs = command_files(run_dir, req.exclude)
     else:
         pairs = [(p, os.path.relpath(p, run_dir)) for p in run_files(run_dir, set(req.exclude))]
-    wire.reply(protocol.PullHead(run_id=run_id, files=len(pairs), bytes=sum(os.path.getsize(p) for p, _ in pairs)))
+    members = []
+    for p, name in pairs:
+        info = tarfile.TarInfo(name)
+        st = os.stat(p)
+        if st.st_size > 1 << 26 and st.st_blocks * 512 < st.st_size // 2:  # nothing a run writes has holes
+            raise Fail(f"{info.name} is a sparse file of {st.st_size} bytes; not pulled")
+        info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
+        members.append((p, info))
+    wire.reply(protocol.PullHead(run_id=run_id, files=len(members), bytes=sum(i.size for _, i in members)))
     with tarfile.open(fileobj=wire.stdout, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        for p, name in pairs:
-            tf.add(p, arcname=name, recursive=False)
+        for p, info in members:
+            with open(p, "rb") as f:
+                tf.addfile(info, _Exactly(f, info.size))
     wire.stdout.flush()
 
 

@@ -10,9 +10,11 @@ instead of the expected reply, and ends the operation. The first line of every o
 is the boot line (``{"boot": "ok"}``), written by the bootstrap before the operation runs.
 
 Messages are decoded with ``decode(cls, obj)``: unknown fields are ignored (a newer board
-may say more), missing fields take their defaults (an older one may say less), and nested
-messages are rebuilt from the class's ``NESTED`` map, so no dict of dicts crosses a module
-boundary on the host.
+may say more), missing fields take their defaults (an older one may say less), every field
+present must have the JSON type its annotation says (``str``, ``int``, ``list[str]``,
+``ImportProbe | None`` ...: a ValueError naming the field otherwise, so a board's reply of the
+wrong shape is a protocol error and never reaches code that trusts it), and nested messages are
+rebuilt from the class's ``NESTED`` map, so no dict of dicts crosses a module boundary on the host.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 VERSION = 1
 
 #: an app, release or run id: one safe path component on both ends (the board's directories, the host's outputs/)
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 #: names under outputs/<board>/ that are not runs: ``service`` holds the collected journal
 RESERVED_RUN_IDS = ("service",)
 
@@ -55,15 +57,18 @@ class Message:
 
     NESTED = {}
     FIELDS = ()
+    TYPES = {}  # field -> its annotation (a string: this module's annotations are not evaluated)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        names = []
+        names, types = [], {}
         for klass in reversed(cls.__mro__):
-            for name in klass.__dict__.get("__annotations__", {}):
-                if name not in names and name not in ("NESTED", "FIELDS"):
+            for name, note in klass.__dict__.get("__annotations__", {}).items():
+                if name not in names and name not in ("NESTED", "FIELDS", "TYPES"):
                     names.append(name)
+                    types[name] = note
         cls.FIELDS = tuple(names)
+        cls.TYPES = types
 
     def __init__(self, **kwargs):
         for name in self.FIELDS:
@@ -96,19 +101,73 @@ def _plain(value):
     return value
 
 
+_KINDS = ("bool", "int", "float", "str", "list", "dict")
+_INT_RANGE = 1 << 63  # a JSON integer beyond 64 bits is no count, size or pid of ours
+
+
+def _spec(note):
+    """An annotation as ``(None allowed, kind, element spec or None)``; kind "any" is not checked."""
+    parts = [p.strip() for p in note.split("|")]
+    rest = [p for p in parts if p != "None"]
+    if len(rest) != 1:
+        return (True, "any", None)
+    t = rest[0]
+    if t.endswith("]") and t.startswith(("list[", "dict[")):
+        inner = t[5:-1] if t[0] == "l" else t[5:-1].split(",", 1)[-1]
+        return (len(rest) < len(parts), t[:4], _spec(inner))
+    return (len(rest) < len(parts), t if t in _KINDS else "any", None)
+
+
+def fits(value, spec):
+    """Whether a JSON value has the type ``spec`` says (messages are checked when they are decoded)."""
+    none, kind, inner = spec
+    if value is None:
+        return none
+    if kind == "str" or kind == "bool":
+        return type(value) is (str if kind == "str" else bool)
+    if kind == "int" or kind == "float":
+        return (type(value) is int and -_INT_RANGE <= value < _INT_RANGE) or (kind == "float" and type(value) is float)
+    if kind == "list" or kind == "dict":
+        if type(value) is not (list if kind == "list" else dict):
+            return False
+        if inner is None or inner[1] == "any":
+            return True
+        return all(fits(v, inner) for v in (value if kind == "list" else value.values()))
+    return True
+
+
+def field_specs(cls):
+    """``cls``'s field specs, parsed on first use (most operations decode two or three classes)."""
+    specs = cls.__dict__.get("_specs")
+    if specs is None:
+        specs = {}
+        for name, note in cls.TYPES.items():
+            none, kind, inner = _spec(note)
+            specs[name] = (none or getattr(cls, name) is None, kind, inner)
+        cls._specs = specs
+    return specs
+
+
 def decode(cls, obj):
-    """``obj`` (a parsed JSON object) as an instance of message class ``cls``."""
+    """``obj`` (a parsed JSON object) as an instance of message class ``cls``; ValueError when a field present
+    has another JSON type than its annotation says."""
     if not isinstance(obj, dict):
         raise ValueError(f"{cls.__name__} must be a JSON object, not {type(obj).__name__}")
     kwargs = {}
+    specs = field_specs(cls)
     for key in cls.FIELDS:
         if key not in obj:
             continue
         value = obj[key]
+        if not fits(value, specs[key]):
+            raise ValueError(f"{cls.__name__}.{key} must be {cls.TYPES[key]}, not {type(value).__name__}")
         sub = cls.NESTED.get(key)
         if sub is not None and value is not None:
             value = [decode(sub[0], v) for v in value] if isinstance(sub, list) else decode(sub, value)
         kwargs[key] = value
+    for key, sub in cls.NESTED.items():  # a message the annotation does not allow to be None: its defaults
+        if kwargs.get(key) is None and not isinstance(sub, list) and "None" not in cls.TYPES[key]:
+            kwargs[key] = sub()
     return cls(**kwargs)
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..analysis import HOST_FILES, write_whole
 from ..analysis.labels import image_files, read_labels
-from ..errors import RunError, UsageError
+from ..board import protocol
+from ..errors import RemoteError, RunError, UsageError
 from ..ops import outputs, runs
 from . import render, ui
 from .boards import each_board, inventory, worst
@@ -70,6 +72,17 @@ def _run(inv, board, conn, prog, *, mode: str, images: Path | None, overrides: d
     return res
 
 
+@contextmanager
+def pulled_files(board, run_id: str):
+    """What the host reads of a pulled run was written by the board: a file that is not what a run writes
+    (wrong JSON, wrong types) fails that board in one line, as a malformed reply does."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+        raise RunError(f"{board.name}: run {run_id}: a pulled file is not what a run writes "
+                       f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def _fleet_dir(inv, cmd: str) -> Path:
     return inv.outputs / "_fleet" / f"{cmd}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -97,7 +110,8 @@ def cmd_verify(args) -> int:
         path = _pull(inv, board, conn, res.run_id)
         board_s = time.perf_counter() - t0
         host = reference.result()
-        verdict = verify.compare(host, verify.load_probs(path), args.min_agreement)
+        with pulled_files(board, res.run_id):
+            verdict = verify.compare(host, verify.load_probs(path), args.min_agreement)
         try:  # what the board ran: the job it built from the deployed release
             job = json.loads((path / "job.json").read_text())
         except (OSError, ValueError):
@@ -210,7 +224,8 @@ def cmd_eval(args) -> int:
             raise RunError(f"{board.name}: run {res.run_id} wrote no result.json") from None
         metrics = res.summary.get("eval") or {}
         if not args.json:
-            _print_eval(board.name, res.run_id, result)
+            with pulled_files(board, res.run_id):
+                _print_eval(board.name, res.run_id, result)
         return {"ok": True, "run_id": res.run_id, "release": res.release, "path": str(path), "result": result,
                 "top": metrics.get("top"), "images": metrics.get("images"), "classes": metrics.get("classes"),
                 "labels_absent": absent}
@@ -219,7 +234,7 @@ def cmd_eval(args) -> int:
 
 
 def _print_eval(board: str, run_id: str, result: dict) -> None:
-    t = ui.table("", "value", title=f"{board} eval {run_id}: {result.get('title', '')}")
+    t = ui.table("", "value", title=f"{board} eval {run_id}: {ui.escape(result.get('title', ''))}")
     for kv in result.get("value", []):
         t.add_row(ui.escape(kv["key"]), ui.escape(kv["value"]))
     ui.out().print(t)
@@ -232,7 +247,7 @@ def cmd_report(args) -> int:
     from ..analysis import htmlreport
 
     inv = inventory(args)
-    boards = inv.select(args.target)
+    boards = inv.select(args.target)  # --run was checked by the parser (cli.run_id)
     pages: list = []
 
     def action(inv, board, conn, prog):
@@ -242,11 +257,14 @@ def cmd_report(args) -> int:
             if not latest:
                 raise RunError(f"{board.name}: no runs on the board yet: start one with `deploy run {board.name}`")
             run_id = latest[-1].id
+            if not protocol.valid_run_id(run_id):  # it names a directory under outputs/<board>/
+                raise RemoteError(f"{board.name}: the board's latest run has an invalid id: {run_id[:200]!r}")
         local = inv.outputs / board.name / run_id
         if args.pull or not (local / "summary.json").is_file():
             local = _pull(inv, board, conn, run_id)
-        run = htmlreport.load_run(local, board.name)
-        page = htmlreport.write_run(run)
+        with pulled_files(board, run_id):
+            run = htmlreport.load_run(local, board.name)
+            page = htmlreport.write_run(run)
         pages.append(run)
         if not args.json:
             ui.out().print(f"{ui.escape(board.name)}: report {ui.escape(str(page))} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DeployError
+from ..errors import DeployError, RemoteError
 from . import render, ui
 from .boards import each_board, inventory, worst
 
@@ -89,7 +89,7 @@ def cmd_rollback(args) -> int:
     def action(inv, board, conn, prog):
         info = releases.rollback(inv, conn, args.to)
         if not args.json:
-            ui.out().print(f"{board.name}: current {info.previous} -> [bold]{info.current}[/]")
+            ui.out().print(f"{board.name}: current {ui.escape(info.previous)} -> [bold]{ui.escape(info.current)}[/]")
         return info.to_json()
 
     return worst(each_board(args, action))
@@ -106,6 +106,9 @@ def cmd_status(args) -> int:
         return {"ok": True, **info.to_json()}
 
     return worst(each_board(args, action))
+
+
+EXEC_JSON_MAX = 64 << 20
 
 
 def cmd_exec(args) -> int:
@@ -126,17 +129,20 @@ def cmd_exec(args) -> int:
         chan = conn.channel(user_command(inv.app.name, argv, f"app/{own.workdir}" if own else None))
         chan.shutdown_write()
         stdout, stderr = chan.makefile("rb"), chan.makefile_stderr("rb")
-        if args.json:
-            o, e = stdout.read(), stderr.read()
+        if args.json:  # held in memory for the JSON document: capped
+            o, e = stdout.read(EXEC_JSON_MAX + 1), stderr.read(EXEC_JSON_MAX + 1)
+            if max(len(o), len(e)) > EXEC_JSON_MAX:
+                chan.close()
+                raise RemoteError(f"{board.name}: more than {EXEC_JSON_MAX >> 20} MiB of output; run it without --json")
             code = chan.recv_exit_status()
             return {"ok": code == 0, "exit_code": code, "stdout": o.decode("utf-8", "replace"),
                     "stderr": e.decode("utf-8", "replace")}
         tag = f"{board.name}: ".encode() if many else b""  # several boards at once: each line says whose
-        for line in stdout:
+        for line in iter(lambda: stdout.readline(1 << 20), b""):  # passed through as ssh would, a MiB at most
             with out_lock:
                 sys.stdout.buffer.write(tag + line)
                 sys.stdout.buffer.flush()
-        err = stderr.read()
+        err = stderr.read(EXEC_JSON_MAX)  # the first 64 MiB: what a terminal can show of it
         with out_lock:
             sys.stderr.buffer.write(b"".join(tag + ln for ln in err.splitlines(keepends=True)))
         code = chan.recv_exit_status()

@@ -1,7 +1,9 @@
 """Rendering of results: rich tables for people, plain dicts for ``--json``.
 
-Everything user-controlled (file names, labels, error messages) is escaped before it
-reaches rich, so a name like ``[red]x.jpg`` prints as itself.
+Everything of board or user origin (file names, labels, ids, facts, error messages) goes through
+``escape`` (``ui.visible`` + rich markup escaping) before it reaches rich, so a name like
+``[red]x.jpg`` prints as itself and an ESC sequence as ``\x1b[2J``. Numbers a board sent are
+formatted only once they are numbers (``_num``): a string where a score belongs prints as text.
 """
 
 from __future__ import annotations
@@ -27,7 +29,24 @@ def _size(n: int | float) -> str:
 
 
 def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+    except (OverflowError, OSError, ValueError):  # a board's idea of a time
+        return "-"
+
+
+def _num(value, spec: str = ".3f", default: str = "-") -> str:
+    """A number from a board formatted with ``spec``; anything else escaped as text (or ``default``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return default if value is None else escape(value)
+
+
+def _top1(rec) -> tuple[str, str]:
+    """(label, score) of a result's top-1 as text, whatever shape the board gave it."""
+    topk = rec.get("topk") if isinstance(rec, dict) else None
+    top = topk[0] if isinstance(topk, list) and topk and isinstance(topk[0], list) else []
+    return escape(top[1] if len(top) > 1 else "?"), _num(top[2] if len(top) > 2 else None)
 
 
 # ---------------------------------------------------------------- push
@@ -38,11 +57,11 @@ def print_plan(con: Console, plan) -> None:
                                                          f"{_size(plan.needed_bytes)} of {_size(plan.free_bytes)} free")
     con.print(
         f"[bold]{escape(plan.board)}[/]: release {plan.release} ({plan.files} files, {_size(plan.total_bytes)}): {state}; "
-        f"current {plan.current or 'none'}"
+        f"current {escape(plan.current or 'none')}"
     )
     for diff in (plan.env_diff, plan.bashrc_diff):
         if diff:
-            con.print(escape(diff.rstrip()), highlight=False, soft_wrap=True)
+            con.print(escape(diff.rstrip(), lines=True), highlight=False, soft_wrap=True)
 
 
 def push_json(res) -> dict:
@@ -62,6 +81,7 @@ def push_json(res) -> dict:
         "pruned": res.pruned,
         "bashrc_changed": res.bashrc_changed,
         "env_changed": res.env_changed,
+        "env_unsafe": list(getattr(res, "unsafe_env", ())),
         "seconds": round(res.seconds, 3),
         "target": res.target,
         "python": res.python,
@@ -100,10 +120,10 @@ def print_recap(con: Console, rows: list[dict], cmd: str) -> None:
     t = Table("board", "result", "release", "sent", "seconds", "detail", title=f"{cmd}: recap")
     for r in rows:
         sent = r.get("payload_bytes", r.get("bytes"))
-        detail = r.get("error") or ""
-        t.add_row(escape(r["board"]), _result(r, cmd), escape(str(r.get("release") or r.get("current") or "")),
+        detail = str(r.get("error") or "")
+        t.add_row(escape(r["board"]), _result(r, cmd), escape(r.get("release") or r.get("current") or ""),
                   _size(sent) if isinstance(sent, int) else "", f"{r['seconds']:.2f}" if "seconds" in r else "",
-                  escape(detail.splitlines()[0][:120] if detail else ""))
+                  escape(detail[:120]))
     con.print(t)
     from ..fleet import recap
 
@@ -115,15 +135,18 @@ def print_recap(con: Console, rows: list[dict], cmd: str) -> None:
 
 
 def print_push(con: Console, res) -> None:
+    unsafe = getattr(res, "unsafe_env", ())
     if res.dry_run:
-        con.print(f"[bold]{escape(res.board)}[/]: dry run, nothing changed")
+        con.print(f"[bold]{escape(res.board)}[/]: dry run, nothing changed"
+                  + (f"; [yellow]env sets {', '.join(unsafe)}[/] (app.env_unsafe)" if unsafe else ""))
         return
     what = "switched to" if res.switched else "already at"
     con.print(
-        f"[green]pushed[/] [bold]{escape(res.board)}[/]: {what} release {res.release} "
+        f"[green]pushed[/] [bold]{escape(res.board)}[/]: {what} release {escape(res.release)} "
         f"(sent {res.objects} files, {_size(res.payload_bytes)}; {res.linked} hard-linked; "
-        f"target {res.target}, Python {res.python}; {res.seconds:.2f}s)"
-        + (f"; pruned {', '.join(res.pruned)}" if res.pruned else "")
+        f"target {res.target}, Python {escape(res.python)}; {res.seconds:.2f}s)"
+        + (f"; pruned {escape(', '.join(res.pruned))}" if res.pruned else "")
+        + (f"; [yellow]env sets {', '.join(unsafe)}[/] (app.env_unsafe)" if unsafe else "")
         + _health_note(res.health)
         + _service_note(getattr(res, "service", None))
     )
@@ -133,8 +156,8 @@ def _service_note(moved) -> str:
     if not moved:
         return ""
     if moved.get("moved"):
-        return f"; service moved to {moved['release']}"
-    return f"; [yellow]service not moved[/] (runs {moved.get('release') or '-'}, {moved.get('supervisor')})"
+        return f"; service moved to {escape(moved['release'])}"
+    return f"; [yellow]service not moved[/] (runs {escape(moved.get('release') or '-')}, {escape(moved.get('supervisor'))})"
 
 
 def _health_note(h) -> str:
@@ -149,7 +172,7 @@ def print_releases(con: Console, board: str, info) -> None:
     """``info``: a ``protocol.ReleasesReply``."""
     t = Table("release", "created", "current", "env", title=f"{board} releases")
     for r in info.releases:
-        t.add_row(r.id, _when(r.created), "[green]*[/]" if r.current else "", escape(env_text(r)))
+        t.add_row(escape(r.id), _when(r.created), "[green]*[/]" if r.current else "", escape(env_text(r)))
     con.print(t)
 
 
@@ -167,9 +190,9 @@ def env_text(r) -> str:
 
 def event_line(ev: dict) -> str:
     if ev["event"] == "result":
-        top = ev["topk"][0] if ev["topk"] else [None, "?", 0.0]
-        return f"  [green]ok[/]  {escape(str(ev['image']))}: {escape(str(top[1]))} ({top[2]:.3f})"
-    return f"  [red]err[/] {escape(str(ev['image']))}: {escape(ev['kind'])}: {escape(str(ev['message']))}"
+        label, score = _top1(ev)
+        return f"  [green]ok[/]  {escape(ev['image'])}: {label} ({score})"
+    return f"  [red]err[/] {escape(ev['image'])}: {escape(ev['kind'])}: {escape(ev['message'])}"
 
 
 def run_json(res) -> dict:
@@ -225,21 +248,16 @@ def print_command_run(con: Console, res) -> None:
         what = f"[green]the command exited 0[/] ({s.get('elapsed_s', 0):.1f}s"
         what += f", {_size(s.get('output_bytes') or 0)} under {escape(str(s['outputs']))})" if s.get("outputs") else ")"
     else:
-        what = f"[red]failed[/]: {escape(safe(str(s.get('reason') or 'the run did not end')))}"
+        what = f"[red]failed[/]: {escape(str(s.get('reason') or 'the run did not end'))}"
     con.print(f"run {res.run_id} on [bold]{escape(res.board)}[/]: {what} (release {res.release or '?'}); "
               f"pull with: deploy pull {escape(res.board)} --run {res.run_id}")
 
 
 def log_line(board: str | None, ev: dict) -> str:
     """One line an own app printed, as rich markup: board-prefixed with several boards, stderr dimmed red."""
-    text = escape(safe(str(ev.get("message", ""))))
+    text = escape(str(ev.get("message", "")))
     prefix = f"[bold]{escape(board)}[/]: " if board else ""
     return prefix + (f"[red]{text}[/]" if ev.get("stream") == "stderr" else text)
-
-
-def safe(text: str) -> str:
-    """Text from a board made harmless for a terminal: control characters shown, not obeyed."""
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 def print_run(con: Console, res) -> None:
@@ -253,19 +271,20 @@ def print_run(con: Console, res) -> None:
     ips = res.summary.get("ips")
     rate = f", {ips:.1f} img/s" if isinstance(ips, (int, float)) else ""
     con.print(
-        f"[{colour}]run {res.run_id}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
-        f"{rate} (release {res.release or '?'}); pull with: deploy pull {escape(res.board)} --run {res.run_id}"
+        f"[{colour}]run {escape(res.run_id)}[/] on [bold]{escape(res.board)}[/]: {res.ok} ok, {res.failed} failed"
+        f"{rate} (release {escape(res.release or '?')}); pull with: deploy pull {escape(res.board)} --run "
+        f"{escape(res.run_id)}"
     )
     skipped = res.summary.get("not_taken_files") or []
     if skipped:
         names = ", ".join(f"{n['file']} ({n['reason']})" for n in skipped[:5])
         more = f" and {res.summary['not_taken'] - 5} more (--json lists {len(skipped)})" if res.summary["not_taken"] > 5 else ""
-        con.print(f"  [yellow]{res.summary['not_taken']} files not taken[/]: {escape(safe(names))}{more}", soft_wrap=True)
+        con.print(f"  [yellow]{res.summary['not_taken']} files not taken[/]: {escape(names)}{more}", soft_wrap=True)
     why = run_reason(res) if not res.success else None
     if why:
         more = (f"; finished images are kept: deploy run {escape(res.board)} --resume {res.run_id}"
                 if res.ended and res.total else "")
-        con.print(f"[red]run {res.run_id} ended[/]: {escape(safe(why))}{more}", soft_wrap=True)
+        con.print(f"[red]run {res.run_id} ended[/]: {escape(why)}{more}", soft_wrap=True)
 
 
 def print_bench(con: Console, res) -> None:
@@ -276,8 +295,8 @@ def print_bench(con: Console, res) -> None:
     colour = "green" if res.success else "red"
     backend = res.summary.get("backend")
     name = backend.get("backend", "?") if isinstance(backend, dict) else "?"
-    con.print(f"[{colour}]bench {res.run_id}[/] on [bold]{escape(res.board)}[/]: {escape(str(name))} backend, release "
-              f"{res.release or '?'} (warm-up excluded; latency per call, async: from submit to callback)")
+    con.print(f"[{colour}]bench {escape(res.run_id)}[/] on [bold]{escape(res.board)}[/]: {escape(name)} backend, "
+              f"release {escape(res.release or '?')} (warm-up excluded; latency per call, async: from submit to callback)")
 
 
 def print_bench_docs(con: Console, docs: list[dict], title: str) -> None:
@@ -286,17 +305,22 @@ def print_bench_docs(con: Console, docs: list[dict], title: str) -> None:
     t = Table("board", "backend", "batch", "mode", "img/s", "mean ms", "p50", "p90", "p99", title=escape(title))
     for d in docs:
         backend = d.get("backend")
-        name = escape(str(backend.get("backend", "?") if isinstance(backend, dict) else "?"))
-        for r in d["rows"]:
-            lat = r.get("latency_ms", {})
-            t.add_row(escape(d["board"]), name, str(r.get("batch")), escape(str(r.get("mode") or "-")),
-                      f"{r.get('throughput', 0):.1f}", *(f"{lat.get(k, 0):.2f}" for k in ("mean", "median", "p90", "p99")))
-        for u in d.get("unsupported", []):
-            t.add_row(escape(d["board"]), name, str(u["batch"]), "-", "[yellow]n/a[/]", "", "", "", "")
+        name = escape(backend.get("backend", "?") if isinstance(backend, dict) else "?")
+        for r in _dicts(d.get("rows")):
+            lat = r.get("latency_ms") if isinstance(r.get("latency_ms"), dict) else {}
+            t.add_row(escape(d["board"]), name, _num(r.get("batch"), "d"), escape(r.get("mode") or "-"),
+                      _num(r.get("throughput"), ".1f"), *(_num(lat.get(k), ".2f") for k in ("mean", "median", "p90", "p99")))
+        for u in _dicts(d.get("unsupported")):
+            t.add_row(escape(d["board"]), name, _num(u.get("batch"), "d"), "-", "[yellow]n/a[/]", "", "", "", "")
     con.print(t)
     for d in docs:
-        for u in d.get("unsupported", []):
-            con.print(f"{escape(d['board'])}: batch {u['batch']} not run: {escape(str(u['reason']))}")
+        for u in _dicts(d.get("unsupported")):
+            con.print(f"{escape(d['board'])}: batch {_num(u.get('batch'), 'd')} not run: {escape(u.get('reason'))}")
+
+
+def _dicts(value) -> list[dict]:
+    """The dicts of a list a board sent (a bench's rows): anything else is left out."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 # ---------------------------------------------------------------- pull
@@ -311,24 +335,25 @@ def print_pull(con: Console, res) -> None:
     path = Path(res.path)
     results = path / "results.jsonl"
     if results.exists():
-        t = Table("image", "top-1", "score", "status", title=f"{res.board} run {res.run_id}")
+        t = Table("image", "top-1", "score", "status", title=f"{escape(res.board)} run {escape(res.run_id)}")
         for line in results.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(rec, dict):
                 continue
             if rec.get("ok"):
-                top = rec["topk"][0]
-                t.add_row(escape(safe(str(rec["image"]))), escape(safe(str(top[1]))), f"{top[2]:.3f}", "[green]ok[/]")
+                t.add_row(escape(rec.get("image")), *_top1(rec), "[green]ok[/]")
             else:
-                t.add_row(escape(safe(str(rec.get("image")))), "", "", f"[red]{escape(safe(str(rec.get('kind'))))}[/]")
+                t.add_row(escape(rec.get("image")), "", "", f"[red]{escape(rec.get('kind'))}[/]")
         con.print(t)
     elif (path / "outputs").is_dir():  # an own app's run: what it wrote under app.outputs
-        t = Table("file", "size", title=f"{res.board} run {res.run_id}: outputs/")
+        t = Table("file", "size", title=f"{escape(res.board)} run {escape(res.run_id)}: outputs/")
         for f in sorted(p for p in (path / "outputs").rglob("*") if p.is_file()):
-            t.add_row(escape(safe(f.relative_to(path / "outputs").as_posix())), _size(f.stat().st_size))
+            t.add_row(escape(f.relative_to(path / "outputs").as_posix()), _size(f.stat().st_size))
         con.print(t)
-    con.print(f"pulled {res.files} files ({_size(res.bytes)}) into {escape(str(path))}")
+    con.print(f"pulled {res.files} files ({_size(res.bytes)}) into {escape(path)}")
 
 
 # ---------------------------------------------------------------- status
@@ -340,8 +365,8 @@ def print_status(con: Console, board: str, info) -> None:
     blocks = info.bashrc_blocks
     block = "[green]present[/]" if blocks == 1 else ("[red]missing[/]" if blocks == 0 else f"[red]{blocks} copies[/]")
     con.print(
-        f"[bold]{escape(board)}[/] ({facts.arch}, Python {facts.python}, {escape(facts.os)}, "
-        f"{_size(facts.free_bytes)} free)\n  current release: {info.current or 'none'}; "
+        f"[bold]{escape(board)}[/] ({escape(facts.arch)}, Python {escape(facts.python)}, {escape(facts.os)}, "
+        f"{_size(facts.free_bytes)} free)\n  current release: {escape(info.current or 'none')}; "
         f"releases: {len(info.releases)}; env.sh: {'yes' if info.env_sh else 'no'}; .bashrc block: {block}"
     )
     current = next((r for r in info.releases if r.current), None)
@@ -353,10 +378,8 @@ def print_status(con: Console, board: str, info) -> None:
         t = Table("run", "status", "ok", "failed", "img/s", "reason", title="last runs")
         for r in info.runs:
             s = r.summary or {}
-            ips = s.get("ips")
-            t.add_row(r.id, str(r.status or "-"), str(s.get("ok", "-")), str(s.get("failed", "-")),
-                      f"{ips:.1f}" if isinstance(ips, (int, float)) else "-",
-                      escape(safe(str(s.get("reason") or ""))[:120]))
+            t.add_row(escape(r.id), escape(r.status or "-"), escape(s.get("ok", "-")), escape(s.get("failed", "-")),
+                      _num(s.get("ips"), ".1f"), escape(str(s.get("reason") or "")[:120]))
         con.print(t)
 
 

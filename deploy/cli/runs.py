@@ -50,7 +50,7 @@ def run_events(prog, task, board, echo: str | None):
         kind = ev["event"]
         if kind == "start":
             bench.append(ev.get("mode") == "bench")
-            prog.update(task, description=f"{board.name}: {ev.get('run_id')}", total=ev["total"] or None,
+            prog.update(task, description=f"{board.name}: {ui.escape(ev.get('run_id'))}", total=ev["total"] or None,
                         completed=ev.get("skipped", 0))
         elif kind == "log":
             if echo:  # the app's stdout on ours, its stderr on ours (through the live display on a terminal)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import DeployError
@@ -24,7 +25,7 @@ def cmd_service(args) -> int:
             raise DeployError("deploy service logs takes one board")
         with connect(inv, boards[0], args) as conn:
             try:
-                service.logs(inv, conn, lines=args.lines, follow=args.follow)
+                service.logs(inv, conn, lines=args.lines, follow=args.follow, out=_VisibleLines())
             except KeyboardInterrupt:
                 pass
         return 0
@@ -49,6 +50,17 @@ def cmd_service(args) -> int:
         return {"ok": ok, "service": info.to_json()}
 
     return worst(each_board(args, action, view=ui.spinner_progress if args.action != "status" else None))
+
+
+class _VisibleLines:
+    """The agent's log on stdout as text, each line through ``ui.visible`` (image names come from the inbox)."""
+
+    def write(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        sys.stdout.write(ui.visible(text.removesuffix("\n")) + ("\n" if text.endswith("\n") else ""))
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 def cmd_collect(args) -> int:

@@ -1,8 +1,12 @@
 """The terminal: rich consoles, progress bars and tables, loaded only when a person will see them.
 
 ``--json`` output, and commands that show nothing, never import rich (about 40 ms of every
-command otherwise). Everything from a board or a file name that reaches rich goes through
-``escape`` (``render.safe`` first for board strings: control characters made visible).
+command otherwise). Every string of board origin (labels, image names, events, facts, ids, error
+replies) and every file name goes through ONE function on its way to a person, :func:`visible`:
+C0 and C1 control characters (ESC, CSI, BEL, CR, newline ...), DEL, and the Unicode line separators
+and bidirectional overrides are shown as ``\x1b`` / ``\u202e`` instead of acting on the terminal.
+:func:`escape` is ``visible`` plus rich's markup escaping (what goes through rich), and
+:func:`error_line` applies it whether or not stderr is a terminal. ``--json`` keeps exact strings.
 
 **One screen, one live region.** A command shows at most one live display (a row per board), and
 while it is up every line the command prints, results on stdout and error lines on stderr alike,
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import threading
 
@@ -78,11 +83,38 @@ def live_console():
     return _console(not sys.stdout.isatty())
 
 
-def escape(text: str) -> str:
-    """``text`` with rich markup neutralised (a file named ``[red]x.jpg`` prints as itself)."""
-    from rich.markup import escape as rich_escape
+_CONTROLS = "\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_SHOWN = re.compile(f"[\n{_CONTROLS}]")
+_SHOWN_KEEP_LINES = re.compile(f"[{_CONTROLS}]")
 
-    return rich_escape(text)
+
+def _show(m: re.Match) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text, lines: bool = False) -> str:
+    """``text`` (anything: it is made a string) with every control character shown, not obeyed: ESC as
+    ``\x1b``, a newline as ``\x0a`` (kept as a line break with ``lines``), U+202E as ``\u202e``."""
+    text = text if isinstance(text, str) else str(text)
+    pattern = _SHOWN_KEEP_LINES if lines else _SHOWN
+    return pattern.sub(_show, text) if pattern.search(text) else text
+
+
+_BRACKET = re.compile(r"(\\*)\[")
+_TRAILING = re.compile(r"(\\+)$")
+
+
+def escape(text, lines: bool = False) -> str:
+    """:func:`visible` ``text`` with rich markup neutralised too (a file named ``[red]x.jpg`` prints as itself).
+
+    Every ``[`` is escaped, not only those that look like a tag (``rich.markup.escape``): an escaped piece
+    ends up next to others, and ``[/:`` in one with ``]`` in the next would make a tag of them. Backslashes
+    before a bracket or at the end are doubled, so they can escape neither ours nor the next piece's tags."""
+    text = visible(text, lines)
+    if "[" in text:
+        text = _BRACKET.sub(lambda m: m.group(1) * 2 + "\\[", text)
+    return _TRAILING.sub(lambda m: m.group(1) * 2, text) if text.endswith("\\") else text
 
 
 def table(*columns, **kwargs):
@@ -100,7 +132,7 @@ def emit_json(obj) -> None:
 def error_line(message: str, prefix: str = "error: ") -> None:
     """One line on stderr: how every user-facing failure is shown (red on a terminal)."""
     if not sys.stderr.isatty():
-        sys.stderr.write(f"{prefix}{message}\n")
+        sys.stderr.write(f"{prefix}{visible(message)}\n")
         return
     err().print(f"[red]{prefix}[/]{escape(message)}" if prefix else f"[red]{escape(message)}[/]", soft_wrap=True)
 

@@ -30,16 +30,22 @@ from .app import (  # re-exported: `from deploy.inventory import App, OwnApp, ..
     Service,
     parse_app,
     parse_size,
+    unsafe_env,
 )
 from .doc import Doc, path_conv
 
 __all__ = ["BACKENDS", "DEFAULT_EXCLUDES", "NAME_RE", "PRESETS", "App", "Board", "Build", "Inventory", "Jump", "OwnApp",
-           "Service", "load", "parse", "parse_size"]
+           "Service", "load", "parse", "parse_size", "unsafe_env"]
 
 
+# a login name; a host (DNS name, IPv4, IPv6 without brackets): no space, control, shell metacharacter or leading -
+USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
+HOST_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,252}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9._-]+)?)\Z")
+PYTHON_RE = re.compile(r"^[A-Za-z0-9_./~+][A-Za-z0-9_./~+-]{0,255}\Z")  # an interpreter: a name or a path
 # a jump host: [user@]host[:port]; an IPv6 address in brackets ([fe80::1]:22)
 JUMP_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
-                     r"(?P<host>\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?$")
+                     r"(?P<host>\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?\Z")
+MAX_BYTES, MAX_DEPTH = 1 << 20, 32  # an inventory's size (refused before parsing) and YAML nesting
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,8 @@ def load(path: str | Path) -> Inventory:
     """Read and validate an inventory file. Raises InventoryError with file:line: field: message."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            text = f.read(MAX_BYTES + 1).decode("utf-8")
     except FileNotFoundError:
         raise InventoryError(f"{path}: inventory not found (pass -i/--inventory PATH)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -185,10 +192,30 @@ def _check_jumps(doc: Doc, boards: dict[str, Board], sources: dict[str, tuple[ya
             raise doc.fail(node, where, f"jump hosts loop back to {name} ({' -> '.join([*chain, end])})")
 
 
+class _Loader(yaml.SafeLoader):
+    """Refuses aliases (``*name``: one line can stand for billions of nodes) and nesting past ``MAX_DEPTH``."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        why = "aliases (*name) are not allowed in an inventory" if isinstance(event, yaml.AliasEvent) else (
+            f"nested deeper than {MAX_DEPTH} levels" if self.depth >= MAX_DEPTH else None)
+        if why:
+            raise yaml.MarkedYAMLError(problem=why, problem_mark=event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def _compose(text: str, path: Path) -> yaml.Node:
-    """The YAML as nodes (which keep their line numbers); syntax errors and emptiness as InventoryError."""
+    """The YAML as nodes (which keep their line numbers); syntax errors, size and emptiness as InventoryError."""
+    if len(text) > MAX_BYTES:
+        raise InventoryError(f"{path}:1: inventory larger than {MAX_BYTES >> 20} MiB; refusing to parse it")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -300,7 +327,7 @@ def _board(doc: Doc, name: str, knode, vnode, inherited: dict, base: Path) -> Bo
         return conv(node, w, *args)
 
     sandbox = get("sandbox", doc.boolean, default=False)
-    host = get("host", doc.string)
+    host = get("host", doc.string, HOST_RE, "not a host name or address")
     if not sandbox and not host:
         raise doc.fail(knode, f"{where}.host", "required for a real board (or set sandbox: true)")
     if sandbox and host:
@@ -321,9 +348,9 @@ def _board(doc: Doc, name: str, knode, vnode, inherited: dict, base: Path) -> Bo
         sandbox=sandbox,
         host=host,
         port=get("port", doc.integer, 1, 65535, default=22),
-        user=get("user", doc.string),
+        user=get("user", doc.string, USER_RE, "not a login name (letters, digits, '.', '_', '-')"),
         key=key,
-        python=get("python", doc.string),
+        python=get("python", doc.string, PYTHON_RE, "not an interpreter name or path"),
         arch=arch,
         line=knode.start_mark.line + 1,
         jump=get("jump", doc.string),

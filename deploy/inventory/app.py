@@ -11,12 +11,17 @@ from typing import Any
 
 import yaml
 
-from .doc import Doc, path_value
+from .doc import PATH_RE, Doc, path_value
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# patterns end in \Z, not $ (which matches before a final newline too): a value is exactly what its grammar says
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# env keys that change how the board runs code (shell, loader: LD_* too, Python's imports): only with app.env_unsafe
+UNSAFE_ENV = frozenset({"PATH", "BASH_ENV", "ENV", "IFS", "CDPATH", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND",
+                        "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONINSPECT",
+                        "PYTHONWARNINGS", "GCONV_PATH"})
 
 
 BACKENDS = ("onnx", "om", "magicmind")  # app.models kinds: ONNX, Ascend .om, a MagicMind model
@@ -41,6 +46,11 @@ SERVICE_POLICIES = ("keep", "move", "delete")
 
 
 SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+
+
+def unsafe_env(keys) -> list[str]:
+    """The env keys among ``keys`` that change how the board runs code (``UNSAFE_ENV``, ``LD_*``), sorted."""
+    return sorted(k for k in keys if k in UNSAFE_ENV or k.startswith("LD_"))
 
 
 def parse_size(text: str | int) -> int | None:
@@ -107,6 +117,7 @@ class App:
     keep_releases: int = 5
     env: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device
+    env_unsafe: bool = False  # app.env_unsafe: env may set keys that change how the board runs code (unsafe_env)
     probe: Path | None = None  # app.health.probe: the health check's image (None: chosen from app.images)
     health_timeout: int = 60  # app.health.timeout: seconds the board's agent may take for the check
     service: Service = field(default_factory=Service)  # app.service
@@ -122,7 +133,7 @@ _OWN_KEYS = {"source", "include", "exclude", "workdir", "command", "outputs", "r
 
 
 _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch", "keep_releases", "env",
-             "backend_options", "health", "service"} | _OWN_KEYS
+             "backend_options", "health", "service", "env_unsafe"} | _OWN_KEYS
 
 
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
@@ -161,13 +172,8 @@ def parse_app(doc: Doc, node: yaml.Node, base: Path) -> App:
                 v = preprocess[key]
                 if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
                     raise doc.fail(pnode, f"app.preprocess.{key}", "must be a list of three numbers")
-    env = {}
-    if "env" in m:
-        for k, (knode, vnode) in doc.mapping(m["env"][1], "app.env").items():
-            if not ENV_KEY_RE.match(k):
-                raise doc.fail(knode, f"app.env.{k}", "not a valid environment variable name")
-            val = doc.scalar(vnode, f"app.env.{k}")
-            env[k] = "" if val is None else str(val)
+    env_unsafe = doc.boolean(m["env_unsafe"][1], "app.env_unsafe") if "env_unsafe" in m else False
+    env = _env(doc, m["env"][1], env_unsafe) if "env" in m else {}
     return App(
         name=name,
         models=models,
@@ -178,11 +184,28 @@ def parse_app(doc: Doc, node: yaml.Node, base: Path) -> App:
         batch=doc.integer(m["batch"][1], "app.batch", 1, 1024) if "batch" in m else 1,
         keep_releases=doc.integer(m["keep_releases"][1], "app.keep_releases", 1, 100) if "keep_releases" in m else 5,
         env=env,
+        env_unsafe=env_unsafe,
         backend_options=_backend_options(doc, m["backend_options"][1]) if "backend_options" in m else {},
         **(_health(doc, m["health"][1], base) if "health" in m else {}),
         **({"service": _service(doc, m["service"][1])} if "service" in m else {}),
         own=own,
     )
+
+
+def _env(doc: Doc, node: yaml.Node, unsafe_ok: bool) -> dict[str, str]:
+    """app.env: shell names, values without control characters but tab; ``unsafe_env`` keys only if allowed."""
+    env = {}
+    for k, (knode, vnode) in doc.mapping(node, "app.env").items():
+        if not ENV_KEY_RE.match(k):
+            raise doc.fail(knode, f"app.env.{k}", "not a valid environment variable name")
+        val = doc.scalar(vnode, f"app.env.{k}")
+        env[k] = "" if val is None else str(val)
+        if env[k] and not PATH_RE.match(env[k].replace("\t", " ")):
+            raise doc.fail(vnode, f"app.env.{k}", "a value cannot hold control characters (newlines included)")
+        if unsafe_env([k]) and not unsafe_ok:
+            raise doc.fail(knode, f"app.env.{k}", "changes how the board runs code (the shell, the loader or Python's "
+                           "imports); set app.env_unsafe: true to allow it")
+    return env
 
 
 def _models(doc: Doc, node: yaml.Node, base: Path) -> dict[str, Path]:
@@ -322,7 +345,7 @@ def _service(doc: Doc, node: yaml.Node) -> Service:
     doc.check_keys(sm, {"inbox", "policy", "max_disk", "settle", "rotate", "log_max"}, "app.service")
     out: dict[str, Any] = {}
     if "inbox" in sm:
-        out["inbox"] = doc.string(sm["inbox"][1], "app.service.inbox")
+        out["inbox"] = doc.string(sm["inbox"][1], "app.service.inbox", PATH_RE, "a path cannot hold control characters")
     if "policy" in sm:
         policy = doc.string(sm["policy"][1], "app.service.policy")
         if policy not in SERVICE_POLICIES:

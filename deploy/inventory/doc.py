@@ -10,6 +10,8 @@ import yaml
 
 from ..errors import InventoryError
 
+PATH_RE = re.compile(r"^[^\x00-\x1f\x7f]+\Z")  # a path has no control character (nor has an env value but tab)
+
 
 class Doc:
     """Walks composed YAML nodes, turning each problem into a file:line: field: message error."""
@@ -72,7 +74,7 @@ class Doc:
 
 
 def path_value(doc: Doc, node: yaml.Node, where: str, base: Path) -> Path:
-    p = Path(doc.string(node, where)).expanduser()
+    p = Path(doc.string(node, where, PATH_RE, "a path cannot hold control characters")).expanduser()
     return p if p.is_absolute() else base / p
 
 

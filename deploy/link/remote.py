@@ -17,7 +17,9 @@ import functools
 import hashlib
 import io
 import json
+import math
 import shlex
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +29,10 @@ from typing import TypeVar
 from ..board import protocol
 from ..errors import RemoteError
 
-REPLY_TIMEOUT = 120.0  # longest wait for one reply line (the board hashes nothing big before answering)
+REPLY_TIMEOUT = 120.0  # longest wait for one whole reply line (the board hashes nothing big before answering)
+MAX_LINE = 8 << 20  # longest reply line (a status of many runs is ~50 KiB, a push plan's ~30 KiB)
+WINDOW = 1 << 20  # bulk bytes: each WINDOW (or the rest) within REPLY_TIMEOUT, a floor of ~8.7 KB/s
+EXIT_WAIT = 5.0  # how long a failed operation's exit status is waited for before saying "unknown"
 PIECE = 32 * 1024  # OpenSSH's maximum channel packet
 BOARD_DIR = Path(__file__).parents[1] / "board"
 
@@ -86,52 +91,90 @@ def helper_command(op: str, pythons: tuple[str, ...], app: str | None) -> str:
 class Call:
     """One running board operation: typed JSON lines both ways, then optional bulk bytes.
 
-    Reads time out (``REPLY_TIMEOUT``): a board that goes silent, e.g. its cable pulled, turns
-    into an error instead of a hang until TCP gives up (which takes many minutes).
+    Nothing a board sends is trusted to end: every reply line has a length cap (``MAX_LINE``) and a
+    deadline for the whole line (``REPLY_TIMEOUT`` unless the caller gives another), not only for each
+    read, so a board that goes silent, or sends one byte a minute, or a line that never ends, becomes a
+    one-line RemoteError instead of a hang or a host out of memory. Bulk bytes (``bulk``) must keep
+    coming at ``WINDOW`` bytes per ``REPLY_TIMEOUT`` at least, and never more than their announced size.
     """
 
     def __init__(self, chan, board: str, op: str):
         self.chan = chan
         self.board = board
         self.op = op
-        self.out = chan.makefile("rb", 1 << 16)
+        self.buf = bytearray()  # received, not yet consumed
+        self.waited = REPLY_TIMEOUT  # the deadline being waited for, for the error
         chan.settimeout(REPLY_TIMEOUT)
 
     def send(self, message: protocol.Message) -> None:
         self.chan.sendall(_line(message))
 
-    def readline(self, timeout: float | None = None) -> bytes:
-        """One raw line (b"" at the end); raises RemoteError if nothing arrives within the timeout."""
-        if timeout is not None:
-            self.chan.settimeout(timeout)
+    def recv(self, deadline: float, n: int = 1 << 16) -> bool:
+        """Append what the board sends next (up to ``n`` bytes) to ``buf``; False at the end of the stream.
+        RemoteError when nothing arrives before ``deadline`` (``time.monotonic``; ``math.inf``: no deadline)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self.timed_out()
+        self.chan.settimeout(None if left == math.inf else left)
         try:
-            return self.out.readline()
+            data = self.chan.recv(n)
         except TimeoutError:
-            wait = timeout or REPLY_TIMEOUT
-            raise RemoteError(f"{self.board}: no answer to {self.op} for {wait:.0f}s; is the board still reachable?") from None
+            raise self.timed_out() from None
+        self.buf += data
+        return bool(data)
 
-    def read_obj(self) -> dict:
+    def timed_out(self) -> RemoteError:
+        return RemoteError(f"{self.board}: no answer to {self.op} for {self.waited:.0f}s (a whole reply); is the "
+                           "board still reachable?")
+
+    def readline(self, timeout: float | None = None, limit: int = MAX_LINE) -> bytes:
+        """One raw line (b"" at the end, a partial line if the stream ends in one). RemoteError if it is not
+        complete within ``timeout`` seconds (None: ``REPLY_TIMEOUT``; ``math.inf``: none) or longer than
+        ``limit`` bytes."""
+        self.waited = REPLY_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + self.waited
+        start = 0
+        while True:
+            end = self.buf.find(b"\n", start)
+            if end >= 0:
+                line = bytes(self.buf[: end + 1])
+                del self.buf[: end + 1]
+                return line
+            if len(self.buf) > limit:
+                raise RemoteError(f"{self.board}: {self.op}: the board sent a line longer than {limit >> 20} MiB; "
+                                  "refusing the rest")
+            start = len(self.buf)
+            if not self.recv(deadline):
+                line = bytes(self.buf)
+                self.buf.clear()
+                return line
+
+    def read_obj(self, timeout: float | None = None) -> dict:
         """The next line as a JSON object; a board error or a dead channel becomes RemoteError."""
-        line = self.readline()
+        line = self.readline(timeout)
         if not line:
             raise RemoteError(f"{self.board}: {self.op} failed: {self._stderr_tail()}")
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RemoteError(f"{self.board}: {self.op}: unexpected output: {line[:200]!r}") from None
         if not isinstance(obj, dict):
             raise RemoteError(f"{self.board}: {self.op}: unexpected output: {line[:200]!r}")
         if "error" in obj:
-            raise RemoteError(f"{self.board}: {obj['error']}")
+            raise RemoteError(f"{self.board}: {str(obj['error'])[:2000]}")
         return obj
 
-    def read(self, cls: type[M]) -> M:
-        """The next reply, as message class ``cls``."""
-        obj = self.read_obj()
+    def read(self, cls: type[M], timeout: float | None = None) -> M:
+        """The next reply, as message class ``cls`` (every field of the type its annotation says)."""
+        obj = self.read_obj(timeout)
         try:
             return protocol.decode(cls, obj)
-        except (TypeError, ValueError) as exc:
-            raise RemoteError(f"{self.board}: {self.op}: malformed {cls.__name__}: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise RemoteError(f"{self.board}: {self.op}: malformed {cls.__name__}: {str(exc)[:300]}") from None
+
+    def bulk(self, size: int, on_bytes=None) -> Bulk:
+        """The bulk bytes that follow a reply, as a file to ``read``: at most ``size`` bytes, at a rate floor."""
+        return Bulk(self, size, on_bytes)
 
     def error_after_stream(self, wait: float = 10.0) -> str | None:
         """The error line a board wrote before it stopped reading bytes we were sending it (its disk is full,
@@ -145,22 +188,82 @@ class Call:
         return None
 
     def _stderr_tail(self) -> str:
-        code = self.chan.recv_exit_status()
-        err = self.chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip().splitlines()
+        """Why the board's process ended: its exit status and last stderr line (bounded: waits at most
+        ``EXIT_WAIT`` seconds, keeps the last 64 KiB)."""
+        code = exit_status(self.chan, EXIT_WAIT)
+        err = stderr_tail(self.chan).decode("utf-8", "replace").strip().splitlines()
         if code == 127:
             return "the board's Python interpreter was not found (set python: for this board in the inventory)"
-        return (err[-1] if err else f"exit status {code}")[:500]
+        return (err[-1] if err else f"exit status {code if code is not None else 'unknown'}")[:500]
 
     def writer(self, counter=None) -> ChannelWriter:
         return ChannelWriter(self.chan, counter)
 
-    def close(self) -> int:
-        """Half-close, wait for the board process, close; returns its exit status."""
+    def close(self) -> int | None:
+        """Half-close, wait for the board process (``REPLY_TIMEOUT`` at most), close; its exit status or None."""
         try:
             self.chan.shutdown_write()
-            return self.chan.recv_exit_status()
+            return exit_status(self.chan, REPLY_TIMEOUT)
         finally:
             close_quietly(self.chan)
+
+
+class Bulk:
+    """Bytes that follow a reply (a tar stream, journal records), read as a file: ``read(n)`` gives at most
+    ``n`` bytes, b"" at the end of the stream or once ``size`` bytes were read (``exhausted``: what follows is
+    not read, so the operation's next reply stays in place). Every ``WINDOW`` bytes (or the rest) must arrive
+    within ``REPLY_TIMEOUT``: a board that trickles is cut off with a RemoteError."""
+
+    def __init__(self, call: Call, size: int, on_bytes=None):
+        self.call = call
+        self.left = size
+        self.size = size
+        self.on_bytes = on_bytes
+        self.window = 0
+        self.deadline = time.monotonic() + REPLY_TIMEOUT
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left == 0
+
+    def read(self, n: int = -1) -> bytes:
+        c = self.call
+        n = self.left if n < 0 else min(n, self.left)
+        if n <= 0:
+            return b""
+        if not c.buf:
+            c.waited = REPLY_TIMEOUT
+            if not c.recv(self.deadline, min(max(n, 1 << 16), 1 << 20)):
+                return b""
+        data = bytes(c.buf[:n])
+        del c.buf[:n]
+        self.left -= len(data)
+        self.window += len(data)
+        if self.window >= WINDOW:
+            self.window = 0
+            self.deadline = time.monotonic() + REPLY_TIMEOUT
+        if self.on_bytes and data:
+            self.on_bytes(len(data))
+        return data
+
+
+def exit_status(chan, wait: float) -> int | None:
+    """The board process's exit status, waiting at most ``wait`` seconds (None: it did not exit by then)."""
+    if not chan.status_event.wait(wait):
+        return None
+    return chan.recv_exit_status()
+
+
+def stderr_tail(chan, limit: int = 1 << 16) -> bytes:
+    """The last ``limit`` bytes of what the board wrote on stderr so far (never waits; reads 4x ``limit``
+    at most, so a board flooding stderr cannot keep the host here)."""
+    data = bytearray()
+    for _ in range(4 * limit // (1 << 15)):
+        if not chan.recv_stderr_ready():
+            break
+        data += chan.recv_stderr(1 << 15)
+        del data[:-limit]
+    return bytes(data)
 
 
 def _line(message: protocol.Message) -> bytes:
@@ -196,7 +299,7 @@ def _start(conn, op: str, request: protocol.Message, app: str | None, with_code:
     close_quietly(chan)
     if boot.get("boot") == "need-code" and not with_code:
         return None
-    raise RemoteError(f"{conn.endpoint.name}: {op}: unexpected boot reply {boot!r}")
+    raise RemoteError(f"{conn.endpoint.name}: {op}: unexpected boot reply {str(boot)[:200]}")
 
 
 @contextmanager
@@ -242,14 +345,20 @@ class ChannelWriter:
             return
         import paramiko
 
+        deadline = time.monotonic() + REPLY_TIMEOUT  # the whole buffer (1 MiB), not each packet: a floor rate
         try:
             # packet-sized pieces: Channel.sendall re-slices the rest of its argument after every
             # 32 KiB packet (s = s[sent:]), which for one 1 MiB bytes object copies ~16 MiB
             with memoryview(self.buf) as view:
                 for i in range(0, len(view), PIECE):
+                    self.chan.settimeout(max(0.001, deadline - time.monotonic()))
                     self.chan.sendall(view[i : i + PIECE].tobytes())
+        except TimeoutError:
+            raise ConnectionError(f"the board took in less than {len(self.buf)} bytes in {REPLY_TIMEOUT:.0f}s") from None
         except (EOFError, paramiko.SSHException) as exc:  # paramiko's ways of saying the link is gone
             raise ConnectionError(f"connection lost: {exc or type(exc).__name__}") from None
+        finally:
+            self.chan.settimeout(REPLY_TIMEOUT)
         self.sent += len(self.buf)
         if self.counter:
             self.counter(len(self.buf))

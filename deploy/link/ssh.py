@@ -356,7 +356,7 @@ class Connection:
         self._wait_open()
         if self.client is None:
             self.open()
-        chan = self.client.get_transport().open_session(window_size=WINDOW)
+        chan = self.client.get_transport().open_session(window_size=WINDOW, timeout=self.timeout)
         chan.exec_command(command)
         return chan
 
@@ -403,6 +403,22 @@ MAX_HOPS = 8  # a longer ProxyJump chain is a loop in ssh_config (OpenSSH would 
 def _user_config_files() -> list[Path]:
     """OpenSSH's order: the user's file, then the system's; for each setting the first value found wins."""
     return [Path.home() / ".ssh" / "config", Path("/etc/ssh/ssh_config")]
+
+
+class _GivenFirst(paramiko.SSHConfig):
+    """ssh_config with values found before any file is read, as ``ssh -l USER -p PORT`` gives them: they win
+    ("the first value obtained is used"), ``Match user`` sees them, and tokens (%r, %p) expand to them.
+
+    paramiko's lookup starts each pass from an empty ``SSHConfigDict``; this one starts from ``given``."""
+
+    def __init__(self, given: dict[str, str]):
+        super().__init__()
+        self.given = given
+
+    def _lookup(self, hostname, options=None, canonical=False, final=False):
+        if options is None:
+            options = paramiko.SSHConfigDict(self.given)
+        return super()._lookup(hostname, options, canonical, final)
 
 
 class _Resolver:
@@ -493,11 +509,9 @@ class _Resolver:
 
     def _lookup(self, alias: str, user: str | None, port: int | None) -> dict:
         """ssh_config's settings for ``alias``, with ``user``/``port`` given first so that they win and
-        ProxyCommand's %r/%p tokens expand to them."""
-        cfg = paramiko.SSHConfig()
-        given = [f"{k} {v}" for k, v in (("User", user), ("Port", port)) if v]
-        if given:
-            cfg.parse(io.StringIO(f"Host {shlex.quote(alias)}\n" + "".join(f"  {g}\n" for g in given)))
+        ProxyCommand's %r/%p tokens expand to them. They are given as values (``_GivenFirst``), never written
+        into config text, so no inventory value can add a line to the configuration."""
+        cfg = _GivenFirst({k: str(v) for k, v in (("user", user), ("port", port)) if v})
         for path, text in self._files():
             try:
                 cfg.parse(io.StringIO(text))

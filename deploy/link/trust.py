@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ConnectError, DeployError, RemoteError
+from .remote import REPLY_TIMEOUT, Call, exit_status, stderr_tail
 from .ssh import Connection, Endpoint, endpoint_for, paramiko
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")  # ~/.ssh/<name>.pub, the first that exists
@@ -155,9 +156,11 @@ def _install(conn: Connection, pub: PublicKey) -> bool:
     """Append the key to authorized_keys unless it is there; True if it was added."""
     chan = conn.channel(f"sh -c {shlex.quote(INSTALL)} deploy-trust {shlex.quote(pub.blob)} {shlex.quote(pub.line)}")
     chan.shutdown_write()
-    out = chan.makefile("rb").read().decode("utf-8", "replace").split()
-    err = chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip()
-    if chan.recv_exit_status() != 0 or not out or out[-1] not in ("added", "present"):
+    call = Call(chan, conn.endpoint.name, "trust")  # its output bounded in size and time, as any reply
+    lines = [call.readline(limit=4096) for _ in range(64)]
+    out = b"".join(lines).decode("utf-8", "replace").split()
+    err = stderr_tail(chan, 4096).decode("utf-8", "replace").strip()
+    if exit_status(chan, REPLY_TIMEOUT) != 0 or not out or out[-1] not in ("added", "present"):
         ep = conn.endpoint
         raise RemoteError(f"{ep.name}: cannot write ~/.ssh/authorized_keys: {' '.join(err.split())[:200] or 'no reason given'}")
     return out[-1] == "added"

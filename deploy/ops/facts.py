@@ -72,7 +72,7 @@ def _python_findings(board: Board, facts: protocol.Facts) -> list[Finding]:
     how = f"set by boards.{board.name}.python" if board.python else "first found of the target's candidates"
     seen = [f"{n} -> {p} ({v or '?'})" for n, p, v in facts.pythons if p and p != facts.python_exe]
     others = f"; also on the board, not used: {', '.join(seen)}" if seen else ""
-    new_enough = tuple(int(x) for x in facts.python_mm.split(".")) >= (3, 7)
+    new_enough = tuple(int(x) if x.isascii() and x.isdigit() else -1 for x in facts.python_mm.split(".")) >= (3, 7)
     out = [Finding("interpreter", new_enough, f"{facts.python_exe} (Python {facts.python}), {how}{others}")]
     if not profile.python or facts.python_mm == profile.python:
         return out

@@ -55,9 +55,8 @@ def check(conn: Connection, app: App, board: str, release: str, keep: int) -> He
     t0 = time.perf_counter()
     req = protocol.HealthRequest(app=app.name, release=release, timeout=float(app.health_timeout), keep=keep)
     try:
-        with session(conn, "health", req, app=app.name) as c:
-            c.chan.settimeout(max(REPLY_TIMEOUT, app.health_timeout + 30.0))  # the agent may take its timeout
-            reply = c.read(protocol.HealthReply)
+        with session(conn, "health", req, app=app.name) as c:  # the agent may take its timeout
+            reply = c.read(protocol.HealthReply, timeout=max(REPLY_TIMEOUT, app.health_timeout + 30.0))
             c.close()
     except RemoteError as exc:
         raise HealthCheckFailed(f"{board}: release {release} is current but its health check gave no verdict "

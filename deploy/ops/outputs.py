@@ -1,28 +1,31 @@
 """What runs leave on a board, brought home (host end of ``board/outputs.py``): ``pull`` and ``status``.
 
-``pull`` extracts a tar stream into ``outputs/<board>/<run-id>/`` and refuses anything
-that could land outside it: absolute names, ``..``, links, devices. It unpacks into a
-temporary sibling and renames, so an interrupted pull never leaves a half directory
-under the final name.
+``pull`` unpacks a tar stream into ``outputs/<board>/<run-id>/`` with ``link/untar.py``, which trusts
+nothing in it: only regular files and directories inside the run's directory, no larger than the board
+announced (and the host must have that much free first), small headers, no sparse member. It unpacks into
+a temporary sibling and renames, so an interrupted pull never leaves a half directory under the final name.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .. import fleet
 from ..board import protocol
-from ..errors import RunError
+from ..errors import RemoteError, RunError
 from ..inventory import Board, Inventory
+from ..link import untar
 from ..link.remote import call, session
 from ..link.ssh import Connection
 from .runs import check_run_id
+
+SLACK = 4096  # disk a file may take beyond its size (its last block), for the free-space check
+RESERVE = 1 << 30  # what a pull leaves free on the host's disk at least
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,6 @@ class PullResult:
     files: int
     bytes: int
     seconds: float
-
-
-def _safe_member(member: tarfile.TarInfo) -> PurePosixPath:
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or any(part in ("..", "") for part in name.parts) or not name.parts:
-        raise RunError(f"refusing unsafe path in pulled outputs: {member.name!r}")
-    if not (member.isfile() or member.isdir()):
-        raise RunError(f"refusing link or special file in pulled outputs: {member.name!r}")
-    return name
 
 
 def pull(
@@ -67,7 +61,8 @@ def pull(
         check_run_id(run_id)
     req = protocol.PullRequest(app=inv.app.name, run_id=run_id, exclude=[] if include_inputs else ["inputs"])
     with session(conn, "pull", req) as c:
-        rid = c.read(protocol.PullHead).run_id
+        head = c.read(protocol.PullHead)
+        rid = head.run_id
         if not protocol.valid_run_id(rid) or (run_id is not None and rid != run_id):
             raise RunError(f"{board.name}: the board answered run {rid!r} to a pull of {run_id or 'the latest run'!r}")
         root = (dest_root or inv.outputs).resolve() / board.name
@@ -75,17 +70,20 @@ def pull(
         tmp = root / f".{rid}.partial-{os.getpid()}"
         root.mkdir(parents=True, exist_ok=True)
         clean_partials(root)
+        _check_room(board, root, head)
         tmp.mkdir()
+        stream = c.bulk(head.bytes + untar.overhead(head.files), on_bytes)
         try:
-            files, size = _extract(_CountingReader(c.out, on_bytes, board.name), tmp)
+            files, size = untar.extract(_cancellable(stream.read, board.name), tmp, head.bytes, head.files)
             c.close()
             _carry_over(final, tmp, keep)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except (tarfile.TarError, OSError) as exc:
+        except (untar.TarRefused, OSError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RunError(f"{board.name}: pull of run {rid} failed: {exc}") from None
+            more = "; the board sent more than it announced" if stream.exhausted else ""
+            raise RunError(f"{board.name}: pull of run {rid} failed: {exc}{more}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -117,6 +115,17 @@ def _running(pid: int) -> bool:
         return True
 
 
+def _check_room(board: Board, root: Path, head: protocol.PullHead) -> None:
+    """The run must fit on the host's disk as the board announced it, before a byte of it is written."""
+    if head.bytes < 0 or head.files < 0:
+        raise RemoteError(f"{board.name}: pull: the board announced {head.files} files, {head.bytes} bytes")
+    need = head.bytes + SLACK * head.files
+    free = shutil.disk_usage(root).free
+    if need + RESERVE > free:
+        raise RunError(f"{board.name}: run {head.run_id} is {head.bytes / 2**20:,.1f} MiB in {head.files} files; "
+                       f"{root} has {free / 2**20:,.1f} MiB free (a pull leaves 1 GiB): not pulled")
+
+
 def _carry_over(old: Path, new: Path, names: tuple[str, ...]) -> None:
     """Host-made files of an earlier pull that the new one lacks, copied into it."""
     for name in names:
@@ -125,43 +134,15 @@ def _carry_over(old: Path, new: Path, names: tuple[str, ...]) -> None:
             shutil.copy2(src, dst)
 
 
-def _extract(stream, dest: Path) -> tuple[int, int]:
-    """Unpack a tar stream into ``dest``, refusing anything that could land outside it; (files, bytes)."""
-    files = size = 0
-    inside = dest.resolve()
-    with tarfile.open(fileobj=stream, mode="r|") as tf:
-        for member in tf:
-            rel = _safe_member(member)
-            out = dest.joinpath(*rel.parts)
-            if not out.resolve().is_relative_to(inside):
-                raise RunError(f"refusing path outside the target directory: {member.name!r}")
-            if member.isdir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "wb") as f:
-                shutil.copyfileobj(tf.extractfile(member), f, 1 << 20)
-            os.chmod(out, 0o644)
-            files += 1
-            size += member.size
-    return files, size
+def _cancellable(read, board: str):
+    """``read``, stopping when the command is interrupted (Ctrl-C, SIGTERM: ``fleet.CANCEL``)."""
 
-
-class _CountingReader:
-    """The pull's stream, counted for the progress bar; it stops when the command is interrupted."""
-
-    def __init__(self, f, on_bytes, board: str = ""):
-        self.f = f
-        self.on_bytes = on_bytes
-        self.board = board
-
-    def read(self, n=-1):
+    def reader(n=-1):
         if fleet.CANCEL.is_set():
-            raise RunError(f"{self.board}: pull interrupted")
-        data = self.f.read(n)
-        if data and self.on_bytes:
-            self.on_bytes(len(data))
-        return data
+            raise RunError(f"{board}: pull interrupted")
+        return read(n)
+
+    return reader
 
 
 def status(inv: Inventory, conn: Connection, runs: int = 5) -> protocol.StatusReply:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..board import protocol
 from ..errors import ConnectError, PushError, RemoteError
-from ..inventory import Board, Inventory
+from ..inventory import Board, Inventory, unsafe_env
 from ..link import objstream
 from ..link.remote import Call, session
 from ..link.ssh import Connection
@@ -87,6 +87,7 @@ class PushResult:
     wire_bytes: int = 0  # the object stream as sent: tar framing included, compressed members compressed
     compressed_objects: int = 0
     link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
+    unsafe_env: tuple[str, ...] = ()  # env keys that change how the board runs code (app.env_unsafe allowed them)
 
 
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None,
@@ -96,7 +97,7 @@ def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, 
     python = board_python(inv, board, conn, target)
     key = (target, python, board.sandbox, site, built.root if built else None)  # what it depends on besides the app
     return cache.once(key, lambda: bundle_mod.build(inv.app, board, target, python, cache, site=site,
-                                                    state_dir=inv.state_dir, built=built))
+                                                    state_dir=inv.state_dir, root=inv.root, built=built))
 
 
 class _Stale(Exception):
@@ -137,7 +138,7 @@ def make_plan(inv: Inventory, board: Board, bundle: Bundle, state: protocol.Push
         total_bytes=bundle.total_bytes,
         send_files=len(send),
         send_bytes=sum(e.size for e in send),
-        env_diff=envblock.redact(envblock.diff(state.env_sh, new_env, "env.sh"), app.env),
+        env_diff=envblock.env_diff(state.env_sh, new_env, app.env),
         bashrc_diff=envblock.diff(state.bashrc, new_bashrc, "~/.bashrc"),
         facts=state.facts,
         needed_bytes=needed_bytes(bundle, send, state.exists),
@@ -268,7 +269,7 @@ def push(
             on_phase("moving the service")
         moved = service_mod.follow_push(inv, conn, res.release)
     return replace(res, health=health, pruned=res.pruned + health.pruned, seconds=time.perf_counter() - t0,
-                   service=moved)
+                   service=moved, unsafe_env=tuple(unsafe_env(inv.app.env)))
 
 
 def health_step(inv, board, conn, bundle: Bundle, res: PushResult, enabled: bool,

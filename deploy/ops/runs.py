@@ -131,6 +131,8 @@ def run(
         if images is not None:
             upload(c, board, images)
         started = c.read(protocol.RunStarted)
+        if started.run_id != run_id:
+            raise RemoteError(f"{board.name}: the board started run {started.run_id[:200]!r}, not {run_id!r}")
         result = RunResult(board=board.name, run_id=run_id, release=started.release)
         _follow(c, result, on_event)
     result.seconds = time.perf_counter() - t0
@@ -141,7 +143,9 @@ def attach(inv: Inventory, board: Board, conn: Connection, run_id: str, on_event
     check_run_id(run_id)
     with session(conn, "attach", protocol.AttachRequest(app=inv.app.name, run_id=run_id)) as c:
         info = c.read(protocol.Attached)
-        result = RunResult(board=board.name, run_id=info.run_id)
+        if info.run_id != run_id:
+            raise RemoteError(f"{board.name}: the board attached run {info.run_id[:200]!r}, not {run_id!r}")
+        result = RunResult(board=board.name, run_id=run_id)
         _follow(c, result, on_event)
     return result
 
@@ -162,17 +166,21 @@ def _follow(c: Call, result: RunResult, on_event) -> None:
                 f"deploy run {result.board} --attach {result.run_id}"
             )
         if line.startswith(b'{"helper"') or line.startswith(b'{"error"'):
-            obj = json.loads(line)
-            if "error" in obj:
-                raise RemoteError(f"{result.board}: {obj['error']}")
-            if obj.get("helper") == "exit":
-                result.exit_code = protocol.decode(protocol.FollowEnd, obj).code
+            try:
+                obj = json.loads(line)
+                if "error" in obj:
+                    raise RemoteError(f"{result.board}: {str(obj['error'])[:2000]}")
+                end = protocol.decode(protocol.FollowEnd, obj) if obj.get("helper") == "exit" else None
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise RunError(f"{result.board}: bad line from the board: {str(exc)[:300]}") from None
+            if end is not None:
+                result.exit_code = end.code
                 break
             continue
         try:
-            ev = events.decode(line)
-        except events.ProtocolError as exc:
-            raise RunError(f"{result.board}: bad event from the agent: {exc}") from None
+            ev = checked_event(events.decode(line))
+        except (events.ProtocolError, RecursionError) as exc:
+            raise RunError(f"{result.board}: bad event from the agent: {str(exc)[:300]}") from None
         kind = ev["event"]
         if kind == "start":
             result.total = ev.get("total", 0)
@@ -188,6 +196,46 @@ def _follow(c: Call, result: RunResult, on_event) -> None:
         if on_event:
             on_event(ev)
     c.close()
+
+
+NUMBER = (int, float)
+# the fields the host reads of each event, and their JSON types (the agent's own schema: agent/protocol.py)
+EVENT_TYPES = {
+    "start": {"run_id": str, "mode": str, "total": int, "skipped": int},
+    "result": {"image": str, "topk": list},
+    "error": {"image": str, "kind": str, "message": str},
+    "progress": {"done": int, "total": int, "ips": NUMBER},
+    "end": {"summary": dict},
+}
+
+
+def checked_event(ev: dict) -> dict:
+    """An event whose fields the host uses have their types (a top-k row is [index, label, score], a bench
+    row a mapping); ProtocolError otherwise, so nothing downstream formats a string as a number."""
+    for key, kind in EVENT_TYPES.get(ev["event"], {}).items():
+        value = ev.get(key)
+        if key in ev and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise events.ProtocolError(f"{ev['event']} event: {key} is {type(value).__name__}")
+    rows = ev.get("topk", [])
+    if ev["event"] == "result" and not all(isinstance(r, list) and len(r) >= 3 and isinstance(r[0], int)
+                                           and isinstance(r[1], str) and isinstance(r[2], NUMBER) for r in rows):
+        raise events.ProtocolError("result event: topk rows are not [index, label, score]")
+    if ev["event"] == "end" and not _bench_rows_ok(ev["summary"]):
+        raise events.ProtocolError("end event: bench rows are not {batch, throughput, latency_ms: {...}} mappings")
+    return ev
+
+
+def _bench_rows_ok(summary: dict) -> bool:
+    """A bench summary's rows and unsupported sizes, as charts and tables read them."""
+    rows, unsupported = summary.get("bench", []), summary.get("unsupported", [])
+    if not isinstance(rows, list) or not isinstance(unsupported, list):
+        return False
+    for r in rows:
+        lat = r.get("latency_ms") if isinstance(r, dict) else None
+        if not (isinstance(lat, dict) and isinstance(r.get("batch"), int) and isinstance(r.get("throughput"), NUMBER)
+                and all(isinstance(v, NUMBER) for v in lat.values()) and isinstance(r.get("mode") or "", str)):
+            return False
+    return all(isinstance(u, dict) and isinstance(u.get("batch"), int) for u in unsupported)
 
 
 def stop(inv: Inventory, conn: Connection, run_id: str) -> protocol.StopReply:

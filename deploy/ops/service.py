@@ -17,8 +17,11 @@ or left records the board still has but the host will not ask for again: resumab
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +35,7 @@ from ..link.ssh import Connection
 
 JOURNAL = "journal.jsonl"
 PIECE = 1 << 20
+MAX_RECORD = 1 << 20  # a journal record is a few hundred bytes; the first and last are parsed, no longer than this
 
 
 def _request(inv: Inventory, action: str, **fields) -> protocol.ServiceRequest:
@@ -161,44 +165,76 @@ def collect(inv: Inventory, board: Board, conn: Connection, dest_root: Path | No
 
 
 def _receive(c, path: Path, head: protocol.CollectHead, after: int, on_bytes) -> bool:
-    """Read exactly ``head.bytes`` bytes, check they are records first..last, append and fsync them."""
+    """Read exactly ``head.bytes`` bytes, check they are records first..last, append and fsync them.
+
+    The bytes go to a file beside the journal as they arrive (memory stays flat whatever the board
+    announces; the host's free space is checked first), are checked, and only then appended."""
     if head.last < head.first or head.bytes == 0:
         return False
-    if head.first <= after:
-        raise ServiceError(f"{c.board}: the board sent records from {head.first}, the host has up to {after}")
-    chunks, left = [], head.bytes
-    while left:
-        data = c.out.read(min(PIECE, left))
-        if not data:
-            raise ServiceError(f"{c.board}: the journal stream ended {left} bytes early; collect again to resume")
-        chunks.append(data)
-        left -= len(data)
-        if on_bytes:
-            on_bytes(len(data))
-    data = b"".join(chunks)
-    _check_records(c.board, data, head)
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    if head.first <= after or head.bytes < 0:
+        raise ServiceError(f"{c.board}: the board announced records {head.first}..{head.last} ({head.bytes} bytes), "
+                           f"the host has up to {after}")
+    free = shutil.disk_usage(path.parent).free
+    if head.bytes > free:
+        raise ServiceError(f"{c.board}: {head.bytes / 2**20:,.1f} MiB of records to collect, {path.parent} has "
+                           f"{free / 2**20:,.1f} MiB free: nothing was collected")
+    part = path.with_name(f".{JOURNAL}.incoming-{os.getpid()}")
+    try:
+        with open(part, "wb") as f:
+            shape = _copy_records(c.bulk(head.bytes, on_bytes), f, head.bytes, c.board, head.last - head.first + 1)
+        _check_shape(c.board, shape, head)
+        with open(part, "rb") as src, open(path, "ab") as f:
+            shutil.copyfileobj(src, f, PIECE)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        part.unlink(missing_ok=True)
     return True
 
 
+def _copy_records(stream, f, size: int, board: str, want: int) -> tuple[int, bytes, bytes, bool]:
+    """Copy ``size`` bytes of ``stream`` into ``f``; (newlines, first line, last line, ends with a newline),
+    keeping at most ``MAX_RECORD`` bytes of each line in memory. A line longer than that, or more lines than
+    the ``want`` records announced, ends it at once: whatever the board announced, garbage is not copied."""
+    count, first, tail, left = 0, b"", b"", size
+    while left:
+        data = stream.read(min(PIECE, left))
+        if not data:
+            raise ServiceError(f"{board}: the journal stream ended {left} bytes early; collect again to resume")
+        f.write(data)
+        left -= len(data)
+        if not count and len(first) <= MAX_RECORD:
+            first += data[: MAX_RECORD + 1]
+        count += data.count(b"\n")
+        tail = (tail + data)[-(MAX_RECORD + 1):] if len(data) <= MAX_RECORD else data[-(MAX_RECORD + 1):]
+        if count > want or b"\n" not in tail[:-1] and len(tail) > MAX_RECORD:
+            raise ServiceError(f"{board}: the journal stream is not {want} records of at most {MAX_RECORD >> 20} MiB; "
+                               "nothing was appended")
+    end = first.find(b"\n")
+    last_start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+    return count, first[:end] if end >= 0 else b"", tail[last_start:-1], tail.endswith(b"\n")
+
+
 def _check_records(board: str, data: bytes, head: protocol.CollectHead) -> None:
+    """``data``, a whole journal stream in memory, checked as :func:`_receive` checks what it copies."""
+    _check_shape(board, _copy_records(io.BytesIO(data), io.BytesIO(), len(data), board, head.last - head.first + 1),
+                 head)
+
+
+def _check_shape(board: str, shape: tuple[int, bytes, bytes, bool], head: protocol.CollectHead) -> None:
     """The stream must be whole lines, one per record, starting at ``first`` and ending at ``last``
     (sequence numbers are contiguous, so count + both ends prove it)."""
+    count, first, last, whole = shape
     want = head.last - head.first + 1
-    if not data.endswith(b"\n") or data.count(b"\n") != want:
+    if not whole or count != want:
         raise ServiceError(f"{board}: the journal stream does not hold {want} whole records; nothing was appended")
-    first_end = data.index(b"\n")
-    last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
     try:
-        a = json.loads(data[:first_end])["seq"]
-        b = json.loads(data[last_start:-1])["seq"]
-    except (ValueError, KeyError, TypeError):
+        a = json.loads(first)["seq"]
+        b = json.loads(last)["seq"]
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ServiceError(f"{board}: the journal stream is not journal records; nothing was appended") from None
     if (a, b) != (head.first, head.last):
-        raise ServiceError(f"{board}: the journal stream holds records {a}..{b}, not {head.first}..{head.last}")
+        raise ServiceError(f"{board}: the journal stream holds records {a!r}..{b!r}, not {head.first}..{head.last}")
 
 
 # ---------------------------------------------------------------- logs
@@ -210,10 +246,9 @@ def logs(inv: Inventory, conn: Connection, lines: int = 50, follow: bool = False
     try:
         with session(conn, "logs", protocol.LogsRequest(app=inv.app.name, lines=lines, follow=follow)) as c:
             c.read(protocol.LogsHead)
-            if follow:
-                c.chan.settimeout(None)  # a quiet service writes nothing for hours
+            wait = math.inf if follow else None  # a quiet service writes nothing for hours
             while True:
-                line = c.out.readline()  # line by line, so a followed log shows each line as it comes
+                line = c.readline(wait, limit=MAX_RECORD)  # line by line, so a followed log shows each as it comes
                 if not line:
                     break
                 out.write(line)

@@ -90,6 +90,7 @@ def build(
     *,
     site: Path | None = None,
     state_dir: Path | None = None,
+    root: Path | None = None,
     built: Built | None = None,
 ) -> Bundle:
     """Plan one release for ``board``: every file with its digest, ``app.json``, and the release id.
@@ -100,10 +101,11 @@ def build(
     (see :func:`model_for`).
     The health check's probe and ``health/health.json`` come from :func:`deploy.release.probe.probe_for`.
     Nothing is copied; digests come from ``cache``, which is saved. Raises BuildError when the
-    target's model, the labels file, the images folder or app.health.probe is missing.
+    target's model, the labels file, the images folder or app.health.probe is missing, or when a
+    symlink among them leads outside the app (``root``: the project; see :func:`_app_data`).
     """
     if app.own is not None:
-        return _build_own(app, board, target, python, cache, state_dir, built)
+        return _build_own(app, board, target, python, cache, state_dir, built, root)
     files = _tree_files("agent", hostagent.AGENT_DIR, (".py",))
     if site is None:
         site = wheelhouse.site_for(target, python)
@@ -111,7 +113,7 @@ def build(
     model = model_for(app, target, board, state_dir)
     files.append((f"models/{model.name}", model))
     config = _app_config(app, target, python, model)
-    files += _app_data(app)
+    files += _app_data(app, root)
     probe = probe_mod.probe_for(app, cache, state_dir)  # with the host's own top-1 for it, cached
     if probe is not None:
         files.append((probe.path, probe.image))
@@ -137,7 +139,7 @@ def _finish(entries: list[Entry], generated: dict[str, bytes], cache: HashCache,
 
 
 def _build_own(app: App, board: Board, target: Target, python: str, cache: HashCache,
-               state_dir: Path | None, built: Built | None = None) -> Bundle:
+               state_dir: Path | None, built: Built | None = None, root: Path | None = None) -> Bundle:
     """The user's own app: its tree under ``app/`` (read-only), the wheels of its requirements.txt in
     ``site/``, this board's model variant when app.models names one, its images, and the agent (the run's
     supervisor, ``agent/command.py``). ``health/health.json`` says what the health check runs."""
@@ -153,7 +155,7 @@ def _build_own(app: App, board: Board, target: Target, python: str, cache: HashC
     model = model_for(app, target, board, state_dir) if app.models else None
     if model is not None:
         files.append((f"models/{model.name}", model))
-    files += _app_data(app)
+    files += _app_data(app, root)
     config = {"format": RELEASE_FORMAT, "kind": "command", "name": app.name, "target": target.name, "python": python,
               "backend": target.backend, "command": own.command, "workdir": own.workdir, "outputs": own.outputs,
               "tree": apptree.PREFIX, "model": f"models/{model.name}" if model else None,
@@ -192,18 +194,30 @@ def top_level_modules(site: Path) -> list[str]:
                   and ((site / n).is_dir() or (site / f"{n}.py").is_file() or any(site.glob(f"{n}.*.so"))))
 
 
-def _tree_files(prefix: str, root: Path, suffixes: tuple[str, ...] | None = None) -> list[tuple[str, Path]]:
-    """(release path under ``prefix``, local file) for a tree, in sorted order; no dotfiles or __pycache__."""
+def _tree_files(prefix: str, root: Path, suffixes: tuple[str, ...] | None = None,
+                inside: Path | None = None) -> list[tuple[str, Path]]:
+    """(release path under ``prefix``, local file) for a tree, in sorted order; no dotfiles or __pycache__.
+    With ``inside``, every symlink in the tree (to a file or a folder) must lead inside it: BuildError if not."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        for name in dirnames if inside is not None else ():  # a link to a folder is not walked, but said
+            _check_inside(Path(dirpath, name), root, inside)
         for fn in sorted(filenames):
             if fn.startswith(".") or (suffixes and not fn.endswith(suffixes)):
                 continue
             p = Path(dirpath, fn)
+            if inside is not None:
+                _check_inside(p, root, inside)
             rel = p.relative_to(root).as_posix()
             files.append((f"{prefix}/{rel}", p))
     return files
+
+
+def _check_inside(p: Path, root: Path, inside: Path) -> None:
+    if p.is_symlink() and not p.resolve().is_relative_to(inside):
+        raise BuildError(f"{root.name}/{p.relative_to(root).as_posix()} is a symlink to {os.readlink(p)}, outside "
+                         f"{root}; the bundle ships only files of the app")
 
 
 def _app_config(app: App, target: Target, python: str, model: Path) -> dict:
@@ -232,8 +246,18 @@ def _mm_options(app: App, target: Target) -> dict:
     return {k: v for k, v in app.backend_options.items() if k == "device"}
 
 
-def _app_data(app: App) -> list[tuple[str, Path]]:
-    """The app's labels file and images folder, when it names them; BuildError when they are missing."""
+def _app_data(app: App, root: Path | None) -> list[tuple[str, Path]]:
+    """The app's labels file and images folder, when it names them; BuildError when they are missing.
+
+    The bundle ships only files of the app: a symlink in ``app.images`` must lead to a file inside that
+    folder (then it is followed), and a labels, model or probe path that is, or goes through, a symlink
+    must lead inside the project (``root``), or, for a path named outside the project, inside the folder
+    it is named in. Anything else is refused in one line, before any of it is read."""
+    named = [("app.labels", app.labels), ("app.health.probe", app.probe),
+             *((f"app.models.{k}", p) for k, p in app.models.items())]
+    for field, path in named:
+        if path is not None:
+            _check_link(field, path, root)
     files = []
     if app.labels is not None:
         if not app.labels.is_file():
@@ -242,8 +266,18 @@ def _app_data(app: App) -> list[tuple[str, Path]]:
     if app.images is not None:
         if not app.images.is_dir():
             raise BuildError(f"images folder not found: {app.images} (run `deploy model demo` for the demo photos)")
-        files += _tree_files("images", app.images)
+        files += _tree_files("images", app.images, inside=app.images.resolve())
     return files
+
+
+def _check_link(field: str, path: Path, root: Path | None) -> None:
+    """A named file may be a link only to a file inside its tree (the project, else the folder named)."""
+    lexical = Path(os.path.normpath(path))
+    tree = root if root is not None and lexical.is_relative_to(root) else lexical.parent
+    real = path.resolve()
+    if real != lexical and not real.is_relative_to(tree.resolve()):
+        raise BuildError(f"{field}: {path} leads to {real}, outside {tree}; the bundle ships only files of the app "
+                         "(name the file itself)")
 
 
 def _entries(files: list[tuple[str, Path]], cache: HashCache) -> list[Entry]:

@@ -148,6 +148,38 @@ def redact(text: str, env: dict[str, str]) -> str:
     return text
 
 
+EXPORT_RE = re.compile(r"^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def env_diff(old: str | None, new: str, env: dict[str, str]) -> str:
+    """``env.sh``'s diff for people (dry run, ``--json``): every secret-looking key's value masked by KEY on
+    both sides, the board's old value as much as the new one. A changed secret shows as ``'***' # changed``,
+    so the diff still says that it changed; ``redact`` by value is applied as well."""
+    before, after = _exports(old or ""), _exports(new)
+    changed = {k for k, v in after.items() if SECRET_RE.search(k) and before.get(k) != v}
+    return redact(diff(_mask(old or "", set()), _mask(new, changed), "env.sh"), env)
+
+
+def _exports(text: str) -> dict[str, str]:
+    return {m[1]: m[2] for m in map(EXPORT_RE.match, text.splitlines()) if m}
+
+
+def _mask(text: str, changed: set[str]) -> str:
+    """``text`` with the value of every secret-looking export replaced, lines of a quoted value that goes on
+    over several lines (an older env.sh) included."""
+    out, inside = [], False
+    for line in text.splitlines(True):
+        if inside:  # a secret's quoted value continues here until a line that closes the quote
+            inside = line.count("'") % 2 == 0
+            continue
+        m = EXPORT_RE.match(line.rstrip("\n"))
+        if m and SECRET_RE.search(m[1]):
+            inside = m[2].count("'") % 2 == 1
+            line = f"export {m[1]}='***'" + (" # changed" if m[1] in changed else "") + "\n"
+        out.append(line)
+    return "".join(out)
+
+
 def diff(old: str | None, new: str, name: str) -> str:
     return "".join(
         difflib.unified_diff((old or "").splitlines(True), new.splitlines(True), f"{name} (board)", f"{name} (after push)")
