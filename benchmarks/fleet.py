@@ -416,7 +416,7 @@ class Fleet:
         assert len(rows) == self.n and all(r["ok"] for r in rows), rows
         home = Path(self.sandbox_rows[self.names[0]]["home"])
         self.check_tree("deploy", home / "HIAI_PROJECTS" / app / "releases" / rows[0]["release"], ("MANIFEST.json",),
-                        {"app.json": (json.dumps(app), json.dumps(STAGED_APP))})
+                        {"app.json": (json.dumps(app), json.dumps(STAGED_APP)), "env.sh": (app, STAGED_APP)})
         self.record("fleet_first_payload_bytes", sum(r["payload_bytes"] for r in rows))
         os.sync()
         rows = self.deploy("fleet_redeploy_s", "push", "all", "--no-health-check", "--json")
@@ -691,8 +691,8 @@ def compare_trees(a: Path, b: Path, b_adds: tuple[str, ...] = (), renamed: dict[
                   ) -> str:
     """'' when ``b`` has exactly ``a``'s files (and ``b_adds``) with the same bytes and permission bits (in the files of
     ``renamed``, once its text ``old`` is replaced by ``new``); else the first difference."""
-    def listing(root: Path) -> dict[str, Path]:
-        return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
+    def listing(root: Path) -> dict[str, Path]:  # the bytecode a board compiles into a release is not its content
+        return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
     la, lb = listing(a), listing(b)
     for extra in b_adds:

@@ -44,6 +44,7 @@ def exec_out(proj: Project, script: str) -> str:
 def test_an_env_that_breaks_python_is_reverted_with_the_release_and_checked_every_time(pushed):
     good = pushed.current_release()
     pushed.env = {**TEST_ENV, "PYTHONHOME": "/nonexistent"}
+    pushed.app_extra = {"env_unsafe": True}  # PYTHONHOME changes how the board runs code: opted in
     pushed.configure()
     try:
         for _ in range(2):  # the same broken content pushed again is checked again, never "already at"
@@ -55,6 +56,7 @@ def test_an_env_that_breaks_python_is_reverted_with_the_release_and_checked_ever
         assert run["ok"] and run["images_ok"] == 3
     finally:
         pushed.env = dict(TEST_ENV)
+        pushed.app_extra = {}
         pushed.configure()
 
 

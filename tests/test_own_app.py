@@ -104,7 +104,8 @@ def test_push_ships_the_tree_with_its_layout_and_its_requirements(own):
     assert "import msgpack" in row["health"]["probe"]  # no health command: the requirements must import
     root = release_dir(own)
     assert (root / "app" / "src" / "main.py").is_file() and (root / "app" / "lib" / "helper.py").is_file()
-    assert not (root / "app" / "notes.caffemodel").exists() and not (root / "app" / "src" / "__pycache__").exists()
+    shipped = {row[0] for row in json.loads((root / "MANIFEST.json").read_text())["files"]}
+    assert "app/notes.caffemodel" not in shipped and not [f for f in shipped if "__pycache__" in f]  # excluded
     assert (root / "site" / "msgpack").is_dir() and list((root / "site").glob("msgpack-*.dist-info"))
     assert (root / "app" / "src" / "main.py").stat().st_mode & 0o777 == 0o444  # the release is read-only
     app = json.loads((root / "app.json").read_text())

@@ -56,12 +56,23 @@ def disk_used(root: Path) -> int:
     return total
 
 
+# Started through this small process, so the command's peak RSS is its own: Linux carries a process's
+# high-water mark across exec, and a child forked straight from pytest (hundreds of MiB after a whole
+# suite) would report pytest's.
+SHIM = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.argv[1], sys.argv[1:])\n"
+        "_, status, usage = os.wait4(pid, 0)\nopen(os.environ['PEAK_RSS_FILE'], 'w').write(str(usage.ru_maxrss))\n"
+        "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n")
+
+
 def measured(project, *args, timeout: float = 120, watch: Path | None = None, code: str | None = None):
     """``deploy ARGS`` as a subprocess: (result with returncode/stdout/stderr, peak RSS in bytes). Killed (and
     the test failed) past ``timeout`` seconds or once ``watch`` holds more than ``DISK_LIMIT`` bytes."""
     argv = project.argv(*args) if code is None else [sys.executable, "-c", code, *project.argv(*args)[3:]]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
-                         env=project.environ)
+    peak_file = project.root / f".peak-rss-{os.getpid()}"
+    peak_file.unlink(missing_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", SHIM, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=project.root, env={**project.environ, "PEAK_RSS_FILE": str(peak_file)},
+                         start_new_session=True)
     out: dict[str, str] = {}
     readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()), daemon=True)
                for k, f in (("stdout", p.stdout), ("stderr", p.stderr))]
@@ -77,15 +88,15 @@ def measured(project, *args, timeout: float = 120, watch: Path | None = None, co
         elif watch is not None and disk_used(watch) > DISK_LIMIT:
             why = f"wrote more than {DISK_LIMIT >> 20} MiB under {watch}"
         if why:
-            p.kill()
+            os.killpg(p.pid, 9)  # the shim and the command under it
             os.wait4(p.pid, 0)
             pytest.fail(f"deploy {' '.join(args)}: {why}")
         time.sleep(0.05)
     p.returncode = os.waitstatus_to_exitcode(status)
     for t in readers:
         t.join(10)
-    return subprocess.CompletedProcess(argv, p.returncode, out.get("stdout", ""), out.get("stderr", "")), \
-        usage.ru_maxrss * 1024
+    peak = int(peak_file.read_text()) if peak_file.exists() else usage.ru_maxrss
+    return subprocess.CompletedProcess(argv, p.returncode, out.get("stdout", ""), out.get("stderr", "")), peak * 1024
 
 
 # ---------------------------------------------------------------- 10: replies of the wrong shape
@@ -235,6 +246,7 @@ def test_a_sparse_file_in_a_run_directory_is_not_pulled(lab):
     run = home / "HIAI_PROJECTS" / lab.app / "runs" / "holes"
     run.mkdir(parents=True, exist_ok=True)
     (run / "results.jsonl").write_text('{"image": "a.jpg", "ok": true, "topk": [[1, "x", 0.5]]}\n')
+    (run / "job.json").write_text('{"v": 1, "run_id": "holes"}\n')  # a run that started (the board pulls only those)
     with open(run / "big.bin", "wb") as f:
         f.truncate(5 << 40)
     owner = home.stat()
