@@ -369,3 +369,31 @@ def test_jpeg_encode_round_trip(monkeypatch):
     tiny = np.array([100], np.uint32).tobytes()
     assert acl.media.dvpp_jpeg_encode_async(channel, desc, out, acl.util.bytes_to_ptr(tiny), cfg, stream) == 0
     assert acl.rt.synchronize_stream(stream) == 507018 and np.frombuffer(tiny, np.uint32)[0] == 100
+
+
+def test_a_yuv420sp_aipp_model_takes_the_vpc_output_as_it_is(monkeypatch, tmp_path):
+    """decode -> VPC resize to 224x224 NV12 (224*224*3/2 bytes in dvpp memory) -> the demo model with
+    YUV420SP AIPP (JPEG CSC, then (x - 127) / 128) reads that buffer as its input: espresso."""
+    from test_acl_conformance import ESPRESSO, YUV_AIPP
+
+    demo = aclsim.require_demo_model()
+    cfg = tmp_path / "yuv.cfg"
+    cfg.write_text(YUV_AIPP)
+    om = aclsim.build(demo, tmp_path / "eff_yuv", "--input_shape=input:1,3,224,224", f"--insert_op_conf={cfg}")
+    acl = aclsim.fresh_acl(monkeypatch)
+    _, stream, channel = _ready(acl)
+    _, desc, *_ = _decode(acl, stream, channel, _photo("coffee.jpg"))
+    nv12, small = _out_pic(acl, 224, 224, 224, 224)
+    assert acl.media.dvpp_vpc_resize_async(channel, desc, small, acl.media.dvpp_create_resize_config(), stream) == 0
+    assert acl.rt.synchronize_stream(stream) == 0
+    model_id, ret = acl.mdl.load_from_file(str(om))
+    mdesc = acl.mdl.create_desc()
+    assert ret == 0 and acl.mdl.get_desc(mdesc, model_id) == 0
+    assert acl.mdl.get_input_size_by_index(mdesc, 0) == 224 * 224 * 3 // 2
+    out_size = acl.mdl.get_output_size_by_index(mdesc, 0)
+    out, _ = acl.rt.malloc(out_size, 0)
+    ins, outs = acl.mdl.create_dataset(), acl.mdl.create_dataset()
+    acl.mdl.add_dataset_buffer(ins, acl.create_data_buffer(nv12, 224 * 224 * 3 // 2))
+    acl.mdl.add_dataset_buffer(outs, acl.create_data_buffer(out, out_size))
+    assert acl.mdl.execute(model_id, ins, outs) == 0
+    assert int(np.argmax(np.frombuffer(acl.util.ptr_to_bytes(out, out_size), np.float32))) == ESPRESSO

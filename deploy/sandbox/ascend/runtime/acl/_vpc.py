@@ -32,33 +32,57 @@ def process(src, src_region, dst, dst_region, interpolation, swap_uv=False):
     dy, duv = planes(*dst)
     sl, st, sw, sh = src_region
     dl, dt, dw, dh = dst_region
-    dy[dt : dt + dh, dl : dl + dw] = _resize(sy[st : st + sh, sl : sl + sw], dw, dh, interpolation)
     uv = suv[st // 2 : (st + sh) // 2, sl : sl + sw]
-    u = _resize(uv[:, 0::2], dw // 2, dh // 2, interpolation)
-    v = _resize(uv[:, 1::2], dw // 2, dh // 2, interpolation)
     out = duv[dt // 2 : (dt + dh) // 2, dl : dl + dw]
-    out[:, 0::2], out[:, 1::2] = (v, u) if swap_uv else (u, v)
+    if (sw, sh) == (dw, dh):
+        dy[dt : dt + dh, dl : dl + dw] = sy[st : st + sh, sl : sl + sw]
+        out[:] = uv
+    elif interpolation == 0:
+        buf, offset, ws, _ = src
+        start = offset + st * ws + sl  # the Y region read in place: rows of ws bytes (the chroma plane follows)
+        dy[dt : dt + dh, dl : dl + dw] = _filtered_luma(memoryview(buf)[start : start + sh * ws], ws, sw, sh, dw, dh)
+        out.reshape(dh // 2, dw // 2, 2)[:] = _filtered_chroma(uv, dw // 2, dh // 2)
+    else:
+        dy[dt : dt + dh, dl : dl + dw] = _resize(sy[st : st + sh, sl : sl + sw], dw, dh, interpolation)
+        out[:, 0::2] = _resize(uv[:, 0::2], dw // 2, dh // 2, interpolation)
+        out[:, 1::2] = _resize(uv[:, 1::2], dw // 2, dh // 2, interpolation)
+    if swap_uv:
+        out.reshape(dh // 2, dw // 2, 2)[:] = out.reshape(dh // 2, dw // 2, 2)[:, :, ::-1].copy()
 
 
 def _resize(plane, ow, oh, interpolation):
-    """``plane`` (2-D uint8, possibly strided) resized to oh x ow."""
+    """``plane`` (2-D uint8, possibly strided) resized to oh x ow: interpolation 1-4."""
     h, w = plane.shape
-    if (w, h) == (ow, oh):
-        return plane
-    if interpolation == 0:
-        return _filtered(plane, ow, oh)
     if interpolation in (2, 4):
         ys = np.minimum(np.arange(oh) * h // oh, h - 1)
         xs = np.minimum(np.arange(ow) * w // ow, w - 1)
-        return plane[ys][:, xs]
+        return plane[ys].take(xs, axis=1)
     return _bilinear(plane, ow, oh, half_pixel=interpolation == 1)
 
 
-def _filtered(plane, ow, oh):
+def _pillow_resize(image, ow, oh):
     from PIL import Image
 
     bicubic = getattr(Image, "Resampling", Image).BICUBIC
-    return np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize((ow, oh), bicubic, reducing_gap=3.0))
+    return np.asarray(image.resize((ow, oh), bicubic, reducing_gap=3.0))
+
+
+def _filtered_luma(rows, stride, w, h, ow, oh):
+    """Interpolation 0 of a Y region given as ``h`` rows of ``stride`` bytes (mapped, not copied)."""
+    from PIL import Image
+
+    return _pillow_resize(Image.frombuffer("L", (w, h), rows, "raw", "L", stride, 1), ow, oh)
+
+
+def _filtered_chroma(uv, ow, oh):
+    """Interpolation 0 of an interleaved chroma region, U and V each as an "L" image (Pillow resizes
+    one band faster than the same bands packed in 4-byte pixels), back as (oh, ow, 2)."""
+    from PIL import Image
+
+    out = np.empty((oh, ow, 2), np.uint8)
+    for band in (0, 1):
+        out[:, :, band] = _pillow_resize(Image.fromarray(np.ascontiguousarray(uv[:, band::2])), ow, oh)
+    return out
 
 
 def _axis(n_in, n_out, half_pixel):
@@ -74,7 +98,18 @@ def _axis(n_in, n_out, half_pixel):
 def _bilinear(plane, ow, oh, half_pixel):
     y0, y1, fy = _axis(plane.shape[0], oh, half_pixel)
     x0, x1, fx = _axis(plane.shape[1], ow, half_pixel)
-    top, bottom = plane[y0].astype(np.float32), plane[y1].astype(np.float32)
-    rows = top + (bottom - top) * fy[:, None]
-    left, right = rows[:, x0], rows[:, x1]
-    return np.clip(left + (right - left) * fx + 0.5, 0, 255).astype(np.uint8)
+    rows0, rows1 = plane[y0], plane[y1]  # whole rows first: numpy gathers those fast, then columns
+    top, bottom = rows0.take(x0, axis=1).astype(np.float32), rows1.take(x0, axis=1).astype(np.float32)
+    right = rows0.take(x1, axis=1).astype(np.float32)
+    right -= top
+    right *= fx
+    top += right  # the top row, interpolated along x (in place: no temporaries)
+    right = rows1.take(x1, axis=1).astype(np.float32)
+    right -= bottom
+    right *= fx
+    bottom += right
+    bottom -= top
+    bottom *= fy[:, None]
+    top += bottom
+    top += 0.5
+    return top.astype(np.uint8)  # 0..255 already: a convex mix of uint8 values
