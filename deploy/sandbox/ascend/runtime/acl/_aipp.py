@@ -50,12 +50,21 @@ def _matrix(aipp):
 
 
 def _csc(aipp, img, yuv):
-    """The documented integer CSC of uint8 pixels (N,H,W,3): int32 0..255 out."""
-    bias = np.array([int(aipp.get(f"input_bias_{i}", _DEFAULT_BIAS[i] if yuv else 0)) for i in range(3)])
-    out_bias = np.array([int(aipp.get(f"output_bias_{i}", 0)) for i in range(3)])
-    centred = img.astype(np.int32) - bias.astype(np.int32)
-    mixed = np.right_shift(centred @ _matrix(aipp).T.astype(np.int32), 8)  # >> 8 floors, as on the chip
-    return np.clip(mixed + out_bias.astype(np.int32), 0, 255)
+    """The documented integer CSC of uint8 pixels (N,H,W,3): int32 0..255 out. One weighted sum of
+    planes per output channel (numpy has no BLAS for integer matrix products)."""
+    bias = [int(aipp.get(f"input_bias_{i}", _DEFAULT_BIAS[i] if yuv else 0)) for i in range(3)]
+    centred = [img[..., k].astype(np.int32) - bias[k] for k in range(3)]
+    matrix = _matrix(aipp)
+    out = np.empty(img.shape, np.int32)
+    for r in range(3):
+        acc = np.zeros(img.shape[:-1], np.int32)
+        for k in range(3):
+            if matrix[r, k]:
+                acc += int(matrix[r, k]) * centred[k]
+        acc >>= 8  # an arithmetic shift: floors, as on the chip
+        acc += int(aipp.get(f"output_bias_{r}", 0))
+        out[..., r] = np.clip(acc, 0, 255)
+    return out
 
 
 def apply(aipp, raw, batch):
