@@ -125,6 +125,33 @@ def test_jpeg_decode_matches_libjpeg_and_lands_after_synchronize(monkeypatch):
     assert np.abs(yy + 1.772 * cb - rgb[..., 2]).mean() < 1.0  # blue from our planes vs libjpeg's RGB
 
 
+def test_large_jpeg_decode_gives_the_stored_chroma(monkeypatch):
+    """From 2 megapixels on JPEGD decodes the luma into the Y plane and the chroma at half scale,
+    where libjpeg computes 4:2:0 chroma at its stored resolution: Y as libjpeg decodes it, chroma
+    as stored (Pillow's own half-scale decode of the same file)."""
+    acl = aclsim.fresh_acl(monkeypatch)
+    _, stream, channel = _ready(acl)
+    rng = np.random.RandomState(1)
+    smooth = Image.fromarray(rng.randint(0, 256, (24, 40, 3)).astype(np.uint8)).resize((2001, 1201), Image.BICUBIC)
+    jpeg = io.BytesIO()
+    smooth.save(jpeg, "JPEG", quality=85)
+    data = jpeg.getvalue()
+    src = _dvpp(acl, data)
+    ws, hs = 2048, 1216
+    out, desc = _out_pic(acl, 2001, 1201, ws, hs)
+    assert acl.media.dvpp_jpeg_decode_async(channel, src, len(data), desc, stream) == 0
+    assert acl.rt.synchronize_stream(stream) == 0
+    y, uv = _planes(_read(acl, out, ws * hs * 3 // 2), ws, hs)
+    full = Image.open(io.BytesIO(data))
+    full.draft("YCbCr", full.size)
+    half = Image.open(io.BytesIO(data))
+    half.draft("YCbCr", (1000, 600))
+    assert half.size == (1001, 601)
+    assert np.array_equal(y[:1201, :2001], np.asarray(full)[..., 0])
+    stored = np.asarray(half)
+    assert np.array_equal(uv[:601, 0:2002:2], stored[..., 1]) and np.array_equal(uv[:601, 1:2002:2], stored[..., 2])
+
+
 def test_decode_is_queued_on_the_stream_behind_earlier_work(monkeypatch):
     acl = aclsim.fresh_acl(monkeypatch)
     _, stream, channel = _ready(acl)

@@ -162,6 +162,7 @@ def device_task(work, desc=None):
             desc.ret_code = 0
         return 0, time.monotonic()
 
+    task.on_caller = True  # synchronize_stream may run it on the waiting thread (see _streams)
     return task
 
 
@@ -308,7 +309,7 @@ def dvpp_jpeg_decode_async(channel_desc, data, size, output_desc, stream):
     out, out_off = _picture_memory(pic, ws * hs * 3 // 2, "output picture")
 
     def work():
-        jpeg = bytes(src[src_off : src_off + size])
+        jpeg = memoryview(src)[src_off : src_off + size]  # read where it is (the decoder copies it once)
         view = memoryview(out)[out_off : out_off + ws * hs * 3 // 2]
         pic.width, pic.height = J.decode_nv12(jpeg, view, ws, hs, nv21=fmt == NV21)
         pic.format = fmt

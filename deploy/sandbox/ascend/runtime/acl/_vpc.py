@@ -16,7 +16,11 @@ Interpolation (acldvppSetResizeConfigInterpolation on the 310):
 * 2 / 4: nearest neighbour, ``floor(dst * in / out)`` (OpenCV's and TensorFlow's legacy rule).
 """
 
+import functools
+
 import numpy as np
+
+from . import _jpeg
 
 
 def planes(buf, offset, ws, hs):
@@ -37,10 +41,9 @@ def process(src, src_region, dst, dst_region, interpolation, swap_uv=False):
     if (sw, sh) == (dw, dh):
         dy[dt : dt + dh, dl : dl + dw] = sy[st : st + sh, sl : sl + sw]
         out[:] = uv
-    elif interpolation == 0:
-        buf, offset, ws, _ = src
-        start = offset + st * ws + sl  # the Y region read in place: rows of ws bytes (the chroma plane follows)
-        dy[dt : dt + dh, dl : dl + dw] = _filtered_luma(memoryview(buf)[start : start + sh * ws], ws, sw, sh, dw, dh)
+    elif interpolation == 0:  # the Y regions read and written in place: rows of ws bytes (the chroma plane follows)
+        luma = _filtered_luma(_rows(src, st, sl, sh), src[2], sw, sh, dw, dh)
+        _jpeg.write_plane(luma, _rows(dst, dt, dl, dh), dst[2])
         out.reshape(dh // 2, dw // 2, 2)[:] = _filtered_chroma(uv, dw // 2, dh // 2)
     else:
         dy[dt : dt + dh, dl : dl + dw] = _resize(sy[st : st + sh, sl : sl + sw], dw, dh, interpolation)
@@ -54,21 +57,27 @@ def _resize(plane, ow, oh, interpolation):
     """``plane`` (2-D uint8, possibly strided) resized to oh x ow: interpolation 1-4."""
     h, w = plane.shape
     if interpolation in (2, 4):
-        ys = np.minimum(np.arange(oh) * h // oh, h - 1)
-        xs = np.minimum(np.arange(ow) * w // ow, w - 1)
-        return plane[ys].take(xs, axis=1)
+        return plane[_nearest(h, oh)][:, _nearest(w, ow)]
     return _bilinear(plane, ow, oh, half_pixel=interpolation == 1)
+
+
+def _rows(picture, top, left, count):
+    """``count`` rows of a picture's Y plane from (left, top), as a memoryview of count * ws bytes."""
+    buf, offset, ws, _ = picture
+    start = offset + top * ws + left
+    return memoryview(buf)[start : start + count * ws]
 
 
 def _pillow_resize(image, ow, oh):
     from PIL import Image
 
     bicubic = getattr(Image, "Resampling", Image).BICUBIC
-    return np.asarray(image.resize((ow, oh), bicubic, reducing_gap=3.0))
+    return image.resize((ow, oh), bicubic, reducing_gap=3.0)
 
 
 def _filtered_luma(rows, stride, w, h, ow, oh):
-    """Interpolation 0 of a Y region given as ``h`` rows of ``stride`` bytes (mapped, not copied)."""
+    """Interpolation 0 of a Y region given as ``h`` rows of ``stride`` bytes (mapped, not copied):
+    the resized Pillow image."""
     from PIL import Image
 
     return _pillow_resize(Image.frombuffer("L", (w, h), rows, "raw", "L", stride, 1), ow, oh)
@@ -81,30 +90,44 @@ def _filtered_chroma(uv, ow, oh):
 
     out = np.empty((oh, ow, 2), np.uint8)
     for band in (0, 1):
-        out[:, :, band] = _pillow_resize(Image.fromarray(np.ascontiguousarray(uv[:, band::2])), ow, oh)
+        out[:, :, band] = np.asarray(_pillow_resize(Image.fromarray(np.ascontiguousarray(uv[:, band::2])), ow, oh))
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _axis(n_in, n_out, half_pixel):
-    """(i0, i1, weight of i1) for each output coordinate along one axis."""
+    """(i0, i1, weight of i1) for each output coordinate along one axis (cached: a pipeline resizes
+    the same sizes over and over; the arrays are read-only)."""
     scale = n_in / n_out
     pos = np.arange(n_out, dtype=np.float64)
     pos = (pos + 0.5) * scale - 0.5 if half_pixel else pos * scale
-    pos = np.clip(pos, 0, n_in - 1)
+    pos = np.minimum(np.maximum(pos, 0), n_in - 1)
     i0 = np.floor(pos).astype(np.intp)
-    return i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32)
+    out = (i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _nearest(n_in, n_out):
+    index = np.minimum(np.arange(n_out) * n_in // n_out, n_in - 1)
+    index.setflags(write=False)
+    return index
 
 
 def _bilinear(plane, ow, oh, half_pixel):
     y0, y1, fy = _axis(plane.shape[0], oh, half_pixel)
     x0, x1, fx = _axis(plane.shape[1], ow, half_pixel)
-    rows0, rows1 = plane[y0], plane[y1]  # whole rows first: numpy gathers those fast, then columns
-    top, bottom = rows0.take(x0, axis=1).astype(np.float32), rows1.take(x0, axis=1).astype(np.float32)
-    right = rows0.take(x1, axis=1).astype(np.float32)
+    # whole rows first, then columns by a slice + index (numpy's fast gathers; 2-D index arrays and
+    # take(axis=1) are 3-6x slower, the latter on numpy 1.21)
+    rows0, rows1 = plane[y0], plane[y1]
+    top, bottom = rows0[:, x0].astype(np.float32), rows1[:, x0].astype(np.float32)
+    right = rows0[:, x1].astype(np.float32)
     right -= top
     right *= fx
     top += right  # the top row, interpolated along x (in place: no temporaries)
-    right = rows1.take(x1, axis=1).astype(np.float32)
+    right = rows1[:, x1].astype(np.float32)
     right -= bottom
     right *= fx
     bottom += right
