@@ -322,6 +322,14 @@ def test_crop_and_paste_writes_only_the_paste_area(monkeypatch):
         assert acl.media.dvpp_vpc_crop_and_paste_async(channel, src_desc, out_desc, crop, paste, stream) == 100000
         assert reason in acl.get_recent_err_msg()
     acl.media.dvpp_set_roi_config(crop, 10, 41, 4, 19)
+    scaled = acl.media.dvpp_create_roi_config(16, 63, 32, 55)  # 48x24 at (16, 32): a resize, default filter
+    assert acl.media.dvpp_vpc_crop_and_paste_async(channel, src_desc, out_desc, crop, scaled, stream) == 0
+    assert acl.rt.synchronize_stream(stream) == 0
+    y2, uv2 = _planes(_read(acl, out, 64 * 64 * 3 // 2).copy(), 64, 64)
+    assert np.array_equal(y2[8:24, 16:48], y_in[4:20, 10:42])  # the first paste is still there
+    assert np.abs(np.diff(y2[32:56, 16:64].astype(int), axis=1)).max() <= 4  # the ramp, stretched 1.5x
+    y2[32:56, 16:64], uv2[16:28, 16:64], y2[8:24, 16:48], uv2[4:12, 16:48] = 0x11, 0x11, 0x11, 0x11
+    assert (y2 == 0x11).all() and (uv2 == 0x11).all()  # nothing written outside the two paste areas
     assert acl.media.dvpp_set_roi_config_left(paste, 8) == 0
     assert acl.media.dvpp_vpc_crop_and_paste_async(channel, src_desc, out_desc, crop, paste, stream) == 100000
     assert "multiple of 16" in acl.get_recent_err_msg()
