@@ -134,7 +134,7 @@ def decode_nv12(data, out, width_stride, height_stride, nv21=False):
         im = im.convert("YCbCr")
     y_plane = width_stride * height_stride
     if im.size == (w, h):
-        write_plane(im, luma, width_stride, band=0)
+        write_plane(im, luma, width_stride, band=0, whole_rows=True)
     if im.mode == "L":
         out[y_plane : y_plane + y_plane // 2] = b"\x80" * (y_plane // 2)
         return w, h
@@ -159,8 +159,9 @@ def _decode_luma_into(data, rows, stride):
         write_plane(im, rows, stride)
 
 
-def write_plane(image, rows, stride, band=None):
-    """Write ``image`` (or its band 0, Y) into ``rows``, ``image.height`` rows of ``stride`` bytes.
+def write_plane(image, rows, stride, band=None, whole_rows=False):
+    """Write ``image`` (or its band 0, Y) into ``rows``, ``image.height`` rows of ``stride`` bytes
+    (``whole_rows``: the bytes after the picture in each row may be overwritten too).
     Large pictures: Pillow copies the band straight into that memory (an "L" image mapped over it
     is the target of a paste); small ones through tobytes, which is faster there (one pass, then a
     memcpy) but twice as long on 12 megapixels (a chunked copy)."""
@@ -175,8 +176,8 @@ def write_plane(image, rows, stride, band=None):
             return
         except (AttributeError, TypeError, ValueError):
             pass  # a Pillow whose core objects do not allow it
-    raw = image.tobytes("raw", "L" if image.mode == "L" else "Y")
-    if stride == w:
+    raw = image.tobytes("raw", ("L" if image.mode == "L" else "Y", stride if whole_rows else w))
+    if stride == w or whole_rows:
         rows[: len(raw)] = raw
     else:  # only the picture's own bytes of each row: the rest may belong to something else
         import numpy as np
