@@ -44,7 +44,8 @@ def process(src, src_region, dst, dst_region, interpolation, swap_uv=False):
     elif interpolation == 0:  # the Y regions read and written in place: rows of ws bytes (the chroma plane follows)
         luma = _filtered_luma(_rows(src, st, sl, sh), src[2], sw, sh, dw, dh)
         _jpeg.write_plane(luma, _rows(dst, dt, dl, dh), dst[2])
-        out.reshape(dh // 2, dw // 2, 2)[:] = _filtered_chroma(uv, dw // 2, dh // 2)
+        chroma = _filtered_chroma(_rows(src, src[3] + st // 2, sl, sh // 2), src[2], sw // 2, sh // 2, dw // 2, dh // 2)
+        out[:] = np.frombuffer(chroma.tobytes("raw", "LA"), np.uint8).reshape(dh // 2, dw)
     else:
         dy[dt : dt + dh, dl : dl + dw] = _resize(sy[st : st + sh, sl : sl + sw], dw, dh, interpolation)
         out[:, 0::2] = _resize(uv[:, 0::2], dw // 2, dh // 2, interpolation)
@@ -83,15 +84,14 @@ def _filtered_luma(rows, stride, w, h, ow, oh):
     return _pillow_resize(Image.frombuffer("L", (w, h), rows, "raw", "L", stride, 1), ow, oh)
 
 
-def _filtered_chroma(uv, ow, oh):
-    """Interpolation 0 of an interleaved chroma region, U and V each as an "L" image (Pillow resizes
-    one band faster than the same bands packed in 4-byte pixels), back as (oh, ow, 2)."""
+def _filtered_chroma(rows, stride, w, h, ow, oh):
+    """Interpolation 0 of an interleaved chroma region given as ``h`` rows of ``stride`` bytes: U and V
+    unpacked by Pillow into the two bands of an "LA" image, each resized as an "L" image (Pillow
+    resizes LA premultiplied by A), packed again: the resized "LA" image."""
     from PIL import Image
 
-    out = np.empty((oh, ow, 2), np.uint8)
-    for band in (0, 1):
-        out[:, :, band] = np.asarray(_pillow_resize(Image.fromarray(np.ascontiguousarray(uv[:, band::2])), ow, oh))
-    return out
+    u, v = Image.frombuffer("LA", (w, h), rows, "raw", "LA", stride, 1).split()
+    return Image.merge("LA", (_pillow_resize(u, ow, oh), _pillow_resize(v, ow, oh)))
 
 
 @functools.lru_cache(maxsize=256)
