@@ -26,9 +26,9 @@ averaged 2x2 and interleaved): +0.3-0.4 ms on astronaut.jpg (512x512, decode 1.1
 of 1.5 planes instead of 3 channels wins back 0.2-0.4 (Pillow resizes one band at about half the
 cost of three). From 2 megapixels on, JPEGD decodes the luma straight into the Y plane and the
 chroma at half scale (two libjpeg passes, no extra copies), so large pictures cost less than
-Pillow's decode + resize. Measured (best of 41, load 2.5): demo photos 1.04-1.21x (default filter)
-and 0.90-1.18x (bilinear), 1920x1280 1.00x / 0.87x, 4000x3000 and 6000x4000 0.80-0.90x; on
-Python 3.11 + Pillow 13 1.02-1.14x, 0.90-1.15x, 0.76-0.92x.
+Pillow's decode + resize. Measured (best of 41, load 2-2.5, two runs): demo photos 1.04-1.22x
+(default filter) and 0.90-1.29x (bilinear), 1920x1280 1.00-1.02x / 0.87-0.96x, 4000x3000 and
+6000x4000 0.80-0.90x; on Python 3.11 + Pillow 13 1.02-1.14x, 0.90-1.15x, 0.76-0.92x.
 """
 
 import argparse
