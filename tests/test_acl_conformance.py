@@ -1,14 +1,20 @@
 """Huawei's own pyACL clients, unmodified from the checkout ASCEND_SAMPLES names, run against
 the simulated runtime (as subprocesses, on CPython 3.7 with the DK's cp37 numpy/Pillow/
 onnxruntime where the machine has a 3.7) on models built by the simulated atc from the demo
-EfficientNet-Lite0, and must name the right ImageNet class for real photos."""
+EfficientNet-Lite0, and must name the right ImageNet class for real photos: the sync and async
+ResNet-50 samples, acllite's model, and the googlenet picture sample (DVPP JPEG decode and VPC
+resize into a YUV420SP-AIPP model)."""
 
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import aclsim
 import numpy as np
 import pytest
+from PIL import Image
 
 CLS = aclsim.SAMPLES / "python" / "level2_simple_inference" / "1_classification"
 ESPRESSO, CATS = 967, set(range(281, 286))
@@ -138,3 +144,44 @@ def test_acllite_model_with_aipp_fixed_and_dynamic_batch(setup, tmp_path):
         got = {name: (int(a), int(b)) for name, a, b in rows}
         assert got["coffee"] == (ESPRESSO, ESPRESSO) and set(got["chelsea"]) <= CATS, proc.stdout
         assert "Release acl resource success" in proc.stdout
+
+
+# The googlenet sample's model takes YUV420SP 224x224 from DVPP; the demo model wants RGB (x - 127) / 128:
+# the JPEG YUV -> RGB matrix (the documented CSC configuration), then mean 127 and 1/128.
+YUV_AIPP = """# NV12 from VPC resize in, RGB (pixel - 127) / 128 out
+aipp_op { aipp_mode : static  input_format : YUV420SP_U8  src_image_size_w : 224  src_image_size_h : 224
+  csc_switch : true  rbuv_swap_switch : false
+  matrix_r0c0 : 256  matrix_r0c1 : 0  matrix_r0c2 : 359
+  matrix_r1c0 : 256  matrix_r1c1 : -88  matrix_r1c2 : -183
+  matrix_r2c0 : 256  matrix_r2c1 : 454  matrix_r2c2 : 0
+  input_bias_0 : 0  input_bias_1 : 128  input_bias_2 : 128
+  mean_chn_0 : 127  mean_chn_1 : 127  mean_chn_2 : 127
+  var_reci_chn_0 : 0.0078125  var_reci_chn_1 : 0.0078125  var_reci_chn_2 : 0.0078125 }
+"""
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")  # classify.py draws the label with it
+
+
+def test_googlenet_picture_sample_decodes_and_resizes_on_dvpp(setup, tmp_path):
+    """classify.py unmodified: AclLiteImage -> copy_to_dvpp -> jpegd -> vpc resize -> AclLiteModel on
+    the NV12 buffer, with a model converted by `deploy model convert --aipp FILE.cfg --simulate`."""
+    python, demo, _, images = setup
+    if not FONT.is_file():
+        pytest.skip(f"classify.py draws its label with {FONT}: install fonts-dejavu-core")
+    checkout = aclsim.SAMPLES / "python"
+    sample = tmp_path / "python" / "level2_simple_inference" / "1_classification" / "googlenet_imagenet_picture"
+    shutil.copytree(checkout / "common" / "acllite", tmp_path / "python" / "common" / "acllite")
+    shutil.copytree(CLS / "googlenet_imagenet_picture" / "src", sample / "src")
+    shutil.copytree(images, sample / "data")
+    cfg = tmp_path / "googlenet_yuv.cfg"
+    cfg.write_text(YUV_AIPP)
+    convert = subprocess.run([sys.executable, "-m", "deploy", "model", "convert", str(demo), "--target", "atlas200dk",
+                              "--simulate", "--aipp", str(cfg), "-o", str(sample / "model" / "googlenet_yuv")],
+                             cwd=aclsim.REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert convert.returncode == 0, convert.stdout + convert.stderr
+    proc = aclsim.run_sample(python, sample / "src" / "classify.py", ["../data/"], cwd=sample / "src", timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    top = {name: int(label) for name, label in
+           re.findall(r"images:\S*/(\w+)\.jpg\s*\n=+ top5 inference results: =+\s*\nlabel:(\d+)", proc.stdout)}
+    assert top.get("coffee") == ESPRESSO and top.get("chelsea") in CATS, proc.stdout[-3000:]
+    assert sorted(p.name for p in (sample / "out").iterdir()) == ["chelsea.jpg", "coffee.jpg"]
+    assert Image.open(sample / "out" / "coffee.jpg").size == Image.open(images / "coffee.jpg").size

@@ -233,7 +233,8 @@ def _add_model(sub) -> None:
     sp.add_argument("--force", action="store_true", help="demo: rebuild even if cached")
     sp.add_argument("--target", default="atlas200dk", help="convert: target profile")
     sp.add_argument("--aipp", help="convert: bake preprocessing into the model with static AIPP: a preset "
-                    "(imagenet, caffe, cifar) or 'app' for the inventory's app.preprocess")
+                    "(imagenet, caffe, cifar), 'app' for the inventory's app.preprocess, or an atc AIPP config "
+                    "file (aipp_op { ... }, e.g. YUV420SP_U8 input with CSC)")
     sp.add_argument("--fp16-input", action="append", help="convert: input node fed as fp16 (repeatable)")
     sp.add_argument("--output-type", default="FP32")
     sp.add_argument("--precision", help="convert, MagicMind targets: precision mode (force_float32, force_float16, "

@@ -248,6 +248,18 @@ def cmd_model(args) -> int:
     return 2
 
 
+def _aipp_choice(value: str | None):
+    """``--aipp``: a preset name, ``app``, or the path of an atc AIPP config file (a Path)."""
+    from ..models import atc
+
+    if value is None or value == "app" or value in atc.AIPP_PRESETS:
+        return value
+    if not Path(value).is_file():
+        known = ", ".join([*sorted(atc.AIPP_PRESETS), "app"])
+        raise atc.ModelSpecError(f"--aipp {value}: neither a preset ({known}) nor an AIPP config file")
+    return Path(value)
+
+
 def _convert(args) -> int:
     """``deploy model convert``: build the atc command; run it when the CANN toolkit is here.
 
@@ -260,7 +272,7 @@ def _convert(args) -> int:
 
     if not args.model:
         raise DeployError("deploy model convert MODEL --target TARGET: name the model file")
-    aipp = args.aipp
+    aipp = _aipp_choice(args.aipp)
     if aipp == "app":  # the inventory's own preprocessing, so the .om normalises like the CPU path
         aipp = atc.aipp_from_preprocess(inventory(args).app.preprocess)
         if aipp is None and not args.json:

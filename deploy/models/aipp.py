@@ -1,10 +1,14 @@
 """Static AIPP for ``atc --insert_op_conf``: the preprocessing a model does on the chip (crop, colour space
-conversion, mean/var normalisation), as the config text atc reads, from a preset or the app's preprocessing."""
+conversion, mean/var normalisation), as the config text atc reads, from a preset or the app's preprocessing;
+or an AIPP config file of the user's, read and checked (:func:`read_aipp_file`)."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ModelSpecError
 
@@ -175,3 +179,157 @@ def aipp_from_preprocess(preprocess: Mapping[str, object]) -> dict | None:
     return {"mean": [m / unit for m in cfg.mean], "std": [v / unit for v in cfg.std], "bgr": False}
 
 
+
+
+# ---------------------------------------------------------------- an atc AIPP config file (--aipp FILE)
+
+_FORMATS = ("YUV420SP_U8", "XRGB8888_U8", "RGB888_U8", "YUV400_U8", "NC1HWC0DI_FP16", "NC1HWC0DI_S8",
+            "ARGB8888_U8", "YUYV_U8", "YUV422SP_U8", "AYUV444_U8", "RAW10", "RAW12", "RAW16", "RAW24",
+            "RGB16", "RGB20", "RGB24", "RGB8_IR", "RGB16_IR", "RGB24_IR")
+_ENUMS = {"aipp_mode": ("static", "dynamic"), "input_format": _FORMATS}
+_BOOLS = ("crop", "padding", "resize", "csc_switch", "rbuv_swap_switch", "ax_swap_switch", "single_line_mode",
+          "support_rotation")
+_INTS: dict[str, tuple[int, int]] = {
+    "related_input_rank": (0, 31), "max_src_image_size": (0, 2**31 - 1),
+    "src_image_size_w": (0, 4096), "src_image_size_h": (0, 4096),
+    "load_start_pos_w": (0, 4095), "load_start_pos_h": (0, 4095), "crop_size_w": (0, 4096), "crop_size_h": (0, 4096),
+    "resize_output_w": (0, 4096), "resize_output_h": (0, 4096),
+    **{f"{side}_padding_size": (0, 32) for side in ("left", "right", "top", "bottom")},
+    **{f"matrix_r{r}c{c}": (-32768, 32767) for r in range(3) for c in range(3)},
+    **{f"{kind}_bias_{i}": (0, 255) for kind in ("input", "output") for i in range(3)},
+    **{f"mean_chn_{i}": (0, 255) for i in range(4)},
+}  # fmt: skip
+_FLOATS = ("padding_value", *(f"min_chn_{i}" for i in range(4)), *(f"var_reci_chn_{i}" for i in range(4)))
+_TOKEN = re.compile(r'#[^\n]*|"[^"\n]*"|[{}:]|[^\s{}:#"]+|\n|"')
+
+
+@dataclass(frozen=True)
+class AippFile:
+    """A checked ``--insert_op_conf`` file: its text (what atc gets) and the first ``aipp_op`` block's
+    fields (value strings) with the line each was set on."""
+
+    path: Path
+    text: str
+    fields: dict[str, str]
+    lines: dict[str, int]
+
+    def where(self, field: str | None = None) -> str:
+        """``file:line`` of a field (of the block's first line when it is not set)."""
+        return f"{self.path}:{self.lines.get(field or '', self.lines.get('aipp_op', 1))}"
+
+    def number(self, field: str, default: int = 0) -> int:
+        return int(self.fields.get(field, default))
+
+    def on(self, field: str) -> bool:
+        return self.fields.get(field, "false").lower() in ("true", "t", "1")
+
+
+def _tokens(path: Path, text: str) -> list[tuple[str, int]]:
+    out, line = [], 1
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "\n":
+            line += 1
+        elif tok == '"':
+            raise ModelSpecError(f"{path}:{line}: unterminated string")
+        elif not tok.startswith("#"):
+            out.append((tok, line))
+    return out
+
+
+def _blocks(path: Path, text: str) -> list[tuple[dict[str, str], dict[str, int]]]:
+    """The ``aipp_op { name : value ... }`` blocks (protobuf text: several fields a line or one each)."""
+    toks, blocks, i = _tokens(path, text), [], 0
+    while i < len(toks):
+        word, line = toks[i]
+        if word != "aipp_op":
+            raise ModelSpecError(f"{path}:{line}: expected 'aipp_op {{', found {word!r}")
+        i += 2 if i + 1 < len(toks) and toks[i + 1][0] == ":" else 1
+        if i >= len(toks) or toks[i][0] != "{":
+            raise ModelSpecError(f"{path}:{line}: 'aipp_op' must be followed by '{{'")
+        fields, lines, i = {}, {"aipp_op": line}, i + 1
+        while i < len(toks) and toks[i][0] != "}":
+            key, at = toks[i]
+            if i + 2 >= len(toks) or toks[i + 1][0] != ":" or toks[i + 2][0] in ("{", "}", ":"):
+                raise ModelSpecError(f"{path}:{at}: expected 'name : value' at {key!r}")
+            if key in fields:
+                raise ModelSpecError(f"{path}:{at}: {key} is set twice (first on line {lines[key]})")
+            fields[key], lines[key] = toks[i + 2][0].strip('"'), at
+            i += 3
+        if i >= len(toks):
+            raise ModelSpecError(f"{path}:{line}: the aipp_op block opened here is not closed with '}}'")
+        blocks.append((fields, lines))
+        i += 1
+    if not blocks:
+        raise ModelSpecError(f"{path}:1: no aipp_op block")
+    return blocks
+
+
+def _check_value(path: Path, key: str, value: str, line: int) -> None:
+    where = f"{path}:{line}"
+    if key in _ENUMS:
+        if value not in _ENUMS[key]:
+            raise ModelSpecError(f"{where}: {key} {value!r} is not one of {', '.join(_ENUMS[key])}")
+    elif key in _BOOLS:
+        if value.lower() not in ("true", "false", "t", "f", "1", "0"):
+            raise ModelSpecError(f"{where}: {key} takes true or false, not {value!r}")
+    elif key in _INTS:
+        lo, hi = _INTS[key]
+        if not re.fullmatch(r"-?\d+", value) or not lo <= int(value) <= hi:
+            raise ModelSpecError(f"{where}: {key} takes an integer in {lo}..{hi}, not {value!r}")
+    elif key in _FLOATS:
+        try:
+            float(value)
+        except ValueError:
+            raise ModelSpecError(f"{where}: {key} takes a number, not {value!r}") from None
+    else:
+        raise ModelSpecError(f"{where}: unknown AIPP field {key!r}")
+
+
+def _check_block(cfg: AippFile) -> None:
+    """What the documented template requires of one static/dynamic block beyond each value's type."""
+    for key in ("aipp_mode",) + (("input_format",) if cfg.fields.get("aipp_mode") == "static" else ()):
+        if key not in cfg.fields:
+            raise ModelSpecError(f"{cfg.where()}: the aipp_op block needs {key}")
+    if cfg.fields.get("input_format") == "YUV420SP_U8":
+        odd = [k for k in ("src_image_size_w", "src_image_size_h") if cfg.number(k) % 2]
+        odd += [k for k in ("load_start_pos_w", "load_start_pos_h") if cfg.on("crop") and cfg.number(k) % 2]
+        if odd:
+            raise ModelSpecError(f"{cfg.where(odd[0])}: {odd[0]} must be even for YUV420SP_U8")
+    if cfg.on("crop"):
+        for side in ("w", "h"):
+            src, start, size = (cfg.number(f"{k}_{side}") for k in ("src_image_size", "load_start_pos", "crop_size"))
+            if src and size and start + size > src:
+                raise ModelSpecError(f"{cfg.where(f'crop_size_{side}')}: the crop ({start} + {size}) leaves the "
+                                     f"source ({src}) along {side}")  # fmt: skip
+
+
+def read_aipp_file(path: str | os.PathLike) -> AippFile:
+    """Read and check an atc AIPP config (the documented ``aipp_op { ... }`` format); a bad file is a
+    ModelSpecError naming ``file:line``. Several blocks (one per input, ``related_input_rank``) are
+    checked; :class:`AippFile` describes the first."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelSpecError(f"AIPP config {path}: cannot read it ({exc})") from None
+    configs = []
+    for fields, lines in _blocks(path, text):
+        for key, value in fields.items():
+            _check_value(path, key, value, lines[key])
+        configs.append(AippFile(path, text, fields, lines))
+        _check_block(configs[-1])
+    return configs[0]
+
+
+def check_aipp_fits(cfg: AippFile, model_size: tuple[int, int] | None) -> None:
+    """A static block's output (the crop, else the source; 0 = the model's own size) must be the model
+    input's (w, h), as atc requires."""
+    if model_size is None or cfg.fields.get("aipp_mode") != "static":
+        return
+    for side, want in zip(("w", "h"), model_size, strict=True):
+        key = f"crop_size_{side}" if cfg.on("crop") else f"src_image_size_{side}"
+        got = cfg.number(key) or want
+        if got != want:
+            raise ModelSpecError(f"{cfg.where(key)}: the AIPP output is {got} along {side} but the model input "
+                                 f"is {model_size[0]}x{model_size[1]} (w x h)")  # fmt: skip

@@ -31,7 +31,14 @@ from pathlib import Path
 from .. import proc
 from ..errors import AtcError, AtcNotFound, ConversionError, ModelSpecError
 from ..targets import PROFILES
-from .aipp import AIPP_PRESETS, AippPreset, aipp_config, aipp_from_preprocess  # noqa: F401 - re-exported
+from .aipp import (  # noqa: F401 - re-exported
+    AIPP_PRESETS,
+    AippPreset,
+    aipp_config,
+    aipp_from_preprocess,
+    check_aipp_fits,
+    read_aipp_file,
+)
 
 # Target name -> ATC --soc_version. An .om only loads on the SoC it was built for
 # ("ModelCheckCompatibility failed ... socVersion"), so this must match the board.
@@ -231,7 +238,7 @@ def plan_conversion(
     fp16_inputs: str | Iterable[str] = (),
     output_type: str | None = "FP32",
     out_nodes: str | Iterable[str] = (),
-    aipp: str | Mapping[str, object] | None = None,
+    aipp: str | Mapping[str, object] | os.PathLike | None = None,
     aipp_src_size: tuple[int, int] | None = None,
     output: str | os.PathLike | None = None,
     soc_version: str | None = None,
@@ -245,7 +252,8 @@ def plan_conversion(
     (atc appends it); by default the model's path without its suffix. `input_format=None` uses the
     framework's ATC default (NCHW for Caffe/ONNX, NHWC for TensorFlow, omitted for MindSpore).
     `output_type`/`log` of None omit the flag. `aipp` is a preset name or mean/std mapping (see
-    `aipp_config`); it applies to the model's first input.
+    `aipp_config`), or the path (a `Path`) of an atc AIPP config file, checked and copied next to the
+    output; it applies to the model's first input.
     """
     framework, model_str, weight_str = _model_files(model, weight)
     model_path = Path(model_str)
@@ -328,13 +336,14 @@ def _output_nodes(out_nodes: str | Iterable[str]) -> list[str]:
 
 
 def _plan_aipp(
-    aipp: str | Mapping[str, object],
+    aipp: str | Mapping[str, object] | os.PathLike,
     shapes: Mapping[str, Sequence[int]] | None,
     fp16: Sequence[str],
     input_format: str | None,
     src_size: tuple[int, int] | None,
 ) -> str:
-    """The AIPP config for the model's first input, sized to it (224x224 when its shape is unknown).
+    """The AIPP config for the model's first input, sized to it (224x224 when its shape is unknown); a
+    config file's own text once it is checked (and its output size against the model's, when known).
 
     AIPP makes that input UINT8, so it cannot also be an FP16 input.
     """
@@ -350,6 +359,12 @@ def _plan_aipp(
             "AIPP makes that input UINT8; drop one of them"
         )
     size = _hw(shapes[aipp_input], input_format) if shapes and aipp_input else None
+    if isinstance(aipp, os.PathLike):
+        if src_size is not None:
+            raise ModelSpecError("an AIPP config file gives its own source size (src_image_size_w/h)")
+        cfg = read_aipp_file(aipp)
+        check_aipp_fits(cfg, size)
+        return cfg.text
     return aipp_config(aipp, model_size=size or (224, 224), src_size=src_size)
 
 
@@ -433,9 +448,11 @@ __all__ = [
     "ModelSpecError",
     "aipp_config",
     "aipp_from_preprocess",
+    "check_aipp_fits",
     "onnx_input_shapes",
     "parse_input_shape",
     "plan_conversion",
+    "read_aipp_file",
     "run_conversion",
     "soc_version_for",
     "write_aipp",

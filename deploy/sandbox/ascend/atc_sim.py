@@ -198,14 +198,7 @@ def _inputs(graph, opts, shapes, gears):
     """The header's input specs (AIPP and fp16 applied), in graph order."""
     initializers = {init.name for init in graph.initializer}
     fp16 = [n.strip() for n in (opts.get("input_fp16_nodes") or "").split(";") if n.strip()]
-    aipp = None
-    if opts.get("insert_op_conf"):
-        try:
-            aipp = aipp_mod.parse(Path(opts["insert_op_conf"]).read_text())
-        except (OSError, ValueError) as exc:
-            raise AtcSimError("E10001: --insert_op_conf {}: {}".format(opts["insert_op_conf"], exc)) from None
-        if aipp.get("aipp_mode", "static") != "static":
-            raise AtcSimError("E10001: the simulated atc supports aipp_mode static only")
+    aipp = _read_aipp(opts["insert_op_conf"]) if opts.get("insert_op_conf") else None
     specs = []
     for value in graph.input:
         if value.name in initializers:
@@ -246,6 +239,29 @@ def _inputs(graph, opts, shapes, gears):
             }
         )
     return specs
+
+
+_AIPP_UNSIMULATED = ("padding", "resize", "single_line_mode", "ax_swap_switch")
+
+
+def _read_aipp(path):
+    """The one static aipp_op block of an --insert_op_conf file, refusing what is not simulated."""
+    try:
+        blocks = aipp_mod.parse_blocks(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise AtcSimError(f"E10001: --insert_op_conf {path}: {exc}") from None
+    if len(blocks) != 1:
+        raise AtcSimError(f"E10001: --insert_op_conf {path}: the simulated atc takes one aipp_op block "
+                          f"(for the first input), not {len(blocks)}")  # fmt: skip
+    aipp = blocks[0][0]
+    if aipp.get("aipp_mode", "static") != "static":
+        raise AtcSimError("E10001: the simulated atc supports aipp_mode static only")
+    if aipp.get("related_input_rank", "0") != "0":
+        raise AtcSimError("E10001: the simulated atc applies AIPP to the first input only (related_input_rank 0)")
+    on = [k for k in _AIPP_UNSIMULATED if aipp_mod.is_on(aipp, k)]
+    if on:
+        raise AtcSimError(f"E10001: AIPP {', '.join(on)} is not simulated")
+    return aipp
 
 
 def _round_through_fp16(graph, inputs):
@@ -295,17 +311,24 @@ def _attach_aipp(spec, aipp, fp16):
     fmt = aipp.get("input_format", "")
     if fmt not in ("RGB888_U8", "YUV420SP_U8"):
         raise AtcSimError(f"E10001: AIPP input_format {fmt!r} is not simulated (RGB888_U8, YUV420SP_U8)")
-    src = (int(aipp.get("src_image_size_w", dims[3])), int(aipp.get("src_image_size_h", dims[2])))
-    aipp.setdefault("src_image_size_w", str(src[0]))
-    aipp.setdefault("src_image_size_h", str(src[1]))
-    crop = str(aipp.get("crop", "false")).lower() == "true"
-    out = (int(aipp.get("crop_size_w", src[0])), int(aipp.get("crop_size_h", src[1]))) if crop else src
+    # 0 or missing sizes come from the model input (--input_shape), as documented
+    model = {"w": dims[3], "h": dims[2]}
+    for side in ("w", "h"):
+        for key in (f"src_image_size_{side}", f"crop_size_{side}"):
+            if int(aipp.get(key, "0") or 0) == 0:
+                aipp[key] = str(model[side])
+    src = (int(aipp["src_image_size_w"]), int(aipp["src_image_size_h"]))
+    crop = aipp_mod.is_on(aipp, "crop")
+    start = (int(aipp.get("load_start_pos_w", 0)), int(aipp.get("load_start_pos_h", 0))) if crop else (0, 0)
+    out = (int(aipp["crop_size_w"]), int(aipp["crop_size_h"])) if crop else src
     if out != (dims[3], dims[2]):
         raise AtcSimError(
             f"E10001: AIPP output {out[0]}x{out[1]} does not match the model input {dims[3]}x{dims[2]}"
         )
-    if fmt == "YUV420SP_U8" and (src[0] % 2 or src[1] % 2):
-        raise AtcSimError("E10001: YUV420SP_U8 needs an even source width and height")
+    if start[0] + out[0] > src[0] or start[1] + out[1] > src[1]:
+        raise AtcSimError(f"E10001: AIPP crop {out[0]}x{out[1]} at {start} leaves the {src[0]}x{src[1]} source")
+    if fmt == "YUV420SP_U8" and (src[0] % 2 or src[1] % 2 or start[0] % 2 or start[1] % 2):
+        raise AtcSimError("E10001: YUV420SP_U8 needs an even source size and even load_start_pos_w/h")
     spec["aipp"] = aipp
     spec["dtype"] = "UINT8"
 

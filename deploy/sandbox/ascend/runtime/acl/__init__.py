@@ -5,7 +5,9 @@ It implements the subset of pyACL that Huawei's Python samples (sync and async R
 from creators and ``ret`` from actions, the documented error codes, integer handles and
 pointers, per-thread contexts, device memory separate from host memory, in-order streams whose
 callbacks run only in ``rt.process_report`` of the subscribed thread. Models are simulated
-``.om`` files (see ``acl.simom``) executed through ONNX Runtime on the CPU. No DVPP (acl.media).
+``.om`` files (see ``acl.simom``) executed through ONNX Runtime on the CPU. ``acl.media`` is the
+DVPP (JPEG decode/encode, VPC resize/crop/paste on YUV420SP) with the Ascend 310's rules; it
+decodes and encodes through Pillow, imported on first use.
 
 Environment: ACL_SIM_RUN_MODE=device|host (default device: ACL_DEVICE, as on the board),
 ACL_SIM_SOC_VERSION (default Ascend310), ACL_SIM_DEVICE_COUNT (1), ACL_SIM_FAIL (faults, see
@@ -18,7 +20,7 @@ import json
 import os
 import sys
 
-from . import _core, mdl, rt, simom, util  # noqa: F401  (acl.rt / acl.mdl / acl.util namespaces)
+from . import _core, mdl, media, rt, simom, util  # noqa: F401  (acl.rt / acl.mdl / acl.media / acl.util namespaces)
 from ._core import STATE
 from .mdl import (  # noqa: F401  (pyACL has these at the top level)
     create_data_buffer,

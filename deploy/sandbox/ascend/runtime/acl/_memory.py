@@ -7,22 +7,44 @@ from . import _core as C
 from ._core import STATE
 
 
-def device_alloc(size):
-    """A new zeroed device region of ``size`` bytes; returns its address."""
+def device_alloc(size, dvpp=False):
+    """A new zeroed device region of ``size`` bytes; returns its address. A DVPP region
+    (``acl.media.dvpp_malloc``) starts 128-aligned and is marked as such."""
     with STATE.lock:
         base = STATE.next_device
-        STATE.next_device += (int(size) + 127) // 64 * 64 + 64  # a gap after each region
+        if dvpp:
+            base = (base + 127) // 128 * 128
+            STATE.dvpp_mem.add(base)
+        STATE.next_device = base + (int(size) + 127) // 64 * 64 + 64  # a gap after each region
         STATE.device_mem[base] = bytearray(int(size))
         bisect.insort(STATE.device_bases, base)
         return base
 
 
-def device_free(ptr):
+def device_free(ptr, dvpp=False):
+    """Free a region of the given kind (rt.malloc or dvpp_malloc); False when ``ptr`` is not one."""
     with STATE.lock:
-        if STATE.device_mem.pop(ptr, None) is None:
+        if ptr not in STATE.device_mem or (ptr in STATE.dvpp_mem) != dvpp:
             return False
+        del STATE.device_mem[ptr]
+        STATE.dvpp_mem.discard(ptr)
         STATE.device_bases.remove(ptr)
         return True
+
+
+def is_dvpp(ptr):
+    """Whether ``ptr`` is the start of a live acl.media.dvpp_malloc region."""
+    return ptr in STATE.dvpp_mem
+
+
+def dvpp_place(ptr, count):
+    """(bytearray, offset, region base) when [ptr, ptr+count) lies in one dvpp_malloc region, else None."""
+    if not isinstance(ptr, int) or ptr < C.DEVICE_BASE or count < 0:
+        return None
+    region, offset = _device_region(ptr)
+    if region is None or offset + count > len(region) or (ptr - offset) not in STATE.dvpp_mem:
+        return None
+    return region, offset, ptr - offset
 
 
 def host_alloc(size):
@@ -92,6 +114,13 @@ def read(place, count):
     if place[0] == "device":
         return bytes(place[1][place[2] : place[2] + count])
     return ctypes.string_at(place[1], count)
+
+
+def view(place, count):
+    """A writable memoryview of the ``count`` bytes at a located place (no copy)."""
+    if place[0] == "device":
+        return memoryview(place[1])[place[2] : place[2] + count]
+    return _host_view(place[1], count)
 
 
 def write(place, data):

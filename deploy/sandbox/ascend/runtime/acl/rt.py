@@ -145,7 +145,8 @@ def free(ptr):
     if ret:
         return ret
     if not M.device_free(ptr):
-        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"free: {ptr!r} is not device memory from malloc")
+        what = "memory from acl.media.dvpp_malloc: free it with dvpp_free" if M.is_dvpp(ptr) else "device memory from malloc"
+        return C.fail(C.ACL_ERROR_INVALID_PARAM, f"free: {ptr!r} is not {what}")
     return C.ACL_SUCCESS
 
 
