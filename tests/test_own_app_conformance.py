@@ -96,3 +96,33 @@ def test_resnet50_mindspore_picture_runs_unmodified_as_the_users_app(tmp_path):
             assert Image.open(outputs / name).size == Image.open(project.images / name).size
     finally:
         assert project.down()
+
+
+def top1_per_image(stdout: str) -> dict[str, int]:
+    """The sample's printout: ``images:PATH`` then its top-5 ``label:N  confidence: ...`` lines, best first."""
+    got, image = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("images:"):
+            image = Path(line[len("images:"):].strip()).name
+        elif line.startswith("label:") and image is not None and image not in got:
+            got[image] = int(line.split()[0][len("label:"):])
+    return got
+
+
+def test_googlenet_imagenet_picture_decodes_on_dvpp_as_the_users_app(tmp_path):
+    from test_acl_conformance import YUV_AIPP  # the sample's YUV420SP model input, as its insert_op.cfg says
+
+    from deploy.testing import CAT, DEMO, ESPRESSO
+
+    project, app = project_for(tmp_path, "googlenet_imagenet_picture", "out")
+    cfg = tmp_path / "googlenet_yuv.cfg"
+    cfg.write_text(YUV_AIPP)
+    (app / "model").mkdir(exist_ok=True)
+    convert(DEMO / "models" / "efficientnet_lite0.onnx", app / "model" / "googlenet_yuv", "--aipp", str(cfg))
+    try:
+        row, outputs, stdout = push_run_pull(project)
+        assert sorted(p.name for p in outputs.iterdir()) == sorted(PHOTOS), row
+        got = top1_per_image(stdout)
+        assert got["coffee.jpg"] in ESPRESSO and got["chelsea.jpg"] in CAT, got
+    finally:
+        assert project.down()
