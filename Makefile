@@ -2,7 +2,10 @@
 PY ?= python3
 DEPLOY = $(PY) -m deploy
 
-.PHONY: demo test setup lint bench clean-sandbox
+.PHONY: demo test test-slow setup lint bench clean-sandbox
+# two workers, one test file each at a time (a file's sandbox boards are its own); `slow`: the emulated aarch64
+# board (qemu), loop-mounted full disks
+PYTEST = $(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: setup
 	$(DEPLOY) model demo
@@ -13,7 +16,11 @@ demo: setup
 
 test: setup lint
 	$(DEPLOY) model demo
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not slow"
+
+test-slow: setup
+	$(DEPLOY) model demo
+	$(PYTEST) -m slow
 
 setup:
 	@./scripts/setup.sh

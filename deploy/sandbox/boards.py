@@ -189,9 +189,10 @@ def _start(inv: Inventory, board: Board, previous: Sandbox | None, log=None) -> 
     if rootfs is None:
         text = _sshd_config(port, str(hostkey), str(d / "sshd.pid"), auth, login)
         proc = _launch_native(d / "sshd_config", text, log_path, login.dedicated)
-    else:  # the emulated sshd reads everything from inside the rootfs
-        etc = f"/etc/atlas-deploy/{board.name}"
-        text = _sshd_config(port, f"{etc}/{hostkey.name}", f"/run/atlas-deploy-{board.name}.pid", auth, login)
+    else:  # the emulated sshd reads everything from inside the rootfs, which every project's boards share:
+        unique = _user_name(inv, board.name)  # so its files are named for this project's board, not the name
+        etc = f"/etc/atlas-deploy/{unique}"
+        text = _sshd_config(port, f"{etc}/{hostkey.name}", f"/run/atlas-deploy-{unique}.pid", auth, login)
         proc = _launch_chrooted(rootfs, etc, hostkey, text, d / "sshd_config", log_path)
     _wait_ready(proc, port, log_path, board.name, timeout=60 if rootfs else 10)
     _record_host_key(known_hosts(inv), port, Path(str(hostkey) + ".pub"))
@@ -508,7 +509,7 @@ def _purge(inv: Inventory, sb: Sandbox) -> None:
                 pass
         elif Path(sb.home).parent.parent.name == "atlas-deploy":  # HwHiAiUser's home for this board, and its /usr
             shutil.rmtree(Path(sb.home).parent, ignore_errors=True)
-        shutil.rmtree(Path(sb.rootfs) / "etc" / "atlas-deploy" / sb.name, ignore_errors=True)
+        shutil.rmtree(Path(sb.rootfs) / "etc" / "atlas-deploy" / _user_name(inv, sb.name), ignore_errors=True)
     elif os.geteuid() == 0 and sb.user.startswith("hiai-"):
         try:
             pwd.getpwnam(sb.user)
