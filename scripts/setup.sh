@@ -2,7 +2,8 @@
 # Installs what the project needs on a fresh Debian/Ubuntu machine; quick when it is all there already.
 #   system: OpenSSH server+client (sandbox boards), rsync (benchmark baseline), qemu-user-static,
 #           binfmt-support and debootstrap (the emulated aarch64 board), fonts-dejavu-core (labels),
-#           chromium (the headless browser the report test loads report.html in)
+#           chromium (the headless browser the report test loads report.html in), gcc/g++/cmake and
+#           g++-aarch64-linux-gnu (C/C++ apps built on the host: natively, and cross for aarch64 boards)
 #   python: this project with the models (demo: onnx, weights, photos; no torch) and dev (pytest, ruff,
 #           vermin) extras. torch is the optional `torch` extra, for `deploy model export --torch` only.
 set -euo pipefail

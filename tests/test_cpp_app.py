@@ -87,6 +87,7 @@ def test_build_mistakes_are_one_line_and_touch_no_board(tmp_path, mutate, messag
     assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow  # builds against the emulated board's rootfs (debootstrap on a fresh machine)
 @pytest.mark.skipif(not ROOT, reason="the emulated aarch64 board needs root and qemu-user-static")
 def test_a_host_build_is_refused_for_an_aarch64_board(tmp_path):
     project = cpp_project(tmp_path, {"a1": dict(ARM)})
