@@ -19,14 +19,11 @@ import yaml
 
 from ..errors import InventoryError
 from ..targets import PROFILES
-from .app import (  # re-exported: `from deploy.inventory import App, OwnApp, ...`
+from .app import (  # re-exported: `from deploy.inventory import App, ...` (the own app's types: inventory/own.py)
     BACKENDS,
-    DEFAULT_EXCLUDES,
     NAME_RE,
     PRESETS,
     App,
-    Build,
-    OwnApp,
     Service,
     parse_app,
     parse_size,
@@ -34,8 +31,8 @@ from .app import (  # re-exported: `from deploy.inventory import App, OwnApp, ..
 )
 from .doc import Doc, path_conv
 
-__all__ = ["BACKENDS", "DEFAULT_EXCLUDES", "NAME_RE", "PRESETS", "App", "Board", "Build", "Inventory", "Jump", "OwnApp",
-           "Service", "load", "parse", "parse_size", "unsafe_env"]
+__all__ = ["BACKENDS", "NAME_RE", "PRESETS", "App", "Board", "Inventory", "Jump", "Service", "load", "parse", "parse_size",
+           "unsafe_env"]
 
 
 # a login name; a host (DNS name, IPv4, IPv6 without brackets): no space, control, shell metacharacter or leading -

@@ -19,10 +19,8 @@ from .. import fleet
 from ..board import protocol
 from ..errors import RemoteError, RunError
 from ..inventory import Board, Inventory
-from ..link import untar
 from ..link.remote import call, session
 from ..link.ssh import Connection
-from .runs import check_run_id
 
 SLACK = 4096  # disk a file may take beyond its size (its last block), for the free-space check
 RESERVE = 1 << 30  # what a pull leaves free on the host's disk at least
@@ -56,6 +54,9 @@ def pull(
     ``keep``: names the host wrote into an earlier pull of this run (verify.json, report.html ...)
     that the board does not have; they are carried over into the new directory.
     """
+    from ..link import untar  # a pull's own (status, the other op here, needs neither)
+    from .runs import check_run_id
+
     t0 = time.perf_counter()
     if run_id is not None:
         check_run_id(run_id)

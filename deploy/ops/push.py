@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..board import protocol
 from ..errors import ConnectError, PushError, RemoteError
@@ -38,11 +39,13 @@ from ..link.ssh import Connection
 from ..release import bundle as bundle_mod
 from ..release import envblock
 from ..release.bundle import Bundle
-from ..release.cbuild import Built
 from ..release.hashcache import HashCache
 from ..targets import for_board
 from . import health as health_mod
 from .facts import board_python, remember_facts
+
+if TYPE_CHECKING:
+    from ..release.cbuild import Built
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError
-from ..inventory import OwnApp
+from ..inventory.own import OwnApp
 
-PREFIX = "app"  # where the tree lands in a release
+PREFIX = "app"  # where the tree lands in a release (bundle.TREE)
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,3 @@ def _source(own: OwnApp, root: Path, path: Path, rel: str) -> Path:
     raise BuildError(f"app.source: {rel} is not a regular file (a device, socket or pipe): refused")
 
 
-def release_mode(st_mode: int) -> int:
-    """A shipped tree file's mode: read-only, executable if it was."""
-    return 0o555 if st_mode & 0o111 else 0o444

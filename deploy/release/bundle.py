@@ -16,19 +16,23 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import hostagent
 from ..errors import BuildError
 from ..inventory import App, Board
 from ..targets import Target
-from . import apptree, envblock, wheelhouse
+from . import envblock, wheelhouse
 from . import probe as probe_mod
-from .cbuild import Built
 from .hashcache import HashCache
 from .probe import Probe
 from .variant import model_for
 
+if TYPE_CHECKING:  # an own app's modules load only for an own app (start-up is budgeted)
+    from .cbuild import Built
+
 RELEASE_FORMAT = 1
+TREE = "app"  # where an own app's tree lands in a release (apptree.PREFIX)
 ENV_SH = "env.sh"  # the release's environment (the inventory's app.env among it): mode 0600, secrets inside
 
 
@@ -143,6 +147,8 @@ def _build_own(app: App, board: Board, target: Target, python: str, cache: HashC
     """The user's own app: its tree under ``app/`` (read-only), the wheels of its requirements.txt in
     ``site/``, this board's model variant when app.models names one, its images, and the agent (the run's
     supervisor, ``agent/command.py``). ``health/health.json`` says what the health check runs."""
+    from . import apptree
+
     own = app.own
     if own.build is not None and built is None:
         raise BuildError(f"board {board.name}: the app is built per target (app.build) and was not built")
@@ -173,6 +179,8 @@ def check_local(app: App) -> None:
     """What a release of ``app`` needs from this host that no board decides, checked before any board is
     touched: an own app's tree (globs, links) and its requirements file's lines. BuildError in one line."""
     if app.own is not None:
+        from . import apptree
+
         apptree.tree_files(app.own)
         if app.own.requirements:
             wheelhouse.read_requirements(app.own.requirements)
@@ -282,14 +290,14 @@ def _check_link(field: str, path: Path, root: Path | None) -> None:
 
 def _entries(files: list[tuple[str, Path]], cache: HashCache) -> list[Entry]:
     """One Entry per regular file (others are skipped); executables keep 0o755, the rest get 0o644; an own
-    app's tree is read-only (``apptree.release_mode``)."""
+    app's tree is read-only, executable where it was."""
     entries = []
     for rel, src in files:
         st = src.stat()
         if not stat.S_ISREG(st.st_mode):
             continue
-        if rel.startswith(apptree.PREFIX + "/"):
-            mode = apptree.release_mode(st.st_mode)
+        if rel.startswith(TREE + "/"):
+            mode = 0o555 if st.st_mode & 0o111 else 0o444
         else:
             mode = 0o755 if st.st_mode & 0o111 else 0o644
         entries.append(Entry(rel, st.st_size, cache.digest(src, st), mode, src=src))

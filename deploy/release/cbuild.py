@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BuildError
-from ..inventory import OwnApp
+from ..inventory.own import OwnApp
 from . import apptree
 from .hashcache import HashCache
 
