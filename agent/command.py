@@ -154,19 +154,22 @@ class Supervisor:
 
     def watch_disk(self):
         """Stop the command when the board's free space falls to the reserve."""
-        try:
-            st = os.statvfs(self.run.out_dir)
-        except OSError:
-            return
-        reserve = min(RESERVE, st.f_blocks * st.f_frsize // 20)
         while self.proc is not None and self.proc.poll() is None:
-            st = os.statvfs(self.run.out_dir)
-            free = st.f_bavail * st.f_frsize
+            free, reserve = disk_state(self.run.out_dir)
             if free < reserve:
                 self.stop(f"disk budget: the board's disk is down to {free >> 20} MB free (a run keeps {reserve >> 20} MB); the app was "
                           "stopped and what it wrote is kept")
                 return
             time.sleep(POLL_S)
+
+
+def disk_state(path):
+    """(bytes free for the board user, the reserve a run leaves) on ``path``'s filesystem."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 1 << 62, 0
+    return st.f_bavail * st.f_frsize, min(RESERVE, st.f_blocks * st.f_frsize // 20)
 
 
 def _killpg(pid, sig):
@@ -237,8 +240,11 @@ def _wait(sup):
         return 0, None
     name = signal_name(code)
     last = sup.stderr_tail
-    return code, (f"killed by {name}" if name else f"exited with status {code}") + (
-        ": " + last if last else "")
+    why = (f"killed by {name}" if name else f"exited with status {code}") + (": " + last if last else "")
+    free, reserve = disk_state(sup.run.out_dir)
+    if free < reserve:  # it filled the disk between two looks of watch_disk, and failed on it
+        why = f"disk full on the board ({free >> 20} MB free; what the app wrote is kept): {why}"
+    return code, why
 
 
 def _finish(job, run, sup, code, reason, t0, tree_s):

@@ -1,10 +1,12 @@
-"""Running a local tool that talks a lot and fails at the end (atc, debootstrap)."""
+"""Local processes: running a tool that talks a lot and fails at the end (atc, debootstrap), and whether a
+process still runs (the one pid check of the host side; the board has its own in ``board/files.py``)."""
 
 from __future__ import annotations
 
 import collections
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 
 def stream(argv: Sequence[str], progress: Callable[[str], None] | None = None, keep: int = 20,
@@ -31,3 +33,11 @@ def stream(argv: Sequence[str], progress: Callable[[str], None] | None = None, k
 
 def last_line(tail: Sequence[str], default: str) -> str:
     return next((ln.strip() for ln in reversed(tail) if ln.strip()), default)
+
+
+def pid_running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent (or init) to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -224,3 +224,41 @@ def test_a_full_disk_during_a_run_ends_it_with_a_reason_and_it_resumes(small, ma
         proj.images = images
         proj.configure()
         proj.deploy("push", "board1")
+
+
+# ---------------------------------------------------------------- an own app that writes without end (issue 20)
+
+
+WRITER = """import os
+os.makedirs("../out", exist_ok=True)
+chunk = b"x" * (1 << 20)
+with open("../out/big.bin", "wb") as f:
+    for i in range(10240):  # 10 GB, on a 300 MB disk
+        f.write(chunk)
+        f.flush()
+        if i % 16 == 0:
+            print("[%d/10240]" % i, flush=True)
+"""
+
+
+def test_an_own_app_writing_10_gb_is_stopped_at_the_disk_and_keeps_what_it_wrote(small):
+    proj = small.proj
+    app = proj.root / "writer"
+    (app / "src").mkdir(parents=True, exist_ok=True)
+    (app / "src" / "main.py").write_text(WRITER)
+    proj.app_extra = {"source": "writer", "workdir": "src", "command": "python3 main.py", "outputs": "../out"}
+    proj.configure()
+    try:
+        assert proj.deploy_json("push", "board1")["boards"][0]["ok"]
+        r = proj.deploy("run", "board1", "--run-id", "writer", "--json", check=False, timeout=600)
+        row = json.loads(r.stdout)["boards"][0]
+        assert r.returncode == 1 and not row["ok"] and "Traceback" not in r.stderr, row
+        assert "disk" in row["reason"] and "kept" in row["reason"], row["reason"]
+        big = proj.app_dir / "runs" / "writer" / "tree" / "out" / "big.bin"
+        assert big.stat().st_size > 50 * MiB  # what it wrote is kept
+        assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) <= 1
+    finally:
+        shutil.rmtree(proj.app_dir / "runs" / "writer", ignore_errors=True)
+        proj.app_extra = {}
+        proj.configure()
+    assert proj.deploy_json("push", "board1")["boards"][0]["ok"]  # the disk is free again: all works

@@ -21,6 +21,7 @@ from ..errors import RemoteError, RunError
 from ..inventory import Board, Inventory
 from ..link.remote import call, session
 from ..link.ssh import Connection
+from ..proc import pid_running
 
 SLACK = 4096  # disk a file may take beyond its size (its last block), for the free-space check
 RESERVE = 1 << 30  # what a pull leaves free on the host's disk at least
@@ -97,23 +98,10 @@ def clean_partials(root: Path) -> list[str]:
     removed = []
     for p in root.glob(".*.partial-*"):
         pid = p.name.rpartition("-")[2]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_running(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has ended
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _check_room(board: Board, root: Path, head: protocol.PullHead) -> None:

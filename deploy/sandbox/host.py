@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import SandboxError
+from ..proc import pid_running
 
 
 def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -41,14 +42,6 @@ def free_port(preferred: int | None) -> int:
                 continue
             return s.getsockname()[1]
     raise SandboxError("no free loopback port")
-
-
-def pid_running(pid: int) -> bool:
-    """The process exists and is not a zombie waiting for its parent (or init) to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def terminate(pid: int) -> None:
