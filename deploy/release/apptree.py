@@ -17,6 +17,7 @@ change the release under every later run.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -75,7 +76,13 @@ def compile_glob(text: str) -> Glob:
 
 def tree_files(own: OwnApp) -> list[tuple[str, Path]]:
     """(release path ``app/<rel>``, local file) for every file the release ships, sorted; BuildError (one
-    line) for a symlink it may not follow, a special file, or an include that matches nothing."""
+    line) for a symlink it may not follow, a special file, or an include that matches nothing. Walked once
+    per command (the push's local check and each target's bundle ask for the same tree)."""
+    return list(_tree_files(own))
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_files(own: OwnApp) -> tuple[tuple[str, Path], ...]:
     root = own.source.resolve()
     includes = [compile_glob(g) for g in own.include]
     excludes = [compile_glob(g) for g in own.exclude]
@@ -87,7 +94,7 @@ def tree_files(own: OwnApp) -> list[tuple[str, Path]]:
         raise BuildError(f"app.include: {unused[0]!r} matches no file of app.source ({own.source})")
     if not files:
         raise BuildError(f"app.source ({own.source}): no file left after app.include / app.exclude")
-    return sorted(files)
+    return tuple(sorted(files))
 
 
 def _walk(own, root: Path, folder: Path, rel: str, includes, excludes, used, files, seen: set) -> None:
