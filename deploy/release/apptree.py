@@ -17,7 +17,6 @@ change the release under every later run.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import stat
@@ -78,11 +77,17 @@ def tree_files(own: OwnApp) -> list[tuple[str, Path]]:
     """(release path ``app/<rel>``, local file) for every file the release ships, sorted; BuildError (one
     line) for a symlink it may not follow, a special file, or an include that matches nothing. Walked once
     per command (the push's local check and each target's bundle ask for the same tree)."""
-    return list(_tree_files(own))
+    seen = _WALKED.get(id(own))
+    if seen is None or seen[0] is not own:     # keyed by the object: a reloaded inventory walks again
+        seen = _WALKED[id(own)] = (own, walk_tree(own))
+    return list(seen[1])
 
 
-@functools.lru_cache(maxsize=8)
-def _tree_files(own: OwnApp) -> tuple[tuple[str, Path], ...]:
+_WALKED: dict[int, tuple[OwnApp, tuple[tuple[str, Path], ...]]] = {}
+
+
+def walk_tree(own: OwnApp) -> tuple[tuple[str, Path], ...]:
+    """The walk behind tree_files, uncached."""
     root = own.source.resolve()
     includes = [compile_glob(g) for g in own.include]
     excludes = [compile_glob(g) for g in own.exclude]
