@@ -122,7 +122,8 @@ def _walk(own, root: Path, folder: Path, rel: str, includes, excludes, used, fil
         if hits:
             for i in hits:
                 used[i] = True
-            files.append((f"{PREFIX}/{path}", _source(own, root, Path(entry.path), path)))
+            plain = not entry.is_symlink() and entry.is_file(follow_symlinks=False)  # from the folder read
+            files.append((f"{PREFIX}/{path}", Path(entry.path) if plain else _source(own, root, Path(entry.path), path)))
 
 
 def _source(own: OwnApp, root: Path, path: Path, rel: str) -> Path:
