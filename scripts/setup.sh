@@ -24,7 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp=.deploy/.setup-$(sha256sum pyproject.toml | cut -c1-12)
-if [ ! -f "$stamp" ] || ! $PY -c "import deploy, agent, onnx, pytest" 2>/dev/null; then
+# checked from / (the repo's own folder is on sys.path from here): an editable install of a moved or other
+# checkout of this project does not count
+here=$(pwd -P)
+if [ ! -f "$stamp" ] || ! (cd / && $PY -c "import sys, deploy, agent, onnx, pytest
+sys.exit(not deploy.__file__.startswith('$here/'))") 2>/dev/null; then
   echo "setup: installing Python packages (onnxruntime, onnx, paramiko, rich, ...; no torch)"
   # compat mode: a plain path entry in a .pth instead of an import-hook finder (~10-25 ms of every command)
   $PY -m pip install -q --disable-pip-version-check -e ".[models,dev]" --config-settings editable_mode=compat
