@@ -114,6 +114,70 @@ def test_auto_compresses_only_when_the_link_is_slower_than_the_compressor(mib_pe
     assert objstream.Policy("on").compress() and not objstream.Policy("off").compress()
 
 
+def test_the_tight_level_when_the_link_is_the_bottleneck_the_fast_one_when_the_cpu_is():
+    fast_zlib = 50 * (1 << 20)
+    slow_link = objstream.Policy("auto", link_hint=12.5e6)  # 100 Mbit/s: below level 6's ~15 MB/s x workers
+    slow_link.timed(4 << 20, (4 << 20) / fast_zlib)
+    assert slow_link.compress() and slow_link.level() == objstream.TIGHT
+    slow_link.timed(4 << 20, 4.0, objstream.TIGHT)  # level 6 timed at 1 MiB/s: this machine is too slow for it
+    assert slow_link.level() == objstream.FAST
+    lan = objstream.Policy("auto", link_hint=120e6)  # gigabit: even level 1 barely keeps up
+    lan.timed(4 << 20, (4 << 20) / fast_zlib)
+    assert lan.level() == objstream.FAST
+    assert objstream.Policy("on", level=9).level() == 9
+
+
+def test_a_remembered_link_decides_from_the_first_object():
+    assert not objstream.Policy("auto").compress()  # nothing known: raw while the link shows
+    hinted = objstream.Policy("auto", link_hint=2e6)
+    assert hinted.compress() and not hinted.measured
+    assert not objstream.Policy("auto", link_hint=1e9).compress() or objstream.Policy("auto").compressor is None
+
+
+def test_a_fleet_compresses_each_object_once(tmp_path, monkeypatch):
+    """Eight streams of the same objects at once (a fleet push: a thread per board) share one Packed: every
+    object is compressed by exactly one of them, the others wait for it or take it, and every stream decodes."""
+    import threading
+    from collections import Counter
+
+    objs = [Obj(text(30000 + i)) for i in range(6)] + [Obj(os.urandom(200_000))]
+    made: Counter = Counter()
+    real = objstream._pack
+
+    def counting(entry, policy):
+        made[entry.sha256] += 1
+        return real(entry, policy)
+
+    monkeypatch.setattr(objstream, "_pack", counting)
+    packed = objstream.Packed()
+    outs = [io.BytesIO() for _ in range(8)]
+    stats: list = [None] * 8
+
+    def one(k):
+        stats[k] = objstream.write(outs[k], objs, objstream.Policy("on", level=6), packed=packed)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == {o.sha256: 1 for o in objs}  # the random object was sampled once and remembered as raw
+    assert sum(st.compressed for st in stats) == 8 * 6
+    assert sum(st.reused for st in stats) == 7 * 6  # one stream made each object; seven took it
+    assert all(st.levels == {6: 6} for st in stats)
+    for k, out in enumerate(outs):
+        got = receive(out.getvalue(), tmp_path / f"b{k}", {o.sha256: o.size for o in objs}) if (tmp_path / f"b{k}").mkdir() is None else None
+        assert got == {o.sha256: o.size for o in objs}
+
+
+def test_packed_is_bounded():
+    packed = objstream.Packed(limit=1000)
+    for i in range(5):
+        packed.get(f"{i:064x}", lambda: (b"x" * 400, 1))
+    assert packed.size <= 1000 and packed.ready(f"{4:064x}") == (b"x" * 400, 1)
+    assert packed.ready(f"{0:064x}") is None  # the oldest went
+
+
 # ---------------------------------------------------------------- on a sandbox board
 
 
@@ -153,6 +217,9 @@ def test_loopback_stays_raw_and_a_slow_link_gets_compressed_members(slow):
     row = push(slow, "slow")
     assert row["switched"] and row["compressed_objects"] >= 4, {k: row[k] for k in ("wire_bytes", "payload_bytes", "link_bytes_per_s", "seconds", "objects")}
     assert row["link_bytes_per_s"] < 3_000_000  # the relay's 20 Mbit/s, as measured by the stream
+    assert row["compress_levels"] == {"6": row["compressed_objects"]}  # the link, not the CPU, is the bottleneck
+    hint = json.loads((slow.root / ".deploy" / "links" / "slow.json").read_text())
+    assert hint["bytes_per_s"] == row["link_bytes_per_s"]
     assert row["wire_bytes"] < 0.85 * row["payload_bytes"]
     shipped = slow.app_dir / "current" / "images"
     for local in sorted(slow.images.glob("big-b-*.bmp")):

@@ -75,6 +75,8 @@ def push_json(res) -> dict:
         "payload_bytes": res.payload_bytes,
         "wire_bytes": res.wire_bytes,
         "compressed_objects": res.compressed_objects,
+        "reused_objects": res.reused_objects,
+        "compress_levels": {str(k): v for k, v in sorted(res.compress_levels.items())},
         "link_bytes_per_s": round(res.link_bytes_per_s) if res.link_bytes_per_s else None,
         "objects": res.objects,
         "linked": res.linked,

@@ -1,7 +1,7 @@
 """The object stream of a push: the missing content objects as one tar, zlib-compressed where that pays.
 
 Each member is named by its content's sha256. A member named ``<sha256>.z`` is that content
-compressed with zlib (level 1): the board inflates it while hashing and refuses it unless it
+compressed with zlib (any level): the board inflates it while hashing and refuses it unless it
 expands to exactly the manifest's size and digest. zlib is in every Python, so the board needs
 nothing new.
 
@@ -15,25 +15,47 @@ An object whose first 64 KiB compress worse than ``RAW_RATIO`` (model weights, J
 whatever the link. Objects of kinds that rarely compress (``RAW_FIRST``: models, images, archives)
 go first, so the link is measured on bytes that would travel raw anyway and every object after
 them gets the decision. ``mode="on"`` and ``"off"`` (``--compress``/``--no-compress``) override.
+A link measured by an earlier push to the same board (``link_hint``) decides from the first byte,
+until this stream's own measurement replaces it.
+
+**Which level.** zlib level 1 runs at ~50 MB/s per core here and packs shared libraries to ~43%;
+level 6 at ~16 MB/s to ~40% (what ``rsync -z`` uses). The tight level is taken when even it, on
+``WORKERS`` threads, keeps ahead of the measured link (the link is the bottleneck: every byte saved is
+time saved); the fast level otherwise. Objects are compressed on ``WORKERS`` threads ahead of the
+sender (zlib releases the GIL), the stream's order kept.
+
+**Compress once, send many.** Compressed objects are kept for the whole process by (sha256, level)
+in ``PACKED``, and so are the objects whose sample did not compress: the boards of a fleet push (one
+process, a thread per board) share them, so eight boards of one target cost the compression CPU of
+one. The first stream that needs an object compresses it; another that needs it meanwhile waits for
+that result instead of compressing it again. An object already packed at any level is sent packed at
+no CPU cost whenever the stream compresses at all.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import queue
 import tarfile
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-LEVEL = 1  # zlib's fastest: ~50 MB/s on shared objects here, ~40% of their size
+FAST, TIGHT = 1, 6  # zlib levels: ~50 MB/s to ~43% of shared objects here; ~16 MB/s to ~40% (rsync -z's)
+TIGHT_COST = 3.4  # how much slower TIGHT runs than FAST (measured here), until TIGHT itself is timed
+HEADROOM = 0.8  # TIGHT when its rate on every worker stays this far ahead of the link
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # compressor threads
+PACKED_LIMIT = 256 << 20  # bytes of compressed objects kept per process (a release packs to ~56 MB)
 SAMPLE = 64 << 10  # bytes of an object compressed to judge it
 RAW_RATIO = 0.85  # worse than this in the sample: not worth the CPU
 WARMUP_S = 0.25  # the first moments only fill socket buffers (MiBs at memory speed): the link shows after
 PROBE_S = 0.5  # the link's rate is measured over this long, again and again
-AHEAD = 3  # objects compressed ahead of the sender
+AHEAD = WORKERS + 2  # objects prepared ahead of the sender
 MODES = ("auto", "on", "off")
 # kinds that rarely compress: sent first while the link is measured (only the order changes)
 RAW_FIRST = (".onnx", ".om", ".mm", ".pb", ".jpg", ".jpeg", ".png", ".gif", ".webp", ".zip", ".gz", ".xz",
@@ -55,6 +77,8 @@ class Stats:
     content: int = 0
     wire: int = 0
     compressed: int = 0
+    reused: int = 0  # compressed objects taken ready from PACKED (another board's stream, or earlier)
+    levels: dict[int, int] = field(default_factory=dict)  # compressed objects per zlib level
     link_bytes_per_s: float | None = None
     compressor_bytes_per_s: float | None = None
 
@@ -62,18 +86,21 @@ class Stats:
 class Policy:
     """The compress-or-not decision, fed by the sender's progress and the compressor's timings (thread-safe)."""
 
-    def __init__(self, mode: str = "auto", clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, mode: str = "auto", clock: Callable[[], float] = time.perf_counter, *,
+                 link_hint: float | None = None, level: int | None = None):
         if mode not in MODES:
             raise ValueError(f"compression mode {mode!r} (one of {', '.join(MODES)})")
         self.mode = mode
         self.clock = clock
+        self.fixed_level = level  # None: chosen from the link and the compressor's rates
         self.lock = threading.Lock()
         self.sent = 0
         self.start: float | None = None  # the first bytes went out
         self.mark: tuple[float, int] | None = None  # (time, bytes) when the warm-up ended
-        self.link: float | None = None  # bytes/s
-        self.zin = 0  # bytes given to the compressor ...
-        self.zsec = 0.0  # ... and the seconds it took
+        self.link: float | None = link_hint  # bytes/s: an earlier push's measurement until this stream's own
+        self.measured = False  # whether ``link`` is this stream's own measurement
+        self.zin = {FAST: 0, TIGHT: 0}  # bytes given to the compressor per level ...
+        self.zsec = {FAST: 0.0, TIGHT: 0.0}  # ... and the seconds it took
 
     def on_wire(self, n: int) -> None:
         """``n`` more bytes have gone out (the sender blocks while the link is full, so this paces with it)."""
@@ -87,17 +114,35 @@ class Policy:
                     self.mark = (now, self.sent)
             elif now - self.mark[0] >= PROBE_S:  # a fresh measurement every PROBE_S
                 self.link = (self.sent - self.mark[1]) / (now - self.mark[0])
+                self.measured = True
                 self.mark = (now, self.sent)
 
-    def timed(self, n: int, seconds: float) -> None:
+    def timed(self, n: int, seconds: float, level: int = FAST) -> None:
         with self.lock:
-            self.zin += n
-            self.zsec += seconds
+            self.zin[level] = self.zin.get(level, 0) + n
+            self.zsec[level] = self.zsec.get(level, 0.0) + seconds
+
+    def rate(self, level: int) -> float | None:
+        """The compressor's measured bytes/s on one thread at ``level`` (None: not timed enough yet)."""
+        with self.lock:
+            n, sec = self.zin.get(level, 0), self.zsec.get(level, 0.0)
+        return n / sec if sec > 0 and n >= SAMPLE else None
 
     @property
     def compressor(self) -> float | None:
-        with self.lock:
-            return self.zin / self.zsec if self.zsec > 0 and self.zin >= SAMPLE else None
+        """The fast level's rate on every worker: what compression can feed the link at most."""
+        r = self.rate(FAST)
+        return r * WORKERS if r else None
+
+    def level(self) -> int:
+        """The zlib level for objects prepared now: TIGHT when the link is the bottleneck even for it."""
+        if self.fixed_level is not None:
+            return self.fixed_level
+        link, fast = self.link, self.rate(FAST)
+        tight = self.rate(TIGHT) or (fast / TIGHT_COST if fast else None)
+        if link is not None and tight is not None and link < HEADROOM * tight * WORKERS:
+            return TIGHT
+        return FAST
 
     def compress(self) -> bool:
         """Whether objects prepared now should be compressed."""
@@ -109,26 +154,110 @@ class Policy:
         return comp is None or link < comp  # no timing yet: a sample decides it on the next object
 
 
-def _deflate(data: bytes, policy: Policy) -> bytes:
+class Packed:
+    """Compressed objects by sha256 (with the level they were made at), and the objects whose sample did not
+    compress, shared by every stream of this process (thread-safe). ``get`` compresses an object at most once:
+    a stream asking for one another stream is compressing waits for that result. Beyond ``limit`` bytes the
+    least recently used go."""
+
+    def __init__(self, limit: int = PACKED_LIMIT):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.items: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self.size = 0
+        self.busy: dict[str, threading.Event] = {}
+        self.raw: set[str] = set()  # sha256s whose sample compressed worse than RAW_RATIO
+
+    def ready(self, sha: str) -> tuple[bytes, int] | None:
+        """(the object packed, its level) if it was made already, else None (never waits, never compresses)."""
+        with self.lock:
+            item = self.items.get(sha)
+            if item is not None:
+                self.items.move_to_end(sha)
+            return item
+
+    def get(self, sha: str, make: Callable[[], tuple[bytes, int] | None]) -> tuple[tuple[bytes, int] | None, bool]:
+        """((the object packed, its level) or None when it does not compress, whether this call made it);
+        ``make`` compresses it (None: it does not compress) and runs once per object."""
+        while True:
+            with self.lock:
+                if sha in self.raw:
+                    return None, False
+                if sha in self.items:
+                    self.items.move_to_end(sha)
+                    return self.items[sha], False
+                event = self.busy.get(sha)
+                if event is None:
+                    event = self.busy[sha] = threading.Event()
+                    break
+            event.wait()  # another stream is making it: take its result (or make it, if that stream failed)
+        try:
+            item = make()
+            self._keep(sha, item)
+            return item, True
+        finally:
+            with self.lock:
+                del self.busy[sha]
+            event.set()
+
+    def _keep(self, sha: str, item: tuple[bytes, int] | None) -> None:
+        with self.lock:
+            if item is None:
+                self.raw.add(sha)
+                return
+            if len(item[0]) > self.limit:
+                return
+            self.items[sha] = item
+            self.size += len(item[0])
+            while self.size > self.limit:
+                _, (old, _) = self.items.popitem(last=False)
+                self.size -= len(old)
+
+
+PACKED = Packed()
+
+
+def _deflate(data: bytes, policy: Policy, level: int) -> bytes:
     t = time.perf_counter()
-    out = zlib.compress(data, LEVEL)  # releases the GIL: runs beside the sender
-    policy.timed(len(data), time.perf_counter() - t)
+    out = zlib.compress(data, level)  # releases the GIL: runs beside the sender and the other workers
+    policy.timed(len(data), time.perf_counter() - t, level)
     return out
 
 
-def _prepare(entry, policy: Policy):
-    """(entry, compressed bytes or None, judged): compressed when the policy says so and the sample agrees;
-    ``judged`` once the sample has spoken, so the object is not sampled twice."""
-    if not policy.compress():
-        return entry, None, False
+def _pack(entry, policy: Policy) -> tuple[bytes, int] | None:
+    """(the object compressed, the level), or None when its first 64 KiB compress worse than RAW_RATIO; the
+    level is chosen after the sample, which times the compressor too."""
     with entry.open() as f:
         head = f.read(SAMPLE)
-        if not head or len(_deflate(head, policy)) > RAW_RATIO * len(head):
-            return entry, None, True
+        if not head or len(_deflate(head, policy, FAST)) > RAW_RATIO * len(head):
+            return None
         data = head + f.read()
     if len(data) != entry.size:
         raise OSError(f"{entry.sha256[:12]} changed size while it was being sent")
-    return entry, _deflate(data, policy), True
+    level = policy.level()
+    return _deflate(data, policy, level), level
+
+
+@dataclass
+class _Item:
+    """An object ready for the stream: packed (its compressed bytes) or raw; ``judged`` once the decision
+    was made for it with the compressor on (so it is not sampled twice)."""
+
+    entry: object
+    packed: bytes | None = None
+    level: int = 0
+    judged: bool = False
+    reused: bool = False
+
+
+def _prepare(entry, policy: Policy, packed: Packed) -> _Item:
+    """The object compressed when the policy says so and its sample agrees (from ``packed`` when it is there)."""
+    if not policy.compress():
+        return _Item(entry)
+    item, made = packed.get(entry.sha256, lambda: _pack(entry, policy))
+    if item is None:
+        return _Item(entry, judged=True)
+    return _Item(entry, item[0], item[1], True, not made)
 
 
 class _Tar(tarfile.TarFile):
@@ -147,13 +276,16 @@ class _Tar(tarfile.TarFile):
 
 
 def write(fileobj, entries: Iterable, policy: Policy,
-          on_member: Callable[[int, int], None] | None = None) -> Stats:
-    """Write the tar of ``entries`` (``.sha256``, ``.size``, ``.open()``) to ``fileobj``; compressed members
-    are prepared by a thread up to ``AHEAD`` objects in front of the sender. ``on_member(content, member)``
-    is called before each member goes out with its content size and its size in the stream."""
+          on_member: Callable[[int, int], None] | None = None, packed: Packed | None = None) -> Stats:
+    """Write the tar of ``entries`` (``.sha256``, ``.size``, ``.open()``) to ``fileobj``; objects are prepared
+    (compressed, or taken from ``packed``: ``PACKED`` by default) on ``WORKERS`` threads up to ``AHEAD`` objects
+    in front of the sender. ``on_member(content, member)`` is called before each member goes out with its
+    content size and its size in the stream."""
+    packed = PACKED if packed is None else packed
     stats = Stats()
     todo: queue.Queue = queue.Queue(maxsize=AHEAD)
     stop = threading.Event()
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="objstream-z")
 
     def put(item) -> bool:
         """Queue ``item`` unless the sender has stopped (then nobody would take it); whether it was queued."""
@@ -168,7 +300,7 @@ def write(fileobj, entries: Iterable, policy: Policy,
     def producer():
         try:
             for e in order(entries):
-                if not put(_prepare(e, policy)):
+                if not put(pool.submit(_prepare, e, policy, packed)):
                     return
             put(None)
         except BaseException as exc:  # handed to the sender, which raises it
@@ -183,24 +315,36 @@ def write(fileobj, entries: Iterable, policy: Policy,
             while (item := todo.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                e, packed, judged = item
-                if packed is None and not judged and policy.compress():
-                    e, packed, judged = _prepare(e, policy)  # the link proved slow since it was queued
-                if on_member:
-                    on_member(e.size, e.size if packed is None else len(packed))
-                if packed is not None:
-                    info = tarfile.TarInfo(e.sha256 + ".z")
-                    info.size, info.mode = len(packed), 0o644
-                    tf.addfile(info, io.BytesIO(packed))
-                    stats.compressed += 1
-                else:
-                    info = tarfile.TarInfo(e.sha256)
-                    info.size, info.mode = e.size, 0o644
-                    with e.open() as f:
-                        tf.addfile(info, f)
-                stats.content += e.size
+                _send(tf, _ready(item, policy, packed), stats, on_member)
     finally:
         stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
         worker.join(5)
     stats.link_bytes_per_s, stats.compressor_bytes_per_s = policy.link, policy.compressor
     return stats
+
+
+def _ready(future: Future, policy: Policy, packed: Packed) -> _Item:
+    item = future.result()
+    if item.packed is None and not item.judged and policy.compress():
+        item = _prepare(item.entry, policy, packed)  # the link proved slow since it was queued
+    return item
+
+
+def _send(tf: tarfile.TarFile, item: _Item, stats: Stats, on_member) -> None:
+    e = item.entry
+    if on_member:
+        on_member(e.size, e.size if item.packed is None else len(item.packed))
+    if item.packed is not None:
+        info = tarfile.TarInfo(e.sha256 + ".z")
+        info.size, info.mode = len(item.packed), 0o644
+        tf.addfile(info, io.BytesIO(item.packed))
+        stats.compressed += 1
+        stats.reused += item.reused
+        stats.levels[item.level] = stats.levels.get(item.level, 0) + 1
+    else:
+        info = tarfile.TarInfo(e.sha256)
+        info.size, info.mode = e.size, 0o644
+        with e.open() as f:
+            tf.addfile(info, f)
+    stats.content += e.size

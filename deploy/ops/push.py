@@ -89,6 +89,8 @@ class PushResult:
     service: dict | None = None  # the service moved to this release (deploy/service.py follow_push), or None
     wire_bytes: int = 0  # the object stream as sent: tar framing included, compressed members compressed
     compressed_objects: int = 0
+    reused_objects: int = 0  # compressed objects taken ready (compressed once for the fleet, or earlier)
+    compress_levels: dict = field(default_factory=dict)  # compressed objects per zlib level
     link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
     unsafe_env: tuple[str, ...] = ()  # env keys that change how the board runs code (app.env_unsafe allowed them)
 
@@ -193,9 +195,39 @@ def _link_lost(transport) -> bool:
     return not transport.is_active()
 
 
-def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "auto") -> objstream.Stats:
-    """The missing objects as one tar stream named by sha256, compressed where that pays (``objstream``)."""
-    policy = objstream.Policy(compress)
+LINK_HINT_S = 7 * 86400  # how long a link measured by a push steers the next push's compression from its first byte
+
+
+def link_path(inv: Inventory, board: Board) -> Path:
+    return inv.state_dir / "links" / f"{board.name}.json"
+
+
+def link_hint(inv: Inventory, board: Board) -> float | None:
+    """The link rate (bytes/s) the last push to ``board`` measured, if recent: compression decided from byte one."""
+    try:
+        last = json.loads(link_path(inv, board).read_text())
+        rate, at = float(last["bytes_per_s"]), float(last["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rate if rate > 0 and 0 <= time.time() - at < LINK_HINT_S else None
+
+
+def remember_link(inv: Inventory, board: Board, rate: float) -> None:
+    path = link_path(inv, board)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"bytes_per_s": round(rate), "at": time.time()}))
+        os.replace(tmp, path)
+    except OSError:  # a hint only: a push never fails for it
+        tmp.unlink(missing_ok=True)
+
+
+def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "auto",
+                 hint: float | None = None) -> objstream.Stats:
+    """The missing objects as one tar stream named by sha256, compressed where that pays (``objstream``);
+    ``hint``: the link's rate as an earlier push measured it."""
+    policy = objstream.Policy(compress, link_hint=hint)
     shown = 0
     scale = 1.0  # content bytes per stream byte of the member going out (progress counts content)
 
@@ -216,6 +248,7 @@ def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "a
         stats = objstream.write(writer, send, policy, on_member)
         writer.flush()
         stats.wire = writer.sent
+        stats.link_bytes_per_s = policy.link if policy.measured else None
         if on_bytes and stats.content > shown:
             on_bytes(stats.content - shown)
         return stats
@@ -375,14 +408,17 @@ def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: flo
         c.close()
         return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
     c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None))
-    stream = send_objects(c, board, send, on_bytes, compress) if send else objstream.Stats()
+    stream = send_objects(c, board, send, on_bytes, compress, link_hint(inv, board)) if send else objstream.Stats()
     try:
         done = c.read(protocol.PushDone)
     except RemoteError as exc:
         raise PushError(f"{exc}; the previous release is still current") from None
     c.close()
+    if stream.link_bytes_per_s:
+        remember_link(inv, board, stream.link_bytes_per_s)
     return replace(_result(board, bundle, plan, t0, done, stream.content), wire_bytes=stream.wire,
-                   compressed_objects=stream.compressed, link_bytes_per_s=stream.link_bytes_per_s)
+                   compressed_objects=stream.compressed, reused_objects=stream.reused,
+                   compress_levels=dict(stream.levels), link_bytes_per_s=stream.link_bytes_per_s)
 
 
 def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_run: bool = False) -> PushResult:
