@@ -376,12 +376,14 @@ class Bench:
         self.cli_push()
         commands = {
             "help": [sys.executable, "-m", "deploy", "--help"],
-            "status": self.project.argv("status", BOARD),
+            "status": self.project.argv("status", BOARD),  # on the warm connection the last command left
+            "status_no_persist": self.project.argv("status", BOARD, "--no-persist"),  # its own handshake, as before
             "imports": [sys.executable, "-c", "import deploy.cli, deploy.ops.push, deploy.link.ssh"],
         }
         for i in range(STARTUP_RUNS):
             names = list(commands)
-            for name in names[i % 3:] + names[: i % 3]:  # interleaved, order rotated
+            k = i % len(names)
+            for name in names[k:] + names[:k]:  # interleaved, order rotated
                 t0 = time.perf_counter()
                 subprocess.run(commands[name], check=True, capture_output=True, cwd=self.root, env=self.project.environ)
                 self.record(f"cli_startup:{name}", time.perf_counter() - t0)
@@ -832,7 +834,8 @@ INCLUDED = {
     "small_files_push_s": "1000 new files (new content each round) hashed and sent; the rest of the release "
     "is already on the board (hard-linked)",
     "cli_startup_s": "subprocess wall time, median: help = `python -m deploy --help`; status = `python -m deploy "
-    "status board1` against this run's sandbox board with the app pushed (SSH connect and one board op included); "
+    "status board1` against this run's sandbox board with the app pushed, on the warm connection the previous command "
+    "left (one board op included); status_no_persist = the same with its own SSH connect (--no-persist); "
     "imports = `python -c 'import deploy.cli, deploy.ops.push, deploy.link.ssh'`",
     "cpu_s": "host: this process + children (CLI/scp/rsync/ssh), including the /proc sampler's ~1-2% of a "
     "core; board: processes under the sandbox sshd (sshd sessions, the helper / sftp / rsync server)",

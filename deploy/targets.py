@@ -167,6 +167,11 @@ def for_board(board) -> Target:
     return replace(target, python=None)
 
 
+def pythons_for(board) -> tuple[str, ...]:
+    """The interpreter to run board code with: the inventory's ``python:``, else the target's candidates."""
+    return (board.python,) if board.python else get(board.target).pythons
+
+
 def get(name: str) -> Target:
     try:
         return PROFILES[name]

@@ -22,7 +22,7 @@ import pytest
 from deploy import inventory
 from deploy.errors import HostKeyError
 from deploy.link import ssh
-from deploy.testing import CAT, SANDBOX_BOARD, Project, top1
+from deploy.testing import CAT, SANDBOX_BOARD, Project, top1, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +201,9 @@ def test_a_jump_loop_is_one_line_and_touches_no_board(lab, tmp_path):
     text = lab.inventory.read_text().replace("jump: board1", "jump: board3")  # board2 -> board3 -> board2
     loop = tmp_path / "inventory.yaml"
     loop.write_text(text)
+    pid = lab.deploy_json("connections").get("pid")  # the warm connections earlier tests left: closed first
+    lab.deploy("connections", "--close")
+    assert pid is None or wait_gone([pid], 10)
     before = _settled_log_sizes(lab, ("board1", "board2", "board3"))
     for args in (["status", "board1"], ["push", "all"]):
         r = subprocess.run([*lab.argv(*args)[:3], "-i", str(loop), *args], capture_output=True, text=True,

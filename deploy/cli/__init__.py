@@ -21,6 +21,8 @@ def _common(sp, target: bool = True) -> None:
     sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     sp.add_argument("--accept-new-host-key", action="store_true",
                     help="trust and record an unknown host key (a changed key is always refused)")
+    sp.add_argument("--no-persist", action="store_true",
+                    help="connect afresh and leave no warm connection behind (inventory: persist: 0)")
     if target:
         sp.add_argument("--forks", type=int, metavar="N", help="boards worked on at once (default 8)")
 
@@ -54,7 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quality(sub)
     _add_model(sub)
     _add_trust(sub)
+    _add_connections(sub)
     return p
+
+
+def _add_connections(sub) -> None:
+    sp = sub.add_parser("connections", help="the project's warm SSH connections (kept for persist: seconds)")
+    sp.add_argument("-i", "--inventory", default=argparse.SUPPRESS, help="inventory file")
+    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.add_argument("--close", nargs="*", metavar="BOARD",
+                    help="close these boards' warm connections (none named: all, and the master)")
+    sp.set_defaults(func="tools:cmd_connections")
 
 
 def _add_sandbox(sub) -> None:

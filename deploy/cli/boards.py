@@ -33,10 +33,12 @@ def inventory(args) -> inventory_mod.Inventory:
 
 @contextmanager
 def connect(inv, board, args):
-    """One verified connection to ``board`` for the whole action; always closed."""
-    from ..link.ssh import Connection, endpoint_for
+    """One verified connection to ``board`` for the whole action (warm: over the project's master, ``link/warm.py``);
+    always closed."""
+    from ..link import warm
 
-    conn = Connection(endpoint_for(inv, board), accept_new=getattr(args, "accept_new_host_key", False))
+    persist = warm.persist_for(board, getattr(args, "no_persist", False))
+    conn = warm.connect(inv, board, accept_new=getattr(args, "accept_new_host_key", False), persist=persist)
     try:
         conn.start()  # the handshake overlaps with whatever the command plans first (e.g. the bundle)
         yield conn

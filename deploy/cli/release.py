@@ -113,11 +113,11 @@ EXEC_JSON_MAX = 64 << 20
 
 def cmd_exec(args) -> int:
     """Stream the command's output (or, with --json, collect it per board); exit with the worst status."""
-    from ..link.ssh import user_command
+    from ..link.remote import user_command
 
     argv = list(args.command)
     # argparse's REMAINDER also swallows our own flags written after the board: take them up to `--`
-    while argv and argv[0] in ("--json", "--accept-new-host-key"):
+    while argv and argv[0] in ("--json", "--accept-new-host-key", "--no-persist"):
         setattr(args, argv.pop(0)[2:].replace("-", "_"), True)
     if argv and argv[0] == "--":
         argv = argv[1:]

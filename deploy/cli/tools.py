@@ -165,6 +165,10 @@ def cmd_sandbox(args) -> int:
     if args.action == "reboot":
         return _sandbox_reboot(args, inv)
     if args.action == "down":
+        from ..link import warm
+
+        names = [b.name for b in sandbox.boards(inv, args.names or None)]
+        warm.drop(inv.state_dir, names)  # their warm connections first: nothing of theirs outlives the board
         boxes = sandbox.down(inv, args.names or None, purge=args.purge)
         if args.json:
             ui.emit_json([b.to_json() for b in boxes])
@@ -207,6 +211,36 @@ def _sandbox_reboot(args, inv) -> int:
                            f"ran {len(r.started)} @reboot entr{'y' if len(r.started) == 1 else 'ies'}")
     return 0
 
+
+# ---------------------------------------------------------------- warm connections
+
+
+def cmd_connections(args) -> int:
+    """``deploy connections [--close [BOARD...]]``: the project's master and its boards (``link/warm.py``)."""
+    from ..link import warm
+
+    inv = inventory(args)
+    if args.close is not None:
+        reply = warm.drop(inv.state_dir, [b.name for b in inv.select(",".join(args.close))] if args.close else None)
+        if args.json:
+            ui.emit_json({"closed": bool(reply and reply.get("ok")), **({"dropped": reply.get("dropped")} if reply else {})})
+        else:
+            ui.out().print("no warm connections" if reply is None else "closed")
+        return 0
+    found = warm.info(inv.state_dir)
+    if args.json:
+        ui.emit_json(found or {"pid": None, "boards": []})
+        return 0
+    if not found or not found.get("boards"):
+        ui.out().print("no warm connections")
+        return 0
+    ui.out().print(f"master pid {found['pid']}, socket {ui.escape(str(found['socket']))}")
+    t = ui.table("board", "route", "channels", "idle", "persist", "age")
+    for b in found["boards"]:
+        t.add_row(ui.escape(str(b["board"])), ui.escape(str(b["route"])), str(b["channels"]), f"{b['idle_s']:.0f}s",
+                  f"{b['persist_s']}s", f"{b['age_s']:.0f}s")
+    ui.out().print(t)
+    return 0
 
 
 # ---------------------------------------------------------------- models

@@ -61,6 +61,7 @@ class Board:
     # None: ~/.ssh/config decides (ProxyJump/ProxyCommand); "none": never through a jump host
     jump: str | None = None
     ddk: Path | None = None  # the Ascend toolkit's arm64-linux (or x86_64-linux) folder C++ apps build against
+    persist: int | None = None  # seconds its SSH connection stays warm after a command (0: never; None: 60)
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ def _group_spec(doc: Doc, vnode: yaml.Node, where: str) -> tuple[list, str, dict
     return members_node.value, where_members, settings
 
 
-_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch", "jump", "ddk"}
+_BOARD_KEYS = {"sandbox", "host", "port", "user", "key", "target", "python", "arch", "jump", "ddk", "persist"}
 
 
 _SHARED_KEYS = _BOARD_KEYS - {"sandbox", "host"}  # what defaults: and groups: may set for their boards
@@ -352,4 +353,5 @@ def _board(doc: Doc, name: str, knode, vnode, inherited: dict, base: Path) -> Bo
         line=knode.start_mark.line + 1,
         jump=get("jump", doc.string),
         ddk=get("ddk", path_conv(doc, base)),
+        persist=get("persist", doc.integer, 0, 86400),
     )

@@ -67,6 +67,16 @@ def env_prefix(app: str | None) -> str:
     return f'cd "$HOME" && {{ if [ -r {env} ]; then . {env}; fi; }} && '
 
 
+def user_command(app: str, argv: list[str], workdir: str | None = None) -> str:
+    """``deploy exec``: run argv in the current release directory (an own app: its workdir in the release's
+    tree) with env.sh sourced."""
+    cur = f'"$HOME"/HIAI_PROJECTS/{shlex.quote(app)}/current'
+    if workdir:
+        cur += "/" + shlex.quote(workdir)
+    words = " ".join(shlex.quote(a) for a in argv)
+    return env_prefix(app) + f"{{ cd {cur} 2>/dev/null || true; }} && {words}"
+
+
 def helper_command(op: str, pythons: tuple[str, ...], app: str | None) -> str:
     """The shell line that runs board operation ``op`` (every word quoted).
 

@@ -33,7 +33,6 @@ import getpass
 import hashlib
 import io
 import logging
-import shlex
 import socket
 import sys
 import threading
@@ -43,7 +42,7 @@ from pathlib import Path
 
 from ..errors import ConnectError, DeployError, HostKeyError, InventoryError
 from ..inventory import Jump
-from .remote import env_prefix
+from ..targets import pythons_for
 
 
 class _LazyInvoke:
@@ -218,6 +217,7 @@ class Connection:
         self._hops: list[paramiko.SSHClient] = []  # jump-host clients, outermost first
         self._opening: threading.Thread | None = None
         self._open_error: BaseException | None = None
+        self.on_open: Callable[[], None] | None = None  # called once the connection is up (warm.py: keep it warm)
 
     def start(self) -> None:
         """Open in the background (TCP, key exchange, host-key check, auth) while the caller plans;
@@ -253,6 +253,8 @@ class Connection:
         except BaseException:
             self._close_clients()
             raise
+        if self.on_open is not None:
+            self.on_open()
 
     def _login(self, ep: Endpoint, label: str, auth=None) -> paramiko.SSHClient:
         """An authenticated client for ``ep`` (its route opened first), verified with our policy."""
@@ -367,16 +369,6 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def user_command(app: str, argv: list[str], workdir: str | None = None) -> str:
-    """``deploy exec``: run argv in the current release directory (an own app: its workdir in the release's
-    tree) with env.sh sourced."""
-    cur = f'"$HOME"/HIAI_PROJECTS/{shlex.quote(app)}/current'
-    if workdir:
-        cur += "/" + shlex.quote(workdir)
-    words = " ".join(shlex.quote(a) for a in argv)
-    return env_prefix(app) + f"{{ cd {cur} 2>/dev/null || true; }} && {words}"
-
-
 def _ssh_config(path: Path, name: str) -> dict:
     """``name``'s settings in an OpenSSH config file ({} when the file or the entry is missing)."""
     if not path.exists():
@@ -388,13 +380,6 @@ def _ssh_config(path: Path, name: str) -> dict:
     if name not in cfg.get_hostnames():
         return {}
     return cfg.lookup(name)
-
-
-def _pythons(board) -> tuple[str, ...]:
-    """The interpreter to run board code with: the inventory's ``python:``, else the target's candidates."""
-    from ..targets import get as get_target
-
-    return (board.python,) if board.python else get_target(board.target).pythons
 
 
 MAX_HOPS = 8  # a longer ProxyJump chain is a loop in ssh_config (OpenSSH would spawn ssh processes forever)
@@ -439,7 +424,7 @@ class _Resolver:
         else:
             ep = self.host(board.host, name=board.name, user=board.user, port=board.port if board.port != 22 else None,
                            key=board.key, route=own_route)
-        ep = replace(ep, pythons=_pythons(board))
+        ep = replace(ep, pythons=pythons_for(board))
         if not own_route:
             jump = None if board.jump == "none" else self.jump(board.jump, (*via, board.name))
             ep = replace(ep, jump=jump, proxy_command=None)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..board import protocol
 from ..errors import HealthCheckFailed, RemoteError
 from ..inventory import App
 from ..link.remote import REPLY_TIMEOUT, session
-from ..link.ssh import Connection
+
+if TYPE_CHECKING:  # the type only: paramiko is imported when a connection is made
+    from ..link.ssh import Connection
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import fleet
 from ..board import protocol
 from ..errors import RemoteError, RunError
 from ..inventory import Board, Inventory
 from ..link.remote import call, session
-from ..link.ssh import Connection
 from ..proc import pid_running
+
+if TYPE_CHECKING:  # the type only: paramiko is imported when a connection is made
+    from ..link.ssh import Connection
 
 SLACK = 4096  # disk a file may take beyond its size (its last block), for the free-space check
 RESERVE = 1 << 30  # what a pull leaves free on the host's disk at least

@@ -35,7 +35,6 @@ from ..errors import ConnectError, PushError, RemoteError
 from ..inventory import Board, Inventory, unsafe_env
 from ..link import objstream
 from ..link.remote import Call, session
-from ..link.ssh import Connection
 from ..release import bundle as bundle_mod
 from ..release import envblock
 from ..release.bundle import Bundle
@@ -45,6 +44,7 @@ from . import health as health_mod
 from .facts import board_python, remember_facts
 
 if TYPE_CHECKING:
+    from ..link.ssh import Connection
     from ..release.cbuild import Built
 
 

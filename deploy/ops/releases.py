@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..board import protocol
 from ..inventory import Inventory
 from ..link.remote import call
-from ..link.ssh import Connection
+
+if TYPE_CHECKING:  # the type only: paramiko is imported when a connection is made
+    from ..link.ssh import Connection
 
 
 def releases(inv: Inventory, conn: Connection) -> protocol.ReleasesReply:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import protocol as events
 
@@ -24,7 +25,9 @@ from ..board import protocol
 from ..errors import ConnectError, RemoteError, RunError, UsageError
 from ..inventory import Board, Inventory
 from ..link.remote import Call, call, session
-from ..link.ssh import Connection
+
+if TYPE_CHECKING:  # the type only: paramiko is imported when a connection is made
+    from ..link.ssh import Connection
 
 
 def check_run_id(run_id: str, what: str = "run id") -> str:

@@ -26,12 +26,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..board import protocol
 from ..errors import RemoteError, ServiceError
 from ..inventory import Board, Inventory
 from ..link.remote import call, session
-from ..link.ssh import Connection
+
+if TYPE_CHECKING:  # the type only: paramiko is imported when a connection is made
+    from ..link.ssh import Connection
 
 JOURNAL = "journal.jsonl"
 PIECE = 1 << 20

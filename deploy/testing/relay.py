@@ -113,8 +113,19 @@ class Relay:
         threading.Thread(target=self.serve_forever, name=f"relay:{self.port}", daemon=True).start()
         return self
 
+    def _stats_ticker(self, every: float = 0.1) -> None:
+        last = None
+        while not self._closed:
+            time.sleep(every)
+            now = (self.up.bytes, self.down.bytes)
+            if now != last:
+                self._write_stats()
+                last = now
+
     def serve_forever(self) -> None:
         self._write_stats()
+        if self.stats_file is not None:  # connections may stay open (warm connections): the counters go out anyway
+            threading.Thread(target=self._stats_ticker, name=f"relay-stats:{self.port}", daemon=True).start()
         while True:
             try:
                 client, _ = self._listener.accept()
@@ -309,19 +320,24 @@ class RelayProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def stats(self, settle: float = 2.0) -> dict:
-        """The relay's counters (spawned with ``stats=``), once no connection is open (at most ``settle`` s)."""
+    def stats(self, settle: float = 2.0, quiet: float = 0.3) -> dict:
+        """The relay's counters (spawned with ``stats=``), once no connection is open or, with one left open (a
+        warm connection), once they have not moved for ``quiet`` seconds (at most ``settle`` s)."""
         if self.stats_file is None:
             raise RuntimeError("relay spawned without stats")
         deadline = time.monotonic() + settle
+        seen, since = None, time.monotonic()
         while True:
             try:
                 s = json.loads(self.stats_file.read_text())
             except (OSError, ValueError):
                 s = None
-            if s is not None and (s["open"] == 0 or time.monotonic() > deadline):
+            now = time.monotonic()
+            if s is not None and (s["up"], s["down"]) != seen:
+                seen, since = (s["up"], s["down"]), now
+            if s is not None and (s["open"] == 0 or now - since >= quiet or now > deadline):
                 return s
-            if time.monotonic() > deadline:
+            if now > deadline:
                 raise RuntimeError(f"relay {self.port}: no stats in {self.stats_file}")
             time.sleep(0.01)
 
