@@ -121,3 +121,16 @@ def test_rgb_to_nv12_round_trips_through_the_aipp_matrix():
     back = np.asarray(yuv.nv12_to_rgb(yuv.rgb_to_nv12(flat)), dtype=np.int32)
     assert np.abs(back - flat).max() <= 3
     assert yuv.jpeg_orientation((DEMO / "images" / "rocket.jpg").read_bytes()) in (None, 1)
+
+
+def test_bench_mode_feeds_nv12_pictures(monkeypatch, tmp_path, models):
+    from agent import bench
+
+    _, oms = models
+    acl = aclsim.fresh_acl(monkeypatch)
+    backend = AclBackend(acl_module=acl, decode="dvpp").load(str(oms["dvpp"]))
+    try:
+        r = bench.run_one(backend, 1, 2, 1)
+    finally:
+        backend.close()
+    assert r["batch"] == 1 and r["loop"] == 2 and r["throughput"] > 0
