@@ -197,7 +197,8 @@ def _classify(job, rundir, backend, stop):
         item = Item(raw, raw)
         if item.id not in done:
             sink.error(item, "unreadable", "input does not exist")
-    pipe = Pipeline(backend, pre, post, sink, batch=batch, workers=job.threads, stop=stop)
+    workers = job.threads or (yuv.LANES if isinstance(pre, yuv.DvppPreprocessor) else 0)
+    pipe = Pipeline(backend, pre, post, sink, batch=batch, workers=workers, stop=stop)
     t0, cpu0 = time.monotonic(), time.process_time()
     try:
         pipe.run(todo)
