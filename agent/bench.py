@@ -39,13 +39,16 @@ def stats(latencies_ms):
     }
 
 
-def synthetic_input(spec, batch, seed=0):
-    """A random tensor shaped like the model input (dynamic dims: batch, else 224)."""
+def synthetic_input(spec, batch, seed=0, nv12=False):
+    """A random tensor shaped like the model input (dynamic dims: batch, else 224); ``nv12``: NV12 pictures
+    of its (N, H, W, 3) size (the acl backend's decode: dvpp model input)."""
     shape = [batch] + [
         d if d else (3 if i == 0 and spec.layout == "NCHW" else 224) for i, d in enumerate(spec.shape[1:])
     ]
     if spec.layout == "NHWC" and not spec.shape[-1]:
         shape[-1] = 3
+    if nv12:
+        shape = [batch, shape[1] * 3 // 2, shape[2]]
     rng = np.random.RandomState(seed)
     if spec.dtype == "uint8":
         return rng.randint(0, 256, size=shape).astype(np.uint8)
@@ -54,7 +57,7 @@ def synthetic_input(spec, batch, seed=0):
 
 def run_one(backend, batch, loop, warmup, on_iteration=None):
     """Time ``loop`` calls of backend.run at one batch size; returns the summary dict."""
-    x = synthetic_input(backend.inputs[0], batch)
+    x = synthetic_input(backend.inputs[0], batch, nv12=getattr(backend, "dvpp", None) is not None)
     for _ in range(warmup):
         backend.run(x)
     lat = []
@@ -79,7 +82,7 @@ def run_one(backend, batch, loop, warmup, on_iteration=None):
 
 def run_async(backend, batch, loop, warmup, on_iteration=None):
     """Pipelined: ``loop`` submits kept in flight by the backend's buffers; the summary dict of run_one."""
-    x = synthetic_input(backend.inputs[0], batch)
+    x = synthetic_input(backend.inputs[0], batch, nv12=getattr(backend, "dvpp", None) is not None)
     for _ in range(warmup):
         backend.run(x)
     lat, errors = [], []

@@ -13,7 +13,7 @@ Example::
       "out_dir": "/home/u/HIAI_PROJECTS/classify/runs/20261121-223000-ab12",
       "model": "models/efficientnet_lite0.onnx",
       "backend": "onnx",                      # onnx | acl | magicmind
-      "backend_options": {"async": true, "callback_interval": 8, "buffers": 4},  # acl's (see OPTIONS in its module)
+      "backend_options": {"async": true, "callback_interval": 8, "buffers": 4, "decode": "dvpp"},  # acl's (OPTIONS)
       "preprocess": {"preset": "imagenet"},   # preset name plus optional overrides (see agent.preprocess)
       "labels": "labels/imagenet_classes.txt",
       "inputs": ["images"],                   # files and/or directories
@@ -115,6 +115,10 @@ def _check_backend_options(job):
         kind = known.get(key)
         if kind is None:
             raise JobError("unknown backend option {!r} (known: {})".format(key, ", ".join(known)))
+        if isinstance(kind, tuple):  # one of these words
+            if value not in kind:
+                raise JobError(f"backend option {key} must be one of {', '.join(kind)}, not {value!r}")
+            continue
         if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
             raise JobError(
                 f"backend option {key} must be a {'boolean' if kind is bool else 'non-negative integer'}"

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 
-from . import __version__, bench, evaluate, images, postprocess, preprocess
+from . import __version__, bench, evaluate, images, postprocess, preprocess, yuv
 from .backends import BackendError, for_job
 from .job import JobError
 from .pipeline import Item, Pipeline, Sink, batch_plan, collect
@@ -146,7 +146,9 @@ def stages(job, backend):
             truth = evaluate.load_ground_truth(job.path(opts["label_file"]))
         else:
             raise JobError("eval mode needs eval.label_file or eval.truth")
-    return cfg, preprocess.Preprocessor(cfg), postprocess.Postprocessor(labels, k), truth
+    dvpp = getattr(backend, "dvpp", None)  # the acl backend's decode: dvpp (a YUV420SP AIPP input)
+    pre = yuv.DvppPreprocessor(cfg, dvpp) if dvpp is not None else preprocess.Preprocessor(cfg)
+    return cfg, pre, postprocess.Postprocessor(labels, k), truth
 
 
 NOT_TAKEN_SHOWN = 100  # files not taken, listed by name in the start event and the summary (all are counted)
@@ -195,7 +197,8 @@ def _classify(job, rundir, backend, stop):
         item = Item(raw, raw)
         if item.id not in done:
             sink.error(item, "unreadable", "input does not exist")
-    pipe = Pipeline(backend, pre, post, sink, batch=batch, workers=job.threads, stop=stop)
+    workers = job.threads or (yuv.LANES if isinstance(pre, yuv.DvppPreprocessor) else 0)
+    pipe = Pipeline(backend, pre, post, sink, batch=batch, workers=workers, stop=stop)
     t0, cpu0 = time.monotonic(), time.process_time()
     try:
         pipe.run(todo)
@@ -204,6 +207,8 @@ def _classify(job, rundir, backend, stop):
     clock = (time.monotonic() - t0, time.process_time() - cpu0)  # cpu: all threads (decode, inference, writing)
     summary = _summary(done, items, missing, todo, sink, pipe, stop, batch, clock)
     summary.update(not_taken=len(not_taken), not_taken_files=not_taken[:NOT_TAKEN_SHOWN])
+    if getattr(backend, "dvpp", None) is not None:  # where the JPEGs were decoded
+        summary["decode"] = backend.dvpp.describe()
     if truth is not None:
         records = list(rundir.done_images().values())
         classes = post.classes if getattr(post, "classes", None) else _classes(backend)

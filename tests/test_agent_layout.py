@@ -26,7 +26,8 @@ def test_each_backend_module_describes_itself():
     for name in backends.NAMES:
         mod = backends.module(name)
         assert mod.NAME == name and mod.BACKEND.name == name and issubclass(mod.BACKEND, Backend)
-        assert all(kind in (bool, int) for kind in mod.OPTIONS.values()), name
+        assert all(kind in (bool, int) or (isinstance(kind, tuple) and all(isinstance(w, str) for w in kind))
+                   for kind in mod.OPTIONS.values()), name
         assert backends.backend_options(name) is mod.OPTIONS
     with pytest.raises(BackendError, match="unknown backend 'tpu' .known: onnx, acl, magicmind."):
         get_backend("tpu")
@@ -70,7 +71,7 @@ def test_job_validation_the_backends_and_formats_import_no_numpy_or_runtime():
 def test_backend_options_errors_are_the_jobs():
     with pytest.raises(jobmod.JobError, match="^backend_options apply to the acl and magicmind backends only, not onnx$"):
         _job("onnx", backend_options={"device": 0})
-    with pytest.raises(jobmod.JobError, match=r"^unknown backend option 'asynch' \(known: async, callback_interval, buffers, device\)$"):
+    with pytest.raises(jobmod.JobError, match=r"^unknown backend option 'asynch' \(known: async, callback_interval, buffers, device, decode\)$"):
         _job("acl", backend_options={"asynch": True})
     with pytest.raises(jobmod.JobError, match=r"^unknown backend option 'async' \(known: device\)$"):
         _job("magicmind", backend_options={"async": True})
@@ -80,6 +81,9 @@ def test_backend_options_errors_are_the_jobs():
         _job("acl", backend_options={"buffers": True})
     with pytest.raises(jobmod.JobError, match="^backend option device must be a non-negative integer$"):
         _job("magicmind", backend_options={"device": -1})
+    with pytest.raises(jobmod.JobError, match="^backend option decode must be one of cpu, dvpp, not 'gpu'$"):
+        _job("acl", backend_options={"decode": "gpu"})
+    assert _job("acl", backend_options={"decode": "dvpp"}).backend_options == {"decode": "dvpp"}
     with pytest.raises(jobmod.JobError, match="^backend_options must be a JSON object$"):
         _job("acl", backend_options=[])
     with pytest.raises(jobmod.JobError, match="^backend must be one of onnx, acl, magicmind, not 'tpu'$"):

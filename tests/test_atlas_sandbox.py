@@ -165,6 +165,34 @@ def test_a_sandbox_dk_with_only_the_onnx_gets_a_simulated_om_built_once(dk):
     assert_right_classes(results(dk, "dk1", run["run_id"]))
 
 
+def test_decode_dvpp_gives_the_cpu_paths_top1_on_the_board(dk):
+    """app.backend_options.decode: dvpp: `--aipp app` converts with a YUV420SP_U8 AIPP, the board's agent
+    decodes on the simulated DVPP (sync, then async), and every photo gets the cpu path's top-1."""
+    saved = dict(dk.app_extra)
+    try:
+        dk.app_extra = {"models": saved["models"]}
+        dk.configure()
+        assert dk.deploy_json("push", "dk1")["boards"][0]["ok"]
+        cpu = results(dk, "dk1", dk.deploy_json("run", "dk1", "-q")["boards"][0]["run_id"])
+        dk.app_extra["backend_options"] = {"decode": "dvpp"}
+        dk.configure()
+        om = convert(dk, "eff_yuv")  # the inventory's decode: dvpp makes --aipp app a YUV420SP_U8 input
+        dk.app_extra["models"] = {**saved["models"], "om": str(om)}
+        for options in ({"decode": "dvpp"}, {"decode": "dvpp", "async": True, "callback_interval": 2}):
+            dk.app_extra["backend_options"] = options
+            dk.configure()
+            assert dk.deploy_json("push", "dk1")["boards"][0]["ok"]
+            run = dk.deploy_json("run", "dk1", "-q")["boards"][0]
+            assert run["ok"] and run["images_ok"] == 3
+            recs = results(dk, "dk1", run["run_id"])
+            assert {k: top1(r) for k, r in recs.items()} == {k: top1(r) for k, r in cpu.items()}
+            summary = json.loads((dk.root / "outputs" / "dk1" / run["run_id"] / "summary.json").read_text())
+            assert summary["decode"] == {"decode": "dvpp", "dvpp_decoded": 3, "cpu_fallbacks": {}}
+    finally:
+        dk.app_extra = saved
+        dk.configure()
+
+
 def test_a_simulated_model_is_refused_for_a_real_board(dk):
     dk.boards["real"] = {"host": "192.0.2.1", "target": "atlas200dk"}
     dk.configure()

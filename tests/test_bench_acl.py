@@ -8,6 +8,7 @@ import sys
 import aclsim
 
 BENCH = aclsim.REPO / "benchmarks" / "agent.py"
+MODES = {"sync", "async", "sync_dvpp", "async_dvpp"}  # JPEGs decoded on the CPU and on DVPP
 
 
 def test_acl_benchmark_prints_its_figures_as_one_json_object():
@@ -23,10 +24,12 @@ def test_acl_benchmark_prints_its_figures_as_one_json_object():
     assert r["acl_sim_pure_ips"] > 0 and r["onnx_pure_ips"] > 0
     assert r["npu_ms_per_image"] == 2 and r["npu_pure_ips"] == 500.0
     for figures in (r["npu_e2e_over_pure"], r["npu_e2e_ips"], r["npu_e2e_cpu_ms_per_image"]):
-        assert set(figures) == {"sync", "async"} and all(v > 0 for v in figures.values())
+        assert set(figures) == MODES and all(v > 0 for v in figures.values())
     assert all(0 < v <= 1.05 for v in r["npu_e2e_over_pure"].values())  # cannot beat the device
     assert [row["ms"] for row in r["npu_sweep"]] == [4, 2]
     for row in r["npu_sweep"]:
-        assert row["pure_ips"] == 1000.0 / row["ms"] and row["sync_ips"] > 0 and row["async_ips"] > 0
-    assert set(r["npu_below_0.9_at_ms"]) == {"sync", "async"}
+        assert row["pure_ips"] == 1000.0 / row["ms"] and all(row[f"{m}_ips"] > 0 for m in MODES)
+    assert set(r["npu_below_0.9_at_ms"]) == MODES
+    assert set(r["targets"]) == {f"npu_e2e_over_pure[{m}]>=0.95" for m in MODES}
+    assert r["dvpp_cpu_fallbacks"] == {"sync_dvpp": {}, "async_dvpp": {}}
     assert r["images"] == 8 and r["batch"] == 1

@@ -68,6 +68,8 @@ def test_good_inventory(tmp_path):
         (("  lab: [board1, atlas1]\n", "  lab: [board1, atlas9]\n"), 17, "groups.lab", "unknown board 'atlas9'"),
         (("    onnx: models/net.onnx\n", "    tflite: models/net.tflite\n"), 4, "app.models.tflite", "model kind"),
         (("  board1:\n    sandbox: true\n", "  board1:\n    sandbox: yes please\n"), 9, "boards.board1.sandbox", "true or false"),
+        (("  preprocess: caffe\n", "  preprocess: caffe\n  backend_options:\n    decode: gpu\n"), 8,
+         "app.backend_options.decode", "must be one of cpu, dvpp, not 'gpu'"),
     ],
 )
 def test_errors_name_file_line_and_field(tmp_path, edit, line, field, words):

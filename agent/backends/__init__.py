@@ -10,7 +10,8 @@ A backend is created by :func:`get_backend`, then::
     backend.close()                   # idempotent
 
 Each backend is described in one place, its module ``agent/backends/<name>.py``: its ``NAME``,
-the job's ``backend_options`` it takes (``OPTIONS``: option -> bool or int, which job.py checks),
+the job's ``backend_options`` it takes (``OPTIONS``: option -> bool, int or a tuple of the words it
+takes, which job.py checks),
 and its class (``BACKEND``), whose ``from_job`` turns a job into constructor arguments. This
 package only knows the modules' names and imports a module when that backend is asked for. A
 backend module imports only the stdlib and ``.base`` at its top (numpy and its runtime when it
@@ -38,7 +39,7 @@ def module(name):
 
 
 def backend_options(name):
-    """The job's ``backend_options`` backend ``name`` takes: {option: bool | int} ({} for none)."""
+    """The job's ``backend_options`` backend ``name`` takes: {option: bool | int | (word, ...)} ({} for none)."""
     return module(name).OPTIONS
 
 

@@ -23,6 +23,9 @@ What it does:
 * Dynamic batch (``--dynamic_batch_size``): the extra ``ascend_mbatch_shape_data`` input is
   recognised; the backend runs at one gear (the smallest >= ``batch``, else the largest) and
   calls ``mdl.set_dynamic_batch_size`` before each execution.
+* ``decode="dvpp"`` (``backend_options.decode: dvpp``): the model's input must be a YUV420SP_U8 AIPP
+  input; ``self.dvpp`` (acl_dvpp.DvppDecoder) then decodes JPEGs on DVPP into that picture for the
+  agent's preprocessing (agent/yuv.py), and the batches are NV12 pictures.
 * ``close``: unsubscribe and stop the report thread, then mdl.unload -> mdl.destroy_desc ->
   data buffers, device memory, datasets -> rt.destroy_stream -> rt.destroy_context ->
   rt.reset_device -> acl.finalize (the samples' order). ``acl.init`` is once per process: when it
@@ -46,12 +49,15 @@ from .acl_codes import (
     collect,
     dtype_name,
 )
+from .acl_dvpp import DvppDecoder
 from .base import Backend, BackendError, TensorSpec, guess_layout, import_runtime
 
 NAME = "acl"
 # backend_options: async mode (seed 000's execute_async + callbacks), executions per launched
-# callback, device buffer sets in flight, device id.
-OPTIONS = {"async": bool, "callback_interval": int, "buffers": int, "device": int}
+# callback, device buffer sets in flight, device id, where JPEGs are decoded (the host's CPU, or DVPP
+# into a YUV420SP AIPP input).
+OPTIONS = {"async": bool, "callback_interval": int, "buffers": int, "device": int, "decode": ("cpu", "dvpp")}
+DECODES = OPTIONS["decode"]
 
 
 class AclBackend(Backend):
@@ -69,11 +75,14 @@ class AclBackend(Backend):
         threads=0,
         batch=None,
         drain_timeout_s=120.0,
+        decode="cpu",
     ):
         """``acl_module``: the pyACL module (default: ``import acl`` at load); tests pass another.
         ``pool_size``: device buffer sets in flight (async; default 2 x callback_interval + 1).
         ``batch``: the preferred gear of a dynamic-batch model (default: its largest).
         ``drain_timeout_s``: how long drain waits for in-flight batches before failing.
+        ``decode``: ``cpu`` (the agent decodes, the model takes RGB) or ``dvpp`` (a YUV420SP_U8 AIPP input
+        fed by DVPP: ``self.dvpp``).
         ``threads`` is accepted for interface symmetry and ignored (the NPU does the work)."""
         Backend.__init__(self)
         self.device_id = int(device_id)
@@ -84,6 +93,10 @@ class AclBackend(Backend):
         self.report_timeout_ms = int(report_timeout_ms)
         self.drain_timeout_s = float(drain_timeout_s)
         self.preferred_batch = int(batch) if batch else None
+        if decode not in DECODES:
+            raise BackendError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
+        self.decode = decode
+        self.dvpp = None  # acl_dvpp.DvppDecoder with decode="dvpp", once loaded
         self.acl = acl_module
         self.context = self.stream = self.desc = None
         self.model_id = None
@@ -104,6 +117,7 @@ class AclBackend(Backend):
         options.setdefault("pool_size", opts.get("buffers") or None)
         options.setdefault("device_id", opts.get("device", 0))
         options.setdefault("batch", job.batch)  # the gear of a dynamic-batch model
+        options.setdefault("decode", opts.get("decode", "cpu"))
         return cls(**options)
 
     # --- loading -----------------------------------------------------------------------------
@@ -144,6 +158,9 @@ class AclBackend(Backend):
             self.pool = DevicePool(acl, self.model_id, self.run_mode, self.io)
             for _ in range(self.pool_size if self.async_mode else 1):
                 self.pool.add()
+            if self.decode == "dvpp":
+                _, h, w, _ = self.inputs[0].shape
+                self.dvpp = DvppDecoder(acl, self.context, self.run_mode, w, h)
         except Exception:
             self.close()
             raise
@@ -192,6 +209,8 @@ class AclBackend(Backend):
         io.data_index = data_inputs[0]
         io.input = self.inputs[0]
         io.copy_size = nbytes(io.input.shape, io.input.dtype)
+        if self.decode == "dvpp":  # an NV12 picture per image: half the bytes of its (N, H, W, 3) shape
+            io.copy_size //= 2
         io.outputs = self.outputs
 
     def _describe_input(self, acl, desc, i, size, gear):
@@ -206,7 +225,7 @@ class AclBackend(Backend):
                 "(or --dynamic_batch_size)"
             )
         dtype = dtype_name(acl.mdl.get_input_data_type(desc, i), f"input {i}")
-        _check_input_size(i, shape, dtype, size, gear)
+        _check_input_size(i, shape, dtype, size, gear, self.decode == "dvpp")
         layout = ACL_FORMATS.get(_optional(acl.mdl, "get_input_format", desc, i)) or guess_layout(shape)
         name = _optional(acl.mdl, "get_input_name_by_index", desc, i) or f"input{i}"
         return TensorSpec(name, shape, dtype, layout)
@@ -267,6 +286,14 @@ class AclBackend(Backend):
         self._bind()
         return self._async.drain()
 
+    def describe(self):
+        """The base description, plus where JPEGs were decoded (decode: dvpp: DVPP, and the CPU fallbacks)."""
+        out = Backend.describe(self)
+        out["decode"] = self.decode
+        if self.dvpp is not None:
+            out.update(self.dvpp.describe())
+        return out
+
     # --- teardown ----------------------------------------------------------------------------
     def close(self):
         """Release everything in the documented order; keeps going past failures, then reports them."""
@@ -279,6 +306,9 @@ class AclBackend(Backend):
             collect(errors, "acl.rt.set_context", lambda: acl.rt.set_context(self.context))
         if self._async is not None:
             self._async.stop(errors)
+        if self.dvpp is not None:
+            self.dvpp.release(errors)
+            self.dvpp = None
         if self.model_id is not None:
             collect(errors, "acl.mdl.unload", lambda: acl.mdl.unload(self.model_id))
             self.model_id = None
@@ -303,8 +333,9 @@ class AclBackend(Backend):
             raise BackendError("teardown: " + "; ".join(errors))
 
 
-def _check_input_size(i, shape, dtype, size, gear):
-    """Input ``i``'s buffer (``size`` bytes, as the model reports it) must hold one batch of ``shape``."""
+def _check_input_size(i, shape, dtype, size, gear, yuv=False):
+    """Input ``i``'s buffer (``size`` bytes, as the model reports it) must hold one batch of ``shape``: RGB
+    pixels, or with ``yuv`` (decode: dvpp) a YUV420SP_U8 AIPP picture, half their bytes."""
     need = nbytes(shape, dtype)
     if gear:
         need_max = size  # buffers hold the largest gear; the chosen gear must fit
@@ -312,13 +343,25 @@ def _check_input_size(i, shape, dtype, size, gear):
             raise BackendError(
                 f"input {i}: gear {gear} needs {need} bytes, the model reports {size}"
             )
+        if yuv:
+            raise BackendError("decode: dvpp needs a model with a fixed batch (no --dynamic_batch_size)")
         return
-    if size == need:
+    nv12 = dtype == "uint8" and len(shape) == 4 and shape[3] == 3 and size * 2 == need
+    if yuv and not nv12:
+        raise BackendError(
+            f"decode: dvpp needs a model whose input is a YUV420SP_U8 AIPP input, but input {i} is {size} bytes "
+            f"of {dtype} {shape} (not YUV420SP): convert it with a YUV420SP_U8 AIPP config "
+            "(deploy model convert --aipp app with app.backend_options.decode: dvpp)"
+        )
+    if yuv and (shape[1] % 2 or shape[2] % 2):
+        raise BackendError(f"input {i}: a YUV420SP picture has even sizes, not {shape[2]}x{shape[1]}")
+    if size == need or yuv:
         return
-    if dtype == "uint8" and len(shape) == 4 and shape[3] == 3 and size * 2 == need:
+    if nv12:
         raise BackendError(
             f"input {i} is a YUV420SP_U8 (NV12) AIPP input ({size} bytes for {shape}): the agent feeds RGB "
-            "images; convert the model with an RGB888_U8 AIPP config (deploy model convert --aipp ...)"
+            "images; set app.backend_options.decode: dvpp (DVPP feeds it), or convert the model with an "
+            "RGB888_U8 AIPP config (deploy model convert --aipp ...)"
         )
     raise BackendError(f"input {i} is {size} bytes, but shape {shape} {dtype} needs {need}")
 

@@ -308,7 +308,8 @@ def _convert(args) -> int:
         raise DeployError("deploy model convert MODEL --target TARGET: name the model file")
     aipp = _aipp_choice(args.aipp)
     if aipp == "app":  # the inventory's own preprocessing, so the .om normalises like the CPU path
-        aipp = atc.aipp_from_preprocess(inventory(args).app.preprocess)
+        app = inventory(args).app
+        aipp = atc.aipp_from_preprocess(app.preprocess, yuv=app.backend_options.get("decode") == "dvpp")
         if aipp is None and not args.json:
             ui.err().print("no AIPP: app.preprocess does not normalise (the model does it itself)")
     progress = None if args.json else (lambda line: ui.err().print(ui.escape(line)))

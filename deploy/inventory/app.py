@@ -79,7 +79,7 @@ class App:
     batch: int = 1
     keep_releases: int = 5
     env: dict[str, str] = field(default_factory=dict)
-    backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device
+    backend_options: dict[str, Any] = field(default_factory=dict)  # acl: async, callback_interval, buffers, device, decode
     env_unsafe: bool = False  # app.env_unsafe: env may set keys that change how the board runs code (unsafe_env)
     probe: Path | None = None  # app.health.probe: the health check's image (None: chosen from app.images)
     health_timeout: int = 60  # app.health.timeout: seconds the board's agent may take for the check
@@ -98,7 +98,7 @@ _APP_KEYS = {"name", "models", "labels", "images", "preprocess", "topk", "batch"
 
 # app.backend_options (the acl backend's; seed 000's async sample: callback interval, in-flight buffers)
 _ACL_OPTIONS = {"async": (bool, None), "callback_interval": (int, (1, 10000)), "buffers": (int, (1, 64)),
-                "device": (int, (0, 63))}
+                "device": (int, (0, 63)), "decode": (str, ("cpu", "dvpp"))}  # decode: JPEGs on the CPU or on DVPP
 
 
 def parse_app(doc: Doc, node: yaml.Node, base: Path) -> App:
@@ -237,6 +237,11 @@ def _backend_options(doc: Doc, node: yaml.Node) -> dict[str, Any]:
             value = doc.plain(vnode, where)
             if not isinstance(value, bool):
                 raise doc.fail(vnode, where, "must be true or false")
+            out[key] = value
+        elif kind is str:
+            value = doc.plain(vnode, where)
+            if value not in bounds:
+                raise doc.fail(vnode, where, f"must be one of {', '.join(bounds)}, not {value!r}")
             out[key] = value
         else:
             out[key] = doc.integer(vnode, where, *bounds)

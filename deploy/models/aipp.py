@@ -27,9 +27,10 @@ class AippPreset:
     bgr: bool = False
     int_mean: bool = False
     center_crop_from: tuple[int, int] | None = None  # default source (w, h) to centre-crop from
+    yuv: bool = False  # YUV420SP_U8 (NV12) input + CSC to RGB (BGR when bgr): DVPP's pictures (decode: dvpp)
 
 
-def _from_mean_std(mean: Sequence[float], std: Sequence[float], *, bgr: bool = False) -> AippPreset:
+def _from_mean_std(mean: Sequence[float], std: Sequence[float], *, bgr: bool = False, yuv: bool = False) -> AippPreset:
     """torchvision-style mean/std (fractions of 1, in the model's channel order) -> AIPP units."""
     if len(mean) != 3 or len(std) != 3:
         raise ModelSpecError("AIPP mean and std need exactly 3 values each")
@@ -39,6 +40,7 @@ def _from_mean_std(mean: Sequence[float], std: Sequence[float], *, bgr: bool = F
         mean=tuple(m * 255 for m in mean),  # type: ignore[arg-type]
         var_reci=tuple(1 / (s * 255) for s in std),  # type: ignore[arg-type]
         bgr=bgr,
+        yuv=yuv,
     )
 
 
@@ -95,7 +97,8 @@ def aipp_config(
 def _aipp_preset(preset: str | Mapping[str, object]) -> AippPreset:
     """A preset by name, or one made from a torchvision-style {"mean", "std", "bgr"} mapping."""
     if not isinstance(preset, str):
-        return _from_mean_std(preset.get("mean", ()), preset.get("std", ()), bgr=bool(preset.get("bgr")))  # type: ignore[arg-type]
+        return _from_mean_std(preset.get("mean", ()), preset.get("std", ()), bgr=bool(preset.get("bgr")),  # type: ignore[arg-type]
+                              yuv=bool(preset.get("yuv")))
     try:
         return AIPP_PRESETS[preset]
     except KeyError:
@@ -128,10 +131,12 @@ def _aipp_text(
 ) -> str:
     """The ``aipp_op { ... }`` block: RGB888_U8 input of ``src_size``, cropped, then normalised."""
     (model_w, model_h), (src_w, src_h), (x, y) = model_size, src_size, crop
+    if spec.yuv and (src_w % 2 or src_h % 2 or x % 2 or y % 2):
+        raise ModelSpecError(f"a YUV420SP_U8 AIPP input needs even sizes and crop offsets, not {src_w}x{src_h} at ({x},{y})")
     lines = [
         "aipp_op {",
         "    aipp_mode : static",
-        "    input_format : RGB888_U8",
+        f"    input_format : {'YUV420SP_U8' if spec.yuv else 'RGB888_U8'}",
         f"    src_image_size_w : {src_w}",
         f"    src_image_size_h : {src_h}",
     ]
@@ -145,7 +150,7 @@ def _aipp_text(
         ]
     else:
         lines.append("    crop : false")
-    lines += [
+    lines += _csc_lines(spec) if spec.yuv else [
         "    csc_switch : false",
         f"    rbuv_swap_switch : {'true' if spec.bgr else 'false'}",
     ]
@@ -158,7 +163,21 @@ def _aipp_text(
     return "\n".join(lines) + "\n"
 
 
-def aipp_from_preprocess(preprocess: Mapping[str, object]) -> dict | None:
+# YUV (JPEG's full-range BT.601 YCbCr, what JPEGD writes) -> R, G, B, x256: the growthpath template's matrix.
+_CSC_RGB = ((256, 0, 359), (256, -88, -183), (256, 454, 0))
+
+
+def _csc_lines(spec: AippPreset) -> list[str]:
+    """CSC of an NV12 input (U before V: no rbuv swap) into the model's channel order (B, G, R when bgr)."""
+    rows = _CSC_RGB[::-1] if spec.bgr else _CSC_RGB
+    lines = ["    csc_switch : true", "    rbuv_swap_switch : false"]
+    lines += [f"    matrix_r{r}c{c} : {rows[r][c]}" for r in range(3) for c in range(3)]
+    lines += [f"    output_bias_{i} : 0" for i in range(3)]
+    lines += [f"    input_bias_{i} : {b}" for i, b in enumerate((0, 128, 128))]
+    return lines
+
+
+def aipp_from_preprocess(preprocess: Mapping[str, object], *, yuv: bool = False) -> dict | None:
     """AIPP that normalises exactly as the agent's ``job.preprocess`` would on the CPU, or None when that
     preprocessing does not normalise (``raw-u8``: the model does it itself).
 
@@ -166,6 +185,10 @@ def aipp_from_preprocess(preprocess: Mapping[str, object]) -> dict | None:
     and orders the channels (BGR for caffe/cifar) itself and feeds the model-sized image, so the AIPP
     neither crops nor swaps. value = (pixel * scale - mean) / std = (pixel - mean/scale) * scale/std,
     i.e. torchvision-style mean/std (fractions of 1) of mean/(255*scale) and std/(255*scale).
+
+    ``yuv`` (the acl backend's ``decode: dvpp``): the input is the YUV420SP_U8 picture DVPP makes of the
+    same crop, and the AIPP's CSC gives the channels in the preprocessing's order (BGR for caffe/cifar).
+    Such an input needs AIPP even for ``raw-u8`` (the CSC): then mean 0, std 1/255 (pixels unchanged).
     """
     from agent.preprocess import PreprocessError, resolve
 
@@ -174,9 +197,10 @@ def aipp_from_preprocess(preprocess: Mapping[str, object]) -> dict | None:
     except PreprocessError as exc:
         raise ModelSpecError(f"app.preprocess cannot become AIPP: {exc}") from None
     if not cfg.normalize:
-        return None
+        return {"mean": [0.0] * 3, "std": [1 / 255] * 3, "bgr": cfg.color == "BGR", "yuv": True} if yuv else None
     unit = 255 * cfg.scale
-    return {"mean": [m / unit for m in cfg.mean], "std": [v / unit for v in cfg.std], "bgr": False}
+    return {"mean": [m / unit for m in cfg.mean], "std": [v / unit for v in cfg.std],
+            "bgr": yuv and cfg.color == "BGR", "yuv": yuv}
 
 
 

@@ -12,7 +12,8 @@ builds (:func:`deploy.models.atc.plan_conversion`), run by the simulated atc, in
 image unnormalised, and the normalisation runs inside the model execution, so the simulated DK
 exercises the agent's uint8 path and the simulator's AIPP, which a real DK with a vendor-converted
 model exercises too, and a quarter of the bytes cross into device memory. ``raw-u8`` apps (the model
-normalises itself) get no AIPP. The batch is fixed at ``app.batch``, as ``--input_shape`` does in the
+normalises itself) get no AIPP. With ``app.backend_options.decode: dvpp`` the AIPP input is
+YUV420SP_U8 (the pictures DVPP makes, converted to RGB by the AIPP's CSC), in ``<stem>.<soc>.yuv.om``. The batch is fixed at ``app.batch``, as ``--input_shape`` does in the
 samples.
 
 **Cache.** A stamp ``<om>.json`` beside the model holds the build key (sha256 of the onnx file, the
@@ -72,12 +73,12 @@ def ensure_simulated_om(
         raise ModelSpecError(f"no app.models.onnx to build a simulated .om from ({onnx or 'not set'})")
     if not target.soc_version:
         raise ModelSpecError(f"target {target.name} has no Ascend chip: there is no .om to simulate")
-    out = variant.simulated_om_path(state_dir, onnx, target)
+    out = variant.simulated_om_path(state_dir, onnx, target, yuv=variant.dvpp_decode(app))
     plan = atc.plan_conversion(
         onnx,
         target.name,
         soc_version=target.soc_version,
-        aipp=atc.aipp_from_preprocess(app.preprocess),
+        aipp=atc.aipp_from_preprocess(app.preprocess, yuv=variant.dvpp_decode(app)),
         output=out,
         batch=app.batch,
     )

@@ -68,11 +68,18 @@ def model_for(app: App, target: Target, board: Board, state_dir: Path | None = N
     return model
 
 
-def simulated_om_path(state_dir: Path, onnx: Path, target: Target) -> Path:
-    """Where the simulated .om of ``onnx`` for ``target``'s chip is kept: ``.deploy/models/<stem>.<soc>.om``."""
+def dvpp_decode(app: App) -> bool:
+    """Whether the app's acl backend decodes JPEGs on DVPP (``backend_options.decode: dvpp``): its .om then
+    takes YUV420SP_U8 pictures (AIPP with CSC)."""
+    return app.backend_options.get("decode") == "dvpp"
+
+
+def simulated_om_path(state_dir: Path, onnx: Path, target: Target, yuv: bool = False) -> Path:
+    """Where the simulated .om of ``onnx`` for ``target``'s chip is kept: ``.deploy/models/<stem>.<soc>.om``
+    (``<stem>.<soc>.yuv.om`` with a YUV420SP_U8 AIPP input, for decode: dvpp)."""
     if target.model_kind == "magicmind":  # a MagicMind model (no fixed extension; .mm here)
         return state_dir / "models" / f"{onnx.stem}.{target.mm_arch}.mm"
-    return state_dir / "models" / f"{onnx.stem}.{target.soc_version}.om"
+    return state_dir / "models" / f"{onnx.stem}.{target.soc_version}{'.yuv' if yuv else ''}.om"
 
 
 def simulated_om_stamp(path: Path) -> Path:
@@ -87,12 +94,15 @@ def simulated_om_source(app: App) -> dict:
     st = onnx.stat()
     source = {"onnx": str(onnx), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
               "preprocess": app.preprocess, "batch": app.batch}  # fmt: skip
+    if dvpp_decode(app):
+        source["decode"] = "dvpp"
     return json.loads(json.dumps(source))  # as it reads back from the stamp (tuples become lists)
 
 
 def _simulated_om(app: App, target: Target, board: Board, onnx: Path, state_dir: Path | None) -> Path:
     """The cached simulated .om of ``onnx`` when its stamp matches the app; else SimulatedModelNeeded."""
-    path = simulated_om_path(state_dir, onnx, target) if state_dir is not None else None
+    yuv = dvpp_decode(app) and target.model_kind == "om"
+    path = simulated_om_path(state_dir, onnx, target, yuv) if state_dir is not None else None
     if path is None or not path.is_file() or _stamped_source(path) != simulated_om_source(app):
         raise SimulatedModelNeeded(board, target, onnx, path)
     if target.model_kind == "magicmind":

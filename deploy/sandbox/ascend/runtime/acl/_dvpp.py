@@ -2,12 +2,27 @@
 does (see media.py for the conventions). Limits are the Ascend 310's (acldvpp "functions and
 restrictions" pages): JPEGD output stride 128 x 16, VPC strides 16 x 2, YUV420SP sizes
 stride_w * stride_h * 3 / 2, VPC pictures 10x6 to 4096x4096 (inputs to 8192 for YUV420SP),
-scaling 1/32 to 16, odd input sizes rounded down to even. Python 3.7.
+scaling 1/32 to 16, odd input sizes rounded down to even.
+
+Timing mode (``ACL_SIM_DEVICE_MS_PER_IMAGE`` set, as for the NPU in _model): a DVPP task takes the
+device time of its unit and no host CPU: the stream's device thread sleeps until the unit's own
+timeline says the task has ended (:class:`Engine`), and the picture is not computed (the output
+memory keeps what it held; the output description gets the JPEG's size and format as on the
+device), like a model execution in timing mode; ``ACL_SIM_TIMING_COMPUTE=1`` computes it too (on
+the device thread, after its device time: host CPU of the simulator, not of the device). What the
+call itself checks (the descriptions, the JPEG header) stays on the calling thread, as the real
+runtime checks on the host. Unit times, from the 310's documented performance ("JPEGD/VPC
+Performance Specifications"): JPEGD decodes 1080p at 128 fps a channel and 256 fps with two or
+more channels, so two units of 1920 x 1080 x 128 pixels/s, by the JPEG's pixels; VPC 1080p at 360
+fps a channel, 12 units of 1920 x 1080 x 360 pixels/s, by the larger of the input and output
+pictures (the documented reference resolution). Python 3.7.
 """
 
 import functools
 import itertools
+import os
 import struct
+import threading
 import time
 
 from . import _core as C
@@ -147,12 +162,52 @@ def check_scale(src, dst):
             raise _bad(f"scaling {src[2]}x{src[3]} to {dst[2]}x{dst[3]} is outside 1/32..16")
 
 
-def device_task(work, desc=None):
-    """A stream task running ``work()``; a J.JpegError there is the device's failure (507018)."""
+class Engine:
+    """Timing mode's DVPP unit(s): each task goes to the unit free first and takes ``pixels / rate``
+    seconds on that unit's timeline, starting when its stream got to it (``ready_at``) or later; the
+    caller (the stream's device thread) sleeps until it ends: no CPU."""
+
+    def __init__(self, units, pixels_per_s):
+        self.lock = threading.Lock()
+        self.free_at = [0.0] * units
+        self.rate = float(pixels_per_s)
+
+    def occupy(self, pixels, ready_at):
+        with self.lock:
+            unit = min(range(len(self.free_at)), key=self.free_at.__getitem__)
+            start = max(self.free_at[unit], ready_at)
+            self.free_at[unit] = end = start + pixels / self.rate
+        delay = end - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return end
+
+
+JPEGD = Engine(2, 1920 * 1080 * 128)
+VPC = Engine(12, 1920 * 1080 * 360)
+
+
+def timing():
+    """(timing mode on, compute the pictures too)."""
+    on = bool(os.environ.get("ACL_SIM_DEVICE_MS_PER_IMAGE"))
+    return on, not on or bool(os.environ.get("ACL_SIM_TIMING_COMPUTE"))
+
+
+def device_task(work, desc=None, engine=None, pixels=0, shape=None):
+    """A stream task running ``work()``; a J.JpegError there is the device's failure (507018). In
+    timing mode the task first takes ``pixels`` of ``engine``'s device time, and runs ``work`` only
+    with ACL_SIM_TIMING_COMPUTE; ``shape()`` then stands in for it (what the description learns).
+    Without an engine (JPEGE: not timed) the work always runs."""
+    timed, compute = timing()
+    timed, compute = timed and engine is not None, compute or engine is None
 
     def task(ready_at):
+        ended = engine.occupy(pixels, ready_at) if timed else None
         try:
-            work()
+            if compute:
+                work()
+            elif shape is not None:
+                shape()
         except J.JpegError as exc:
             C.set_error(f"DVPP task failed on the device: {exc}")
             if desc is not None:
@@ -160,9 +215,9 @@ def device_task(work, desc=None):
             return C.ACL_ERROR_RT_AICPU_EXCEPTION, time.monotonic()
         if desc is not None:
             desc.ret_code = 0
-        return 0, time.monotonic()
+        return 0, ended if ended is not None and not compute else time.monotonic()
 
-    task.on_caller = True  # synchronize_stream may run it on the waiting thread (see _streams)
+    task.on_caller = not timed  # synchronize_stream may run it on the waiting thread (see _streams)
     return task
 
 
@@ -212,7 +267,8 @@ def _vpc(stream_obj, input_desc, output_desc, crop_area, paste_area, interpolati
     def work():
         V.process(src, src_region, dst, dst_region, interpolation, swap)
 
-    stream_obj.put(device_task(work, dst_pic))
+    pixels = max(sw * sh, dw * dh)  # the reference resolution: the larger picture
+    stream_obj.put(device_task(work, dst_pic, VPC, pixels))
     return C.ACL_SUCCESS
 
 
@@ -314,7 +370,10 @@ def dvpp_jpeg_decode_async(channel_desc, data, size, output_desc, stream):
         pic.width, pic.height = J.decode_nv12(jpeg, view, ws, hs, nv21=fmt == NV21)
         pic.format = fmt
 
-    stream_obj.put(device_task(work, pic))
+    def shape():
+        pic.width, pic.height, pic.format = info.width, info.height, fmt
+
+    stream_obj.put(device_task(work, pic, JPEGD, info.width * info.height, shape))
     return C.ACL_SUCCESS
 
 
