@@ -193,7 +193,7 @@ def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
             return limit is not None and failed[0] > limit
 
     def one(i: int, board, stage: _Stage) -> None:
-        _local.turn = Turn(stage, limit)
+        _local.turn = mine = Turn(stage, limit)
         try:
             row = work(board)
             with lock:
@@ -203,7 +203,8 @@ def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
                     stage.failed += 1
         finally:
             _local.turn = None
-            stage.drop()
+            mine.release()  # once per board, whether or not its work said so itself
+            stage.drop(released=False)
 
     start, done_stages, futures = 0, [], []
     with ThreadPoolExecutor(max_workers=rollout.forks, thread_name_prefix="board") as pool:
