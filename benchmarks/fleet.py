@@ -33,11 +33,19 @@ the order rotated round by round so drift favours none; ratios compare figures o
                        the no-change redeploy (nothing to send; the unchecked current release is checked
                        on every board) minus ``fleet_redeploy_s``; ``health_check_board_s`` the median
                        board's own check (its row's ``health.seconds``).
+* ``fleet_first_checked_s``  ``deploy push all --json`` onto a fresh app: the first push as a user types it,
+                       health check included. ``canary_first_s``: ``deploy push all --canary 1 --json`` onto a
+                       fresh app, the other boards transferring while the canary checks (their switch waits for
+                       its pass); ``canary_first_no_overlap_s`` the same with ``--no-overlap`` (the old order:
+                       the next stage starts after the canary's check); ``canary_overlapped_boards``: boards whose
+                       transfer began before the canary's check ended (from the rows' ``timeline``).
 * ``ansible_*_s``      ``ansible-playbook`` (forks 8) with one ``ansible.posix.synchronize`` task: the
                        staged release into a fresh directory per round on every board, then the same
                        again, unchanged (redeploy).
 * ``pyinfra_*_s``      ``pyinfra --parallel 8`` running one ``files.sync`` of the same tree, likewise.
-  ``first_over_ansible`` etc. = our fleet figure / theirs (targets <= 1.0 first push, <= 0.5 redeploy).
+  ``first_over_ansible`` etc. = our fleet figure / theirs (targets <= 1.0 first push, <= 0.5 redeploy),
+  **without** the health check (the tools check nothing; also as ``first_over_<tool>_without_health``);
+  ``first_checked_over_<tool>`` and ``canary_first_over_<tool>`` **with** it.
   A tool whose first round (first push + redeploy) takes longer than ``--slow-s`` is not repeated
   (``measured_once``; pyinfra takes ~300 s here): ``runs`` gives the sample count of every figure.
 
@@ -434,6 +442,23 @@ class Fleet:
                 if secs is not None:
                     self.record("health_board_s", secs)
         self.forget(f"HIAI_PROJECTS/{app}")
+        if self.health:
+            self.run_checked_firsts(i)
+
+    def run_checked_firsts(self, i: int) -> None:
+        """First pushes as a user types them (health check included): all at once, then ``--canary 1`` with
+        the next stage's transfers overlapping the canary's check, then ``--canary 1 --no-overlap``."""
+        for key, flags in (("fleet_first_checked_s", ()), ("canary_first_s", ("--canary", "1")),
+                           ("canary_first_no_overlap_s", ("--canary", "1", "--no-overlap"))):
+            app = f"classify-{key.removesuffix('_s').replace('_', '-')}{i}"
+            self.use("links", app)
+            rows = self.deploy(key, "push", "all", *flags, "--json")
+            assert len(rows) == self.n and all(r["ok"] and r["health"]["status"] == "passed" for r in rows), rows
+            if key == "canary_first_s":  # later-stage boards whose release was staged while the canary checked
+                canary_checked = rows[0]["timeline"]["checked"]
+                self.record("canary_overlapped_boards", sum(1 for r in rows[1:] if r["timeline"]["sent"] < canary_checked))
+                self.record("canary_gate_s", max(r["gate_s"] for r in rows[1:]) if rows[1:] else 0.0)
+            self.forget(f"HIAI_PROJECTS/{app}")
 
     def run_ansible(self, i: int) -> None:
         dest = f"ansible{i}"
@@ -507,6 +532,38 @@ class Fleet:
 
     # ------------------------------------------------------------ report
 
+    def checked_firsts(self) -> dict:
+        """The first pushes with their health check, and the staged rollout with and without the overlap."""
+        b = self.best
+        r = {k: b(k) for k in ("fleet_first_checked_s", "canary_first_s", "canary_first_no_overlap_s")}
+        if r["canary_first_s"] and r["canary_first_no_overlap_s"]:
+            r["canary_overlap_saves_s"] = r["canary_first_no_overlap_s"] - r["canary_first_s"]
+            r["canary_over_no_overlap"] = r["canary_first_s"] / r["canary_first_no_overlap_s"]
+            r["canary_over_fleet_first_checked"] = r["canary_first_s"] / r["fleet_first_checked_s"]
+        r["canary_overlapped_boards"] = min(self.samples.get("canary_overlapped_boards", [0]))
+        r["canary_gate_s"] = b("canary_gate_s")
+        return r
+
+    def tool_ratios(self, tool: str, r: dict) -> dict:
+        """Our first push and redeploy over ``tool``'s: without the health check (``first_over_<tool>``, also as
+        ``..._without_health``: the tools check nothing) and with it (``first_checked_over_<tool>``, and the
+        ``--canary 1`` rollout's ``canary_first_over_<tool>``)."""
+        out: dict = {f"{tool}_first_s": None, f"{tool}_redeploy_s": None, f"first_over_{tool}": None,
+                     f"first_over_{tool}_without_health": None, f"first_checked_over_{tool}": None,
+                     f"canary_first_over_{tool}": None, f"redeploy_over_{tool}": None}
+        if tool not in self.tools:
+            return out
+        first, redeploy = self.best(f"{tool}_first_s"), self.best(f"{tool}_redeploy_s")
+        out.update({f"{tool}_first_s": first, f"{tool}_redeploy_s": redeploy,
+                    f"first_over_{tool}": r["fleet_first_s"] / first,
+                    f"first_over_{tool}_without_health": r["fleet_first_s"] / first,
+                    f"redeploy_over_{tool}": r["fleet_redeploy_s"] / redeploy})
+        if r.get("fleet_first_checked_s"):
+            out[f"first_checked_over_{tool}"] = r["fleet_first_checked_s"] / first
+        if r.get("canary_first_s"):
+            out[f"canary_first_over_{tool}"] = r["canary_first_s"] / first
+        return out
+
     def best_diag(self, key: str) -> dict | None:
         """The diagnostics of the best (fastest) sample of ``key``."""
         if not self.diag.get(key):
@@ -537,17 +594,11 @@ class Fleet:
             r["health_check_s"] = b("fleet_redeploy_checked_s") - b("fleet_redeploy_s")
             r["health_check_board_s"] = sorted(self.samples.get("health_board_s", []))[
                 len(self.samples.get("health_board_s", [])) // 2] if self.samples.get("health_board_s") else None
+            r.update(self.checked_firsts())
         else:
             r["health_check_s"] = None
         for tool in ("ansible", "pyinfra"):
-            if tool in self.tools:
-                r[f"{tool}_first_s"] = b(f"{tool}_first_s")
-                r[f"{tool}_redeploy_s"] = b(f"{tool}_redeploy_s")
-                r[f"first_over_{tool}"] = r["fleet_first_s"] / r[f"{tool}_first_s"]
-                r[f"redeploy_over_{tool}"] = r["fleet_redeploy_s"] / r[f"{tool}_redeploy_s"]
-            else:
-                for k in (f"{tool}_first_s", f"{tool}_redeploy_s", f"first_over_{tool}", f"redeploy_over_{tool}"):
-                    r[k] = None
+            r.update(self.tool_ratios(tool, r))
         if self.samples.get("probe_unshaped_fleet_first_s"):
             t = b("probe_unshaped_fleet_first_s")
             cap = self.facts["release"]["bytes"] * self.n / t / 1e6
@@ -639,6 +690,11 @@ class Fleet:
                 "redeploy": "the same command again, nothing changed (0 payload bytes)",
                 "health_check": "python -m deploy push all --json right after the no-change redeploy: checks the "
                                 "unchecked current release on every board, sends nothing",
+                "first_checked": "python -m deploy push all --json onto a fresh app: the first push with its health "
+                                 "check (first_checked_over_<tool>: with it; first_over_<tool>: without it)",
+                "canary": "python -m deploy push all --canary 1 --json onto a fresh app (canary_first_s): the other "
+                          "boards transfer while the canary checks and switch once it passed; "
+                          "canary_first_no_overlap_s: the same with --no-overlap (the stage waits for the check)",
                 "transferred": "the objects of the release the board lacks (all on a first push) as one tar stream "
                                "per board over paramiko, AES-GCM; no compression",
             },
@@ -727,9 +783,16 @@ def table(r: dict) -> str:
              f"{'ansible synchronize':24} {f(r['ansible_first_s'])} {f(r['ansible_redeploy_s'])}",
              f"{'pyinfra files.sync':24} {f(r['pyinfra_first_s'])} {f(r['pyinfra_redeploy_s'])}"]
     lines.append(f"health check (fleet): {f(r['health_check_s']).strip()} s")
-    for k in ("fleet_over_single", "first_over_ansible", "redeploy_over_ansible", "first_over_pyinfra",
-              "redeploy_over_pyinfra"):
-        lines.append(f"  {k} = {f(r[k]).strip()}")
+    lines.append(f"{'deploy, all, checked':24} {f(r.get('fleet_first_checked_s'))}   (first push with its health check)")
+    lines.append(f"{'deploy --canary 1':24} {f(r.get('canary_first_s'))}   (checked; next stage overlaps the "
+                 f"canary's check; {f(r.get('canary_first_no_overlap_s')).strip()} s with --no-overlap)")
+    for k in ("fleet_over_single", "first_over_ansible", "first_checked_over_ansible", "canary_first_over_ansible",
+              "redeploy_over_ansible", "first_over_pyinfra", "first_checked_over_pyinfra", "redeploy_over_pyinfra",
+              "canary_over_no_overlap"):
+        note = {"first_over_ansible": " (without health check)", "first_over_pyinfra": " (without health check)",
+                "first_checked_over_ansible": " (with health check)", "first_checked_over_pyinfra": " (with health check)",
+                "canary_first_over_ansible": " (--canary 1, with health check)"}.get(k, "")
+        lines.append(f"  {k} = {f(r.get(k)).strip()}{note}")
     for name, ok in r["targets"].items():
         lines.append(f"  {'PASS' if ok else ('SKIP' if ok is None else 'FAIL')}  {name}"
                      + (f": {r['misses'][name]}" if name in r["misses"] else ""))

@@ -717,6 +717,7 @@ class Bench:
             "health_s": self.median("health:first_push_s"),
             "first_push_without_health_s": b("first_push_s:without_health"),
             "first_over_rsync_without_health": b("first_push_s:without_health") / b("rsync_s"),
+            "first_over_scp_without_health": b("first_push_s:without_health") / b("scp_r_s"),
             "small_files_push_s": b("small_files_push_s"),
             "small_files_push_api_s": b("small_files_push_api_s"),
             "small_files_scp_s": b("small_files_scp_s"),
@@ -828,7 +829,8 @@ INCLUDED = {
     "*_api_s": "in-process: inventory load + new ssh.Connection + push.push + close (no interpreter start-up)",
     "first_push_cold_hash_s": "one first push with an empty hash cache (hashes the whole bundle once)",
     "health_s": "the health check's share of a CLI first push (its row's health.seconds, median); "
-    "*_without_health: the push's wall time minus it, what compares with rsync/scp, which check nothing",
+    "*_without_health: the push's wall time minus it, what compares with rsync/scp, which check nothing; "
+    "first_over_rsync, first_over_scp, link_first_over_rsync(_z): with the health check (the push as a user types it)",
     "scp_r_s, small_files_scp_s": "`scp -r -q` into a fresh directory, its own ssh start-up and connection included",
     "rsync_s, small_files_rsync_s": "`rsync -a` into a fresh directory; redeploy_rsync_s: the same again, nothing changed",
     "small_files_push_s": "1000 new files (new content each round) hashed and sent; the rest of the release "

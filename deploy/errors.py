@@ -68,6 +68,11 @@ class PushError(DeployError):
     """A push failed; the previous release is still current."""
 
 
+class RolloutHeld(PushError):
+    """A later rollout stage's push was not switched because an earlier stage failed (its release, staged
+    beside the current one, was removed on the board): the previous release is still current."""
+
+
 class HealthCheckFailed(PushError):
     """A pushed release failed its health check on a board, which has switched back by itself; ``result``
     is the verdict (a ``deploy.ops.health.HealthResult``) when the board gave one."""

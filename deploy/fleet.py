@@ -36,6 +36,7 @@ class Rollout:
     batch: str | None = None  # "N" or "P%"
     serial: str | None = None  # "1,5,25%": successive batch sizes, the last one repeated
     max_fail: str | None = None  # "N" or "P%"
+    overlap: bool = True  # a stage's transfers run while the stage before it checks (its switches wait for it)
 
     @property
     def staged(self) -> bool:
@@ -104,13 +105,82 @@ def validate(total: int, r: Rollout) -> None:
     allowed_failures(total, r)
 
 
+class _Stage:
+    """One rollout stage's boards and what later stages wait for: ``released`` once every board of it is past
+    its transfer (``Turn.release``) or finished, ``done`` once every one finished; ``failed`` counts its failures."""
+
+    def __init__(self, items: list, earlier: Sequence[_Stage] = ()):
+        self.items = items
+        self.earlier = tuple(earlier)
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._unreleased = self._unfinished = len(items)
+        self.released, self.done = threading.Event(), threading.Event()
+        self.drop(0)
+
+    def drop(self, n: int = 1, released: bool = True, finished: bool = True) -> None:
+        """``n`` boards of the stage are released and/or finished (never started ones: both)."""
+        with self._lock:
+            self._unreleased -= n if released else 0
+            self._unfinished -= n if finished else 0
+            if self._unreleased <= 0:
+                self.released.set()
+            if self._unfinished <= 0:
+                self.released.set()
+                self.done.set()
+
+
+class Turn:
+    """A board's place in a staged rollout, as its work sees it (:func:`turn`). A push asks :meth:`ready`
+    before it switches: True (every earlier stage finished within the failure threshold), False (the rollout
+    stopped: do not switch) or None (an earlier stage's boards are still checking: stage the release, then
+    :meth:`wait` for the verdict). :meth:`release` says the board is past its transfer (its health check
+    runs next): the next stage starts once every board of this one said so or finished."""
+
+    def __init__(self, stage: _Stage | None = None, limit: float | None = None):
+        self.stage = stage
+        self.limit = limit
+        self.released = False
+
+    def _verdict(self) -> bool:
+        earlier = self.stage.earlier if self.stage else ()
+        return not CANCEL.is_set() and (self.limit is None or sum(s.failed for s in earlier) <= self.limit)
+
+    def ready(self) -> bool | None:
+        if self.stage and not all(s.done.is_set() for s in self.stage.earlier):
+            return None
+        return self._verdict()
+
+    def wait(self) -> bool:
+        for s in self.stage.earlier if self.stage else ():
+            while not s.done.wait(0.2):
+                if CANCEL.is_set():
+                    return False
+        return self._verdict()
+
+    def release(self) -> None:
+        if self.stage is not None and not self.released:
+            self.released = True
+            self.stage.drop(finished=False)
+
+
+_local = threading.local()
+
+
+def turn() -> Turn:
+    """The calling board's :class:`Turn` inside ``run``'s work; outside a staged rollout one that never waits."""
+    return getattr(_local, "turn", None) or Turn()
+
+
 def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
         on_skip: Callable[[object], dict] | None = None) -> list[dict]:
     """``work(board)`` for every board (rows in the boards' order); never raises for one board's failure.
 
     ``work`` returns a row with "ok"; an exception escaping it is a bug and is re-raised after
     the pool drains. Boards not started because the threshold was exceeded get ``on_skip(board)``
-    (default: ``{"board", "ok": False, "skipped": True, "exit_code": 1}``).
+    (default: ``{"board", "ok": False, "skipped": True, "exit_code": 1}``). With ``rollout.overlap`` a stage
+    starts once the boards of the one before are past their transfer (:meth:`Turn.release`), and its boards
+    switch only when :meth:`Turn.ready`/:meth:`Turn.wait` say so; without, it starts once they finished.
     """
     validate(len(boards), rollout)
     limit = allowed_failures(len(boards), rollout)
@@ -122,21 +192,32 @@ def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
         with lock:
             return limit is not None and failed[0] > limit
 
-    def one(i: int, board) -> None:
-        row = work(board)
-        with lock:
-            rows[i] = row
-            if not row.get("ok"):
-                failed[0] += 1
+    def one(i: int, board, stage: _Stage) -> None:
+        _local.turn = mine = Turn(stage, limit)
+        try:
+            row = work(board)
+            with lock:
+                rows[i] = row
+                if not row.get("ok") and not row.get("skipped"):
+                    failed[0] += 1
+                    stage.failed += 1
+        finally:
+            _local.turn = None
+            mine.release()  # once per board, whether or not its work said so itself
+            stage.drop(released=False)
 
-    start = 0
+    start, done_stages, futures = 0, [], []
     with ThreadPoolExecutor(max_workers=rollout.forks, thread_name_prefix="board") as pool:
         try:
             for size in stages(len(boards), rollout):
-                _stage(pool, list(enumerate(boards))[start:start + size], one, over, rollout.forks)
-                start += size
                 if over():
                     break
+                stage = _Stage(list(enumerate(boards))[start:start + size], done_stages if rollout.overlap else ())
+                futures += _stage(pool, stage, one, over, rollout)
+                done_stages = [*done_stages, stage]
+                start += size
+            for fut in futures:
+                fut.result()  # a bug in work() surfaces here, not as a silent missing row
         except BaseException:  # interrupted: the boards' threads stop before the pool is waited for
             CANCEL.set()
             raise
@@ -144,19 +225,29 @@ def run(boards: Sequence, work: Callable[[object], dict], rollout: Rollout,
     return [rows[i] if i in rows else skip(b) for i, b in enumerate(boards)]
 
 
-def _stage(pool: ThreadPoolExecutor, items: list, one, over: Callable[[], bool], forks: int) -> None:
-    """Run one stage, at most ``forks`` at a time, starting no board once ``over()``."""
+def _stage(pool: ThreadPoolExecutor, stage: _Stage, one, over: Callable[[], bool], rollout: Rollout) -> list[Future]:
+    """Start one stage, at most ``forks`` at a time, starting no board once ``over()``; return once the stage is
+    released (overlap) or done, or, once over, its running boards finished."""
     running: set[Future] = set()
-    queue = list(items)
-    while queue or running:
-        while queue and len(running) < forks and not over():
+    started: list[Future] = []
+    queue = list(stage.items)
+    while queue:
+        while queue and len(running) < rollout.forks and not over():
             i, board = queue.pop(0)
-            running.add(pool.submit(one, i, board))
-        if not running:
+            fut = pool.submit(one, i, board, stage)
+            running.add(fut)
+            started.append(fut)
+        if over() or not queue or not running:
             break
         done, running = wait(running, return_when=FIRST_COMPLETED)
         for fut in done:
-            fut.result()  # a bug in work() surfaces here, not as a silent missing row
+            fut.result()
+    stage.drop(len(queue))  # never started: neither checking nor running
+    ends = stage.released if rollout.overlap and not over() else stage.done
+    while not ends.wait(0.2):
+        if over() and ends is stage.released:  # a board failed meanwhile: no overlap with a stage that stops
+            ends = stage.done
+    return started
 
 
 def _skipped(board) -> dict:

@@ -277,3 +277,50 @@ def test_a_plan_request_may_carry_only_the_rows_that_differ_from_a_release_the_b
     for wrong in ({**delta, "base": "0123456789ab"}, {**delta, "removed": []}):  # base gone; rows not the release's
         state = op(home, "push", protocol.PushRequest(app=APP, release=rid2, **wrong), then=[protocol.PushCommit()])[0]
         assert state["need_manifest"] and not state["missing"]
+
+
+# ---------------------------------------------------------------- a held commit (a later rollout stage)
+
+
+def exact_stream(blobs: dict[str, bytes]) -> bytes:
+    """The object stream as the host's objstream writes it: members, then exactly two zero blocks."""
+    out = b""
+    for sha, data in blobs.items():
+        info = tarfile.TarInfo(sha)
+        info.size = len(data)
+        out += info.tobuf(tarfile.GNU_FORMAT) + data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE)
+    return out + tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+
+
+def held_push(home: Path, files: dict[str, bytes], go: list) -> tuple[str, list[dict]]:
+    """A push whose commit holds: the object stream, then ``go`` (the second PushCommit lines, if any)."""
+    rid, rows, blobs = release({"env.sh": b"export A=1\n", **files})
+    req = protocol.PushRequest(app=APP, release=rid, manifest=rows)
+    state = protocol.decode(protocol.PushState, op(home, "push", req, then=[protocol.PushCommit()])[0])
+    lines = [json.dumps(m.to_json()).encode() + b"\n" for m in [req, protocol.PushCommit(action="commit", hold=5.0)]]
+    after = b"".join(json.dumps(m.to_json()).encode() + b"\n" for m in go)
+    stdin = b"".join(lines) + exact_stream({sha: blobs[sha] for sha in state.missing}) + after
+    stdout = io.BytesIO()
+    code = board_main.run("push", Wire(io.BytesIO(stdin), stdout, str(home)))
+    return rid, [json.loads(ln) for ln in stdout.getvalue().splitlines()] + [{"exit": code}]
+
+
+def test_a_held_commit_stages_then_switches_on_the_go_or_removes_the_release(home):
+    rid1, _ = held_push(home, {"a.txt": b"alpha"}, [protocol.PushCommit(action="switch")])
+    rels = app_dir(home) / "releases"
+    assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
+    # abort: the staged release never appears under its id, nothing switched
+    rid2, replies = held_push(home, {"a.txt": b"alpha", "b.txt": b"beta"}, [protocol.PushCommit(action="abort")])
+    staged = protocol.decode(protocol.PushStaged, replies[1])
+    assert staged.staged and staged.release == rid2 and staged.received_objects == 1 and staged.linked == 2
+    assert protocol.decode(protocol.PushDone, replies[2]).aborted and replies[-1]["exit"] == 0
+    assert os.readlink(app_dir(home) / "current") == f"releases/{rid1}"
+    assert sorted(p.name for p in rels.iterdir()) == [rid1]
+    # the host went away (end of stream) before the go: refused, removed, nothing switched
+    _, replies = held_push(home, {"a.txt": b"alpha", "c.txt": b"gamma"}, [])
+    assert replies[1]["staged"] and "no request received" in replies[2]["error"] and replies[-1]["exit"] == 1
+    assert sorted(p.name for p in rels.iterdir()) == [rid1]
+    # the go comes: the release is renamed into place and made current
+    rid4, replies = held_push(home, {"a.txt": b"alpha", "d.txt": b"delta"}, [protocol.PushCommit(action="switch")])
+    done = protocol.decode(protocol.PushDone, replies[2])
+    assert done.switched and done.previous == rid1 and os.readlink(app_dir(home) / "current") == f"releases/{rid4}"

@@ -205,3 +205,41 @@ def test_a_board_that_drops_mid_push_keeps_its_release_and_the_others_go_on(lab)
     finally:
         use_model(lab, None)
 
+
+
+def test_overlap_a_stage_starts_once_the_one_before_is_released_and_its_gate_waits_for_it():
+    """Boards release (past their transfer) then linger: the next stage starts meanwhile, its gate says None
+    until the earlier stage finished, then True; a board that releases and then fails makes it False."""
+    events, lock = [], threading.Lock()
+
+    def work(b):
+        t = fleet.turn()
+        with lock:
+            events.append((b.name, "start", t.ready()))
+        if b.name in ("b0", "b1"):
+            t.release()
+            time.sleep(0.3)
+        ok = t.wait()
+        with lock:
+            events.append((b.name, "go", ok))
+        return {"board": b.name, "ok": b.name != "b0" or fail[0] is False}
+
+    fail = [False]
+    rows = fleet.run(boards(4), work, fleet.Rollout(batch="2"))
+    assert all(r["ok"] for r in rows)
+    starts = {e[0]: i for i, e in enumerate(events) if e[1] == "start"}
+    gos = {e[0]: i for i, e in enumerate(events) if e[1] == "go"}
+    # b2, b3 started before b0 and b1 finished (the overlap), and saw no verdict yet
+    assert starts["b2"] < max(gos["b0"], gos["b1"]) and events[starts["b2"]][2] is None
+    assert all(events[gos[b]][2] is True for b in ("b2", "b3"))
+
+    events.clear()
+    fail[0] = None  # b0 fails after releasing: the next stage starts but its gate says False
+    rows = fleet.run(boards(4), work, fleet.Rollout(batch="2"))
+    assert not rows[0]["ok"] and all(events[i][2] is False for i in range(len(events)) if events[i][0] in ("b2", "b3")
+                                     and events[i][1] == "go")
+    # without overlap the next stage starts after, with its verdict known
+    events.clear()
+    fail[0] = False
+    fleet.run(boards(4), work, fleet.Rollout(batch="2", overlap=False))
+    assert all(e[2] is True for e in events if e[0] in ("b2", "b3"))

@@ -118,7 +118,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-REPLIES = sorted({reply for _, reply in protocol.OPERATIONS.values()} | {protocol.PushDone, protocol.CollectDone},
+REPLIES = sorted({reply for _, reply in protocol.OPERATIONS.values()} | {protocol.PushDone, protocol.PushStaged, protocol.CollectDone},
                  key=lambda c: c.__name__)
 
 

@@ -262,10 +262,26 @@ class PushState(Message):
 
 class PushCommit(Message):
     """Phase 2: "commit" (then the object stream, if anything is missing) or "abort". The app's env.sh is a
-    file of the release (``releases/<id>/env.sh``), sent as any other."""
+    file of the release (``releases/<id>/env.sh``), sent as any other.
 
-    action: str = "abort"
+    ``hold`` > 0 (a later rollout stage, sent while an earlier stage's health checks still run): the board
+    assembles the release beside the current one, answers ``PushStaged`` and waits up to ``hold`` seconds for
+    a second PushCommit, "switch" (then it goes on as a plain commit) or "abort"; an abort, a lost host or no
+    word in time removes the staged release, and nothing was switched."""
+
+    action: str = "abort"  # commit | abort; after PushStaged: switch | abort
     bashrc: str | None = None
+    hold: float = 0.0
+
+
+class PushStaged(Message):
+    """A held commit's release is assembled (not yet under ``releases/``, not current): waiting for the go."""
+
+    staged: bool = True
+    release: str = ""
+    received_objects: int = 0
+    received_bytes: int = 0
+    linked: int = 0
 
 
 class PushDone(Message):

@@ -10,8 +10,10 @@ push and is removed.
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
+import signal
 import stat
 import tarfile
 import time
@@ -197,14 +199,23 @@ class PushSession:
             env_sh=read_text(self.env_path), bashrc=self.bashrc, debris=debris, free_bytes=st.f_bavail * st.f_frsize,
         )
 
-    def stage(self):
+    def stage(self, hold=0.0):
         """Receive the missing objects and rename the assembled release into place; nothing is switched yet.
-        On any failure the staging directory is removed at once: a full disk is not left full."""
-        if self.exists:
-            return {}, 0
+        On any failure the staging directory is removed at once: a full disk is not left full.
+
+        With ``hold`` (seconds) the assembled release waits in its staging directory for the host's go
+        (``await_go``) before it is renamed into place: None when the host said abort, and an error when the
+        host went away or said nothing in time; either way the staging directory is removed (or, if this
+        process is killed, left as debris the next push removes under the lock), nothing was switched."""
         staging = os.path.join(releases_dir(self.base), f".staging-{self.rid}-{os.getpid()}")
         try:
-            return self._stage(staging)
+            got = ({}, 0) if self.exists else self._stage(staging)
+            if hold and not self.await_go(hold, *got):
+                shutil.rmtree(staging, ignore_errors=True)
+                return None
+            if not self.exists:
+                os.rename(staging, os.path.join(releases_dir(self.base), self.rid))
+            return got
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -229,8 +240,21 @@ class PushSession:
         compile_release(staging, self.manifest, self.index)  # the only bytecode its agent will read
         manifest = {"format": 1, "release": self.rid, "created": time.time(), "files": self.manifest}
         write_atomic(os.path.join(staging, "MANIFEST.json"), json.dumps(manifest).encode())
-        os.rename(staging, os.path.join(releases_dir(self.base), self.rid))
         return received, linked
+
+    def await_go(self, hold, received, linked):
+        """Say the release is staged, then wait up to ``hold`` seconds for "switch" (True) or "abort" (False).
+        The object stream's second end block is read first: the go line follows it on the same stream."""
+        if self.need and self.wire.stdin.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+            raise Fail("the object stream did not end with its two zero blocks")
+        self.wire.reply(protocol.PushStaged(release=self.rid, received_objects=len(received),
+                                            received_bytes=sum(received.values()), linked=linked))
+        with deadline(hold, f"no go from the host within {hold:g}s: the staged release is removed, nothing was "
+                            "switched"):
+            cmd = self.wire.read(protocol.PushCommit)
+        if cmd.action not in ("switch", "abort"):
+            raise Fail(f"expected switch or abort after the release was staged, not {cmd.action!r}")
+        return cmd.action == "switch"
 
     def write_bashrc(self, new):
         """Replace ~/.bashrc only if it is still what the plan saw; the first original is kept as a backup."""
@@ -247,7 +271,10 @@ class PushSession:
         return True
 
     def commit(self, cmd):
-        received, linked = self.stage()
+        staged = self.stage(float(cmd.hold or 0))
+        if staged is None:  # held, and the host said abort: the staged release is gone, nothing switched
+            return protocol.PushDone(ok=True, aborted=True, release=self.rid, previous=self.cur)
+        received, linked = staged
         link_env(self.base)  # env.sh is the release's: <app>/env.sh -> current/env.sh
         bashrc_changed = self.write_bashrc(cmd.bashrc)
         switched = self.cur != self.rid
@@ -265,6 +292,30 @@ class PushSession:
             bashrc_changed=bashrc_changed, debris_removed=[], checked=checked,
             service=service_enabled(self.base),
         )
+
+
+class deadline:  # noqa: N801 - a context manager read as a phrase: ``with deadline(5, "late"):``
+    """Fail with ``message`` when the block takes longer than ``seconds`` (SIGALRM; the op's main thread only:
+    elsewhere, as in a test's thread, no deadline)."""
+
+    def __init__(self, seconds, message):
+        self.seconds, self.message, self.old = seconds, message, None
+
+    def _late(self, signum, frame):
+        raise Fail(self.message)
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGALRM, self._late)
+            signal.alarm(max(1, int(math.ceil(self.seconds))))
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, self.old)
 
 
 def service_enabled(base):

@@ -93,6 +93,9 @@ def _add_release_commands(sub) -> None:
     sp.add_argument("--serial", metavar="1,5,25%%", help="a ramp of batch sizes, the last one repeated (Ansible's serial)")
     sp.add_argument("--max-fail", metavar="N|P%%", help="start no new board once more than N (P%%) failed "
                     "(default with stages: 0)")
+    sp.add_argument("--no-overlap", action="store_true",
+                    help="start a stage only once the stage before finished its health checks (default: its "
+                    "transfers overlap them, its switches wait for them)")
     sp.add_argument("--compress", dest="compress", action="store_const", const="on", default="auto",
                     help="always compress the object stream (default: only when the link proves slower than zlib)")
     sp.add_argument("--no-compress", dest="compress", action="store_const", const="off",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DeployError, RemoteError
+from ..errors import DeployError, RemoteError, RolloutHeld
 from . import render, ui
 from .boards import each_board, inventory, worst
 
@@ -46,7 +46,10 @@ def cmd_push(args) -> int:
                                 on_bytes=lambda n: prog.advance(task, n), cache=cache,
                                 health_check=not args.no_health_check, compress=args.compress,
                                 on_phase=lambda phase: prog.update(task, description=f"{board.name}: {phase}"),
-                                built=built.get(board.name))
+                                built=built.get(board.name), gate=fleet.turn())
+        except RolloutHeld as exc:  # staged while an earlier stage checked, which failed: as if never started
+            ui.error_line(str(exc), prefix="skipped ")
+            return {"ok": False, "skipped": True, "held": True, "error": str(exc), "exit_code": exc.exit_code}
         finally:
             prog.remove_task(task)
         if not args.json:
@@ -67,7 +70,7 @@ def cmd_push(args) -> int:
         built[board.name] = build_app(inv, board, cache)  # a C/C++ app: built (cached) before any board is touched
 
     rollout = fleet.Rollout(forks=args.forks or fleet.DEFAULT_FORKS, canary=args.canary or 0, batch=args.batch,
-                            serial=args.serial, max_fail=args.max_fail)
+                            serial=args.serial, max_fail=args.max_fail, overlap=not args.no_overlap)
     return worst(each_board(args, action, prepare, view=lambda: ui.transfer_progress(False), rollout=rollout))
 
 

@@ -89,6 +89,8 @@ def push_json(res) -> dict:
         "python": res.python,
         "health": res.health.to_json() if res.health is not None else None,
         "service": getattr(res, "service", None),
+        "gate_s": round(res.gate_s, 3),
+        "timeline": res.timeline,
     }
     if res.plan is not None:
         out["plan"] = {

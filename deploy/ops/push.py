@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..board import protocol
-from ..errors import ConnectError, PushError, RemoteError
+from ..errors import ConnectError, PushError, RemoteError, RolloutHeld
+from ..fleet import Turn
 from ..inventory import Board, Inventory, unsafe_env
 from ..link import objstream
 from ..link.remote import Call, session
@@ -93,6 +94,8 @@ class PushResult:
     compress_levels: dict = field(default_factory=dict)  # compressed objects per zlib level
     link_bytes_per_s: float | None = None  # the link's rate as the stream measured it (None: too short to tell)
     unsafe_env: tuple[str, ...] = ()  # env keys that change how the board runs code (app.env_unsafe allowed them)
+    gate_s: float = 0.0  # how long the staged release waited for the earlier rollout stage's checks
+    timeline: dict = field(default_factory=dict)  # wall-clock (time.time) of the push's steps: sent, staged, go, ...
 
 
 def build_for(inv: Inventory, board: Board, conn: Connection, cache: HashCache, site: Path | None = None,
@@ -273,6 +276,7 @@ def push(
     on_phase: Callable[[str], None] | None = None,
     compress: str = "auto",
     built: Built | None = None,
+    gate: Turn | None = None,
 ) -> PushResult:
     """Push the app's release for ``board``'s target; the previous release stays current on any failure.
 
@@ -281,7 +285,10 @@ def push(
     ``health_check`` is False, a release made current is health-checked (:func:`health_step`);
     HealthCheckFailed when it fails, the board back on its previous release. ``compress``: "auto"
     (compress the object stream when the link proves slower than the compressor), "on" or "off". ``built``:
-    the board's build of a C/C++ app (``release/cbuild.py``), made before any board was touched.
+    the board's build of a C/C++ app (``release/cbuild.py``), made before any board was touched. ``gate``: the
+    board's place in a staged rollout (``fleet.turn()``): while an earlier stage still checks, the release is
+    staged beside the current one and switched only once that stage passed (RolloutHeld, nothing switched,
+    when it failed); ``gate.release()`` once this board's transfer is over, before its own check.
     """
     t0 = time.perf_counter()
     cache = cache or HashCache(inv.state_dir / "hashcache.json")
@@ -289,12 +296,16 @@ def push(
     check = health_check and bundle.checkable
     try:
         res = _push(inv, board, conn, bundle, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, check=check,
-                    compress=compress)
+                    compress=compress, gate=gate)
     except _Stale as stale:  # the plan reply already carried the board's facts: no extra round trip
         remember_facts(inv, board, stale.facts)
         return push(inv, board, conn, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes, cache=cache,
-                    health_check=health_check, on_phase=on_phase, compress=compress, built=built)
+                    health_check=health_check, on_phase=on_phase, compress=compress, built=built, gate=gate)
+    if gate is not None:
+        gate.release()  # the next rollout stage may start its transfers while this board checks
+    res.timeline["check"] = round(time.time(), 3)
     health = health_step(inv, board, conn, bundle, res, health_check, on_phase)  # raises when it failed
+    res.timeline["checked"] = round(time.time(), 3)
     if not res.dry_run:  # the next plan request sends only what differs from it (a failed one is gone)
         remember_pushed(inv, board, bundle)
     moved = None
@@ -366,7 +377,7 @@ def remember_pushed(inv: Inventory, board: Board, bundle: Bundle) -> None:
 
 
 def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check,
-          compress: str = "auto") -> PushResult:
+          compress: str = "auto", gate: Turn | None = None) -> PushResult:
     """One push op; asked again with the whole manifest when the board no longer has the release the delta of
     ``manifest_fields`` is against (pruned, or another host pushed there)."""
     app = inv.app
@@ -382,12 +393,12 @@ def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_b
                 fields = {"manifest": bundle.manifest()}
                 continue
             return _act(inv, board, bundle, c, state, t0, dry_run=dry_run, on_plan=on_plan, on_bytes=on_bytes,
-                        compress=compress)
+                        compress=compress, gate=gate)
     raise PushError(f"{board.name}: the board could not rebuild release {bundle.release_id}'s manifest")
 
 
 def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: float, *, dry_run, on_plan, on_bytes,
-         compress: str) -> PushResult:
+         compress: str, gate: Turn | None = None) -> PushResult:
     """The push after the board's plan: check it, show it, then commit and send what the board lacks."""
     try:
         _check_board(board, bundle, state.facts)
@@ -402,23 +413,56 @@ def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: flo
     except PushError:
         c.send(protocol.PushCommit(action="abort"))
         raise
-    if dry_run:
+    verdict = True if dry_run or gate is None else gate.ready()
+    if dry_run or verdict is False:
         c.send(protocol.PushCommit(action="abort"))
         c.read(protocol.PushDone)
         c.close()
+        if verdict is False:
+            raise RolloutHeld(held_line(board, bundle.release_id, state.current, staged=False))
         return _result(board, bundle, plan, t0, protocol.PushDone(previous=state.current), 0, dry_run=True)
-    c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None))
+    times = {"sent": round(time.time(), 3)}
+    c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None,
+                               hold=HOLD_S if verdict is None else 0.0))
     stream = send_objects(c, board, send, on_bytes, compress, link_hint(inv, board)) if send else objstream.Stats()
+    waited = _await_gate(c, board, bundle, state, gate, times) if verdict is None else 0.0
     try:
         done = c.read(protocol.PushDone)
     except RemoteError as exc:
         raise PushError(f"{exc}; the previous release is still current") from None
     c.close()
+    times["switched"] = round(time.time(), 3)
+    if done.aborted:
+        raise RolloutHeld(held_line(board, bundle.release_id, state.current, staged=True))
     if stream.link_bytes_per_s:
         remember_link(inv, board, stream.link_bytes_per_s)
     return replace(_result(board, bundle, plan, t0, done, stream.content), wire_bytes=stream.wire,
                    compressed_objects=stream.compressed, reused_objects=stream.reused,
-                   compress_levels=dict(stream.levels), link_bytes_per_s=stream.link_bytes_per_s)
+                   compress_levels=dict(stream.levels), link_bytes_per_s=stream.link_bytes_per_s,
+                   gate_s=waited, timeline=times)
+
+
+HOLD_S = 1800.0  # how long a staged board waits for the go before it removes the release by itself
+
+
+def _await_gate(c: Call, board: Board, bundle: Bundle, state: protocol.PushState, gate: Turn, times: dict) -> float:
+    """The release is staged on the board: wait for the earlier stage's verdict, then say switch or abort."""
+    try:
+        c.read(protocol.PushStaged)
+    except RemoteError as exc:
+        raise PushError(f"{exc}; the previous release is still current") from None
+    times["staged"] = round(time.time(), 3)
+    t = time.perf_counter()
+    go = gate.wait()
+    times["go"] = round(time.time(), 3)
+    c.send(protocol.PushCommit(action="switch" if go else "abort"))
+    return time.perf_counter() - t
+
+
+def held_line(board: Board, release: str, current: str | None, staged: bool) -> str:
+    what = "staged release removed" if staged else "nothing was sent"
+    return (f"{board.name}: release {release} not switched: an earlier rollout stage failed ({what}); "
+            f"{current or 'no release'} is still current")
 
 
 def _result(board, bundle, plan, t0, done: protocol.PushDone, payload: int, dry_run: bool = False) -> PushResult:
