@@ -130,9 +130,9 @@ class Policy:
 
     @property
     def compressor(self) -> float | None:
-        """The fast level's rate on every worker: what compression can feed the link at most."""
-        r = self.rate(FAST)
-        return r * WORKERS if r else None
+        """The fast level's rate on one thread: compression pays on a link slower than that (the workers'
+        other threads are headroom for the sender's own CPU, which a small machine needs)."""
+        return self.rate(FAST)
 
     def level(self) -> int:
         """The zlib level for objects prepared now: TIGHT when the link is the bottleneck even for it."""

@@ -48,6 +48,7 @@ from ..errors import ConnectError
 from ..targets import pythons_for
 
 PERSIST_S = 60
+PROTOCOL = 1  # the socket's requests and frames; a master of another version has another socket
 ENV = "ATLAS_DEPLOY_PERSIST"  # "0": no warm connections
 FRAME = 256 << 10  # the largest frame on the socket
 HIGH = 16 << 20  # bytes a relay channel buffers before it stops reading (the SSH window then holds the board)
@@ -99,7 +100,7 @@ def private_dir(create: bool = True) -> Path:
 
 def socket_path(state_dir: Path) -> Path:
     """The project's master socket (a digest of its state folder: short enough for sun_path)."""
-    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{PROTOCOL}\0{Path(state_dir).resolve()}".encode()).hexdigest()[:24]
     return private_dir() / f"{digest}.sock"
 
 
