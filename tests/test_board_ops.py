@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,35 @@ def test_bootstrap_installs_the_code_archive_once_and_verifies_it(home):
     fresh = home / "other"
     fresh.mkdir()
     assert boot(fresh, b"code %d\n" % len(bad) + bytes(bad), req) == (1, [{"error": "board code archive arrived corrupted"}])
+
+
+def standby(home: Path) -> subprocess.Popen:
+    """boot.py as a warm connection's standby (op "-", app APP): it loads the code, then waits for its op."""
+    digest, _ = remote.code_archive()
+    src = (Path(remote.BOARD_DIR) / "boot.py").read_text()
+    return subprocess.Popen([sys.executable, "-I", "-B", "-c", src, digest, "-", APP], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env={"HOME": str(home), "PATH": os.environ["PATH"]})
+
+
+def test_a_standby_takes_its_op_from_stdin_and_refuses_once_env_sh_changed(home):
+    digest, archive = remote.code_archive()
+    req = json.dumps(protocol.StatusRequest(app=APP).to_json()).encode() + b"\n"
+    assert boot(home, b"code %d\n" % len(archive) + archive, protocol.StatusRequest(app=APP))[0] == 0
+    env = home / "HIAI_PROJECTS" / APP / "env.sh"
+    env.parent.mkdir(parents=True)
+    env.write_text("export A=1\n")
+    proc = standby(home)
+    out, _ = proc.communicate(b"op status\ncached\n" + req, timeout=60)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 0 and lines[0] == {"boot": "ok"} and lines[1]["facts"]["home"] == str(home)
+    proc = standby(home)
+    time.sleep(1.0)  # it has sourced (here: stat'ed) env.sh and waits
+    env.write_text("export A=2\n")  # a push changed the app's environment meanwhile
+    out, _ = proc.communicate(b"op status\ncached\n" + req, timeout=60)
+    assert [json.loads(line) for line in out.splitlines()] == [{"boot": "stale"}]
+    proc = standby(home)
+    out, _ = proc.communicate(b"", timeout=60)  # the master closed it unused
+    assert proc.returncode == 0 and out == b""
 
 
 def test_the_board_codes_bytecode_is_written_at_install_and_a_damaged_cache_is_sent_again(home):

@@ -127,6 +127,21 @@ def test_the_tight_level_when_the_link_is_the_bottleneck_the_fast_one_when_the_c
     assert objstream.Policy("on", level=9).level() == 9
 
 
+def test_a_sender_waiting_on_the_compressor_goes_back_to_the_fast_level():
+    """When level 6 cannot keep up (a busy or small machine), the sender waits for it; that time is not the
+    link's (its rate is measured without it) and the stream drops to level 1 for good."""
+    clock = Clock()
+    policy = objstream.Policy("auto", clock=clock, link_hint=12.5e6)
+    policy.timed(4 << 20, (4 << 20) / 50e6)
+    assert policy.level() == objstream.TIGHT
+    while clock.t < 2.0:  # 1 MiB per 0.1 s on the wire, of which 0.05 s waiting for compression
+        clock.t += 0.1
+        policy.starved(0.05)
+        policy.on_wire(1 << 20)
+    assert policy.cpu_bound and policy.level() == objstream.FAST
+    assert policy.link == pytest.approx((1 << 20) / 0.05, rel=0.01)  # the link itself: twice what went out
+
+
 def test_a_remembered_link_decides_from_the_first_object():
     assert not objstream.Policy("auto").compress()  # nothing known: raw while the link shows
     hinted = objstream.Policy("auto", link_hint=2e6)

@@ -160,3 +160,41 @@ def test_connections_close_ends_the_master(proj):
     assert wait_gone([info["pid"]], 10)
     assert proj.deploy_json("connections") == {"pid": None, "boards": []}
     assert json.loads(proj.deploy("status", "board1", "--json").stdout)["boards"][0]["ok"]
+
+
+def board_standbys(p: Project) -> list[int]:
+    """PIDs of the board user's standby interpreters (boot.py's op "-")."""
+    from deploy.link import remote
+
+    digest, _ = remote.code_archive()
+    user = p.status()["user"]
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            words = (d / "cmdline").read_bytes().split(b"\0")
+            if d.name.isdigit() and digest.encode() in words and b"-" in words and d.owner() == user:
+                found.append(int(d.name))
+        except (OSError, KeyError):
+            continue
+    return found
+
+
+def test_board_ops_find_their_interpreter_already_started(proj):
+    proj.deploy("status", "board1")
+    wait_master(proj)
+    proj.deploy("status", "board1")  # its op ran on a fresh interpreter and left the next one waiting
+    deadline = time.monotonic() + 10
+    while not board_standbys(proj) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    waiting = board_standbys(proj)
+    assert len(waiting) == 1
+    row = proj.deploy_json("status", "board1")["boards"][0]  # served by that one
+    assert row["ok"]
+    assert wait_gone(waiting, 10)  # it ran the op and ended; a new one waits instead
+    proj.deploy("push", "board1", "--no-health-check")  # env.sh changes: a standby started before is stale
+    proj.deploy_json("status", "board1")
+    assert proj.deploy_json("status", "board1")["boards"][0]["current"]
+    pid = master_pid(proj)
+    proj.deploy("connections", "--close")
+    assert wait_gone([pid], 10)
+    assert wait_gone(board_standbys(proj), 10)  # nothing of the master is left on the board

@@ -4,6 +4,9 @@
 # stdin starts with "cached\n" or "code <length>\n" + the zip archive, then the op's request line.
 # The first line it writes is {"boot": "ok"} or, when the host said "cached" and the archive is
 # not here, {"boot": "need-code"} (the host then calls again with the archive).
+# OP "-" (``... HASH - APP``): a standby a warm connection keeps ready: it loads the board code at
+# once, then waits for a line "op NAME" before the rest; if the app's env.sh (sourced before it
+# started) has changed since, it answers {"boot": "stale"} and the host starts a fresh one.
 import os
 import sys
 
@@ -70,6 +73,31 @@ def _load(dest):
     return run, Wire
 
 
+def _stamp(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _standby(inp, out, home, dest):
+    """(the op a command asks for, the board code loaded) once it asks; (None, None) when the command's line
+    never came (the connection closed) or the app's env.sh changed while this waited (said as "stale")."""
+    app = sys.argv[3] if len(sys.argv) > 3 else ""
+    env = os.path.join(home, "HIAI_PROJECTS", app, "env.sh") if app else None
+    stamp = _stamp(env) if env else None
+    entry = _load(dest) if os.path.isdir(dest) else None
+    words = inp.readline().split()
+    if len(words) != 2 or words[0] != b"op":
+        return None, None
+    if env and _stamp(env) != stamp:
+        out.write(b'{"boot": "stale"}\n')
+        out.flush()
+        return None, None
+    return words[1].decode("ascii", "replace"), entry
+
+
 def _boot():
     digest, op = sys.argv[1], sys.argv[2]
     inp, out = sys.stdin.buffer, sys.stdout.buffer
@@ -79,6 +107,11 @@ def _boot():
         return 1
     home = os.path.expanduser("~")
     dest = os.path.join(home, ".cache", "atlas-deploy", "board", digest)
+    entry = None
+    if op == "-":
+        op, entry = _standby(inp, out, home, dest)
+        if op is None:
+            return 0
     head = inp.readline().split()
     try:
         if head[:1] == [b"code"] and not _install(inp.read(int(head[1])), digest, dest):
@@ -89,7 +122,8 @@ def _boot():
 
         out.write((json.dumps({"error": f"cannot install the board code in {dest}: {exc}"}) + "\n").encode())
         return 1
-    entry = _load(dest) if os.path.isdir(dest) else None
+    if entry is None and os.path.isdir(dest):
+        entry = _load(dest)
     if entry is None:
         out.write(b'{"boot": "need-code"}\n' if head[:1] != [b"code"] else b'{"error": "board code does not load"}\n')
         out.flush()

@@ -29,7 +29,8 @@ from . import warm
 from .ssh import Connection, endpoint_for
 
 REAP_S = 1.0  # how often idle and dead connections are looked for
-EMPTY_GRACE_S = 3.0  # a master with no connection left waits this long for a new one before it exits
+EMPTY_GRACE_S = 3.0
+MAX_STANDBY = 4  # standby board interpreters per board (one per app and interpreter line in use)  # a master with no connection left waits this long for a new one before it exits
 
 
 class Held:
@@ -37,6 +38,7 @@ class Held:
 
     def __init__(self, conn: Connection, board: str, persist: int):
         self.conn, self.board, self.persist = conn, board, persist
+        self.standby: dict[str, object] = {}  # command line -> a channel already running it, waiting for its op
         self.active = 0
         self.used = time.monotonic()
         self.opened = time.time()
@@ -167,7 +169,12 @@ class Master:
     def _exec(self, sock: socket.socket, req: dict) -> None:
         try:
             held = self.connection(str(req.get("key")))
-            chan = held.conn.channel(str(req["command"]))
+            command = str(req["command"])
+            chan = self._take_standby(held, command) if req.get("standby") else None
+            if chan is None:
+                chan = held.conn.channel(command)
+            if req.get("standby"):
+                threading.Thread(target=self._prepare_standby, args=(held, command), daemon=True).start()
         except Exception as exc:  # noqa: BLE001 - DeployError, paramiko's SSHException and kin: the client goes direct
             warm.send_line(sock, {"ok": False, "error": str(exc)[:500]})
             return
@@ -181,6 +188,32 @@ class Master:
             with self.lock:
                 held.active -= 1
                 held.used = time.monotonic()
+
+    def _take_standby(self, held: Held, command: str):
+        """The standby channel running ``command``, if one is ready and still waiting (else None)."""
+        with self.lock:
+            chan = held.standby.pop(command, None)
+        if chan is None or chan.closed or chan.exit_status_ready() or chan.recv_ready():
+            if chan is not None:
+                chan.close()
+            return None
+        return chan
+
+    def _prepare_standby(self, held: Held, command: str) -> None:
+        """Start the next standby for ``command`` (the board's interpreter starts and loads its code meanwhile);
+        at most ``MAX_STANDBY`` command lines per board, the oldest closed first."""
+        try:
+            chan = held.conn.channel(command)
+        except Exception:  # noqa: BLE001 - no standby: the next op starts its interpreter itself
+            return
+        with self.lock:
+            old = [held.standby.pop(command, None)]
+            held.standby[command] = chan
+            while len(held.standby) > MAX_STANDBY:
+                old.append(held.standby.pop(next(iter(held.standby))))
+        for c in old:
+            if c is not None:
+                c.close()
 
     # ------------------------------------------------------------ life
 

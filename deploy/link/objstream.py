@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 FAST, TIGHT = 1, 6  # zlib levels: ~50 MB/s to ~43% of shared objects here; ~16 MB/s to ~40% (rsync -z's)
 TIGHT_COST = 3.4  # how much slower TIGHT runs than FAST (measured here), until TIGHT itself is timed
 HEADROOM = 0.8  # TIGHT when its rate on every worker stays this far ahead of the link
+STARVED = 0.15  # a probe window in which the sender waited this share of its time for compression: CPU-bound
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # compressor threads
 PACKED_LIMIT = 256 << 20  # bytes of compressed objects kept per process (a release packs to ~56 MB)
 SAMPLE = 64 << 10  # bytes of an object compressed to judge it
@@ -99,6 +100,8 @@ class Policy:
         self.mark: tuple[float, int] | None = None  # (time, bytes) when the warm-up ended
         self.link: float | None = link_hint  # bytes/s: an earlier push's measurement until this stream's own
         self.measured = False  # whether ``link`` is this stream's own measurement
+        self.waited = 0.0  # seconds the sender waited for the compressor (the CPU, not the link, was short)
+        self.cpu_bound = False  # a probe window found the sender waiting on compression: FAST from then on
         self.zin = {FAST: 0, TIGHT: 0}  # bytes given to the compressor per level ...
         self.zsec = {FAST: 0.0, TIGHT: 0.0}  # ... and the seconds it took
 
@@ -111,11 +114,19 @@ class Policy:
                 self.start = now
             elif self.mark is None:
                 if now - self.start >= WARMUP_S:
-                    self.mark = (now, self.sent)
+                    self.mark = (now, self.sent, self.waited)
             elif now - self.mark[0] >= PROBE_S:  # a fresh measurement every PROBE_S
-                self.link = (self.sent - self.mark[1]) / (now - self.mark[0])
+                span, starved = now - self.mark[0], self.waited - self.mark[2]
+                # the link's own rate: the time the sender sat waiting for the compressor is not the link's
+                self.link = (self.sent - self.mark[1]) / max(span - starved, span * 0.05)
                 self.measured = True
-                self.mark = (now, self.sent)
+                self.cpu_bound = self.cpu_bound or starved > STARVED * span
+                self.mark = (now, self.sent, self.waited)
+
+    def starved(self, seconds: float) -> None:
+        """The sender waited ``seconds`` for an object still being compressed."""
+        with self.lock:
+            self.waited += seconds
 
     def timed(self, n: int, seconds: float, level: int = FAST) -> None:
         with self.lock:
@@ -138,6 +149,8 @@ class Policy:
         """The zlib level for objects prepared now: TIGHT when the link is the bottleneck even for it."""
         if self.fixed_level is not None:
             return self.fixed_level
+        if self.cpu_bound:
+            return FAST
         link, fast = self.link, self.rate(FAST)
         tight = self.rate(TIGHT) or (fast / TIGHT_COST if fast else None)
         if link is not None and tight is not None and link < HEADROOM * tight * WORKERS:
@@ -325,6 +338,11 @@ def write(fileobj, entries: Iterable, policy: Policy,
 
 
 def _ready(future: Future, policy: Policy, packed: Packed) -> _Item:
+    if not future.done():
+        t = time.perf_counter()
+        item = future.result()
+        if item.packed is not None:
+            policy.starved(time.perf_counter() - t)
     item = future.result()
     if item.packed is None and not item.judged and policy.compress():
         item = _prepare(item.entry, policy, packed)  # the link proved slow since it was queued

@@ -78,14 +78,16 @@ def user_command(app: str, argv: list[str], workdir: str | None = None) -> str:
 
 
 def helper_command(op: str, pythons: tuple[str, ...], app: str | None) -> str:
-    """The shell line that runs board operation ``op`` (every word quoted).
+    """The shell line that runs board operation ``op`` (every word quoted); op "-": a standby (boot.py), told
+    its op on stdin.
 
     With several interpreter candidates, the board's shell takes the first that exists
     (``command -v``: a builtin, no process per candidate) after the app's env.sh is sourced,
     so an interpreter that env.sh puts on PATH counts; the boot code then checks its version.
     """
     digest, _ = code_archive()
-    args = " ".join(shlex.quote(w) for w in ("-I", "-B", "-c", _boot_source(), digest, op))  # -B: boot.py
+    words = ("-I", "-B", "-c", _boot_source(), digest, op) + ((app or "",) if op == "-" else ())
+    args = " ".join(shlex.quote(w) for w in words)  # -B: boot.py
     if len(pythons) == 1:
         return env_prefix(app) + f"{shlex.quote(pythons[0])} {args}"
     tried = ", ".join(pythons)
@@ -289,9 +291,18 @@ def close_quietly(chan) -> None:
         pass
 
 
-def _start(conn, op: str, request: protocol.Message, app: str | None, with_code: bool) -> Call | None:
-    """Open the channel, send boot header + request; None when the board asks for the code archive."""
-    chan = conn.channel(helper_command(op, conn.endpoint.pythons, app))
+def _start(conn, op: str, request: protocol.Message, app: str | None, with_code: bool,
+           standby: bool | None = None) -> Call | None:
+    """Open the channel, send boot header + request; None when the board asks for the code archive.
+
+    On a warm connection (``conn.standby``) the op travels on stdin (``op NAME``) to a board interpreter the
+    master started beforehand with the same command line, already past its start-up and imports; a standby
+    whose env.sh changed since says "stale", and the op starts afresh."""
+    standby = getattr(conn, "standby", False) if standby is None else standby
+    if standby:
+        chan = conn.channel(helper_command("-", conn.endpoint.pythons, app), standby=True)
+    else:
+        chan = conn.channel(helper_command(op, conn.endpoint.pythons, app))
     call = Call(chan, conn.endpoint.name, op)
     try:
         if with_code:
@@ -299,7 +310,7 @@ def _start(conn, op: str, request: protocol.Message, app: str | None, with_code:
             head = b"code %d\n" % len(archive) + archive
         else:
             head = b"cached\n"
-        chan.sendall(head + _line(request))
+        chan.sendall((b"op %s\n" % op.encode() if standby else b"") + head + _line(request))
         boot = call.read_obj()
     except BaseException:
         close_quietly(chan)
@@ -307,6 +318,8 @@ def _start(conn, op: str, request: protocol.Message, app: str | None, with_code:
     if boot.get("boot") == "ok":
         return call
     close_quietly(chan)
+    if boot.get("boot") == "stale" and standby:
+        return _start(conn, op, request, app, with_code, standby=False)
     if boot.get("boot") == "need-code" and not with_code:
         return None
     raise RemoteError(f"{conn.endpoint.name}: {op}: unexpected boot reply {str(boot)[:200]}")

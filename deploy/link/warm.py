@@ -429,23 +429,34 @@ class WarmConnection:
             note_direct(self.inv, self.board, self.key, self.persist)
         return self.direct
 
-    def channel(self, command: str):
+    @property
+    def standby(self) -> bool:
+        """Whether board ops should ask for the master's standby interpreters (``remote._start``)."""
+        self._wait_hello()
+        return self._up and self.direct is None
+
+    def _wait_hello(self) -> None:
         if self._hello is not None:
             self._hello.join()
             self._hello = None
+
+    def channel(self, command: str, standby: bool = False):
+        """A channel running ``command``; ``standby``: one the master started beforehand may serve (and it then
+        starts the next one for the same line)."""
+        self._wait_hello()
         if self._up and self.direct is None:
-            chan = self._exec(command)
+            chan = self._exec(command, standby)
             if chan is not None:
                 return chan
             self._up = False
         return self._fall_back().channel(command)
 
-    def _exec(self, command: str) -> RelayChannel | None:
+    def _exec(self, command: str, standby: bool) -> RelayChannel | None:
         try:
             sock = dial(self.path, HELLO_TIMEOUT)
             if sock is None:
                 return None
-            send_line(sock, {"op": "exec", "key": self.key, "command": command})
+            send_line(sock, {"op": "exec", "key": self.key, "command": command, "standby": standby})
             reply = read_line(sock)
         except (OSError, ValueError):
             return None
@@ -458,9 +469,7 @@ class WarmConnection:
         self.start()
 
     def close(self) -> None:
-        if self._hello is not None:
-            self._hello.join()
-            self._hello = None
+        self._wait_hello()
         if self.direct is not None:
             self.direct.close()
 
