@@ -37,7 +37,14 @@ def code_dir(project, board: str = "board1") -> Path:
     return path
 
 
+def _cold(project, board: str) -> None:
+    """Close the board's warm connection: a standby interpreter the master keeps waiting there has loaded the
+    code as it was (an attacker's change reaches the interpreters started after it, not those before)."""
+    project.deploy("connections", "--close", board, check=False)
+
+
 def compromise(project, handlers: str, board: str = "board1") -> None:
+    _cold(project, board)
     path = code_dir(project, board)
     if not (path / "main_real.py").exists():
         shutil.copy2(path / "main.py", path / "main_real.py")
@@ -46,6 +53,7 @@ def compromise(project, handlers: str, board: str = "board1") -> None:
 
 
 def restore(project, board: str = "board1") -> None:
+    _cold(project, board)
     path = code_dir(project, board)
     if (path / "main_real.py").exists():
         shutil.copy2(path / "main_real.py", path / "main.py")
