@@ -167,8 +167,10 @@ def cmd_sandbox(args) -> int:
     if args.action == "down":
         from ..link import warm
 
-        names = [b.name for b in sandbox.boards(inv, args.names or None)]
-        warm.drop(inv.state_dir, names)  # their warm connections first: nothing of theirs outlives the board
+        try:  # their warm connections first: nothing of theirs outlives the board
+            warm.drop(inv.state_dir, [b.name for b in sandbox.boards(inv, args.names or None)])
+        except warm.Refused:
+            pass  # no usable socket folder: no master could have been started either
         boxes = sandbox.down(inv, args.names or None, purge=args.purge)
         if args.json:
             ui.emit_json([b.to_json() for b in boxes])

@@ -56,7 +56,8 @@ SAMPLE = 64 << 10  # bytes of an object compressed to judge it
 RAW_RATIO = 0.85  # worse than this in the sample: not worth the CPU
 WARMUP_S = 0.25  # the first moments only fill socket buffers (MiBs at memory speed): the link shows after
 PROBE_S = 0.5  # the link's rate is measured over this long, again and again
-AHEAD = WORKERS + 2  # objects prepared ahead of the sender
+AHEAD_BYTES = 64 << 20  # content prepared ahead of the sender: a 30 MB library starts compressing while the
+#                         link still carries what is before it (a count of objects starved the sender on big ones)
 MODES = ("auto", "on", "off")
 # kinds that rarely compress: sent first while the link is measured (only the order changes)
 RAW_FIRST = (".onnx", ".om", ".mm", ".pb", ".jpg", ".jpeg", ".png", ".gif", ".webp", ".zip", ".gz", ".xz",
@@ -291,33 +292,25 @@ class _Tar(tarfile.TarFile):
 def write(fileobj, entries: Iterable, policy: Policy,
           on_member: Callable[[int, int], None] | None = None, packed: Packed | None = None) -> Stats:
     """Write the tar of ``entries`` (``.sha256``, ``.size``, ``.open()``) to ``fileobj``; objects are prepared
-    (compressed, or taken from ``packed``: ``PACKED`` by default) on ``WORKERS`` threads up to ``AHEAD`` objects
+    (compressed, or taken from ``packed``: ``PACKED`` by default) on ``WORKERS`` threads up to ``AHEAD_BYTES`` of content
     in front of the sender. ``on_member(content, member)`` is called before each member goes out with its
     content size and its size in the stream."""
     packed = PACKED if packed is None else packed
     stats = Stats()
-    todo: queue.Queue = queue.Queue(maxsize=AHEAD)
+    todo: queue.Queue = queue.Queue()
     stop = threading.Event()
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="objstream-z")
-
-    def put(item) -> bool:
-        """Queue ``item`` unless the sender has stopped (then nobody would take it); whether it was queued."""
-        while not stop.is_set():
-            try:
-                todo.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    budget = _Budget(AHEAD_BYTES, stop)
 
     def producer():
         try:
             for e in order(entries):
-                if not put(pool.submit(_prepare, e, policy, packed)):
+                if not budget.take(e.size):
                     return
-            put(None)
+                todo.put(pool.submit(_prepare, e, policy, packed))
+            todo.put(None)
         except BaseException as exc:  # handed to the sender, which raises it
-            put(exc)
+            todo.put(exc)
 
     worker = threading.Thread(target=producer, name="objstream", daemon=True)
     worker.start()
@@ -328,13 +321,37 @@ def write(fileobj, entries: Iterable, policy: Policy,
             while (item := todo.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                _send(tf, _ready(item, policy, packed), stats, on_member)
+                ready = _ready(item, policy, packed)
+                _send(tf, ready, stats, on_member)
+                budget.give(ready.entry.size)
     finally:
         stop.set()
+        budget.give(0)
         pool.shutdown(wait=False, cancel_futures=True)
         worker.join(5)
     stats.link_bytes_per_s, stats.compressor_bytes_per_s = policy.link, policy.compressor
     return stats
+
+
+class _Budget:
+    """Bytes of content in flight between the producer and the sender, at most ``limit`` (one object always)."""
+
+    def __init__(self, limit: int, stop: threading.Event):
+        self.limit, self.stop, self.used = limit, stop, 0
+        self.cond = threading.Condition()
+
+    def take(self, n: int) -> bool:
+        """Wait for room for ``n`` bytes; False when the sender has stopped."""
+        with self.cond:
+            while self.used and self.used + n > self.limit and not self.stop.is_set():
+                self.cond.wait(0.2)
+            self.used += n
+            return not self.stop.is_set()
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
 
 
 def _ready(future: Future, policy: Policy, packed: Packed) -> _Item:
