@@ -109,6 +109,9 @@ TARGETS = {
     "redeploy_over_ansible<=0.5": ("redeploy_over_ansible", 0.5),
     "first_over_pyinfra<=1.0": ("first_over_pyinfra", 1.0),
     "redeploy_over_pyinfra<=0.5": ("redeploy_over_pyinfra", 0.5),
+    # issue 24: compression once per fleet, the level from the link, warm connections
+    "fleet_over_single<=1.3": ("fleet_over_single", 1.3),
+    "first_over_ansible<=0.7": ("first_over_ansible", 0.7),
 }
 
 # Ansible's own default ssh_args are "-C -o ControlMaster=auto -o ControlPersist=60s"; -C is left out:
