@@ -8,6 +8,7 @@ stops the recorded PIDs and removes the boards' homes and users). The helpers ar
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,13 @@ def project(tmp_path_factory, demo):
     proj.up()
     yield proj
     assert proj.down()
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, demo) -> Path:
+    """600 photos (copies of the demo's: a folder of hard links is its own case, in test_faults)."""
+    folder = tmp_path_factory.mktemp("many")
+    photos = sorted((demo / "images").glob("*.jpg"))
+    for i in range(600):
+        shutil.copyfile(photos[i % len(photos)], folder / f"{i:04d}.jpg")
+    return folder

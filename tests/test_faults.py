@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.testing import TEST_ENV, Project, pid_alive, wait_gone
+from deploy.testing import TEST_ENV, Project, pid_alive, wait_for, wait_gone
 from deploy.testing.relay import Relay
 
 
@@ -107,16 +107,6 @@ def test_a_malformed_run_id_is_refused_before_the_board_is_contacted(tmp_path, d
 
 
 # ---------------------------------------------------------------- 4: every run ends with a reason
-
-
-@pytest.fixture(scope="module")
-def many(tmp_path_factory, demo) -> Path:
-    """600 photos (copies: a folder of hard links is its own case, in test_an_upload_...)."""
-    folder = tmp_path_factory.mktemp("many")
-    photos = sorted((demo / "images").glob("*.jpg"))
-    for i in range(600):
-        shutil.copyfile(photos[i % len(photos)], folder / f"{i:04d}.jpg")
-    return folder
 
 
 def wait_for_results(run_dir: Path, n: int, timeout: float = 120) -> None:
@@ -285,16 +275,6 @@ def test_an_empty_folder_says_there_are_no_images(pushed, tmp_path):
 
 def service(pushed: Project) -> dict:
     return pushed.deploy_json("service", "status", "board1")["boards"][0]["service"]
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_crash_looping_service_shows_what_is_waiting_and_no_uptime(pushed, demo):

@@ -169,15 +169,6 @@ def test_a_push_that_cannot_fit_is_refused_before_sending_and_one_that_meets_a_f
 # ---------------------------------------------------------------- 4 and 5: a full disk during a run
 
 
-@pytest.fixture(scope="module")
-def many(tmp_path_factory, demo) -> Path:
-    folder = tmp_path_factory.mktemp("many")
-    photos = sorted((demo / "images").glob("*.jpg"))
-    for i in range(600):
-        shutil.copyfile(photos[i % len(photos)], folder / f"{i:04d}.jpg")
-    return folder
-
-
 def run_ids(proj: Project) -> list[str]:
     return sorted(p.name for p in (proj.app_dir / "runs").iterdir()) if (proj.app_dir / "runs").is_dir() else []
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from deploy.testing import CAT, pid_alive, top1
+from deploy.testing import CAT, pid_alive, top1, wait_for
 
 N = 240
 
@@ -26,16 +25,6 @@ def many(project):
         src.rotate(i % 7).save(project.root / "images" / f"cat-{i:03d}.jpg", quality=85)
     project.deploy("push", "board1")
     return project
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def results_in(run_dir: Path) -> list[dict]:

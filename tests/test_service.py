@@ -8,6 +8,7 @@ moves it to the new release, ``stop`` ends it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,18 +20,10 @@ from pathlib import Path
 import pytest
 
 from deploy.testing import ESPRESSO, pid_alive
+from deploy.testing import wait_for as _wait_for
 
 SETTLE = 0.5
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(_wait_for, timeout=30.0, every=0.1)
 
 
 def status(project) -> dict:

@@ -4,6 +4,7 @@ after a crash between record and disposal), and the supervisor's crash loop."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -26,6 +27,9 @@ from deploy.board.wire import Wire
 from deploy.models import DEMO_LABELS, DEMO_MODEL, DEMO_PREPROCESS
 from deploy.ops import service as host
 from deploy.testing import ESPRESSO, REPO, pid_alive
+from deploy.testing import wait_for as _wait_for
+
+wait_for = functools.partial(_wait_for, timeout=20.0)
 
 # ---------------------------------------------------------------- journal and collect
 
@@ -148,15 +152,6 @@ class Running:
     def records(self):
         return [json.loads(x) for _, p in journal_mod.segments(str(self.dir / "journal"))
                 for x in Path(p).read_text().splitlines()]
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_at_the_disk_budget_nothing_new_is_taken_and_no_record_is_deleted(stages, tmp_path, demo):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.testing import Project, wait_gone
+from deploy.testing import Project, wait_for, wait_gone
 
 
 @pytest.fixture
@@ -49,13 +49,9 @@ def master_pid(p: Project) -> int | None:
 
 def wait_master(p: Project, boards: int = 1, timeout: float = 15.0) -> dict:
     """The master's info once it holds ``boards`` live connections (it starts as the first command exits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = p.deploy_json("connections")
-        if len([b for b in info.get("boards", []) if b["alive"]]) >= boards:
-            return info
-        time.sleep(0.1)
-    raise AssertionError(f"no master with {boards} board(s): {info}")
+    return wait_for(lambda: (lambda info: info if len([b for b in info.get("boards", []) if b["alive"]]) >= boards
+                             else None)(p.deploy_json("connections")),
+                    timeout, f"a master with {boards} board(s)", every=0.1)
 
 
 def logins(p: Project, board: str = "board1") -> int:

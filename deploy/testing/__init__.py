@@ -70,6 +70,17 @@ def rounded(obj, places: int = 4):
     return obj
 
 
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", every: float = 0.05):
+    """``predicate()``'s first truthy value, asked every ``every`` seconds; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_gone(pids, timeout: float = 10.0) -> bool:
     """Wait until none of ``pids`` runs; True when they all ended within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
