@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import inventory as inventory_mod
 from ..errors import DeployError
-from . import warm
+from . import remote, warm
 from .ssh import Connection, endpoint_for
 
 REAP_S = 1.0  # how often idle and dead connections are looked for
@@ -122,7 +122,7 @@ class Master:
     def _answer(self, op: str, req: dict) -> dict:
         if op == "hello":
             try:
-                held = self.connection(str(req["key"]), str(req["inventory"]), str(req["board"]), int(req["persist"]))
+                held = self._requested(req)
             except (DeployError, KeyError, ValueError, TypeError) as exc:
                 return {"ok": False, "error": str(exc)[:500]}
             ep = held.conn.endpoint
@@ -150,9 +150,13 @@ class Master:
             if isinstance(b, dict):
                 threading.Thread(target=self._warm_one, args=(b,), daemon=True).start()
 
+    def _requested(self, b: dict) -> Held:
+        """The connection a ``hello`` or ``warm`` request names (``{key, inventory, board, persist}``)."""
+        return self.connection(str(b["key"]), str(b["inventory"]), str(b["board"]), int(b["persist"]))
+
     def _warm_one(self, b: dict) -> None:
         try:
-            self.connection(str(b["key"]), str(b["inventory"]), str(b["board"]), int(b["persist"]))
+            self._requested(b)
         except Exception:  # noqa: BLE001 - a board that cannot be warmed stays cold: its next command goes direct
             pass
 
@@ -294,8 +298,7 @@ def _pump(sock: socket.socket, chan) -> None:
     down(b"O", chan.recv)
     err.join()
     chan.status_event.wait()
-    transport = chan.get_transport()
-    if chan.exit_status == -1 and (transport is None or not transport.is_active()):
+    if chan.exit_status == -1 and remote.link_lost(chan.get_transport()):
         return  # the link died: no status, the client says the connection was lost
     try:
         with send:

@@ -259,6 +259,18 @@ class Bulk:
         return data
 
 
+def link_lost(transport) -> bool:
+    """Whether a send failed because the SSH connection itself is gone, not only this channel.
+
+    paramiko closes the channels of a dead connection a moment before it marks the transport
+    inactive, so give its reader thread up to a second to finish (only on this failure path).
+    """
+    if transport is None:
+        return True
+    transport.join(1.0)
+    return not transport.is_active()
+
+
 def exit_status(chan, wait: float) -> int | None:
     """The board process's exit status, waiting at most ``wait`` seconds (None: it did not exit by then)."""
     if not chan.status_event.wait(wait):

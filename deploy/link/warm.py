@@ -465,9 +465,6 @@ class WarmConnection:
             return None
         return RelayChannel(sock)
 
-    def open(self) -> None:
-        self.start()
-
     def close(self) -> None:
         self._wait_hello()
         if self.direct is not None:
@@ -479,10 +476,9 @@ def connect(inv, board, *, accept_new: bool = False, persist: int = 0):
     connection is wanted), else a direct ``ssh.Connection`` (which starts a master as the command exits)."""
     if persist > 0:
         try:
-            path = socket_path(inv.state_dir)
+            path, key = socket_path(inv.state_dir), board_key(inv, board)
             if _checked_socket(path):
-                return WarmConnection(path, inv, board, board_key(inv, board), persist, accept_new)
-            key = board_key(inv, board)
+                return WarmConnection(path, inv, board, key, persist, accept_new)
         except Refused as exc:
             _warn_once(str(exc))
             persist = 0
