@@ -189,8 +189,8 @@ def test_packed_is_bounded():
     packed = objstream.Packed(limit=1000)
     for i in range(5):
         packed.get(f"{i:064x}", lambda: (b"x" * 400, 1))
-    assert packed.size <= 1000 and packed.ready(f"{4:064x}") == (b"x" * 400, 1)
-    assert packed.ready(f"{0:064x}") is None  # the oldest went
+    assert packed.size <= 1000 and packed.items[f"{4:064x}"] == (b"x" * 400, 1)
+    assert f"{0:064x}" not in packed.items  # the oldest went
 
 
 # ---------------------------------------------------------------- on a sandbox board

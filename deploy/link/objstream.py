@@ -182,14 +182,6 @@ class Packed:
         self.busy: dict[str, threading.Event] = {}
         self.raw: set[str] = set()  # sha256s whose sample compressed worse than RAW_RATIO
 
-    def ready(self, sha: str) -> tuple[bytes, int] | None:
-        """(the object packed, its level) if it was made already, else None (never waits, never compresses)."""
-        with self.lock:
-            item = self.items.get(sha)
-            if item is not None:
-                self.items.move_to_end(sha)
-            return item
-
     def get(self, sha: str, make: Callable[[], tuple[bytes, int] | None]) -> tuple[tuple[bytes, int] | None, bool]:
         """((the object packed, its level) or None when it does not compress, whether this call made it);
         ``make`` compresses it (None: it does not compress) and runs once per object."""
@@ -329,7 +321,9 @@ def write(fileobj, entries: Iterable, policy: Policy,
         budget.give(0)
         pool.shutdown(wait=False, cancel_futures=True)
         worker.join(5)
-    stats.link_bytes_per_s, stats.compressor_bytes_per_s = policy.link, policy.compressor
+    # the link as this stream measured it (a remembered hint is not a measurement)
+    stats.link_bytes_per_s = policy.link if policy.measured else None
+    stats.compressor_bytes_per_s = policy.compressor
     return stats
 
 
@@ -355,12 +349,10 @@ class _Budget:
 
 
 def _ready(future: Future, policy: Policy, packed: Packed) -> _Item:
-    if not future.done():
-        t = time.perf_counter()
-        item = future.result()
-        if item.packed is not None:
-            policy.starved(time.perf_counter() - t)
+    waiting, t = not future.done(), time.perf_counter()
     item = future.result()
+    if waiting and item.packed is not None:
+        policy.starved(time.perf_counter() - t)
     if item.packed is None and not item.judged and policy.compress():
         item = _prepare(item.entry, policy, packed)  # the link proved slow since it was queued
     return item

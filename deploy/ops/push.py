@@ -35,7 +35,7 @@ from ..errors import ConnectError, PushError, RemoteError, RolloutHeld
 from ..fleet import Turn
 from ..inventory import Board, Inventory, unsafe_env
 from ..link import objstream
-from ..link.remote import Call, session
+from ..link.remote import Call, link_lost, session
 from ..release import bundle as bundle_mod
 from ..release import envblock
 from ..release.bundle import Bundle
@@ -186,18 +186,6 @@ def check_space(board: Board, app: str, plan: PushPlan) -> None:
                         "free; nothing was sent, the previous release is still current")
 
 
-def _link_lost(transport) -> bool:
-    """Whether a send failed because the SSH connection itself is gone, not only this channel.
-
-    paramiko closes the channels of a dead connection a moment before it marks the transport
-    inactive, so give its reader thread up to a second to finish (only on this failure path).
-    """
-    if transport is None:
-        return True
-    transport.join(1.0)
-    return not transport.is_active()
-
-
 LINK_HINT_S = 7 * 86400  # how long a link measured by a push steers the next push's compression from its first byte
 
 
@@ -216,14 +204,22 @@ def link_hint(inv: Inventory, board: Board) -> float | None:
 
 
 def remember_link(inv: Inventory, board: Board, rate: float) -> None:
-    path = link_path(inv, board)
+    try:
+        _write_json(link_path(inv, board), {"bytes_per_s": round(rate), "at": time.time()})
+    except OSError:  # a hint only: a push never fails for it
+        pass
+
+
+def _write_json(path: Path, obj) -> None:
+    """``obj`` as ``path``'s whole new content, replaced at once (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"bytes_per_s": round(rate), "at": time.time()}))
+        tmp.write_text(json.dumps(obj))
         os.replace(tmp, path)
-    except OSError:  # a hint only: a push never fails for it
+    except OSError:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "auto",
@@ -251,12 +247,11 @@ def send_objects(c: Call, board: Board, send: list, on_bytes, compress: str = "a
         stats = objstream.write(writer, send, policy, on_member)
         writer.flush()
         stats.wire = writer.sent
-        stats.link_bytes_per_s = policy.link if policy.measured else None
         if on_bytes and stats.content > shown:
             on_bytes(stats.content - shown)
         return stats
     except OSError as exc:
-        if _link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
+        if link_lost(c.chan.get_transport()):  # the link or the board went away (exit 4)
             raise ConnectError(f"{board.name}: connection lost during the transfer ({exc}); "
                                "the previous release is still current") from None
         board_said = c.error_after_stream()  # the board stopped reading: its reason (a full disk) is on the channel
@@ -370,10 +365,7 @@ def remember_pushed(inv: Inventory, board: Board, bundle: Bundle) -> None:
             return
     except (OSError, ValueError, AttributeError):
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"release": bundle.release_id, "files": bundle.manifest()}))
-    os.replace(tmp, path)
+    _write_json(path, {"release": bundle.release_id, "files": bundle.manifest()})
 
 
 def _push(inv, board, conn, bundle: Bundle, t0: float, *, dry_run, on_plan, on_bytes, check,
@@ -425,11 +417,8 @@ def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: flo
     c.send(protocol.PushCommit(action="commit", bashrc=new_bashrc if new_bashrc != state.bashrc else None,
                                hold=HOLD_S if verdict is None else 0.0))
     stream = send_objects(c, board, send, on_bytes, compress, link_hint(inv, board)) if send else objstream.Stats()
-    waited = _await_gate(c, board, bundle, state, gate, times) if verdict is None else 0.0
-    try:
-        done = c.read(protocol.PushDone)
-    except RemoteError as exc:
-        raise PushError(f"{exc}; the previous release is still current") from None
+    waited = _await_gate(c, gate, times) if verdict is None else 0.0
+    done = _read_kept(c, protocol.PushDone)
     c.close()
     times["switched"] = round(time.time(), 3)
     if done.aborted:
@@ -445,12 +434,17 @@ def _act(inv, board, bundle: Bundle, c: Call, state: protocol.PushState, t0: flo
 HOLD_S = 1800.0  # how long a staged board waits for the go before it removes the release by itself
 
 
-def _await_gate(c: Call, board: Board, bundle: Bundle, state: protocol.PushState, gate: Turn, times: dict) -> float:
-    """The release is staged on the board: wait for the earlier stage's verdict, then say switch or abort."""
+def _read_kept(c: Call, cls):
+    """The board's next reply of a push after the commit; a board error says the previous release stays."""
     try:
-        c.read(protocol.PushStaged)
+        return c.read(cls)
     except RemoteError as exc:
         raise PushError(f"{exc}; the previous release is still current") from None
+
+
+def _await_gate(c: Call, gate: Turn, times: dict) -> float:
+    """The release is staged on the board: wait for the earlier stage's verdict, then say switch or abort."""
+    _read_kept(c, protocol.PushStaged)
     times["staged"] = round(time.time(), 3)
     t = time.perf_counter()
     go = gate.wait()
