@@ -18,7 +18,7 @@ RGB (CSC, the JPEG/BT.601 full-range matrix) and normalises it on the chip.
 numpy and Pillow (the agent's own dependencies). Python 3.7 compatible.
 """
 
-import struct
+import io
 
 import numpy as np
 from PIL import Image
@@ -26,7 +26,6 @@ from PIL import Image
 from . import images
 from .preprocess import Decoded, Preprocessor, plan
 
-_ORIENTATION_TAG = 0x0112
 # Decoding threads with decode: dvpp (unless job.threads says otherwise): each waits on its DVPP lane, not
 # on a core, and a lane runs JPEGD then VPC in turn, so 4 keep JPEGD's two units busy (2 did not: the
 # benchmark's DVPP runs stopped at ~215 img/s against a 3 ms NPU).
@@ -116,30 +115,9 @@ def nv12_to_rgb(picture):
 
 
 def jpeg_orientation(data):
-    """The EXIF orientation (1..8) in a JPEG's APP1 segment, or None when it has none (stdlib only)."""
-    i, n = 2, len(data)
-    while i + 4 <= n and data[i] == 0xFF:
-        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xDA, 0xD9):  # start of scan: no more metadata
-            return None
-        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
-            return _tiff_orientation(data[i + 10 : i + 2 + length])
-        i += 2 + length
-    return None
-
-
-def _tiff_orientation(tiff):
-    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
-        return None
-    order = "<" if tiff[:2] == b"II" else ">"
+    """The EXIF orientation (1..8) of a JPEG's bytes, read as the cpu path reads it (:func:`images.orientation`:
+    1 when it has none); Pillow only parses the headers here."""
     try:
-        ifd = struct.unpack(order + "I", tiff[4:8])[0]
-        count = struct.unpack(order + "H", tiff[ifd : ifd + 2])[0]
-        for k in range(count):
-            at = ifd + 2 + 12 * k
-            tag, kind = struct.unpack(order + "HH", tiff[at : at + 4])
-            if tag == _ORIENTATION_TAG and kind == 3:
-                return struct.unpack(order + "H", tiff[at + 8 : at + 10])[0]
-    except struct.error:
-        return None
-    return None
+        return images.orientation(Image.open(io.BytesIO(data)))
+    except Exception:  # not an image Pillow knows: the cpu path says what is wrong with it
+        return 1
